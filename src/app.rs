@@ -1,0 +1,167 @@
+//! The application: store, delivery workers and HTTP server, started and stopped together.
+//!
+//! [`Application::build`] binds the listener (port 0 works, for tests), opens the store and
+//! starts the workers; [`Application::run_until_stopped`] serves until the shutdown future
+//! completes, then stops in order: stop accepting and finish in-flight requests, let
+//! in-flight deliveries finish (bounded), flush and close the store.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::http::StatusCode;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use anyhow::Context;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::delivery::{WorkerHealth, Workers};
+use crate::error::error_response;
+use crate::ingest::{self, IngestState};
+use crate::store::{self, Store};
+
+/// How long `/readyz` waits for the store before calling it unreachable.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    workers: Workers,
+    store: Arc<dyn Store>,
+    shutdown_timeout: Duration,
+}
+
+struct Health {
+    store: Arc<dyn Store>,
+    workers: WorkerHealth,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        for warning in &config.warnings {
+            tracing::warn!(warning = %warning, "Configuration warning");
+        }
+        let store = store::open(&config.storage).await?;
+        let targets: Vec<_> = config.targets.into_iter().map(Arc::new).collect();
+        let (dispatcher, workers) =
+            Workers::start(targets.clone(), &config.delivery, store.clone())?;
+
+        let listener = TcpListener::bind(config.server.listen)
+            .with_context(|| format!("Failed to listen on {}", config.server.listen))?;
+        let address = listener.local_addr()?;
+        let sources: HashMap<_, _> = config
+            .sources
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        tracing::info!(
+            %address,
+            sources = sources.len(),
+            targets = targets.len(),
+            "Listening"
+        );
+        let ingest_state = web::Data::new(IngestState {
+            sources,
+            targets,
+            store: store.clone(),
+            dispatcher,
+            max_body_bytes: config.server.max_body_bytes,
+            body_timeout: config.server.body_timeout,
+        });
+        let health = web::Data::new(Health {
+            store: store.clone(),
+            workers: workers.health(),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(ingest_state.clone())
+                .app_data(health.clone())
+                .route("/ingest/{source}", web::post().to(ingest::ingest))
+                .route("/healthz", web::get().to(healthz))
+                .route("/readyz", web::get().to(readyz))
+                .default_service(web::to(no_route))
+        })
+        .workers(config.server.workers)
+        .disable_signals()
+        .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1))
+        .listen(listener)?
+        .run();
+
+        Ok(Application {
+            port: address.port(),
+            server,
+            workers,
+            store,
+            shutdown_timeout: config.server.shutdown_timeout,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let mut server = tokio::spawn(self.server);
+        let served = tokio::select! {
+            result = &mut server => Some(result),
+            () = shutdown => None,
+        };
+        let result = match served {
+            Some(result) => result
+                .context("The HTTP server task failed")?
+                .context("The HTTP server failed"),
+            None => {
+                tracing::info!("Shutting down: finishing requests in flight");
+                handle.stop(true).await;
+                server
+                    .await
+                    .context("The HTTP server task failed")?
+                    .context("The HTTP server failed")
+            }
+        };
+        tracing::info!("Waiting for delivery attempts in flight");
+        self.workers.stop(self.shutdown_timeout).await;
+        self.store.close().await;
+        tracing::info!("Stopped");
+        result
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(health: web::Data<Health>) -> HttpResponse {
+    let store_ok = matches!(
+        tokio::time::timeout(READY_TIMEOUT, health.store.ping()).await,
+        Ok(Ok(()))
+    );
+    let workers_ok = health.workers.running();
+    let body = json!({
+        "status": if store_ok && workers_ok { "ready" } else { "not_ready" },
+        "store": if store_ok { "ok" } else { "unreachable" },
+        "workers": if workers_ok { "running" } else { "stopped" },
+    });
+    if store_ok && workers_ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn no_route(request: HttpRequest) -> HttpResponse {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &format!("no route for {} {}", request.method(), request.path()),
+    )
+}

@@ -1,0 +1,813 @@
+//! Configuration: TOML through the `config` crate, parsed once into validated types.
+//!
+//! Layers, later wins: the file, then `SESSIONGATE__SECTION__KEY` environment variables.
+//! Unknown keys are errors. Secrets may be written `env:VAR_NAME` and are resolved here, at
+//! start-up; a missing variable is an error naming it. Every error names the key at fault.
+//! `config/sessiongate.toml` documents every key; this module does not re-document them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use actix_web::http::header::HeaderName;
+use secrecy::SecretString;
+use serde::Deserialize;
+use svix::webhooks::Webhook;
+
+use crate::delivery::retry::RetryPolicy;
+use crate::event::EventType;
+use crate::ingest::auth::SourceAuth;
+use crate::vendors::Vendor;
+
+/// Where the configuration is read from when `--config` is not given.
+pub const DEFAULT_PATH: &str = "config/sessiongate.toml";
+const ENV_PREFIX: &str = "SESSIONGATE";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(String),
+    #[error("invalid configuration at `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub delivery: DeliveryConfig,
+    pub sources: Vec<Source>,
+    pub targets: Vec<Target>,
+    /// Things an operator should hear about at start-up (inline secrets, `auth = none`).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub admin_token: Option<SecretString>,
+    pub workers: usize,
+    pub body_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    Sqlite {
+        path: PathBuf,
+        synchronous: Synchronous,
+    },
+}
+
+/// SQLite's `synchronous` setting. `full` makes every acknowledged event survive power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub retry: RetryPolicy,
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug)]
+pub struct Source {
+    pub name: String,
+    pub vendor: Vendor,
+    pub auth: SourceAuth,
+}
+
+/// A downstream receiver and what it wants.
+pub struct Target {
+    pub name: String,
+    pub url: reqwest::Url,
+    /// `None` = every event type.
+    pub events: Option<Vec<EventType>>,
+    /// `None` = every source.
+    pub sources: Option<Vec<String>>,
+    pub signer: Option<Webhook>,
+    pub headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
+    pub include_raw: bool,
+    pub timeout: Duration,
+    pub max_in_flight: usize,
+}
+
+impl Target {
+    pub fn accepts(&self, source: &str, event_type: EventType) -> bool {
+        self.events.as_ref().is_none_or(|e| e.contains(&event_type))
+            && self
+                .sources
+                .as_ref()
+                .is_none_or(|s| s.iter().any(|s| s == source))
+    }
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("name", &self.name)
+            .field("url", &self.url.as_str())
+            .field("events", &self.events)
+            .field("sources", &self.sources)
+            .field("signed", &self.signer.is_some())
+            .field("include_raw", &self.include_raw)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Reads `path`, then applies `SESSIONGATE__…` environment overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::Load(format!(
+                "no configuration file at {} (pass --config FILE or set SESSIONGATE_CONFIG)",
+                path.display()
+            )));
+        }
+        let builder = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            );
+        Self::build(builder, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses a TOML document alone (no environment overrides); `env:` secrets are resolved
+    /// with `env`. Used by tests and the demo.
+    pub fn from_toml(
+        toml: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let builder = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml));
+        Self::build(builder, env)
+    }
+
+    fn build(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        raw.validate(env)
+    }
+}
+
+// ---- what the file may say ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
+    sources: Vec<RawSource>,
+    #[serde(default)]
+    targets: Vec<RawTarget>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: String,
+    max_body_bytes: usize,
+    admin_token: Option<String>,
+    workers: Option<usize>,
+    body_timeout_ms: u64,
+    shutdown_timeout_ms: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1024 * 1024,
+            admin_token: None,
+            workers: None,
+            body_timeout_ms: 15_000,
+            shutdown_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStorage {
+    url: String,
+    synchronous: Synchronous,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            url: "sqlite://data/sessiongate.db".into(),
+            synchronous: Synchronous::Full,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDelivery {
+    timeout_ms: u64,
+    max_attempts: u32,
+    backoff_initial_ms: u64,
+    backoff_max_ms: u64,
+    backoff_multiplier: f64,
+    jitter: f64,
+    max_in_flight: usize,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery {
+            timeout_ms: 10_000,
+            max_attempts: 12,
+            backoff_initial_ms: 10_000,
+            backoff_max_ms: 2 * 60 * 60 * 1000,
+            backoff_multiplier: 2.0,
+            jitter: 0.2,
+            max_in_flight: 32,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    name: String,
+    vendor: Vendor,
+    auth: RawAuth,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum RawAuth {
+    Svix {
+        secrets: Vec<String>,
+        #[serde(default = "default_tolerance")]
+        tolerance_seconds: u64,
+    },
+    Header {
+        header: String,
+        value: String,
+    },
+    None,
+}
+
+fn default_tolerance() -> u64 {
+    300
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    name: String,
+    url: String,
+    events: Option<Vec<String>>,
+    sources: Option<Vec<String>>,
+    secret: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default = "yes")]
+    include_raw: bool,
+    timeout_ms: Option<u64>,
+    max_in_flight: Option<usize>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Headers a target may not set: the gateway owns them.
+const RESERVED_HEADERS: [&str; 6] = [
+    "content-type",
+    "content-length",
+    "host",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+impl RawConfig {
+    fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut warnings = Vec::new();
+        let mut inline_secrets = Vec::new();
+        let mut secret = |key: &str, value: &str| -> Result<String, ConfigError> {
+            match value.strip_prefix("env:") {
+                Some(var) => env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                    invalid(
+                        key,
+                        format!("environment variable {var} is not set or empty"),
+                    )
+                }),
+                None => {
+                    inline_secrets.push(format!(
+                        "secret `{key}` is written inline in the configuration; use env:VAR in production"
+                    ));
+                    Ok(value.to_owned())
+                }
+            }
+        };
+
+        let server = {
+            let s = self.server;
+            let listen = s
+                .listen
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    invalid(
+                        "server.listen",
+                        format!("`{}` is not a host:port address", s.listen),
+                    )
+                })?;
+            positive("server.max_body_bytes", s.max_body_bytes as u64)?;
+            positive("server.body_timeout_ms", s.body_timeout_ms)?;
+            let workers = match s.workers {
+                Some(0) => return Err(invalid("server.workers", "must be at least 1")),
+                Some(n) => n,
+                None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            };
+            ServerConfig {
+                listen,
+                max_body_bytes: s.max_body_bytes,
+                admin_token: s
+                    .admin_token
+                    .map(|t| secret("server.admin_token", &t).map(SecretString::from))
+                    .transpose()?,
+                workers,
+                body_timeout: Duration::from_millis(s.body_timeout_ms),
+                shutdown_timeout: Duration::from_millis(s.shutdown_timeout_ms),
+            }
+        };
+
+        let storage = parse_storage_url(&self.storage.url, self.storage.synchronous)?;
+
+        let delivery = {
+            let d = self.delivery;
+            positive("delivery.timeout_ms", d.timeout_ms)?;
+            positive("delivery.max_attempts", d.max_attempts.into())?;
+            positive("delivery.backoff_initial_ms", d.backoff_initial_ms)?;
+            positive("delivery.max_in_flight", d.max_in_flight as u64)?;
+            if d.backoff_max_ms < d.backoff_initial_ms {
+                return Err(invalid(
+                    "delivery.backoff_max_ms",
+                    "must be at least delivery.backoff_initial_ms",
+                ));
+            }
+            if !(d.backoff_multiplier >= 1.0 && d.backoff_multiplier.is_finite()) {
+                return Err(invalid(
+                    "delivery.backoff_multiplier",
+                    "must be a number of at least 1",
+                ));
+            }
+            if !(0.0..=1.0).contains(&d.jitter) {
+                return Err(invalid("delivery.jitter", "must be between 0 and 1"));
+            }
+            DeliveryConfig {
+                timeout: Duration::from_millis(d.timeout_ms),
+                max_attempts: d.max_attempts,
+                retry: RetryPolicy {
+                    initial: Duration::from_millis(d.backoff_initial_ms),
+                    max: Duration::from_millis(d.backoff_max_ms),
+                    multiplier: d.backoff_multiplier,
+                    jitter: d.jitter,
+                },
+                max_in_flight: d.max_in_flight,
+            }
+        };
+
+        let mut sources = Vec::with_capacity(self.sources.len());
+        let mut source_names = HashSet::new();
+        for (i, s) in self.sources.into_iter().enumerate() {
+            let key = format!("sources[{i}]");
+            check_name(&format!("{key}.name"), &s.name)?;
+            if !source_names.insert(s.name.clone()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("source name `{}` is used twice", s.name),
+                ));
+            }
+            let auth = match s.auth {
+                RawAuth::Svix {
+                    secrets,
+                    tolerance_seconds,
+                } => {
+                    if secrets.is_empty() {
+                        return Err(invalid(
+                            format!("{key}.auth.secrets"),
+                            "needs at least one whsec_ secret",
+                        ));
+                    }
+                    let secrets = secrets
+                        .iter()
+                        .enumerate()
+                        .map(|(j, value)| {
+                            let k = format!("{key}.auth.secrets[{j}]");
+                            parse_whsec(&k, &secret(&k, value)?)
+                        })
+                        .collect::<Result<_, _>>()?;
+                    positive(&format!("{key}.auth.tolerance_seconds"), tolerance_seconds)?;
+                    SourceAuth::Svix {
+                        secrets,
+                        tolerance: Duration::from_secs(tolerance_seconds),
+                    }
+                }
+                RawAuth::Header { header, value } => {
+                    let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                        invalid(
+                            format!("{key}.auth.header"),
+                            format!("`{header}` is not a valid header name"),
+                        )
+                    })?;
+                    let value = secret(&format!("{key}.auth.value"), &value)?;
+                    if actix_web::http::header::HeaderValue::from_str(&value).is_err() {
+                        return Err(invalid(
+                            format!("{key}.auth.value"),
+                            "is not a valid header value",
+                        ));
+                    }
+                    SourceAuth::Header {
+                        name,
+                        value: SecretString::from(value),
+                    }
+                }
+                RawAuth::None => {
+                    warnings.push(format!(
+                        "source `{}` accepts unauthenticated requests (auth kind = \"none\")",
+                        s.name
+                    ));
+                    SourceAuth::None
+                }
+            };
+            sources.push(Source {
+                name: s.name,
+                vendor: s.vendor,
+                auth,
+            });
+        }
+
+        let mut targets = Vec::with_capacity(self.targets.len());
+        let mut target_names = HashSet::new();
+        for (i, t) in self.targets.into_iter().enumerate() {
+            let key = format!("targets[{i}]");
+            check_name(&format!("{key}.name"), &t.name)?;
+            if !target_names.insert(t.name.clone()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("target name `{}` is used twice", t.name),
+                ));
+            }
+            let url = reqwest::Url::parse(&t.url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .ok_or_else(|| {
+                    invalid(
+                        format!("{key}.url"),
+                        format!("`{}` is not an http(s) URL", t.url),
+                    )
+                })?;
+            let events = t
+                .events
+                .map(|events| {
+                    events
+                        .iter()
+                        .enumerate()
+                        .map(|(j, e)| {
+                            EventType::parse(e).ok_or_else(|| {
+                                invalid(
+                                    format!("{key}.events[{j}]"),
+                                    format!(
+                                        "unknown event type `{e}` (known: {})",
+                                        EventType::ALL.map(EventType::as_str).join(", ")
+                                    ),
+                                )
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?;
+            if let Some(names) = &t.sources {
+                for (j, name) in names.iter().enumerate() {
+                    if !source_names.contains(name) {
+                        return Err(invalid(
+                            format!("{key}.sources[{j}]"),
+                            format!("no source named `{name}` is configured"),
+                        ));
+                    }
+                }
+            }
+            let signer = t
+                .secret
+                .map(|s| {
+                    let k = format!("{key}.secret");
+                    parse_whsec(&k, &secret(&k, &s)?)
+                })
+                .transpose()?;
+            let mut headers = Vec::with_capacity(t.headers.len());
+            for (name, value) in &t.headers {
+                let k = format!("{key}.headers.{name}");
+                let header = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| invalid(&k, "is not a valid header name"))?;
+                if RESERVED_HEADERS.contains(&header.as_str()) {
+                    return Err(invalid(
+                        &k,
+                        "is set by the gateway and cannot be overridden",
+                    ));
+                }
+                let value = reqwest::header::HeaderValue::from_str(value)
+                    .map_err(|_| invalid(&k, "is not a valid header value"))?;
+                headers.push((header, value));
+            }
+            if let Some(ms) = t.timeout_ms {
+                positive(&format!("{key}.timeout_ms"), ms)?;
+            }
+            if let Some(n) = t.max_in_flight {
+                positive(&format!("{key}.max_in_flight"), n as u64)?;
+            }
+            targets.push(Target {
+                name: t.name,
+                url,
+                events,
+                sources: t.sources,
+                signer,
+                headers,
+                include_raw: t.include_raw,
+                timeout: t.timeout_ms.map_or(delivery.timeout, Duration::from_millis),
+                max_in_flight: t.max_in_flight.unwrap_or(delivery.max_in_flight),
+            });
+        }
+
+        inline_secrets.append(&mut warnings);
+        Ok(Config {
+            server,
+            storage,
+            delivery,
+            sources,
+            targets,
+            warnings: inline_secrets,
+        })
+    }
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+/// Source and target names appear in URLs, metrics labels and the store.
+fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(invalid(
+            key,
+            format!("`{name}` must be 1 to 64 characters of letters, digits, '-' or '_'"),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_whsec(key: &str, value: &str) -> Result<Webhook, ConfigError> {
+    let Some(encoded) = value.strip_prefix("whsec_") else {
+        return Err(invalid(key, "must start with `whsec_` followed by base64"));
+    };
+    use base64::Engine as _;
+    match base64::engine::general_purpose::STANDARD.decode(encoded) {
+        Ok(bytes) if !bytes.is_empty() => {
+            Webhook::new(value).map_err(|_| invalid(key, "is not a valid whsec_ secret"))
+        }
+        _ => Err(invalid(
+            key,
+            "the part after `whsec_` must be non-empty base64",
+        )),
+    }
+}
+
+fn parse_storage_url(url: &str, synchronous: Synchronous) -> Result<StorageConfig, ConfigError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(invalid(
+                "storage.url",
+                "sqlite:// needs a file path, e.g. sqlite://data/sessiongate.db",
+            ));
+        }
+        return Ok(StorageConfig::Sqlite {
+            path: PathBuf::from(path),
+            synchronous,
+        });
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(invalid(
+            "storage.url",
+            "the PostgreSQL store is not available in this version; use sqlite://PATH",
+        ));
+    }
+    Err(invalid(
+        "storage.url",
+        format!("`{url}` is not a sqlite:// URL"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "AGNTIX_SECRET" => Some(SECRET.into()),
+            "PATHORS_TOKEN" => Some("Bearer t0ken".into()),
+            _ => None,
+        }
+    }
+
+    const FULL: &str = r#"
+        [server]
+        listen = "127.0.0.1:0"
+        [storage]
+        url = "sqlite://data/x.db"
+        [delivery]
+        max_attempts = 3
+        [[sources]]
+        name = "pathors"
+        vendor = "pathors"
+        auth = { kind = "header", header = "Authorization", value = "env:PATHORS_TOKEN" }
+        [[sources]]
+        name = "agntix"
+        vendor = "agntix"
+        auth = { kind = "svix", secrets = ["env:AGNTIX_SECRET"] }
+        [[targets]]
+        name = "crm"
+        url = "https://crm.example.com/hooks"
+        events = ["session.finalized"]
+        sources = ["agntix"]
+        secret = "env:AGNTIX_SECRET"
+        headers = { "X-Tenant" = "acme" }
+        include_raw = false
+    "#;
+
+    fn parse(toml: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(toml, &env)
+    }
+
+    fn error_of(toml: &str) -> String {
+        parse(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_full_config_parses_with_env_secrets_and_no_warnings() {
+        let c = parse(FULL).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.sources.len(), 2);
+        assert_eq!(c.delivery.max_attempts, 3);
+        assert_eq!(c.delivery.timeout, Duration::from_secs(10));
+        let t = &c.targets[0];
+        assert!(t.accepts("agntix", EventType::SessionFinalized));
+        assert!(!t.accepts("pathors", EventType::SessionFinalized));
+        assert!(!t.accepts("agntix", EventType::SessionEnded));
+        assert!(!t.include_raw);
+        assert!(t.signer.is_some());
+        assert_eq!(t.headers[0].0.as_str(), "x-tenant");
+        assert!(matches!(
+            c.storage,
+            StorageConfig::Sqlite {
+                synchronous: Synchronous::Full,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn omitted_filters_accept_everything() {
+        let c = parse(
+            r#"[[targets]]
+               name = "all"
+               url = "http://127.0.0.1:9/x""#,
+        )
+        .unwrap();
+        for t in EventType::ALL {
+            assert!(c.targets[0].accepts("anything", t));
+        }
+        assert!(c.targets[0].include_raw, "include_raw defaults to true");
+    }
+
+    #[test]
+    fn inline_secrets_and_auth_none_warn() {
+        let c = parse(
+            r#"[[sources]]
+               name = "p"
+               vendor = "pathors"
+               auth = { kind = "header", header = "X-Token", value = "inline" }
+               [[sources]]
+               name = "open"
+               vendor = "agntix"
+               auth = { kind = "none" }"#,
+        )
+        .unwrap();
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("sources[0].auth.value"));
+        assert!(c.warnings[1].contains("`open`"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1", "lisen"),
+            ("[storage]\nurl = \"mysql://x\"", "storage.url"),
+            ("[delivery]\nmax_attempts = 0", "delivery.max_attempts"),
+            ("[delivery]\njitter = 2.0", "delivery.jitter"),
+            (
+                "[[sources]]\nname = \"a\"\nvendor = \"agntix\"\nauth = { kind = \"svix\", secrets = [\"env:NOPE\"] }",
+                "sources[0].auth.secrets[0]",
+            ),
+            (
+                "[[sources]]\nname = \"a\"\nvendor = \"agntix\"\nauth = { kind = \"svix\", secrets = [\"whsec_!!!\"] }",
+                "sources[0].auth.secrets[0]",
+            ),
+            (
+                "[[sources]]\nname = \"a\"\nvendor = \"agntix\"\nauth = { kind = \"svix\", secrets = [\"MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"] }",
+                "sources[0].auth.secrets[0]",
+            ),
+            (
+                "[[sources]]\nname = \"a\"\nvendor = \"pathors\"\nauth = { kind = \"none\" }\n[[sources]]\nname = \"a\"\nvendor = \"agntix\"\nauth = { kind = \"none\" }",
+                "sources[1].name",
+            ),
+            (
+                "[[sources]]\nname = \"a b\"\nvendor = \"pathors\"\nauth = { kind = \"none\" }",
+                "sources[0].name",
+            ),
+            (
+                "[[targets]]\nname = \"t\"\nurl = \"ftp://x\"",
+                "targets[0].url",
+            ),
+            (
+                "[[targets]]\nname = \"t\"\nurl = \"http://x\"\nevents = [\"session.created\"]",
+                "targets[0].events[0]",
+            ),
+            (
+                "[[targets]]\nname = \"t\"\nurl = \"http://x\"\nsources = [\"ghost\"]",
+                "targets[0].sources[0]",
+            ),
+            (
+                "[[targets]]\nname = \"t\"\nurl = \"http://x\"\n[[targets]]\nname = \"t\"\nurl = \"http://y\"",
+                "targets[1].name",
+            ),
+            (
+                "[[targets]]\nname = \"t\"\nurl = \"http://x\"\nsecret = \"notwhsec\"",
+                "targets[0].secret",
+            ),
+            (
+                "[[targets]]\nname = \"t\"\nurl = \"http://x\"\nheaders = { \"webhook-id\" = \"x\" }",
+                "targets[0].headers.webhook-id",
+            ),
+            (
+                "[[targets]]\nname = \"t\"\nurl = \"http://x\"\ncolour = 1",
+                "colour",
+            ),
+            (
+                "[[sources]]\nname = \"a\"\nvendor = \"zoom\"\nauth = { kind = \"none\" }",
+                "zoom",
+            ),
+        ];
+        for (toml, key) in cases {
+            let err = error_of(toml);
+            assert!(
+                err.contains(key),
+                "error for {toml:?} should name {key}: {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The one API error type: status codes and the JSON error body.
+//!
+//! Every error answer is `{"error": {"code": "...", "message": "..."}}`. 4xx messages say
+//! what to fix; 5xx messages say nothing internal, while the log gets the cause chain.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::ingest::auth::AuthFailure;
+use crate::store::StoreError;
+use crate::vendors::PayloadError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no source named `{0}` is configured")]
+    UnknownSource(String),
+    #[error("{0}")]
+    Unauthorized(#[from] AuthFailure),
+    #[error("{0}")]
+    InvalidPayload(#[from] PayloadError),
+    #[error("could not read the request body: {0}")]
+    UnreadableBody(String),
+    #[error("the request body did not arrive within {0} ms")]
+    BodyTimeout(u64),
+    #[error("request body is larger than the {limit} bytes allowed")]
+    PayloadTooLarge { limit: usize },
+    #[error("the gateway cannot store events right now; retry later")]
+    Unavailable(#[source] StoreError),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::UnknownSource(_) => "unknown_source",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::InvalidPayload(_) | ApiError::UnreadableBody(_) => "invalid_payload",
+            ApiError::BodyTimeout(_) => "request_timeout",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::NotFound(_) => "not_found",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+/// Builds the JSON error body for any status; used for errors outside [`ApiError`] too.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(ErrorBody {
+        error: ErrorDetail { code, message },
+    })
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::UnknownSource(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::InvalidPayload(_) | ApiError::UnreadableBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = error_response(self.status_code(), self.code(), &self.to_string());
+        if let ApiError::Unavailable(_) = self {
+            response.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                "5".parse().expect("a valid header"),
+            );
+        }
+        response
+    }
+}
+
+/// Formats an error with its chain of causes, for logs.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

@@ -1,0 +1,385 @@
+//! The canonical session event (schema v1, `schema/session-event.v1.json`) and its ids.
+//!
+//! This module only describes the shape every delivery carries; vendors fill it
+//! ([`crate::vendors`]) and the ingest path stamps ids and times on it. It knows nothing of
+//! HTTP or storage.
+
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Number, Value};
+use sha2::{Digest, Sha256};
+
+/// A canonical event type. The closed set of CONTRACT section 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    #[serde(rename = "session.started")]
+    SessionStarted,
+    #[serde(rename = "session.ended")]
+    SessionEnded,
+    #[serde(rename = "call.ended")]
+    CallEnded,
+    #[serde(rename = "recording.ready")]
+    RecordingReady,
+    #[serde(rename = "session.finalized")]
+    SessionFinalized,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 5] = [
+        EventType::SessionStarted,
+        EventType::SessionEnded,
+        EventType::CallEnded,
+        EventType::RecordingReady,
+        EventType::SessionFinalized,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::SessionStarted => "session.started",
+            EventType::SessionEnded => "session.ended",
+            EventType::CallEnded => "call.ended",
+            EventType::RecordingReady => "recording.ready",
+            EventType::SessionFinalized => "session.finalized",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A canonical event id, `evt_` followed by 32 hex digits.
+///
+/// Derived from the vendor's duplicate key and the canonical type, so the same vendor event
+/// always gets the same id: retries, replays and restarts carry it unchanged, and downstream
+/// receivers can de-duplicate on it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct EventId(String);
+
+impl EventId {
+    pub fn derive(
+        source: &str,
+        session_id: &str,
+        vendor_event_type: &str,
+        event_type: EventType,
+    ) -> EventId {
+        let mut hasher = Sha256::new();
+        for part in [source, session_id, vendor_event_type, event_type.as_str()] {
+            // Length-prefix each part so that no two different keys hash the same bytes.
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part.as_bytes());
+        }
+        let digest = hasher.finalize();
+        EventId(format!("evt_{}", hex::encode(&digest[..16])))
+    }
+
+    /// Wraps an id read back from the store.
+    pub fn from_stored(id: String) -> EventId {
+        EventId(id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An instant, serialised as RFC 3339 UTC with milliseconds (`2026-05-03T08:42:11.512Z`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(DateTime<Utc>);
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        Timestamp(Utc::now())
+    }
+
+    pub fn parse(s: &str) -> Option<Timestamp> {
+        DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| Timestamp(t.with_timezone(&Utc)))
+    }
+
+    pub fn plus_seconds(self, seconds: i64) -> Timestamp {
+        Timestamp(self.0 + chrono::Duration::seconds(seconds))
+    }
+
+    pub fn unix_millis(self) -> i64 {
+        self.0.timestamp_millis()
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Voice,
+    Chat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Phone,
+    Web,
+    Whatsapp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    Open,
+    Closed,
+    Expired,
+}
+
+/// What the session is known to be: the `session` object of every canonical event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    pub id: String,
+    pub channel: Option<Channel>,
+    pub platform: Option<Platform>,
+    pub direction: Option<Direction>,
+    pub state: Option<SessionState>,
+    pub agent_id: Option<String>,
+    pub project_id: Option<String>,
+    pub started_at: Option<Timestamp>,
+    pub ended_at: Option<Timestamp>,
+    pub last_activity_at: Option<Timestamp>,
+    pub message_count: Option<u64>,
+    pub current_node_id: Option<String>,
+    pub customer: Option<Customer>,
+    pub variables: Map<String, Value>,
+    pub extracted: Map<String, Value>,
+    pub call: Option<Call>,
+    pub analysis: Option<Analysis>,
+    pub recording: Option<Recording>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Customer {
+    pub phone_number: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Call {
+    pub outcome: CallOutcome,
+    pub ended_by: Option<Party>,
+    /// The vendor's own status string, verbatim.
+    pub vendor_status: Option<String>,
+    pub duration_seconds: Option<Number>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallOutcome {
+    Completed,
+    Transferred,
+    Failed,
+    Voicemail,
+    Busy,
+    NoAnswer,
+    Rejected,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Party {
+    User,
+    Agent,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Analysis {
+    pub summary: Option<String>,
+    pub intent: Option<Intent>,
+    pub sentiment: Option<Sentiment>,
+    pub resolution: Option<Resolution>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Intent {
+    pub name: Option<String>,
+    pub confidence: Option<Number>,
+    pub explanation: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sentiment {
+    pub label: Option<SentimentLabel>,
+    pub score: Option<Number>,
+    pub language: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SentimentLabel {
+    Positive,
+    Neutral,
+    Negative,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resolution {
+    pub status: Option<ResolutionStatus>,
+    pub confidence: Option<Number>,
+    pub satisfied_checklist_items: Vec<Value>,
+    pub evidence: Vec<Value>,
+    pub explanation: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolutionStatus {
+    Resolved,
+    PartiallyResolved,
+    Unresolved,
+    NotApplicable,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recording {
+    pub status: RecordingStatus,
+    pub url: Option<String>,
+    pub expires_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordingStatus {
+    Ready,
+    Failed,
+}
+
+/// `source` of a canonical event: where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceRef<'a> {
+    pub name: &'a str,
+    pub vendor: &'a str,
+    /// The vendor's own event type, verbatim.
+    pub event_type: &'a str,
+    /// The Svix message id, where the vendor sent one.
+    pub message_id: Option<&'a str>,
+}
+
+/// A canonical event as stored: everything but `raw`, which is attached per target at
+/// delivery time (see [`with_raw`]).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CanonicalEvent<'a> {
+    pub spec_version: &'static str,
+    pub id: &'a EventId,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    pub occurred_at: Timestamp,
+    pub received_at: Timestamp,
+    pub source: SourceRef<'a>,
+    pub session: &'a Session,
+}
+
+pub const SPEC_VERSION: &str = "1";
+
+/// Appends `"raw": <raw>` to a serialised event object.
+///
+/// `event` must be a JSON object as produced by serialising [`CanonicalEvent`] and `raw` the
+/// verified vendor body, which ingest has already parsed as JSON. Splicing the bytes avoids
+/// re-serialising the vendor payload for every delivery.
+pub fn with_raw(event: &str, raw: &[u8]) -> Vec<u8> {
+    let head = event
+        .trim_end()
+        .strip_suffix('}')
+        .expect("a serialised canonical event is a JSON object");
+    let mut out = Vec::with_capacity(event.len() + raw.len() + 8);
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(b",\"raw\":");
+    out.extend_from_slice(raw);
+    out.push(b'}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_stable_and_distinct_per_key_part() {
+        let a = EventId::derive("agntix", "s1", "session.ended", EventType::SessionEnded);
+        let b = EventId::derive("agntix", "s1", "session.ended", EventType::SessionEnded);
+        let c = EventId::derive("agntix", "s1", "session.ended", EventType::SessionFinalized);
+        let d = EventId::derive("agntix2", "s1", "session.ended", EventType::SessionEnded);
+        // Moving bytes between parts must not collide.
+        let e = EventId::derive("agnti", "xs1", "session.ended", EventType::SessionEnded);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, d);
+        assert_ne!(a, e);
+        assert!(a.as_str().starts_with("evt_"));
+        assert_eq!(a.as_str().len(), 4 + 32);
+    }
+
+    #[test]
+    fn timestamps_serialise_as_utc_millis() {
+        let t = Timestamp::parse("2026-05-03T10:42:11.5123+02:00").unwrap();
+        assert_eq!(t.to_string(), "2026-05-03T08:42:11.512Z");
+        assert_eq!(t.plus_seconds(900).to_string(), "2026-05-03T08:57:11.512Z");
+        assert!(Timestamp::parse("yesterday").is_none());
+    }
+
+    #[test]
+    fn event_types_round_trip_through_their_names() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(EventType::parse("session.created"), None);
+    }
+
+    #[test]
+    fn raw_is_spliced_as_the_last_member() {
+        let out = with_raw(r#"{"id":"evt_1"}"#, br#"{"a": [1, 2]}"#);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["id"], "evt_1");
+        assert_eq!(v["raw"]["a"][1], 2);
+    }
+}

@@ -1,0 +1,395 @@
+//! Source authentication: the only way to obtain a [`Verified`] body.
+//!
+//! Vendors parse only [`Verified`] bodies, and a `Verified` can only be built here, by a
+//! [`SourceAuth`] that checked the request. Svix / Standard Webhooks signatures are verified
+//! over the raw bytes with the `svix` crate; shared header secrets are compared in constant
+//! time. Failures say only which of four things went wrong, never which secret was tried.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::http::header::{HeaderMap, HeaderName};
+use actix_web::web::Bytes;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use svix::webhooks::{Webhook, WebhookError};
+
+/// The two header sets a Svix-delivered request may carry: Svix's own and the Standard
+/// Webhooks names. Svix's take precedence, as in the `svix` crate.
+const HEADER_SETS: [[&str; 3]; 2] = [
+    ["svix-id", "svix-timestamp", "svix-signature"],
+    ["webhook-id", "webhook-timestamp", "webhook-signature"],
+];
+
+/// A request body whose origin has been checked.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    body: Bytes,
+    message_id: Option<String>,
+}
+
+impl Verified {
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The Svix / Standard Webhooks message id, for sources that send one.
+    pub fn message_id(&self) -> Option<&str> {
+        self.message_id.as_deref()
+    }
+}
+
+/// How a source proves that a request is really from its vendor.
+pub enum SourceAuth {
+    /// Standard Webhooks / Svix signatures; any of `secrets` may have signed (key rotation).
+    Svix {
+        secrets: Vec<Webhook>,
+        tolerance: Duration,
+    },
+    /// A header that must equal a shared secret (how Pathors is authenticated).
+    Header {
+        name: HeaderName,
+        value: SecretString,
+    },
+    /// No authentication. Only when configured explicitly; start-up warns.
+    None,
+}
+
+/// Why a request was not authenticated. Answered as 401 `unauthorized`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthFailure {
+    MissingSignature,
+    MissingHeader(String),
+    Malformed,
+    Mismatch,
+    TimestampOutsideTolerance { tolerance_seconds: u64 },
+}
+
+impl fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthFailure::MissingSignature => f.write_str(
+                "missing signature headers: send svix-id, svix-timestamp and svix-signature \
+                 (or webhook-id, webhook-timestamp and webhook-signature)",
+            ),
+            AuthFailure::MissingHeader(name) => write!(f, "missing credentials header `{name}`"),
+            AuthFailure::Malformed => f.write_str("malformed signature headers"),
+            AuthFailure::Mismatch => f.write_str("credentials or signature do not match"),
+            AuthFailure::TimestampOutsideTolerance { tolerance_seconds } => write!(
+                f,
+                "signature timestamp is more than {tolerance_seconds} s away from the gateway's clock"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for AuthFailure {}
+
+impl SourceAuth {
+    /// Checks a request and, if it is authentic, hands out its body as [`Verified`].
+    pub fn verify(&self, headers: &HeaderMap, body: Bytes) -> Result<Verified, AuthFailure> {
+        match self {
+            SourceAuth::None => Ok(Verified {
+                message_id: svix_message_id(headers),
+                body,
+            }),
+            SourceAuth::Header { name, value } => {
+                let sent = headers
+                    .get(name)
+                    .ok_or_else(|| AuthFailure::MissingHeader(name.to_string()))?;
+                if constant_time_eq(sent.as_bytes(), value.expose_secret().as_bytes()) {
+                    Ok(Verified {
+                        body,
+                        message_id: None,
+                    })
+                } else {
+                    Err(AuthFailure::Mismatch)
+                }
+            }
+            SourceAuth::Svix { secrets, tolerance } => {
+                let signed = signature_headers(headers)?;
+                check_timestamp(signed.timestamp, *tolerance, SystemTime::now())?;
+                let mut failure = AuthFailure::Mismatch;
+                for secret in secrets {
+                    match secret.verify_ignoring_timestamp(&body, &signed.headers) {
+                        Ok(()) => {
+                            return Ok(Verified {
+                                body,
+                                message_id: Some(signed.id),
+                            });
+                        }
+                        Err(WebhookError::InvalidHeader(_) | WebhookError::InvalidTimestamp) => {
+                            failure = AuthFailure::Malformed
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Err(failure)
+            }
+        }
+    }
+
+    /// A one-line description for `check-config`, without secrets.
+    pub fn describe(&self) -> String {
+        match self {
+            SourceAuth::Svix { secrets, tolerance } => format!(
+                "svix ({} secret{}, tolerance {} s)",
+                secrets.len(),
+                if secrets.len() == 1 { "" } else { "s" },
+                tolerance.as_secs()
+            ),
+            SourceAuth::Header { name, .. } => format!("header `{name}`"),
+            SourceAuth::None => "none (unauthenticated)".to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for SourceAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// Compares digests of both sides, so neither contents nor length leak through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    Sha256::digest(a).ct_eq(&Sha256::digest(b)).into()
+}
+
+fn svix_message_id(headers: &HeaderMap) -> Option<String> {
+    HEADER_SETS
+        .iter()
+        .find_map(|[id, _, _]| headers.get(*id))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+struct SignatureHeaders {
+    id: String,
+    timestamp: i64,
+    /// The signature headers again, in the `http` 1.x map the `svix` crate reads.
+    headers: http1::HeaderMap,
+}
+
+fn signature_headers(headers: &HeaderMap) -> Result<SignatureHeaders, AuthFailure> {
+    let set = HEADER_SETS
+        .iter()
+        .find(|set| set.iter().all(|name| headers.contains_key(*name)))
+        .ok_or(AuthFailure::MissingSignature)?;
+    let mut copy = http1::HeaderMap::with_capacity(3);
+    let mut values = [""; 3];
+    for (i, name) in set.iter().enumerate() {
+        let value = headers.get(*name).ok_or(AuthFailure::MissingSignature)?;
+        values[i] = value.to_str().map_err(|_| AuthFailure::Malformed)?;
+        let value =
+            http1::HeaderValue::from_bytes(value.as_bytes()).map_err(|_| AuthFailure::Malformed)?;
+        copy.insert(http1::HeaderName::from_static(name), value);
+    }
+    let timestamp = values[1]
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| AuthFailure::Malformed)?;
+    Ok(SignatureHeaders {
+        id: values[0].to_owned(),
+        timestamp,
+        headers: copy,
+    })
+}
+
+fn check_timestamp(
+    timestamp: i64,
+    tolerance: Duration,
+    now: SystemTime,
+) -> Result<(), AuthFailure> {
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    if timestamp.abs_diff(now) > tolerance.as_secs() {
+        return Err(AuthFailure::TimestampOutsideTolerance {
+            tolerance_seconds: tolerance.as_secs(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::header::HeaderValue;
+
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const OTHER: &str = "whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldCBrZXk=";
+
+    fn now() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn svix(secrets: &[&str]) -> SourceAuth {
+        SourceAuth::Svix {
+            secrets: secrets.iter().map(|s| Webhook::new(s).unwrap()).collect(),
+            tolerance: Duration::from_secs(300),
+        }
+    }
+
+    fn signed(prefix: &str, secret: &str, ts: i64, body: &[u8]) -> HeaderMap {
+        let sig = Webhook::new(secret)
+            .unwrap()
+            .sign("msg_1", ts, body)
+            .unwrap();
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("id", "msg_1".to_owned()),
+            ("timestamp", ts.to_string()),
+            ("signature", sig),
+        ] {
+            h.insert(
+                HeaderName::from_bytes(format!("{prefix}-{k}").as_bytes()).unwrap(),
+                HeaderValue::from_str(&v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn accepts_both_header_sets_and_reports_the_message_id() {
+        let body = br#"{"a":1}"#;
+        for prefix in ["svix", "webhook"] {
+            let v = svix(&[SECRET])
+                .verify(
+                    &signed(prefix, SECRET, now(), body),
+                    Bytes::from_static(body),
+                )
+                .unwrap();
+            assert_eq!(v.message_id(), Some("msg_1"));
+            assert_eq!(v.body(), body);
+        }
+    }
+
+    #[test]
+    fn any_configured_secret_may_have_signed() {
+        let body = b"{}";
+        let h = signed("svix", OTHER, now(), body);
+        assert!(
+            svix(&[SECRET, OTHER])
+                .verify(&h, Bytes::from_static(body))
+                .is_ok()
+        );
+        assert_eq!(
+            svix(&[SECRET])
+                .verify(&h, Bytes::from_static(body))
+                .unwrap_err(),
+            AuthFailure::Mismatch
+        );
+    }
+
+    #[test]
+    fn one_of_several_signatures_may_match() {
+        let body = b"{}";
+        let mut h = signed("svix", SECRET, now(), body);
+        let good = h
+            .get("svix-signature")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let both = format!("v1,AAAAbm90IGl0 {good} v2,ignored");
+        h.insert(
+            HeaderName::from_static("svix-signature"),
+            HeaderValue::from_str(&both).unwrap(),
+        );
+        assert!(svix(&[SECRET]).verify(&h, Bytes::from_static(body)).is_ok());
+    }
+
+    #[test]
+    fn a_tampered_body_does_not_verify() {
+        let h = signed("svix", SECRET, now(), br#"{"a":1}"#);
+        assert_eq!(
+            svix(&[SECRET])
+                .verify(&h, Bytes::from_static(br#"{"a":2}"#))
+                .unwrap_err(),
+            AuthFailure::Mismatch
+        );
+    }
+
+    #[test]
+    fn timestamps_outside_the_tolerance_are_refused_both_ways() {
+        for ts in [now() - 301, now() + 301] {
+            let h = signed("svix", SECRET, ts, b"{}");
+            assert_eq!(
+                svix(&[SECRET])
+                    .verify(&h, Bytes::from_static(b"{}"))
+                    .unwrap_err(),
+                AuthFailure::TimestampOutsideTolerance {
+                    tolerance_seconds: 300
+                }
+            );
+        }
+        let h = signed("svix", SECRET, now() - 299, b"{}");
+        assert!(
+            svix(&[SECRET])
+                .verify(&h, Bytes::from_static(b"{}"))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn missing_and_malformed_headers() {
+        let mut h = signed("svix", SECRET, now(), b"{}");
+        h.remove("svix-signature");
+        assert_eq!(
+            svix(&[SECRET]).verify(&h, Bytes::new()).unwrap_err(),
+            AuthFailure::MissingSignature
+        );
+        let mut h = signed("svix", SECRET, now(), b"{}");
+        h.insert(
+            HeaderName::from_static("svix-timestamp"),
+            HeaderValue::from_static("soon"),
+        );
+        assert_eq!(
+            svix(&[SECRET]).verify(&h, Bytes::new()).unwrap_err(),
+            AuthFailure::Malformed
+        );
+    }
+
+    #[test]
+    fn header_auth_compares_the_whole_value() {
+        let auth = SourceAuth::Header {
+            name: HeaderName::from_static("authorization"),
+            value: SecretString::from("Bearer s3cret"),
+        };
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                HeaderName::from_static("authorization"),
+                HeaderValue::from_str(v).unwrap(),
+            );
+            auth.verify(&h, Bytes::new())
+        };
+        assert!(with("Bearer s3cret").is_ok());
+        assert_eq!(with("Bearer s3cre").unwrap_err(), AuthFailure::Mismatch);
+        assert_eq!(with("Bearer s3cret!").unwrap_err(), AuthFailure::Mismatch);
+        assert_eq!(
+            auth.verify(&HeaderMap::new(), Bytes::new()).unwrap_err(),
+            AuthFailure::MissingHeader("authorization".into())
+        );
+    }
+
+    #[test]
+    fn descriptions_never_contain_secrets() {
+        let auth = SourceAuth::Header {
+            name: HeaderName::from_static("x-token"),
+            value: SecretString::from("hunter2"),
+        };
+        assert!(!format!("{auth:?} {}", auth.describe()).contains("hunter2"));
+        assert!(!svix(&[SECRET]).describe().contains("whsec"));
+    }
+}

@@ -1,0 +1,224 @@
+//! `POST /ingest/{source}`: receive, authenticate, normalise, commit, answer.
+//!
+//! Everything shared by all vendors lives here: the source lookup, the body limit and read
+//! timeout, authentication ([`auth`]), ids and receive times, target matching, and the
+//! answers of CONTRACT 4.1. The answer is sent only after the store has durably committed
+//! the event and its deliveries. Vendor specifics stay in [`crate::vendors`].
+
+pub mod auth;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::CONTENT_LENGTH;
+use actix_web::web::{self, Bytes, BytesMut};
+use actix_web::{HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::config::{Source, Target};
+use crate::delivery::Dispatcher;
+use crate::error::{ApiError, chain};
+use crate::event::{CanonicalEvent, EventId, SPEC_VERSION, SourceRef, Timestamp};
+use crate::store::{Accept, Ignored, IngestOutcome, NewEvent, Store};
+use crate::vendors::{Normalized, Recognized};
+
+/// What the ingest handler needs, shared by all HTTP workers.
+pub struct IngestState {
+    pub sources: HashMap<String, Source>,
+    pub targets: Vec<Arc<Target>>,
+    pub store: Arc<dyn Store>,
+    pub dispatcher: Dispatcher,
+    pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+}
+
+#[derive(Serialize)]
+struct Answer<'a> {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a EventId>,
+}
+
+#[tracing::instrument(name = "ingest", skip_all, fields(source = %path.as_str()))]
+pub async fn ingest(
+    path: web::Path<String>,
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<IngestState>,
+) -> Result<HttpResponse, ApiError> {
+    let result = handle(&path, &request, payload, &state).await;
+    if let Err(e) = &result {
+        match e {
+            ApiError::Unavailable(cause) => {
+                tracing::error!(error = %chain(cause), "Cannot store the event; answered 503")
+            }
+            _ => tracing::warn!(code = e.code(), error = %e, "Rejected a request"),
+        }
+    }
+    result
+}
+
+async fn handle(
+    source_name: &str,
+    request: &HttpRequest,
+    payload: web::Payload,
+    state: &IngestState,
+) -> Result<HttpResponse, ApiError> {
+    let source = state
+        .sources
+        .get(source_name)
+        .ok_or_else(|| ApiError::UnknownSource(source_name.to_owned()))?;
+    let body = read_body(request, payload, state.max_body_bytes, state.body_timeout).await?;
+    let received_at = Timestamp::now();
+    let verified = source.auth.verify(request.headers(), body)?;
+    let message_id = verified.message_id().map(str::to_owned);
+
+    match source.vendor.normalize(&verified)? {
+        Normalized::Ignored { vendor_event_type } => {
+            tracing::info!(
+                vendor_event_type = vendor_event_type.as_deref().unwrap_or(""),
+                "Ignored an event type this adapter does not map"
+            );
+            state
+                .store
+                .record_ignored(Ignored {
+                    source: source.name.clone(),
+                    vendor_event_type,
+                    message_id,
+                    received_at,
+                    raw: verified.bytes().clone(),
+                })
+                .await
+                .map_err(ApiError::Unavailable)?;
+            Ok(HttpResponse::Accepted().json(Answer {
+                status: "ignored",
+                id: None,
+            }))
+        }
+        Normalized::Events(recognized) => {
+            let accept = build_accept(
+                source,
+                recognized,
+                message_id,
+                received_at,
+                verified.bytes().clone(),
+                &state.targets,
+            );
+            match state
+                .store
+                .accept(accept)
+                .await
+                .map_err(ApiError::Unavailable)?
+            {
+                IngestOutcome::Accepted { id, targets } => {
+                    for target in &targets {
+                        state.dispatcher.notify(target);
+                    }
+                    tracing::debug!(event_id = %id, targets = targets.len(), "Accepted");
+                    Ok(HttpResponse::Accepted().json(Answer {
+                        status: "accepted",
+                        id: Some(&id),
+                    }))
+                }
+                IngestOutcome::Duplicate { id } => {
+                    tracing::debug!(event_id = %id, "Duplicate; nothing forwarded again");
+                    Ok(HttpResponse::Ok().json(Answer {
+                        status: "duplicate",
+                        id: Some(&id),
+                    }))
+                }
+            }
+        }
+    }
+}
+
+/// Stamps ids and times on a vendor's drafts and picks each event's targets.
+fn build_accept(
+    source: &Source,
+    recognized: Recognized,
+    message_id: Option<String>,
+    received_at: Timestamp,
+    raw: Bytes,
+    targets: &[Arc<Target>],
+) -> Accept {
+    let events = recognized
+        .events
+        .iter()
+        .map(|draft| {
+            let id = EventId::derive(
+                &source.name,
+                &recognized.session_id,
+                &recognized.vendor_event_type,
+                draft.event_type,
+            );
+            let body = serde_json::to_string(&CanonicalEvent {
+                spec_version: SPEC_VERSION,
+                id: &id,
+                event_type: draft.event_type,
+                occurred_at: draft.occurred_at,
+                received_at,
+                source: SourceRef {
+                    name: &source.name,
+                    vendor: source.vendor.as_str(),
+                    event_type: &recognized.vendor_event_type,
+                    message_id: message_id.as_deref(),
+                },
+                session: &draft.session,
+            })
+            .expect("canonical events always serialise");
+            NewEvent {
+                id,
+                event_type: draft.event_type,
+                session_id: recognized.session_id.clone(),
+                occurred_at: draft.occurred_at,
+                body,
+                targets: targets
+                    .iter()
+                    .filter(|t| t.accepts(&source.name, draft.event_type))
+                    .map(|t| t.name.clone())
+                    .collect(),
+            }
+        })
+        .collect();
+    Accept {
+        source: source.name.clone(),
+        vendor_event_type: recognized.vendor_event_type,
+        message_id,
+        received_at,
+        raw,
+        events,
+    }
+}
+
+/// Reads the whole body, refusing it as soon as it is known to exceed `limit`.
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let read = async {
+        let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| ApiError::UnreadableBody(e.to_string()))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| ApiError::BodyTimeout(timeout.as_millis() as u64))?
+}

@@ -1,0 +1,33 @@
+//! sessiongate: a webhook gateway for AI voice/chat agent platforms.
+//!
+//! Vendors (Pathors, Agntix) post session lifecycle webhooks in their own shapes. sessiongate
+//! authenticates each request, turns it into canonical session events, commits them durably
+//! together with one delivery per matching downstream target, answers the vendor, and then
+//! forwards every event with retries, signing and dead letters.
+//!
+//! # Layout
+//! The modules follow the path a webhook takes:
+//!
+//! - [`config`]: the TOML configuration, parsed once at start-up into validated types.
+//! - [`ingest`]: the HTTP side: `POST /ingest/{source}`, body limits, source authentication
+//!   ([`ingest::auth`]) and the answers of the contract.
+//! - [`vendors`]: one file per vendor, only parsing and mapping verified bytes to events.
+//! - [`event`]: the canonical session event (schema v1) and its identifiers.
+//! - [`store`]: the durable store trait and its SQLite implementation; it decides duplicates.
+//! - [`delivery`]: per-target workers, the retry policy and outbound signing.
+//! - [`app`]: wires everything into one [`app::Application`] that tests can start on port 0.
+//! - [`telemetry`]: `tracing` set-up.
+//! - [`error`]: the one API error type and its JSON body.
+
+pub mod app;
+pub mod config;
+pub mod delivery;
+pub mod error;
+pub mod event;
+pub mod ingest;
+pub mod store;
+pub mod telemetry;
+pub mod vendors;
+
+/// The version sent in outbound `user-agent` headers.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,164 @@
+//! The `sessiongate` command line: parses arguments and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sessiongate::app::Application;
+use sessiongate::config::{self, Config};
+use sessiongate::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "sessiongate",
+    version,
+    about = "Webhook gateway for AI voice/chat agent platforms"
+)]
+struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway: ingest, delivery workers and health endpoints.
+    Serve {
+        /// Configuration file [default: $SESSIONGATE_CONFIG, else config/sessiongate.toml]
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration and print the sources and targets it defines.
+    CheckConfig {
+        /// Configuration file [default: $SESSIONGATE_CONFIG, else config/sessiongate.toml]
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn config_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("SESSIONGATE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => check_config(&config_path(config)),
+        Command::Serve { config } => {
+            telemetry::init(cli.log_format);
+            let path = config_path(config);
+            let config = match Config::load(&path) {
+                Ok(config) => config,
+                Err(e) => {
+                    tracing::error!(config = %path.display(), error = %e, "Invalid configuration");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::error!(error = %e, "Failed to start the async runtime");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "sessiongate stopped with an error"
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("configuration {}: OK", path.display());
+    println!("listen: {}", config.server.listen);
+    match &config.storage {
+        config::StorageConfig::Sqlite { path, synchronous } => {
+            println!(
+                "storage: sqlite {} (synchronous = {synchronous:?})",
+                path.display()
+            )
+        }
+    }
+    println!("sources ({}):", config.sources.len());
+    for s in &config.sources {
+        println!(
+            "  {:<16} vendor {:<8} POST /ingest/{}  auth: {}",
+            s.name,
+            s.vendor,
+            s.name,
+            s.auth.describe()
+        );
+    }
+    println!("targets ({}):", config.targets.len());
+    for t in &config.targets {
+        let events = t.events.as_ref().map_or("all".to_owned(), |e| {
+            e.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ")
+        });
+        let sources = t
+            .sources
+            .as_ref()
+            .map_or("all".to_owned(), |s| s.join(", "));
+        println!(
+            "  {:<16} {}  events: {events}; sources: {sources}; {}; raw {}",
+            t.name,
+            t.url,
+            if t.signer.is_some() {
+                "signed"
+            } else {
+                "unsigned"
+            },
+            if t.include_raw { "included" } else { "omitted" },
+        );
+    }
+    for warning in &config.warnings {
+        println!("warning: {warning}");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,737 @@
+//! The embedded SQLite store, with group commit.
+//!
+//! One writer thread owns the connection. Every operation is a closure sent to it; the
+//! thread drains whatever has queued up, runs it all in one transaction (each operation in
+//! its own savepoint, so one failure does not undo the others), commits once — one fsync
+//! for the whole batch under `synchronous = FULL` — and only then answers each caller. Under
+//! load, concurrent ingests therefore share commits instead of queueing one fsync each.
+//!
+//! The database file is locked for the life of the store: one gateway process per file.
+//! That makes every lease left in the file at start-up stale, so opening releases them and
+//! pending deliveries resume at once after a restart.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Accept, AttemptRecord, ClaimedDelivery, Completion, DeliveryFilter, DeliveryId, DeliveryInfo,
+    DeliveryStatus, Ignored, IngestOutcome, Store, StoreError, now_ms,
+};
+use crate::config::Synchronous;
+use crate::event::EventId;
+
+/// The most operations one transaction takes.
+const MAX_BATCH: usize = 1024;
+/// Operations waiting for the writer before callers are made to wait (back-pressure).
+const QUEUE_DEPTH: usize = 8192;
+
+/// Runs on the writer thread inside the batch transaction; returns whether it succeeded
+/// and how to answer its caller once the batch's fate is known.
+type Work = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+enum Msg {
+    Work(Work),
+    Close(oneshot::Sender<()>),
+}
+
+pub struct SqliteStore {
+    tx: mpsc::Sender<Msg>,
+    path: PathBuf,
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE receipts (
+    seq INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    outcome TEXT NOT NULL,             -- accepted | ignored
+    vendor_event_type TEXT,
+    message_id TEXT,
+    received_at TEXT NOT NULL,
+    raw BLOB NOT NULL
+);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    receipt_seq INTEGER NOT NULL REFERENCES receipts(seq),
+    source TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    occurred_at TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX events_by_session ON events(source, session_id);
+CREATE TABLE deliveries (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    event_id TEXT NOT NULL REFERENCES events(id),
+    target TEXT NOT NULL,
+    status TEXT NOT NULL,              -- pending | delivered | dead
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,  -- unix ms
+    lease_until INTEGER,               -- unix ms; NULL = not leased
+    last_status INTEGER,
+    last_error TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX deliveries_due ON deliveries(target, next_attempt_at) WHERE status = 'pending';
+CREATE INDEX deliveries_by_event ON deliveries(event_id);
+CREATE TABLE attempts (
+    delivery_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    status_code INTEGER,
+    error TEXT,
+    PRIMARY KEY (delivery_id, attempt)
+) WITHOUT ROWID;
+"#];
+
+impl SqliteStore {
+    pub async fn open(path: &Path, synchronous: Synchronous) -> anyhow::Result<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("Failed to create the store directory {}", dir.display())
+            })?;
+        }
+        let lock = lock_file(path)?;
+        let mut conn = Connection::open(path)
+            .with_context(|| format!("Failed to open the SQLite store {}", path.display()))?;
+        configure(&conn, synchronous)?;
+        migrate(&mut conn)?;
+        let released = conn
+            .execute(
+                "UPDATE deliveries SET lease_until = NULL WHERE status = 'pending' AND lease_until IS NOT NULL",
+                [],
+            )
+            .context("Failed to release stale delivery leases")?;
+        if released > 0 {
+            tracing::info!(released, "Released leases left by a previous run");
+        }
+
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || {
+                writer_loop(conn, rx);
+                drop(lock);
+            })
+            .context("Failed to start the SQLite writer thread")?;
+        Ok(SqliteStore {
+            tx,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the writer thread inside the next batch; answers after the commit.
+    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (done, answer) = oneshot::channel::<Result<T, StoreError>>();
+        let work: Work = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let reply: Reply = Box::new(move |committed| {
+                let outcome = match (committed, result) {
+                    (Ok(()), Ok(value)) => Ok(value),
+                    (_, Err(e)) => Err(StoreError::Backend(Box::new(e))),
+                    (Err(e), Ok(_)) => Err(StoreError::Backend(e.into())),
+                };
+                let _ = done.send(outcome);
+            });
+            (ok, reply)
+        });
+        self.tx
+            .send(Msg::Work(work))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn lock_file(path: &Path) -> anyhow::Result<File> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let file = File::create(&lock_path).with_context(|| {
+        format!(
+            "Failed to create the lock file {}",
+            Path::new(&lock_path).display()
+        )
+    })?;
+    file.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "The SQLite store {} is in use by another sessiongate process; \
+             run one process per SQLite file (use PostgreSQL for several replicas)",
+            path.display()
+        )
+    })?;
+    Ok(file)
+}
+
+fn configure(conn: &Connection, synchronous: Synchronous) -> anyhow::Result<()> {
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .context("Failed to switch the SQLite store to WAL")?;
+    anyhow::ensure!(
+        mode.eq_ignore_ascii_case("wal"),
+        "SQLite refused WAL mode (got {mode})"
+    );
+    let sync = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = OFF;"
+    ))
+    .context("Failed to configure the SQLite store")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let version: usize = conn
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .context("Failed to read the store's schema version")? as usize;
+    anyhow::ensure!(
+        version <= MIGRATIONS.len(),
+        "The store's schema version {version} is newer than this sessiongate knows ({}); \
+         refusing to run an older binary on it",
+        MIGRATIONS.len()
+    );
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .with_context(|| format!("Failed to apply store migration {}", i + 1))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "Applied store migration");
+    }
+    Ok(())
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>) {
+    let mut batch: Vec<Work> = Vec::with_capacity(MAX_BATCH);
+    let mut closing = None;
+    while closing.is_none() {
+        match rx.blocking_recv() {
+            Some(Msg::Work(w)) => batch.push(w),
+            Some(Msg::Close(done)) => closing = Some(done),
+            None => break,
+        }
+        while closing.is_none() && batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Msg::Work(w)) => batch.push(w),
+                Ok(Msg::Close(done)) => closing = Some(done),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            run_batch(&conn, &mut batch);
+        }
+    }
+    // Refuse whatever is still queued, so no caller waits forever.
+    rx.close();
+    while let Ok(msg) = rx.try_recv() {
+        if let Msg::Close(done) = msg {
+            let _ = done.send(());
+        }
+    }
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::warn!(error = %e, "Failed to checkpoint the SQLite store at close");
+    }
+    drop(conn);
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+fn run_batch(conn: &Connection, batch: &mut Vec<Work>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let message = format!("cannot begin a transaction: {e}");
+        tracing::error!(error = %e, "Store transaction failed to begin");
+        for work in batch.drain(..) {
+            // The work never ran; answer with the failure.
+            let (_, reply) = work_failed(work, conn, &message);
+            reply(Err(message.clone()));
+        }
+        return;
+    }
+    let mut replies = Vec::with_capacity(batch.len());
+    for work in batch.drain(..) {
+        let _ = conn.execute_batch("SAVEPOINT op");
+        let (ok, reply) = work(conn);
+        let end = if ok {
+            "RELEASE op"
+        } else {
+            "ROLLBACK TO op; RELEASE op"
+        };
+        let _ = conn.execute_batch(end);
+        replies.push(reply);
+    }
+    let committed = conn.execute_batch("COMMIT").map_err(|e| {
+        tracing::error!(error = %e, "Store commit failed; answering every caller in the batch with an error");
+        let _ = conn.execute_batch("ROLLBACK");
+        format!("commit failed: {e}")
+    });
+    for reply in replies {
+        reply(committed.clone());
+    }
+}
+
+/// Answers work that could not run inside a transaction. The closure still has to run to
+/// get at its reply; it runs against a connection with no transaction open, so it is rolled
+/// back by SQLite's autocommit only if it wrote, which is why the caller always gets `Err`.
+fn work_failed(work: Work, conn: &Connection, _why: &str) -> (bool, Reply) {
+    let _ = conn.execute_batch("SAVEPOINT op");
+    let result = work(conn);
+    let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+    result
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn accept(&self, accept: Accept) -> Result<IngestOutcome, StoreError> {
+        self.call(move |conn| {
+            let primary = &accept.events[0].id;
+            let seen = conn
+                .prepare_cached("SELECT 1 FROM events WHERE id = ?1")?
+                .exists([primary.as_str()])?;
+            if seen {
+                return Ok(IngestOutcome::Duplicate { id: primary.clone() });
+            }
+            let received_at = accept.received_at.to_string();
+            conn.prepare_cached(
+                "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
+                 VALUES (?1, 'accepted', ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                accept.source,
+                accept.vendor_event_type,
+                accept.message_id,
+                received_at,
+                &accept.raw[..]
+            ])?;
+            let receipt = conn.last_insert_rowid();
+            let now = now_ms();
+            let mut insert_event = conn.prepare_cached(
+                "INSERT OR IGNORE INTO events (id, receipt_seq, source, session_id, type, occurred_at, received_at, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            let mut insert_delivery = conn.prepare_cached(
+                "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4, ?4)",
+            )?;
+            let mut targets = Vec::new();
+            for event in &accept.events {
+                let inserted = insert_event.execute(params![
+                    event.id.as_str(),
+                    receipt,
+                    accept.source,
+                    event.session_id,
+                    event.event_type.as_str(),
+                    event.occurred_at.to_string(),
+                    received_at,
+                    event.body,
+                ])?;
+                if inserted == 0 {
+                    continue;
+                }
+                for target in &event.targets {
+                    insert_delivery.execute(params![
+                        DeliveryId::generate().as_str(),
+                        event.id.as_str(),
+                        target,
+                        now
+                    ])?;
+                    if !targets.contains(target) {
+                        targets.push(target.clone());
+                    }
+                }
+            }
+            Ok(IngestOutcome::Accepted {
+                id: primary.clone(),
+                targets,
+            })
+        })
+        .await
+    }
+
+    async fn record_ignored(&self, ignored: Ignored) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
+                 VALUES (?1, 'ignored', ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                ignored.source,
+                ignored.vendor_event_type,
+                ignored.message_id,
+                ignored.received_at.to_string(),
+                &ignored.raw[..]
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim_due(
+        &self,
+        target: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let target = target.to_owned();
+        self.call(move |conn| {
+            let now = now_ms();
+            let leased: Vec<(String, String, u32)> = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET lease_until = ?1
+                     WHERE seq IN (
+                         SELECT seq FROM deliveries
+                         WHERE target = ?2 AND status = 'pending' AND next_attempt_at <= ?3
+                           AND (lease_until IS NULL OR lease_until <= ?3)
+                         ORDER BY next_attempt_at LIMIT ?4)
+                     RETURNING id, event_id, attempts",
+                )?
+                .query_map(
+                    params![now + lease.as_millis() as i64, target, now, limit as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut load = conn.prepare_cached(
+                "SELECT e.body, r.raw FROM events e JOIN receipts r ON r.seq = e.receipt_seq WHERE e.id = ?1",
+            )?;
+            leased
+                .into_iter()
+                .map(|(id, event_id, attempts)| {
+                    let (body, raw): (String, Vec<u8>) =
+                        load.query_row([&event_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    Ok(ClaimedDelivery {
+                        id: DeliveryId::from_stored(id),
+                        event_id: EventId::from_stored(event_id),
+                        attempts,
+                        body,
+                        raw: raw.into(),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn finish_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            let now = now_ms();
+            let (status, next_attempt_at) = match record.next {
+                Completion::Delivered => (DeliveryStatus::Delivered, None),
+                Completion::RetryAt { unix_ms } => (DeliveryStatus::Pending, Some(unix_ms)),
+                Completion::Dead => (DeliveryStatus::Dead, None),
+            };
+            conn.prepare_cached(
+                "UPDATE deliveries SET status = ?2, attempts = ?3,
+                     next_attempt_at = COALESCE(?4, next_attempt_at), lease_until = NULL,
+                     last_status = ?5, last_error = ?6, updated_at = ?7
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                record.delivery_id.as_str(),
+                status.as_str(),
+                record.attempt,
+                next_attempt_at,
+                record.status_code,
+                record.error,
+                now
+            ])?;
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                record.delivery_id.as_str(),
+                record.attempt,
+                record.started_at_ms,
+                record.duration_ms,
+                record.status_code,
+                record.error
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn next_due_at(&self, target: &str) -> Result<Option<i64>, StoreError> {
+        let target = target.to_owned();
+        self.call(move |conn| {
+            conn.prepare_cached(
+                "SELECT MIN(next_attempt_at) FROM deliveries
+                 WHERE target = ?1 AND status = 'pending' AND (lease_until IS NULL OR lease_until <= ?2)",
+            )?
+            .query_row(params![target, now_ms()], |r| r.get(0))
+            .optional()
+            .map(Option::flatten)
+        })
+        .await
+    }
+
+    async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryInfo>, StoreError> {
+        self.call(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, event_id, target, status, attempts, next_attempt_at, last_status, last_error
+                 FROM deliveries
+                 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR target = ?2) AND (?3 IS NULL OR event_id = ?3)
+                 ORDER BY seq LIMIT ?4",
+            )?
+            .query_map(
+                params![
+                    filter.status.map(DeliveryStatus::as_str),
+                    filter.target,
+                    filter.event_id,
+                    filter.limit as i64
+                ],
+                |r| {
+                    let status: String = r.get(3)?;
+                    let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
+                    Ok(DeliveryInfo {
+                        id: DeliveryId::from_stored(r.get(0)?),
+                        event_id: EventId::from_stored(r.get(1)?),
+                        target: r.get(2)?,
+                        status,
+                        attempts: r.get(4)?,
+                        next_attempt_at_ms: (status == DeliveryStatus::Pending)
+                            .then(|| r.get(5))
+                            .transpose()?,
+                        last_status: r.get(6)?,
+                        last_error: r.get(7)?,
+                    })
+                },
+            )?
+            .collect()
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.call(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+    }
+
+    async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.tx.send(Msg::Close(done)).await.is_ok() {
+            let _ = closed.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::event::{EventType, Timestamp};
+    use crate::store::NewEvent;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db"), Synchronous::Full)
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    fn accept(session: &str, types: &[EventType], targets: &[&str]) -> Accept {
+        Accept {
+            source: "src".into(),
+            vendor_event_type: "x".into(),
+            message_id: None,
+            received_at: Timestamp::now(),
+            raw: br#"{"raw":true}"#.to_vec().into(),
+            events: types
+                .iter()
+                .map(|&t| NewEvent {
+                    id: EventId::derive("src", session, "x", t),
+                    event_type: t,
+                    session_id: session.into(),
+                    occurred_at: Timestamp::now(),
+                    body: format!(r#"{{"type":"{t}"}}"#),
+                    targets: targets.iter().map(|s| s.to_string()).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_accept_of_the_same_event_is_a_duplicate() {
+        let (_dir, s) = store().await;
+        let first = s
+            .accept(accept("s1", &[EventType::SessionEnded], &["t"]))
+            .await
+            .unwrap();
+        let again = s
+            .accept(accept("s1", &[EventType::SessionEnded], &["t"]))
+            .await
+            .unwrap();
+        let IngestOutcome::Accepted { id, targets } = first else {
+            panic!()
+        };
+        assert_eq!(targets, ["t"]);
+        assert_eq!(again, IngestOutcome::Duplicate { id });
+        let all = s
+            .deliveries(DeliveryFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 1, "a duplicate creates no deliveries");
+    }
+
+    #[tokio::test]
+    async fn concurrent_duplicates_are_accepted_once() {
+        let (_dir, s) = store().await;
+        let s = Arc::new(s);
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    s.accept(accept(
+                        "s1",
+                        &[EventType::SessionEnded, EventType::SessionFinalized],
+                        &["a", "b"],
+                    ))
+                    .await
+                    .unwrap()
+                })
+            })
+            .collect();
+        let mut accepted = 0;
+        for t in tasks {
+            if matches!(t.await.unwrap(), IngestOutcome::Accepted { .. }) {
+                accepted += 1;
+            }
+        }
+        assert_eq!(accepted, 1);
+        let all = s
+            .deliveries(DeliveryFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 4, "two events times two targets");
+    }
+
+    #[tokio::test]
+    async fn claims_lease_and_finishing_moves_deliveries_on() {
+        let (_dir, s) = store().await;
+        s.accept(accept("s1", &[EventType::SessionEnded], &["t"]))
+            .await
+            .unwrap();
+        s.accept(accept("s2", &[EventType::SessionEnded], &["t", "u"]))
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(60);
+        let claimed = s.claim_due("t", 10, lease).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert_eq!(&claimed[0].raw[..], br#"{"raw":true}"#);
+        assert!(
+            s.claim_due("t", 10, lease).await.unwrap().is_empty(),
+            "leased"
+        );
+        assert_eq!(s.next_due_at("t").await.unwrap(), None);
+
+        let record = |c: &ClaimedDelivery, next| AttemptRecord {
+            delivery_id: c.id.clone(),
+            attempt: c.attempts + 1,
+            started_at_ms: now_ms(),
+            duration_ms: 1,
+            status_code: Some(500),
+            error: Some("HTTP 500".into()),
+            next,
+        };
+        s.finish_attempt(record(&claimed[0], Completion::Delivered))
+            .await
+            .unwrap();
+        s.finish_attempt(record(
+            &claimed[1],
+            Completion::RetryAt {
+                unix_ms: now_ms() - 1,
+            },
+        ))
+        .await
+        .unwrap();
+        let again = s.claim_due("t", 10, lease).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, claimed[1].id);
+        assert_eq!(again[0].attempts, 1);
+        s.finish_attempt(record(&again[0], Completion::Dead))
+            .await
+            .unwrap();
+
+        let dead = s
+            .deliveries(DeliveryFilter {
+                status: Some(DeliveryStatus::Dead),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].attempts, 2);
+        assert_eq!(dead[0].last_error.as_deref(), Some("HTTP 500"));
+        assert!(
+            s.next_due_at("u").await.unwrap().is_some(),
+            "other targets untouched"
+        );
+    }
+
+    #[tokio::test]
+    async fn reopening_releases_leases_and_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let s = SqliteStore::open(&path, Synchronous::Full).await.unwrap();
+            s.accept(accept("s1", &[EventType::SessionEnded], &["t"]))
+                .await
+                .unwrap();
+            assert_eq!(
+                s.claim_due("t", 10, Duration::from_secs(600))
+                    .await
+                    .unwrap()
+                    .len(),
+                1
+            );
+            let second = SqliteStore::open(&path, Synchronous::Full).await;
+            assert!(second.is_err(), "one process per SQLite file");
+            s.close().await;
+            assert!(matches!(s.ping().await, Err(StoreError::Closed)));
+        }
+        let s = SqliteStore::open(&path, Synchronous::Full).await.unwrap();
+        assert_eq!(
+            s.claim_due("t", 10, Duration::from_secs(600))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(matches!(
+            s.accept(accept("s1", &[EventType::SessionEnded], &["t"]))
+                .await
+                .unwrap(),
+            IngestOutcome::Duplicate { .. }
+        ));
+    }
+}
