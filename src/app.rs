@@ -79,7 +79,11 @@ impl Application {
             App::new()
                 .app_data(ingest_state.clone())
                 .app_data(health.clone())
-                .route("/ingest/{source}", web::post().to(ingest::ingest))
+                .service(
+                    web::resource("/ingest/{source}")
+                        .route(web::post().to(ingest::ingest))
+                        .default_service(web::to(method_not_allowed)),
+                )
                 .route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz))
                 .default_service(web::to(no_route))
@@ -156,6 +160,23 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
+}
+
+async fn method_not_allowed(request: HttpRequest) -> HttpResponse {
+    let mut response = error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!(
+            "{} is not allowed on {}; use POST",
+            request.method(),
+            request.path()
+        ),
+    );
+    response.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static("POST"),
+    );
+    response
 }
 
 async fn no_route(request: HttpRequest) -> HttpResponse {

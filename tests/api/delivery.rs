@@ -1,0 +1,319 @@
+//! Delivery: signing, filters, raw, retries, dead letters, isolation and restarts.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sessiongate::store::DeliveryStatus;
+use svix::webhooks::Webhook;
+
+use crate::helpers::*;
+
+fn target(name: &str, url: &str, extra: &str) -> String {
+    format!("[[targets]]\nname = \"{name}\"\nurl = \"{url}\"\n{extra}\n")
+}
+
+#[tokio::test]
+async fn a_delivery_is_the_signed_canonical_event_with_static_headers() {
+    let receiver = TestReceiver::start().await;
+    let app = spawn_app(target(
+        "crm",
+        &receiver.url("/sessions"),
+        "secret = \"env:TARGET_SECRET\"\nheaders = { \"X-Tenant\" = \"acme\" }",
+    ))
+    .await;
+    let raw = fixture("pathors", "session-ended.json");
+    let accepted: Value = app.post_pathors(&raw).await.json().await.unwrap();
+
+    let got = receiver.wait_for(1).await.remove(0);
+    assert_eq!(got.path, "/sessions");
+    assert_eq!(got.header("content-type"), "application/json");
+    assert!(
+        got.header("user-agent").starts_with("sessiongate/"),
+        "{}",
+        got.header("user-agent")
+    );
+    assert_eq!(got.header("x-tenant"), "acme");
+    let event = got.json();
+    assert_eq!(event["id"], accepted["id"]);
+    assert_eq!(got.header("webhook-id"), accepted["id"].as_str().unwrap());
+    assert_eq!(event["type"], "session.ended");
+    assert_eq!(event["source"]["name"], "pathors");
+    assert_eq!(event["raw"], serde_json::from_slice::<Value>(&raw).unwrap());
+
+    // The official library verifies what we signed.
+    let mut headers = http1::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        headers.insert(name, got.header(name).parse().unwrap());
+    }
+    Webhook::new(TARGET_SECRET)
+        .unwrap()
+        .verify(&got.body, &headers)
+        .expect("the outbound signature verifies with the svix crate");
+    assert!(
+        Webhook::new(AGNTIX_SECRET)
+            .unwrap()
+            .verify(&got.body, &headers)
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn targets_get_only_the_events_and_sources_they_filter_for() {
+    let finalized = TestReceiver::start().await;
+    let pathors_only = TestReceiver::start().await;
+    let everything = TestReceiver::start().await;
+    let app = spawn_app(
+        target(
+            "finalized",
+            &finalized.url("/"),
+            "events = [\"session.finalized\"]",
+        ) + &target(
+            "pathors-only",
+            &pathors_only.url("/"),
+            "sources = [\"pathors\"]",
+        ) + &target("everything", &everything.url("/"), "include_raw = false"),
+    )
+    .await;
+    assert_eq!(
+        app.post_agntix(&fixture("agntix", "session-ended.json"))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    assert_eq!(
+        app.post_pathors(&fixture("pathors", "call-ended.json"))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    app.wait_for_deliveries(DeliveryStatus::Delivered, 5).await;
+    let _ = app.stop().await;
+
+    let types = |r: &TestReceiver| {
+        let mut t: Vec<String> = r
+            .received()
+            .iter()
+            .map(|g| g.json()["type"].as_str().unwrap().to_owned())
+            .collect();
+        t.sort();
+        t
+    };
+    assert_eq!(types(&finalized), ["session.finalized"]);
+    assert_eq!(finalized.received()[0].json()["source"]["vendor"], "agntix");
+    assert_eq!(types(&pathors_only), ["call.ended"]);
+    assert_eq!(
+        types(&everything),
+        ["call.ended", "session.ended", "session.finalized"]
+    );
+    for got in everything.received() {
+        assert!(
+            got.json().get("raw").is_none(),
+            "include_raw = false leaves raw out"
+        );
+        assert_eq!(
+            got.header("webhook-signature"),
+            "",
+            "no secret, no signature"
+        );
+    }
+    let agntix = everything
+        .received()
+        .into_iter()
+        .find(|g| g.json()["source"]["vendor"] == "agntix")
+        .unwrap();
+    assert!(
+        agntix.json()["source"]["messageId"]
+            .as_str()
+            .unwrap()
+            .starts_with("msg_")
+    );
+}
+
+#[tokio::test]
+async fn failed_attempts_are_retried_until_one_succeeds() {
+    let receiver = TestReceiver::start().await;
+    let app = spawn_app(target("flaky", &receiver.url("/"), "")).await;
+    receiver.script(&[500, 503, 429, 404]);
+    app.post_pathors(&fixture("pathors", "call-ended.json"))
+        .await;
+
+    let delivered = app.wait_for_deliveries(DeliveryStatus::Delivered, 1).await;
+    assert_eq!(delivered[0].attempts, 5);
+    let got = receiver.received();
+    assert_eq!(
+        got.iter().map(|g| g.status).collect::<Vec<_>>(),
+        [500, 503, 429, 404, 200]
+    );
+    let ids: Vec<_> = got
+        .iter()
+        .map(|g| g.header("webhook-id").to_owned())
+        .collect();
+    assert!(
+        ids.iter().all(|id| id == &ids[0]),
+        "every retry carries the same event id"
+    );
+    assert_eq!(got[0].body, got[4].body);
+}
+
+#[tokio::test]
+async fn a_delivery_is_dead_after_max_attempts_and_stays_visible() {
+    let receiver = TestReceiver::start().await;
+    let mut options = Options::with_targets(target("down", &receiver.url("/"), ""));
+    options.max_attempts = 3;
+    let app = spawn_app_with(options, None).await;
+    receiver.answer(Reply::status(500));
+    app.post_pathors(&fixture("pathors", "call-ended.json"))
+        .await;
+
+    let dead = app.wait_for_deliveries(DeliveryStatus::Dead, 1).await;
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(dead[0].last_status, Some(500));
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("HTTP 500"),
+        "{:?}",
+        dead[0].last_error
+    );
+    let _ = app.stop().await;
+    assert_eq!(receiver.received().len(), 3, "no attempt after the last");
+}
+
+#[tokio::test]
+async fn connection_errors_and_timeouts_are_retried_and_recorded() {
+    let slow = TestReceiver::start().await;
+    slow.answer(Reply {
+        status: 200,
+        delay: Duration::from_secs(5),
+    });
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/", listener.local_addr().unwrap())
+    };
+    let mut options = Options::with_targets(
+        target("refused", &closed, "") + &target("slow", &slow.url("/"), "timeout_ms = 200"),
+    );
+    options.max_attempts = 2;
+    let app = spawn_app_with(options, None).await;
+    app.post_pathors(&fixture("pathors", "call-ended.json"))
+        .await;
+
+    let dead = app.wait_for_deliveries(DeliveryStatus::Dead, 2).await;
+    let error_of = |t: &str| {
+        dead.iter()
+            .find(|d| d.target == t)
+            .unwrap()
+            .last_error
+            .clone()
+            .unwrap()
+    };
+    assert!(
+        error_of("refused").starts_with("connection failed"),
+        "{}",
+        error_of("refused")
+    );
+    assert!(
+        error_of("slow").starts_with("timed out"),
+        "{}",
+        error_of("slow")
+    );
+    assert!(
+        dead.iter()
+            .all(|d| d.attempts == 2 && d.last_status.is_none())
+    );
+}
+
+#[tokio::test]
+async fn a_slow_target_delays_neither_other_targets_nor_ingest() {
+    let slow = TestReceiver::start().await;
+    let fast = TestReceiver::start().await;
+    slow.answer(Reply {
+        status: 200,
+        delay: Duration::from_secs(3),
+    });
+    let mut options = Options::with_targets(
+        target("slow", &slow.url("/"), "") + &target("fast", &fast.url("/"), ""),
+    );
+    options.timeout_ms = 10_000;
+    let app = spawn_app_with(options, None).await;
+
+    let started = Instant::now();
+    app.post_pathors(&fixture("pathors", "call-ended.json"))
+        .await;
+    slow.wait_for(1).await;
+    fast.wait_for(1).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "fast target waited {:?}",
+        started.elapsed()
+    );
+
+    // Ingest keeps answering while the slow target holds its attempts.
+    let started = Instant::now();
+    for i in 0..20 {
+        let body = format!(
+            r#"{{"event":"call.ended","sessionId":"s{i}","timestamp":"2026-05-03T08:42:14Z","callStatus":"busy"}}"#
+        );
+        assert_eq!(
+            app.post_pathors(body.as_bytes()).await.status().as_u16(),
+            202
+        );
+    }
+    fast.wait_for(21).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "ingest and the fast target took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        app.deliveries(Some(DeliveryStatus::Delivered))
+            .await
+            .iter()
+            .all(|d| d.target == "fast")
+    );
+}
+
+#[tokio::test]
+async fn pending_deliveries_resume_after_a_restart() {
+    let receiver = TestReceiver::start().await;
+    // The first attempt hangs past the shutdown grace period, so it is cut off mid-flight.
+    receiver.answer(Reply {
+        status: 200,
+        delay: Duration::from_secs(30),
+    });
+    let options = || {
+        let mut o = Options::with_targets(target("crm", &receiver.url("/"), ""));
+        o.timeout_ms = 60_000;
+        o.shutdown_timeout_ms = 200;
+        o
+    };
+    let app = spawn_app_with(options(), None).await;
+    let accepted: Value = app
+        .post_pathors(&fixture("pathors", "session-finalized-call.json"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    receiver.wait_for(1).await;
+    let dir = app.stop().await;
+
+    receiver.answer(Reply::status(200));
+    let app = spawn_app_with(options(), Some(dir)).await;
+    let delivered = app.wait_for_deliveries(DeliveryStatus::Delivered, 1).await;
+    assert_eq!(
+        delivered[0].event_id.as_str(),
+        accepted["id"].as_str().unwrap()
+    );
+    let got = receiver.received();
+    assert_eq!(got.len(), 2, "the cut-off attempt is repeated once");
+    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+    // The event itself survived the restart too: sending it again is a duplicate.
+    let again = app
+        .post_pathors(&fixture("pathors", "session-finalized-call.json"))
+        .await;
+    assert_eq!(again.status().as_u16(), 200);
+}

@@ -1,0 +1,413 @@
+//! Test harness: the real server on a random port with its own store, a scriptable local
+//! receiver, and vendor requests signed the way the vendors sign them.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use serde_json::Value;
+use sessiongate::app::Application;
+use sessiongate::config::Config;
+use sessiongate::store::{DeliveryFilter, DeliveryInfo, DeliveryStatus, Store};
+use svix::webhooks::Webhook;
+use tokio::sync::{Notify, oneshot};
+
+pub const PATHORS_TOKEN: &str = "Bearer test-pathors-token";
+pub const AGNTIX_SECRET: &str = "whsec_dGVzdC1hZ250aXgtY3VycmVudC1zZWNyZXQ=";
+pub const AGNTIX_OLD_SECRET: &str = "whsec_dGVzdC1hZ250aXgtb2xkLXNlY3JldA==";
+pub const TARGET_SECRET: &str = "whsec_dGVzdC10YXJnZXQtc2lnbmluZy1zZWNyZXQ=";
+/// How long a test waits for something asynchronous before failing.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+fn secret_env(name: &str) -> Option<String> {
+    match name {
+        "PATHORS_TOKEN" => Some(PATHORS_TOKEN.into()),
+        "AGNTIX_SECRET" => Some(AGNTIX_SECRET.into()),
+        "AGNTIX_OLD_SECRET" => Some(AGNTIX_OLD_SECRET.into()),
+        "TARGET_SECRET" => Some(TARGET_SECRET.into()),
+        _ => None,
+    }
+}
+
+pub fn fixture(vendor: &str, name: &str) -> Vec<u8> {
+    let path: PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "tests",
+        "fixtures",
+        vendor,
+        name,
+    ]
+    .iter()
+    .collect();
+    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Svix headers for `body`, signed with `secret` by the `svix` crate, as Agntix sends them.
+pub fn svix_headers(
+    secret: &str,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Vec<(&'static str, String)> {
+    let signature = Webhook::new(secret)
+        .unwrap()
+        .sign(msg_id, timestamp, body)
+        .unwrap();
+    vec![
+        ("svix-id", msg_id.to_owned()),
+        ("svix-timestamp", timestamp.to_string()),
+        ("svix-signature", signature),
+    ]
+}
+
+/// What the gateway under test is started with.
+pub struct Options {
+    /// `[[targets]]` tables, TOML.
+    pub targets: String,
+    pub max_attempts: u32,
+    pub backoff_initial_ms: u64,
+    pub timeout_ms: u64,
+    pub shutdown_timeout_ms: u64,
+    pub max_body_bytes: usize,
+}
+
+impl Options {
+    pub fn with_targets(targets: impl Into<String>) -> Options {
+        Options {
+            targets: targets.into(),
+            max_attempts: 5,
+            backoff_initial_ms: 20,
+            timeout_ms: 2000,
+            shutdown_timeout_ms: 5000,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+
+    fn toml(&self, db: &std::path::Path) -> String {
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+max_body_bytes = {max_body}
+shutdown_timeout_ms = {shutdown}
+
+[storage]
+url = "sqlite://{db}"
+
+[delivery]
+timeout_ms = {timeout}
+max_attempts = {attempts}
+backoff_initial_ms = {backoff}
+backoff_max_ms = {backoff_max}
+jitter = 0.0
+
+[[sources]]
+name = "pathors"
+vendor = "pathors"
+auth = {{ kind = "header", header = "Authorization", value = "env:PATHORS_TOKEN" }}
+
+[[sources]]
+name = "agntix"
+vendor = "agntix"
+auth = {{ kind = "svix", secrets = ["env:AGNTIX_OLD_SECRET", "env:AGNTIX_SECRET"] }}
+
+{targets}
+"#,
+            max_body = self.max_body_bytes,
+            shutdown = self.shutdown_timeout_ms,
+            db = db.display(),
+            timeout = self.timeout_ms,
+            attempts = self.max_attempts,
+            backoff = self.backoff_initial_ms,
+            backoff_max = self.backoff_initial_ms * 4,
+            targets = self.targets,
+        )
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub store: Arc<dyn Store>,
+    pub client: reqwest::Client,
+    dir: Option<tempfile::TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app(targets: impl Into<String>) -> TestApp {
+    spawn_app_with(Options::with_targets(targets), None).await
+}
+
+/// Starts the gateway; reuses `dir` (and the store in it) when given, as after a restart.
+pub async fn spawn_app_with(options: Options, dir: Option<tempfile::TempDir>) -> TestApp {
+    let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+    let config = Config::from_toml(&options.toml(&dir.path().join("gate.db")), &secret_env)
+        .expect("test configuration is valid");
+    let app = Application::build(config)
+        .await
+        .expect("the gateway starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let store = app.store();
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        store,
+        client: reqwest::Client::new(),
+        dir: Some(dir),
+        shutdown: Some(shutdown),
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, String)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.address))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        request.send().await.expect("the gateway answers")
+    }
+
+    pub async fn post_pathors(&self, body: &[u8]) -> reqwest::Response {
+        self.post(
+            "/ingest/pathors",
+            body,
+            &[("authorization", PATHORS_TOKEN.into())],
+        )
+        .await
+    }
+
+    /// Posts `body` signed with the current Agntix secret and a fresh message id.
+    pub async fn post_agntix(&self, body: &[u8]) -> reqwest::Response {
+        let msg_id = format!("msg_{}", uuid_like());
+        self.post(
+            "/ingest/agntix",
+            body,
+            &svix_headers(AGNTIX_SECRET, &msg_id, unix_now(), body),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("the gateway answers")
+    }
+
+    pub async fn deliveries(&self, status: Option<DeliveryStatus>) -> Vec<DeliveryInfo> {
+        self.store
+            .deliveries(DeliveryFilter {
+                status,
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `n` deliveries have `status`.
+    pub async fn wait_for_deliveries(&self, status: DeliveryStatus, n: usize) -> Vec<DeliveryInfo> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let found = self.deliveries(Some(status)).await;
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {n} {status:?} deliveries, have {:?}",
+                self.deliveries(None).await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Shuts the gateway down gracefully and hands back its directory for a restart.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task
+            .take()
+            .unwrap()
+            .await
+            .unwrap()
+            .expect("clean shutdown");
+        self.dir.take().unwrap()
+    }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{:x}{:x}", unix_now(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+    /// The status the receiver answered with.
+    pub status: u16,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("deliveries are JSON")
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or("")
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Reply {
+    pub status: u16,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+struct ReceiverState {
+    received: Mutex<Vec<Received>>,
+    script: Mutex<VecDeque<Reply>>,
+    default: Mutex<Reply>,
+    arrived: Notify,
+}
+
+/// A local downstream receiver that records requests and answers as scripted.
+pub struct TestReceiver {
+    base: String,
+    state: Arc<ReceiverState>,
+}
+
+impl TestReceiver {
+    pub async fn start() -> TestReceiver {
+        let state = Arc::new(ReceiverState {
+            received: Mutex::new(Vec::new()),
+            script: Mutex::new(VecDeque::new()),
+            default: Mutex::new(Reply::status(200)),
+            arrived: Notify::new(),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .default_service(web::to(receive))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .listen(listener)
+        .unwrap()
+        .run();
+        tokio::spawn(server);
+        TestReceiver { base, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Answers every request not scripted otherwise.
+    pub fn answer(&self, reply: Reply) {
+        *self.state.default.lock().unwrap() = reply;
+    }
+
+    /// Answers the next requests with these statuses, in order, then the default.
+    pub fn script(&self, statuses: &[u16]) {
+        self.state
+            .script
+            .lock()
+            .unwrap()
+            .extend(statuses.iter().map(|&s| Reply::status(s)));
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived and returns them all.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let arrived = self.state.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            let received = self.received();
+            if received.len() >= n {
+                return received;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                panic!(
+                    "expected {n} requests at the receiver, got {}",
+                    self.received().len()
+                );
+            }
+        }
+    }
+}
+
+async fn receive(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<ReceiverState>,
+) -> HttpResponse {
+    let reply = state
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or_else(|| *state.default.lock().unwrap());
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    state.received.lock().unwrap().push(Received {
+        path: request.path().to_owned(),
+        headers,
+        body: body.to_vec(),
+        status: reply.status,
+    });
+    state.arrived.notify_waiters();
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(reply.status).unwrap()).finish()
+}

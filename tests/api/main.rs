@@ -1,0 +1,7 @@
+//! Integration tests: the real gateway on a random port, a real local receiver, requests
+//! signed with the `svix` crate. One binary, so the crate links once.
+
+mod delivery;
+mod helpers;
+mod ingest;
+mod schema;
