@@ -1,0 +1,237 @@
+//! The `sessiongate` binary as an operator runs it: check-config exit codes, JSON logs,
+//! SIGTERM draining in-flight deliveries, and no secret in logs at any level.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sessiongate::config::Synchronous;
+use sessiongate::store::sqlite::SqliteStore;
+use sessiongate::store::{DeliveryFilter, DeliveryStatus, Store};
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sessiongate");
+
+fn config(db: &std::path::Path, target_url: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+shutdown_timeout_ms = 10000
+[storage]
+url = "sqlite://{db}"
+[[sources]]
+name = "pathors"
+vendor = "pathors"
+auth = {{ kind = "header", header = "Authorization", value = "env:TEST_PATHORS_TOKEN" }}
+[[sources]]
+name = "agntix"
+vendor = "agntix"
+auth = {{ kind = "svix", secrets = ["env:TEST_AGNTIX_SECRET"] }}
+[[targets]]
+name = "crm"
+url = "{target_url}"
+secret = "env:TEST_TARGET_SECRET"
+"#,
+        db = db.display()
+    )
+}
+
+#[test]
+fn check_config_exits_0_for_a_valid_file_and_1_naming_the_key_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.toml");
+    std::fs::write(
+        &path,
+        config(&dir.path().join("x.db"), "http://127.0.0.1:9/x"),
+    )
+    .unwrap();
+    let ok = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("TEST_PATHORS_TOKEN", "t")
+        .env("TEST_AGNTIX_SECRET", AGNTIX_SECRET)
+        .env("TEST_TARGET_SECRET", TARGET_SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        out.contains("pathors") && out.contains("crm") && out.contains("signed"),
+        "{out}"
+    );
+    assert!(!out.contains(AGNTIX_SECRET) && !out.contains(TARGET_SECRET));
+
+    let missing_env = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env_remove("TEST_AGNTIX_SECRET")
+        .env("TEST_PATHORS_TOKEN", "t")
+        .env("TEST_TARGET_SECRET", TARGET_SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(missing_env.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&missing_env.stderr);
+    assert!(
+        err.contains("sources[1].auth.secrets[0]") && err.contains("TEST_AGNTIX_SECRET"),
+        "{err}"
+    );
+
+    // The environment overrides the file, and is checked like it.
+    let overridden = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("TEST_PATHORS_TOKEN", "t")
+        .env("TEST_AGNTIX_SECRET", AGNTIX_SECRET)
+        .env("TEST_TARGET_SECRET", TARGET_SECRET)
+        .env("SESSIONGATE__DELIVERY__MAX_ATTEMPTS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(overridden.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&overridden.stderr).contains("delivery.max_attempts"));
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_work_exits_0_and_logs_no_secret() {
+    let receiver = TestReceiver::start().await;
+    receiver.answer(Reply {
+        status: 200,
+        delay: Duration::from_millis(700),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gate.db");
+    let path = dir.path().join("gate.toml");
+    std::fs::write(&path, config(&db, &receiver.url("/hook"))).unwrap();
+    let pathors_token = "Bearer pathors-token-that-must-not-leak";
+
+    let mut child = Command::new(BIN)
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "trace")
+        .env("TEST_PATHORS_TOKEN", pathors_token)
+        .env("TEST_AGNTIX_SECRET", AGNTIX_SECRET)
+        .env("TEST_TARGET_SECRET", TARGET_SECRET)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let address = loop {
+        let line = lines
+            .recv_timeout(PATIENCE)
+            .expect("the gateway logs that it listens");
+        log.push(line.clone());
+        let entry: Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
+        if entry["message"] == "Listening" {
+            break entry["address"].as_str().unwrap().to_owned();
+        }
+    };
+
+    let client = reqwest::Client::new();
+    let pathors = client
+        .post(format!("http://{address}/ingest/pathors"))
+        .header("authorization", pathors_token)
+        .body(fixture("pathors", "session-ended.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pathors.status().as_u16(), 202);
+    let body = fixture("agntix", "session-created.json");
+    let signed = svix_headers(AGNTIX_SECRET, "msg_process", unix_now(), &body);
+    let mut request = client
+        .post(format!("http://{address}/ingest/agntix"))
+        .body(body);
+    for (name, value) in &signed {
+        request = request.header(*name, value);
+    }
+    assert_eq!(request.send().await.unwrap().status().as_u16(), 202);
+    let wrong = client
+        .post(format!("http://{address}/ingest/pathors"))
+        .header("authorization", "Bearer wrong-token-also-secret")
+        .body(fixture("pathors", "call-ended.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+
+    // Both deliveries are in flight at the receiver (answering after 700 ms) when SIGTERM comes.
+    let got = receiver.wait_for(2).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    log.extend(lines.try_iter());
+
+    // The drained attempts were recorded before exit: nothing is left to repeat.
+    let store = SqliteStore::open(&db, Synchronous::Full).await.unwrap();
+    let delivered = store
+        .deliveries(DeliveryFilter {
+            status: Some(DeliveryStatus::Delivered),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        delivered.len(),
+        2,
+        "in-flight deliveries finished during shutdown"
+    );
+
+    let text = log.join("\n");
+    assert!(text.contains("Stopped"), "{text}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains(r#""level":"TRACE""#) || l.contains(r#""level":"DEBUG""#)),
+        "the secret check must run against verbose logs"
+    );
+    for line in &log {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "not a JSON log line: {line}"
+        );
+    }
+    let signatures: Vec<String> = got
+        .iter()
+        .map(|g| g.header("webhook-signature").to_owned())
+        .collect();
+    let forbidden = [
+        pathors_token,
+        "pathors-token-that-must-not-leak",
+        "wrong-token-also-secret",
+        AGNTIX_SECRET.trim_start_matches("whsec_"),
+        TARGET_SECRET.trim_start_matches("whsec_"),
+        signed[2].1.trim_start_matches("v1,"),
+        signatures[0].trim_start_matches("v1,"),
+        signatures[1].trim_start_matches("v1,"),
+    ];
+    for secret in forbidden {
+        assert!(
+            !text.contains(secret),
+            "a secret appears in the logs: {secret}"
+        );
+    }
+}
