@@ -120,10 +120,7 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || {
-                writer_loop(conn, rx);
-                drop(lock);
-            })
+            .spawn(move || writer_loop(conn, rx, lock))
             .context("Failed to start the SQLite writer thread")?;
         Ok(SqliteStore {
             tx,
@@ -222,7 +219,8 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>) {
+/// Owns the connection and the file lock until the store is closed or dropped.
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, lock: File) {
     let mut batch: Vec<Work> = Vec::with_capacity(MAX_BATCH);
     let mut closing = None;
     while closing.is_none() {
@@ -253,6 +251,8 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>) {
         tracing::warn!(error = %e, "Failed to checkpoint the SQLite store at close");
     }
     drop(conn);
+    // Release the file before answering `close`, so the caller may reopen it at once.
+    drop(lock);
     if let Some(done) = closing {
         let _ = done.send(());
     }
@@ -260,12 +260,15 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>) {
 
 fn run_batch(conn: &Connection, batch: &mut Vec<Work>) {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let message = format!("cannot begin a transaction: {e}");
-        tracing::error!(error = %e, "Store transaction failed to begin");
+        tracing::error!(error = %e, "Store transaction failed to begin; answering the batch with an error");
+        let failure = format!("cannot begin a transaction: {e}");
         for work in batch.drain(..) {
-            // The work never ran; answer with the failure.
-            let (_, reply) = work_failed(work, conn, &message);
-            reply(Err(message.clone()));
+            // A reply exists only once the work has run: run it in a savepoint (which opens
+            // a transaction of its own), undo it, and answer with the failure.
+            let _ = conn.execute_batch("SAVEPOINT op");
+            let (_, reply) = work(conn);
+            let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+            reply(Err(failure.clone()));
         }
         return;
     }
@@ -289,16 +292,6 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Work>) {
     for reply in replies {
         reply(committed.clone());
     }
-}
-
-/// Answers work that could not run inside a transaction. The closure still has to run to
-/// get at its reply; it runs against a connection with no transaction open, so it is rolled
-/// back by SQLite's autocommit only if it wrote, which is why the caller always gets `Err`.
-fn work_failed(work: Work, conn: &Connection, _why: &str) -> (bool, Reply) {
-    let _ = conn.execute_batch("SAVEPOINT op");
-    let result = work(conn);
-    let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
-    result
 }
 
 #[async_trait]
