@@ -121,6 +121,10 @@ impl Timestamp {
     pub fn unix_millis(self) -> i64 {
         self.0.timestamp_millis()
     }
+
+    pub fn from_unix_millis(ms: i64) -> Timestamp {
+        Timestamp(DateTime::from_timestamp_millis(ms).unwrap_or_default())
+    }
 }
 
 impl fmt::Display for Timestamp {

@@ -13,6 +13,7 @@
 //!   ([`ingest::auth`]) and the answers of the contract.
 //! - [`vendors`]: one file per vendor, only parsing and mapping verified bytes to events.
 //! - [`event`]: the canonical session event (schema v1) and its identifiers.
+//! - [`sessions`]: the session record every event of a session is merged into.
 //! - [`store`]: the durable store trait and its SQLite implementation; it decides duplicates.
 //! - [`delivery`]: per-target workers, the retry policy and outbound signing.
 //! - [`app`]: wires everything into one [`app::Application`] that tests can start on port 0.
@@ -25,6 +26,7 @@ pub mod delivery;
 pub mod error;
 pub mod event;
 pub mod ingest;
+pub mod sessions;
 pub mod store;
 pub mod telemetry;
 pub mod vendors;

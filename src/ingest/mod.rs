@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::config::{Source, Target};
 use crate::delivery::Dispatcher;
 use crate::error::{ApiError, chain};
-use crate::event::{CanonicalEvent, EventId, SPEC_VERSION, SourceRef, Timestamp};
+use crate::event::{EventId, Timestamp};
 use crate::store::{Accept, Ignored, IngestOutcome, NewEvent, Store};
 use crate::vendors::{Normalized, Recognized};
 
@@ -134,8 +134,9 @@ async fn handle(
     }
 }
 
-/// Stamps ids and times on a vendor's drafts and picks each event's targets.
-fn build_accept(
+/// Stamps ids on a vendor's drafts and picks each event's targets. The store merges the
+/// facts into the session record and renders the events in its transaction.
+pub fn build_accept(
     source: &Source,
     recognized: Recognized,
     message_id: Option<String>,
@@ -145,45 +146,28 @@ fn build_accept(
 ) -> Accept {
     let events = recognized
         .events
-        .iter()
-        .map(|draft| {
-            let id = EventId::derive(
+        .into_iter()
+        .map(|draft| NewEvent {
+            id: EventId::derive(
                 &source.name,
                 &recognized.session_id,
                 &recognized.vendor_event_type,
                 draft.event_type,
-            );
-            let body = serde_json::to_string(&CanonicalEvent {
-                spec_version: SPEC_VERSION,
-                id: &id,
-                event_type: draft.event_type,
-                occurred_at: draft.occurred_at,
-                received_at,
-                source: SourceRef {
-                    name: &source.name,
-                    vendor: source.vendor.as_str(),
-                    event_type: &recognized.vendor_event_type,
-                    message_id: message_id.as_deref(),
-                },
-                session: &draft.session,
-            })
-            .expect("canonical events always serialise");
-            NewEvent {
-                id,
-                event_type: draft.event_type,
-                session_id: recognized.session_id.clone(),
-                occurred_at: draft.occurred_at,
-                body,
-                targets: targets
-                    .iter()
-                    .filter(|t| t.accepts(&source.name, draft.event_type))
-                    .map(|t| t.name.clone())
-                    .collect(),
-            }
+            ),
+            event_type: draft.event_type,
+            occurred_at: draft.occurred_at,
+            facts: draft.session,
+            targets: targets
+                .iter()
+                .filter(|t| t.accepts(&source.name, draft.event_type))
+                .map(|t| t.name.clone())
+                .collect(),
         })
         .collect();
     Accept {
         source: source.name.clone(),
+        vendor: source.vendor.as_str().to_owned(),
+        session_id: recognized.session_id,
         vendor_event_type: recognized.vendor_event_type,
         message_id,
         received_at,

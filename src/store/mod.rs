@@ -17,7 +17,9 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::config::StorageConfig;
-use crate::event::{EventId, EventType, Timestamp};
+use crate::event::{
+    CanonicalEvent, EventId, EventType, SPEC_VERSION, Session, SourceRef, Timestamp,
+};
 
 /// A delivery id, `dlv_` followed by a time-ordered UUID in hex.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -48,12 +50,15 @@ impl fmt::Display for DeliveryId {
 #[derive(Debug, Clone)]
 pub struct Accept {
     pub source: String,
+    pub vendor: String,
+    /// The vendor's session id; with `vendor` it names the session record.
+    pub session_id: String,
     pub vendor_event_type: String,
     pub message_id: Option<String>,
     pub received_at: Timestamp,
     /// The vendor's body exactly as received.
     pub raw: Bytes,
-    /// The first event's id is the request's duplicate key.
+    /// In emission order. The first event's id is the request's duplicate key.
     pub events: Vec<NewEvent>,
 }
 
@@ -61,12 +66,32 @@ pub struct Accept {
 pub struct NewEvent {
     pub id: EventId,
     pub event_type: EventType,
-    pub session_id: String,
     pub occurred_at: Timestamp,
-    /// The serialised canonical event, without `raw`.
-    pub body: String,
+    /// What this event alone says about the session; merged into the record on commit.
+    pub facts: Session,
     /// Targets to deliver to: one pending delivery each, created in the same transaction.
     pub targets: Vec<String>,
+}
+
+impl Accept {
+    /// Serialises one of this request's events (without `raw`) around the merged session.
+    pub fn render(&self, event: &NewEvent, session: &Session) -> String {
+        serde_json::to_string(&CanonicalEvent {
+            spec_version: SPEC_VERSION,
+            id: &event.id,
+            event_type: event.event_type,
+            occurred_at: event.occurred_at,
+            received_at: self.received_at,
+            source: SourceRef {
+                name: &self.source,
+                vendor: &self.vendor,
+                event_type: &self.vendor_event_type,
+                message_id: self.message_id.as_deref(),
+            },
+            session,
+        })
+        .expect("canonical events always serialise")
+    }
 }
 
 /// An authenticated request of a type no adapter maps; kept for audit.
@@ -94,6 +119,8 @@ pub struct ClaimedDelivery {
     pub event_id: EventId,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// When the vendor says the event happened (for end-to-end latency).
+    pub occurred_at: Option<Timestamp>,
     /// The serialised canonical event, without `raw`.
     pub body: String,
     pub raw: Bytes,
@@ -150,22 +177,84 @@ impl DeliveryStatus {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryInfo {
+    #[serde(skip)]
+    pub seq: i64,
     pub id: DeliveryId,
     pub event_id: EventId,
     pub target: String,
     pub status: DeliveryStatus,
     pub attempts: u32,
-    pub next_attempt_at_ms: Option<i64>,
+    pub next_attempt_at: Option<Timestamp>,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// Every attempt, oldest first; filled when [`DeliveryFilter::with_attempts`] is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt_log: Option<Vec<AttemptInfo>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptInfo {
+    pub attempt: u32,
+    pub started_at: Timestamp,
+    pub duration_ms: i64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
     pub status: Option<DeliveryStatus>,
+    /// Only pending deliveries that have failed at least once.
+    pub failing: bool,
     pub target: Option<String>,
     pub event_id: Option<String>,
+    /// Only deliveries older than this cursor (a `seq` from an earlier page).
+    pub before: Option<i64>,
     pub limit: usize,
+    pub with_attempts: bool,
+}
+
+/// A stored canonical event.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub id: EventId,
+    pub source: String,
+    pub session_id: String,
+    pub event_type: String,
+    /// The serialised canonical event, without `raw`.
+    pub body: String,
+    pub raw: Bytes,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub source: Option<String>,
+    pub session_id: Option<String>,
+    pub event_type: Option<String>,
+    /// Only events older than this cursor (a `seq` from an earlier page).
+    pub before: Option<i64>,
+    pub limit: usize,
+}
+
+/// A session record as stored.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionView {
+    pub vendor: String,
+    pub session: Session,
+    pub finalized_event_id: Option<EventId>,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryOutcome {
+    Requeued,
+    NotDead(DeliveryStatus),
+    NotFound,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,8 +267,10 @@ pub enum StoreError {
 
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Commits a recognised request: its events and their deliveries, or nothing if its
-    /// first event id is already stored. Returns only once the commit is durable.
+    /// Commits a recognised request: merges it into its session record, stores its events
+    /// (each carrying the merged record as of that event) and their deliveries — or nothing
+    /// new if its first event id is already stored. A `session.finalized` is stored at most
+    /// once per session. Returns only once the commit is durable.
     async fn accept(&self, accept: Accept) -> Result<IngestOutcome, StoreError>;
 
     /// Keeps an ignored request for audit. Durable on return.
@@ -199,7 +290,33 @@ pub trait Store: Send + Sync {
     /// When the next pending, unleased delivery of `target` falls due (unix ms).
     async fn next_due_at(&self, target: &str) -> Result<Option<i64>, StoreError>;
 
+    /// Deliveries, newest first.
     async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryInfo>, StoreError>;
+
+    /// Puts a dead delivery back in the queue with a fresh attempt budget.
+    async fn retry_delivery(&self, id: &str) -> Result<RetryOutcome, StoreError>;
+
+    /// Creates new pending deliveries of a stored event (same event id) to `targets`.
+    /// `None` if there is no such event.
+    async fn replay(
+        &self,
+        event_id: &str,
+        targets: Vec<String>,
+    ) -> Result<Option<Vec<DeliveryId>>, StoreError>;
+
+    /// Events, newest first.
+    async fn events(&self, filter: EventFilter) -> Result<Vec<StoredEvent>, StoreError>;
+
+    async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError>;
+
+    async fn session(
+        &self,
+        vendor: &str,
+        session_id: &str,
+    ) -> Result<Option<SessionView>, StoreError>;
+
+    /// Pending deliveries per target.
+    async fn queue_depth(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// Succeeds while the store can serve requests.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -20,11 +20,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Accept, AttemptRecord, ClaimedDelivery, Completion, DeliveryFilter, DeliveryId, DeliveryInfo,
-    DeliveryStatus, Ignored, IngestOutcome, Store, StoreError, now_ms,
+    Accept, AttemptInfo, AttemptRecord, ClaimedDelivery, Completion, DeliveryFilter, DeliveryId,
+    DeliveryInfo, DeliveryStatus, EventFilter, Ignored, IngestOutcome, RetryOutcome, SessionView,
+    Store, StoreError, StoredEvent, now_ms,
 };
 use crate::config::Synchronous;
-use crate::event::EventId;
+use crate::event::{EventId, EventType, Timestamp};
+use crate::sessions::SessionRecord;
 
 /// The most operations one transaction takes.
 const MAX_BATCH: usize = 1024;
@@ -84,14 +86,25 @@ CREATE TABLE deliveries (
 );
 CREATE INDEX deliveries_due ON deliveries(target, next_attempt_at) WHERE status = 'pending';
 CREATE INDEX deliveries_by_event ON deliveries(event_id);
+CREATE INDEX deliveries_by_target ON deliveries(target, seq);
 CREATE TABLE attempts (
+    seq INTEGER PRIMARY KEY,
     delivery_id TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    started_at INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,          -- from 1 within the delivery's current schedule
+    started_at INTEGER NOT NULL,       -- unix ms
     duration_ms INTEGER NOT NULL,
     status_code INTEGER,
-    error TEXT,
-    PRIMARY KEY (delivery_id, attempt)
+    error TEXT
+);
+CREATE INDEX attempts_by_delivery ON attempts(delivery_id, seq);
+CREATE TABLE sessions (
+    vendor TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    record TEXT NOT NULL,              -- JSON of sessions::SessionRecord
+    finalized_event_id TEXT,           -- set once: exactly one session.finalized per session
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (vendor, session_id)
 ) WITHOUT ROWID;
 "#];
 
@@ -294,72 +307,194 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Work>) {
     }
 }
 
+/// Lets JSON (de)serialisation failures travel as SQLite errors inside a store call.
+fn json_error(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
+const DELIVERY_COLUMNS: &str = "seq, id, event_id, target, status, attempts, next_attempt_at, last_status, last_error, created_at, updated_at";
+
+fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
+    let status: String = r.get(4)?;
+    let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
+    Ok(DeliveryInfo {
+        seq: r.get(0)?,
+        id: DeliveryId::from_stored(r.get(1)?),
+        event_id: EventId::from_stored(r.get(2)?),
+        target: r.get(3)?,
+        status,
+        attempts: r.get(5)?,
+        next_attempt_at: (status == DeliveryStatus::Pending)
+            .then(|| r.get(6).map(Timestamp::from_unix_millis))
+            .transpose()?,
+        last_status: r.get(7)?,
+        last_error: r.get(8)?,
+        created_at: Timestamp::from_unix_millis(r.get(9)?),
+        updated_at: Timestamp::from_unix_millis(r.get(10)?),
+        attempt_log: None,
+    })
+}
+
+fn attempt_log(conn: &Connection, delivery_id: &str) -> rusqlite::Result<Vec<AttemptInfo>> {
+    conn.prepare_cached(
+        "SELECT attempt, started_at, duration_ms, status_code, error FROM attempts
+         WHERE delivery_id = ?1 ORDER BY seq",
+    )?
+    .query_map([delivery_id], |r| {
+        Ok(AttemptInfo {
+            attempt: r.get(0)?,
+            started_at: Timestamp::from_unix_millis(r.get(1)?),
+            duration_ms: r.get(2)?,
+            status_code: r.get(3)?,
+            error: r.get(4)?,
+        })
+    })?
+    .collect()
+}
+
+fn insert_delivery(
+    conn: &Connection,
+    event_id: &str,
+    target: &str,
+    now: i64,
+) -> rusqlite::Result<DeliveryId> {
+    let id = DeliveryId::generate();
+    conn.prepare_cached(
+        "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4, ?4)",
+    )?
+    .execute(params![id.as_str(), event_id, target, now])?;
+    Ok(id)
+}
+
+fn accept_in(conn: &Connection, accept: &Accept) -> rusqlite::Result<IngestOutcome> {
+    let primary = &accept.events[0];
+    let seen = conn
+        .prepare_cached("SELECT 1 FROM events WHERE id = ?1")?
+        .exists([primary.id.as_str()])?;
+    if seen {
+        return Ok(IngestOutcome::Duplicate {
+            id: primary.id.clone(),
+        });
+    }
+    let now = now_ms();
+    let stored: Option<(String, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT record, finalized_event_id FROM sessions WHERE vendor = ?1 AND session_id = ?2",
+        )?
+        .query_row([&accept.vendor, &accept.session_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let (mut record, mut finalized) = match stored {
+        Some((json, finalized)) => (
+            serde_json::from_str::<SessionRecord>(&json).map_err(json_error)?,
+            finalized.map(EventId::from_stored),
+        ),
+        None => (SessionRecord::default(), None),
+    };
+    let save_record = |record: &SessionRecord,
+                       finalized: Option<&EventId>|
+     -> rusqlite::Result<()> {
+        conn.prepare_cached(
+            "INSERT INTO sessions (vendor, session_id, record, finalized_event_id, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+             ON CONFLICT (vendor, session_id) DO UPDATE SET
+                 record = excluded.record, finalized_event_id = excluded.finalized_event_id,
+                 updated_at = excluded.updated_at",
+        )?
+        .execute(params![
+            accept.vendor,
+            accept.session_id,
+            serde_json::to_string(record).map_err(json_error)?,
+            finalized.map(EventId::as_str),
+            now
+        ])?;
+        Ok(())
+    };
+
+    // A second session.finalized for an already finalized session (say, from a second
+    // source of the same vendor) adds its facts to the record but is not emitted again.
+    if primary.event_type == EventType::SessionFinalized {
+        if let Some(first) = finalized.clone() {
+            record.merge(&primary.facts, primary.occurred_at);
+            save_record(&record, Some(&first))?;
+            return Ok(IngestOutcome::Duplicate { id: first });
+        }
+    }
+
+    let received_at = accept.received_at.to_string();
+    conn.prepare_cached(
+        "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
+         VALUES (?1, 'accepted', ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        accept.source,
+        accept.vendor_event_type,
+        accept.message_id,
+        received_at,
+        &accept.raw[..]
+    ])?;
+    let receipt = conn.last_insert_rowid();
+    let mut insert_event = conn.prepare_cached(
+        "INSERT OR IGNORE INTO events (id, receipt_seq, source, session_id, type, occurred_at, received_at, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut targets = Vec::new();
+    for event in &accept.events {
+        record.merge(&event.facts, event.occurred_at);
+        if event.event_type == EventType::SessionFinalized {
+            if finalized.is_some() {
+                continue;
+            }
+            finalized = Some(event.id.clone());
+        }
+        let session = record.session(&accept.session_id).map_err(json_error)?;
+        let inserted = insert_event.execute(params![
+            event.id.as_str(),
+            receipt,
+            accept.source,
+            accept.session_id,
+            event.event_type.as_str(),
+            event.occurred_at.to_string(),
+            received_at,
+            accept.render(event, &session),
+        ])?;
+        if inserted == 0 {
+            continue;
+        }
+        for target in &event.targets {
+            insert_delivery(conn, event.id.as_str(), target, now)?;
+            if !targets.contains(target) {
+                targets.push(target.clone());
+            }
+        }
+    }
+    save_record(&record, finalized.as_ref())?;
+    Ok(IngestOutcome::Accepted {
+        id: primary.id.clone(),
+        targets,
+    })
+}
+
+fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        seq: r.get(0)?,
+        id: EventId::from_stored(r.get(1)?),
+        source: r.get(2)?,
+        session_id: r.get(3)?,
+        event_type: r.get(4)?,
+        body: r.get(5)?,
+        raw: r.get::<_, Vec<u8>>(6)?.into(),
+    })
+}
+
+const EVENT_COLUMNS: &str = "e.seq, e.id, e.source, e.session_id, e.type, e.body, r.raw";
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn accept(&self, accept: Accept) -> Result<IngestOutcome, StoreError> {
-        self.call(move |conn| {
-            let primary = &accept.events[0].id;
-            let seen = conn
-                .prepare_cached("SELECT 1 FROM events WHERE id = ?1")?
-                .exists([primary.as_str()])?;
-            if seen {
-                return Ok(IngestOutcome::Duplicate { id: primary.clone() });
-            }
-            let received_at = accept.received_at.to_string();
-            conn.prepare_cached(
-                "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
-                 VALUES (?1, 'accepted', ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![
-                accept.source,
-                accept.vendor_event_type,
-                accept.message_id,
-                received_at,
-                &accept.raw[..]
-            ])?;
-            let receipt = conn.last_insert_rowid();
-            let now = now_ms();
-            let mut insert_event = conn.prepare_cached(
-                "INSERT OR IGNORE INTO events (id, receipt_seq, source, session_id, type, occurred_at, received_at, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            let mut insert_delivery = conn.prepare_cached(
-                "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4, ?4)",
-            )?;
-            let mut targets = Vec::new();
-            for event in &accept.events {
-                let inserted = insert_event.execute(params![
-                    event.id.as_str(),
-                    receipt,
-                    accept.source,
-                    event.session_id,
-                    event.event_type.as_str(),
-                    event.occurred_at.to_string(),
-                    received_at,
-                    event.body,
-                ])?;
-                if inserted == 0 {
-                    continue;
-                }
-                for target in &event.targets {
-                    insert_delivery.execute(params![
-                        DeliveryId::generate().as_str(),
-                        event.id.as_str(),
-                        target,
-                        now
-                    ])?;
-                    if !targets.contains(target) {
-                        targets.push(target.clone());
-                    }
-                }
-            }
-            Ok(IngestOutcome::Accepted {
-                id: primary.clone(),
-                targets,
-            })
-        })
-        .await
+        self.call(move |conn| accept_in(conn, &accept)).await
     }
 
     async fn record_ignored(&self, ignored: Ignored) -> Result<(), StoreError> {
@@ -405,17 +540,18 @@ impl Store for SqliteStore {
                 )?
                 .collect::<rusqlite::Result<_>>()?;
             let mut load = conn.prepare_cached(
-                "SELECT e.body, r.raw FROM events e JOIN receipts r ON r.seq = e.receipt_seq WHERE e.id = ?1",
+                "SELECT e.body, r.raw, e.occurred_at FROM events e JOIN receipts r ON r.seq = e.receipt_seq WHERE e.id = ?1",
             )?;
             leased
                 .into_iter()
                 .map(|(id, event_id, attempts)| {
-                    let (body, raw): (String, Vec<u8>) =
-                        load.query_row([&event_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    let (body, raw, occurred_at): (String, Vec<u8>, String) =
+                        load.query_row([&event_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                     Ok(ClaimedDelivery {
                         id: DeliveryId::from_stored(id),
                         event_id: EventId::from_stored(event_id),
                         attempts,
+                        occurred_at: Timestamp::parse(&occurred_at),
                         body,
                         raw: raw.into(),
                     })
@@ -449,7 +585,7 @@ impl Store for SqliteStore {
                 now
             ])?;
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
+                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![
@@ -481,36 +617,152 @@ impl Store for SqliteStore {
 
     async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryInfo>, StoreError> {
         self.call(move |conn| {
-            conn.prepare_cached(
-                "SELECT id, event_id, target, status, attempts, next_attempt_at, last_status, last_error
-                 FROM deliveries
-                 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR target = ?2) AND (?3 IS NULL OR event_id = ?3)
-                 ORDER BY seq LIMIT ?4",
-            )?
+            let mut found: Vec<DeliveryInfo> = conn
+                .prepare_cached(&format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                     WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR target = ?2)
+                       AND (?3 IS NULL OR event_id = ?3) AND (?4 IS NULL OR seq < ?4)
+                       AND (?5 = 0 OR attempts > 0)
+                     ORDER BY seq DESC LIMIT ?6"
+                ))?
+                .query_map(
+                    params![
+                        filter.status.map(DeliveryStatus::as_str),
+                        filter.target,
+                        filter.event_id,
+                        filter.before,
+                        filter.failing,
+                        filter.limit as i64
+                    ],
+                    delivery_row,
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            if filter.with_attempts {
+                for delivery in &mut found {
+                    delivery.attempt_log = Some(attempt_log(conn, delivery.id.as_str())?);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn retry_delivery(&self, id: &str) -> Result<RetryOutcome, StoreError> {
+        let id = id.to_owned();
+        self.call(move |conn| {
+            let requeued = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?2,
+                         lease_until = NULL, updated_at = ?2
+                     WHERE id = ?1 AND status = 'dead'",
+                )?
+                .execute(params![id, now_ms()])?;
+            if requeued == 1 {
+                return Ok(RetryOutcome::Requeued);
+            }
+            let status: Option<String> = conn
+                .prepare_cached("SELECT status FROM deliveries WHERE id = ?1")?
+                .query_row([&id], |r| r.get(0))
+                .optional()?;
+            Ok(match status.as_deref().and_then(DeliveryStatus::parse) {
+                Some(status) => RetryOutcome::NotDead(status),
+                None => RetryOutcome::NotFound,
+            })
+        })
+        .await
+    }
+
+    async fn replay(
+        &self,
+        event_id: &str,
+        targets: Vec<String>,
+    ) -> Result<Option<Vec<DeliveryId>>, StoreError> {
+        let event_id = event_id.to_owned();
+        self.call(move |conn| {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM events WHERE id = ?1")?
+                .exists([&event_id])?;
+            if !exists {
+                return Ok(None);
+            }
+            let now = now_ms();
+            targets
+                .iter()
+                .map(|target| insert_delivery(conn, &event_id, target, now))
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map(Some)
+        })
+        .await
+    }
+
+    async fn events(&self, filter: EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
+        self.call(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events e JOIN receipts r ON r.seq = e.receipt_seq
+                 WHERE (?1 IS NULL OR e.source = ?1) AND (?2 IS NULL OR e.session_id = ?2)
+                   AND (?3 IS NULL OR e.type = ?3) AND (?4 IS NULL OR e.seq < ?4)
+                 ORDER BY e.seq DESC LIMIT ?5"
+            ))?
             .query_map(
                 params![
-                    filter.status.map(DeliveryStatus::as_str),
-                    filter.target,
-                    filter.event_id,
+                    filter.source,
+                    filter.session_id,
+                    filter.event_type,
+                    filter.before,
                     filter.limit as i64
                 ],
-                |r| {
-                    let status: String = r.get(3)?;
-                    let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
-                    Ok(DeliveryInfo {
-                        id: DeliveryId::from_stored(r.get(0)?),
-                        event_id: EventId::from_stored(r.get(1)?),
-                        target: r.get(2)?,
-                        status,
-                        attempts: r.get(4)?,
-                        next_attempt_at_ms: (status == DeliveryStatus::Pending)
-                            .then(|| r.get(5))
-                            .transpose()?,
-                        last_status: r.get(6)?,
-                        last_error: r.get(7)?,
-                    })
-                },
+                stored_event,
             )?
+            .collect()
+        })
+        .await
+    }
+
+    async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let id = id.to_owned();
+        self.call(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events e JOIN receipts r ON r.seq = e.receipt_seq WHERE e.id = ?1"
+            ))?
+            .query_row([&id], stored_event)
+            .optional()
+        })
+        .await
+    }
+
+    async fn session(
+        &self,
+        vendor: &str,
+        session_id: &str,
+    ) -> Result<Option<SessionView>, StoreError> {
+        let (vendor, session_id) = (vendor.to_owned(), session_id.to_owned());
+        self.call(move |conn| {
+            let row: Option<(String, Option<String>, i64)> = conn
+                .prepare_cached(
+                    "SELECT record, finalized_event_id, updated_at FROM sessions WHERE vendor = ?1 AND session_id = ?2",
+                )?
+                .query_row([&vendor, &session_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((record, finalized, updated_at)) = row else {
+                return Ok(None);
+            };
+            let record: SessionRecord = serde_json::from_str(&record).map_err(json_error)?;
+            Ok(Some(SessionView {
+                session: record.session(&session_id).map_err(json_error)?,
+                vendor,
+                finalized_event_id: finalized.map(EventId::from_stored),
+                updated_at: Timestamp::from_unix_millis(updated_at),
+            }))
+        })
+        .await
+    }
+
+    async fn queue_depth(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.call(|conn| {
+            conn.prepare_cached(
+                "SELECT target, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY target",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect()
         })
         .await
@@ -534,7 +786,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::event::{EventType, Timestamp};
+    use crate::event::Session;
     use crate::store::NewEvent;
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
@@ -546,8 +798,14 @@ mod tests {
     }
 
     fn accept(session: &str, types: &[EventType], targets: &[&str]) -> Accept {
+        accept_from("src", session, types, targets)
+    }
+
+    fn accept_from(source: &str, session: &str, types: &[EventType], targets: &[&str]) -> Accept {
         Accept {
-            source: "src".into(),
+            source: source.into(),
+            vendor: "pathors".into(),
+            session_id: session.into(),
             vendor_event_type: "x".into(),
             message_id: None,
             received_at: Timestamp::now(),
@@ -555,11 +813,14 @@ mod tests {
             events: types
                 .iter()
                 .map(|&t| NewEvent {
-                    id: EventId::derive("src", session, "x", t),
+                    id: EventId::derive(source, session, "x", t),
                     event_type: t,
-                    session_id: session.into(),
                     occurred_at: Timestamp::now(),
-                    body: format!(r#"{{"type":"{t}"}}"#),
+                    facts: Session {
+                        id: session.into(),
+                        message_count: Some(3),
+                        ..Session::default()
+                    },
                     targets: targets.iter().map(|s| s.to_string()).collect(),
                 })
                 .collect(),
@@ -625,6 +886,111 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(all.len(), 4, "two events times two targets");
+    }
+
+    #[tokio::test]
+    async fn a_session_is_finalized_once_even_from_two_sources() {
+        let (_dir, s) = store().await;
+        let first = s
+            .accept(accept_from(
+                "a",
+                "s1",
+                &[EventType::SessionFinalized],
+                &["t"],
+            ))
+            .await
+            .unwrap();
+        let IngestOutcome::Accepted { id, .. } = first else {
+            panic!("{first:?}")
+        };
+        let second = s
+            .accept(accept_from(
+                "b",
+                "s1",
+                &[EventType::SessionFinalized],
+                &["t"],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(second, IngestOutcome::Duplicate { id: id.clone() });
+        let view = s.session("pathors", "s1").await.unwrap().unwrap();
+        assert_eq!(view.finalized_event_id, Some(id));
+        assert_eq!(view.session.message_count, Some(3));
+        let events = s
+            .events(EventFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn retry_requeues_only_dead_deliveries_and_replay_adds_deliveries() {
+        let (_dir, s) = store().await;
+        let IngestOutcome::Accepted { id, .. } = s
+            .accept(accept("s1", &[EventType::SessionEnded], &["t"]))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let claimed = s
+            .claim_due("t", 1, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            s.retry_delivery(claimed.id.as_str()).await.unwrap(),
+            RetryOutcome::NotDead(DeliveryStatus::Pending)
+        );
+        assert_eq!(
+            s.retry_delivery("dlv_nope").await.unwrap(),
+            RetryOutcome::NotFound
+        );
+        s.finish_attempt(AttemptRecord {
+            delivery_id: claimed.id.clone(),
+            attempt: 1,
+            started_at_ms: now_ms(),
+            duration_ms: 3,
+            status_code: Some(500),
+            error: Some("HTTP 500".into()),
+            next: Completion::Dead,
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            s.retry_delivery(claimed.id.as_str()).await.unwrap(),
+            RetryOutcome::Requeued
+        );
+        let again = s.claim_due("t", 1, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(again[0].attempts, 0, "a fresh attempt budget");
+        let log = s
+            .deliveries(DeliveryFilter {
+                with_attempts: true,
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            log[0].attempt_log.as_ref().unwrap().len(),
+            1,
+            "history is kept"
+        );
+
+        assert_eq!(s.replay("evt_nope", vec!["t".into()]).await.unwrap(), None);
+        let replayed = s
+            .replay(id.as_str(), vec!["t".into(), "u".into()])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(replayed.len(), 2);
+        assert_eq!(
+            s.queue_depth().await.unwrap(),
+            [("t".to_owned(), 2), ("u".to_owned(), 1)]
+        );
     }
 
     #[tokio::test]

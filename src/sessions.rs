@@ -1,0 +1,258 @@
+//! The session record: every event of a session merged into one, in any arrival order.
+//!
+//! Each field of [`Session`] (and each key of `variables` and `extracted`) is kept with a
+//! stamp: its lifecycle rank, the time of the event that said it, and the value itself.
+//! Merging keeps, per field, the value with the greatest stamp. That is a maximum over a
+//! total order, so merging is commutative, associative and idempotent: whatever order events
+//! arrive in, however often they repeat, the record comes out the same. From the stamp order:
+//!
+//! - later lifecycle facts are never overwritten by earlier ones (`closed` outranks `open`,
+//!   and `voice`, once any call event was seen, outranks `chat`), whatever the clocks say;
+//! - between two values of the same rank, the later event time wins;
+//! - null or absent fields are never offered, so they never erase a value.
+//!
+//! This module is pure: storage decides *when* to merge (inside its transaction).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::event::{Session, Timestamp};
+
+/// Fields merged key by key rather than as a whole.
+const KEYED_FIELDS: [&str; 2] = ["variables", "extracted"];
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    fields: BTreeMap<String, Stamped>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Stamped {
+    rank: u8,
+    at: Timestamp,
+    value: Value,
+}
+
+impl Stamped {
+    /// The total order merging maximises. The value's JSON text breaks the last ties, so that
+    /// even two different values at the same instant merge the same way in any order.
+    fn beats(&self, other: &Stamped) -> bool {
+        (self.rank, self.at)
+            .cmp(&(other.rank, other.at))
+            .then_with(|| self.value.to_string().cmp(&other.value.to_string()))
+            == std::cmp::Ordering::Greater
+    }
+}
+
+/// How far along the lifecycle a value is; higher never yields to lower.
+fn lifecycle_rank(field: &str, value: &Value) -> u8 {
+    match (field, value.as_str()) {
+        ("state", Some("closed" | "expired")) => 1,
+        ("channel", Some("voice")) => 1,
+        _ => 0,
+    }
+}
+
+impl SessionRecord {
+    /// Merges what one event says about the session, as of that event's time.
+    pub fn merge(&mut self, facts: &Session, at: Timestamp) {
+        let Ok(Value::Object(fields)) = serde_json::to_value(facts) else {
+            unreachable!("a Session serialises to an object");
+        };
+        for (name, value) in fields {
+            if name == "id" {
+                continue;
+            }
+            if KEYED_FIELDS.contains(&name.as_str()) {
+                if let Value::Object(entries) = value {
+                    for (key, value) in entries {
+                        self.offer(format!("{name}.{key}"), value, at);
+                    }
+                }
+            } else {
+                self.offer(name, value, at);
+            }
+        }
+    }
+
+    fn offer(&mut self, path: String, value: Value, at: Timestamp) {
+        if value.is_null() {
+            return;
+        }
+        let candidate = Stamped {
+            rank: lifecycle_rank(&path, &value),
+            at,
+            value,
+        };
+        match self.fields.get(&path) {
+            Some(current) if !candidate.beats(current) => {}
+            _ => {
+                self.fields.insert(path, candidate);
+            }
+        }
+    }
+
+    /// The merged session as a canonical `session` object.
+    pub fn session(&self, id: &str) -> Result<Session, serde_json::Error> {
+        let mut object = Map::new();
+        object.insert("id".into(), Value::String(id.to_owned()));
+        for keyed in KEYED_FIELDS {
+            object.insert(keyed.into(), Value::Object(Map::new()));
+        }
+        for (path, stamped) in &self.fields {
+            match path.split_once('.') {
+                Some((keyed, key)) if KEYED_FIELDS.contains(&keyed) => {
+                    if let Some(Value::Object(entries)) = object.get_mut(keyed) {
+                        entries.insert(key.to_owned(), stamped.value.clone());
+                    }
+                }
+                _ => {
+                    object.insert(path.clone(), stamped.value.clone());
+                }
+            }
+        }
+        serde_json::from_value(Value::Object(object))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::event::{Channel, SessionState};
+    use crate::vendors::test_support::{fixture, recognized};
+    use crate::vendors::{Draft, Vendor};
+
+    fn ts(s: &str) -> Timestamp {
+        Timestamp::parse(s).unwrap()
+    }
+
+    fn drafts(vendor: Vendor, dir: &str, names: &[&str]) -> Vec<Draft> {
+        names
+            .iter()
+            .map(|n| recognized(vendor, &fixture(dir, n)).events[0].clone())
+            .collect()
+    }
+
+    fn merged(events: &[&Draft]) -> Session {
+        let mut record = SessionRecord::default();
+        for d in events {
+            record.merge(&d.session, d.occurred_at);
+        }
+        record.session(&events[0].session.id).unwrap()
+    }
+
+    #[test]
+    fn a_pathors_call_session_merges_into_one_complete_record() {
+        let events = drafts(
+            Vendor::Pathors,
+            "pathors",
+            &[
+                "session-ended.json",
+                "call-ended.json",
+                "session-finalized-call.json",
+                "recording-ready.json",
+            ],
+        );
+        let s = merged(&events.iter().collect::<Vec<_>>());
+        assert_eq!(s.channel, Some(Channel::Voice));
+        assert_eq!(s.state, Some(SessionState::Closed));
+        assert_eq!(s.ended_at, Some(ts("2026-05-03T08:42:11.512Z")));
+        assert_eq!(s.message_count, Some(8));
+        assert_eq!(
+            s.project_id.as_deref(),
+            Some("8f3e2c91-4a7b-4d6e-a23c-9b1f5e8d4c20")
+        );
+        assert_eq!(
+            s.call.as_ref().unwrap().vendor_status.as_deref(),
+            Some("userHangup")
+        );
+        assert!(s.recording.is_some());
+        assert_eq!(
+            Value::Object(s.extracted),
+            json!({"name": "Nancy", "intention": "book a demo"})
+        );
+    }
+
+    #[test]
+    fn later_lifecycle_facts_win_even_against_later_clocks() {
+        let mut open = Session {
+            id: "s".into(),
+            state: Some(SessionState::Open),
+            ..Session::default()
+        };
+        let closed = Session {
+            state: Some(SessionState::Closed),
+            ..open.clone()
+        };
+        let mut record = SessionRecord::default();
+        record.merge(&closed, ts("2026-01-01T00:00:00Z"));
+        record.merge(&open, ts("2026-01-01T00:00:05Z"));
+        assert_eq!(
+            record.session("s").unwrap().state,
+            Some(SessionState::Closed)
+        );
+
+        open.channel = Some(Channel::Chat);
+        let voice = Session {
+            channel: Some(Channel::Voice),
+            ..Session::default()
+        };
+        let mut record = SessionRecord::default();
+        record.merge(&voice, ts("2026-01-01T00:00:00Z"));
+        record.merge(&open, ts("2026-01-01T00:00:09Z"));
+        assert_eq!(record.session("s").unwrap().channel, Some(Channel::Voice));
+    }
+
+    #[test]
+    fn null_never_erases_and_the_later_value_wins() {
+        let mut record = SessionRecord::default();
+        let early = Session {
+            message_count: Some(3),
+            current_node_id: Some("a".into()),
+            extracted: json!({"name": "Nancy", "x": 1})
+                .as_object()
+                .unwrap()
+                .clone(),
+            ..Session::default()
+        };
+        let late = Session {
+            message_count: Some(8),
+            current_node_id: None,
+            extracted: json!({"x": 2, "y": null}).as_object().unwrap().clone(),
+            ..Session::default()
+        };
+        // Arrival order reversed on purpose: the later event arrives first.
+        record.merge(&late, ts("2026-01-01T00:00:09Z"));
+        record.merge(&early, ts("2026-01-01T00:00:01Z"));
+        let s = record.session("s").unwrap();
+        assert_eq!(s.message_count, Some(8));
+        assert_eq!(s.current_node_id.as_deref(), Some("a"));
+        assert_eq!(Value::Object(s.extracted), json!({"name": "Nancy", "x": 2}));
+    }
+
+    #[test]
+    fn merging_is_idempotent_and_survives_a_round_trip_through_json() {
+        let events = drafts(
+            Vendor::Agntix,
+            "agntix",
+            &["session-created.json", "session-ended.json"],
+        );
+        let mut record = SessionRecord::default();
+        for d in events.iter().chain(events.iter()) {
+            record.merge(&d.session, d.occurred_at);
+        }
+        let stored: SessionRecord =
+            serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
+        assert_eq!(stored, record);
+        let s = stored
+            .session("4981804c-2658-4893-84ff-9c2fa90fb3c2")
+            .unwrap();
+        assert_eq!(s.state, Some(SessionState::Closed));
+        assert_eq!(s.started_at, Some(ts("2026-04-08T05:00:01.130Z")));
+        assert!(s.analysis.is_some());
+    }
+}
