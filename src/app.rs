@@ -17,10 +17,12 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context;
 use serde_json::json;
 
+use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::delivery::{WorkerHealth, Workers};
-use crate::error::error_response;
+use crate::error::{ApiError, error_response};
 use crate::ingest::{self, IngestState};
+use crate::metrics::Metrics;
 use crate::store::{self, Store};
 
 /// How long `/readyz` waits for the store before calling it unreachable.
@@ -34,9 +36,12 @@ pub struct Application {
     shutdown_timeout: Duration,
 }
 
-struct Health {
+/// What the operational endpoints read.
+struct Ops {
     store: Arc<dyn Store>,
     workers: WorkerHealth,
+    metrics: Arc<Metrics>,
+    targets: Vec<String>,
 }
 
 impl Application {
@@ -45,9 +50,14 @@ impl Application {
             tracing::warn!(warning = %warning, "Configuration warning");
         }
         let store = store::open(&config.storage).await?;
+        let metrics = Arc::new(Metrics::new());
         let targets: Vec<_> = config.targets.into_iter().map(Arc::new).collect();
-        let (dispatcher, workers) =
-            Workers::start(targets.clone(), &config.delivery, store.clone())?;
+        let (dispatcher, workers) = Workers::start(
+            targets.clone(),
+            &config.delivery,
+            store.clone(),
+            metrics.clone(),
+        )?;
 
         let listener = TcpListener::bind(config.server.listen)
             .with_context(|| format!("Failed to listen on {}", config.server.listen))?;
@@ -63,30 +73,51 @@ impl Application {
             targets = targets.len(),
             "Listening"
         );
+        let admin = config.server.admin_token.map(|token| {
+            web::Data::new(AdminState {
+                token,
+                store: store.clone(),
+                dispatcher: dispatcher.clone(),
+                targets: targets.clone(),
+            })
+        });
+        if admin.is_none() {
+            tracing::info!("No server.admin_token configured: the admin API is off");
+        }
+        let ops = web::Data::new(Ops {
+            store: store.clone(),
+            workers: workers.health(),
+            metrics: metrics.clone(),
+            targets: targets.iter().map(|t| t.name.clone()).collect(),
+        });
         let ingest_state = web::Data::new(IngestState {
             sources,
             targets,
             store: store.clone(),
             dispatcher,
+            metrics,
             max_body_bytes: config.server.max_body_bytes,
             body_timeout: config.server.body_timeout,
         });
-        let health = web::Data::new(Health {
-            store: store.clone(),
-            workers: workers.health(),
-        });
         let server = HttpServer::new(move || {
-            App::new()
+            let mut app = App::new()
                 .app_data(ingest_state.clone())
-                .app_data(health.clone())
-                .service(
-                    web::resource("/ingest/{source}")
-                        .route(web::post().to(ingest::ingest))
-                        .default_service(web::to(method_not_allowed)),
-                )
-                .route("/healthz", web::get().to(healthz))
-                .route("/readyz", web::get().to(readyz))
-                .default_service(web::to(no_route))
+                .app_data(ops.clone())
+                .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                    ApiError::InvalidRequest(format!("bad query string: {e}")).into()
+                }))
+                .route("/metrics", web::get().to(metrics_text));
+            if let Some(admin) = &admin {
+                app = app.app_data(admin.clone()).configure(admin::routes);
+            }
+            app.service(
+                web::resource("/ingest/{source}")
+                    .route(web::post().to(ingest::ingest))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .default_service(web::to(no_route))
         })
         .workers(config.server.workers)
         .disable_signals()
@@ -144,7 +175,7 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-async fn readyz(health: web::Data<Health>) -> HttpResponse {
+async fn readyz(health: web::Data<Ops>) -> HttpResponse {
     let store_ok = matches!(
         tokio::time::timeout(READY_TIMEOUT, health.store.ping()).await,
         Ok(Ok(()))
@@ -160,6 +191,24 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
+}
+
+async fn metrics_text(ops: web::Data<Ops>) -> HttpResponse {
+    match ops.store.queue_depth().await {
+        Ok(depths) => {
+            for target in &ops.targets {
+                let depth = depths
+                    .iter()
+                    .find(|(t, _)| t == target)
+                    .map_or(0, |(_, n)| *n);
+                ops.metrics.set_queue_depth(target, depth);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "Cannot read the queue depth for /metrics"),
+    }
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(ops.metrics.render())
 }
 
 async fn method_not_allowed(request: HttpRequest) -> HttpResponse {

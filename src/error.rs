@@ -29,6 +29,12 @@ pub enum ApiError {
     Unavailable(#[source] StoreError),
     #[error("{0}")]
     NotFound(String),
+    #[error("missing or wrong admin token: send Authorization: Bearer <server.admin_token>")]
+    AdminUnauthorized,
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl ApiError {
@@ -41,6 +47,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::NotFound(_) => "not_found",
+            ApiError::AdminUnauthorized => "unauthorized",
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::Conflict(_) => "conflict",
         }
     }
 }
@@ -67,7 +76,9 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::UnknownSource(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) | ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::InvalidPayload(_) | ApiError::UnreadableBody(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -16,16 +16,20 @@
 //! - [`sessions`]: the session record every event of a session is merged into.
 //! - [`store`]: the durable store trait and its SQLite implementation; it decides duplicates.
 //! - [`delivery`]: per-target workers, the retry policy and outbound signing.
+//! - [`admin`]: the admin API (sessions, events, deliveries; retry and replay).
 //! - [`app`]: wires everything into one [`app::Application`] that tests can start on port 0.
+//! - [`metrics`]: Prometheus metrics; each telemetry event logs and counts together.
 //! - [`telemetry`]: `tracing` set-up.
 //! - [`error`]: the one API error type and its JSON body.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod event;
 pub mod ingest;
+pub mod metrics;
 pub mod sessions;
 pub mod store;
 pub mod telemetry;

@@ -6,14 +6,16 @@
 //! answer means is decided by the pure rules in [`super::retry`].
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
 use super::retry::{Next, RetryPolicy, Verdict, classify_status, next_step};
 use crate::config::Target;
+use crate::error::chain;
 use crate::event::with_raw;
+use crate::metrics::{AttemptResult, Metrics};
 use crate::store::{AttemptRecord, ClaimedDelivery, Completion, Store, now_ms};
 
 /// How much of an error response body is kept in `last_error`.
@@ -45,6 +47,7 @@ pub(super) struct Job {
     pub store: Arc<dyn Store>,
     pub max_attempts: u32,
     pub retry: RetryPolicy,
+    pub metrics: Arc<Metrics>,
     pub delivery: ClaimedDelivery,
 }
 
@@ -80,34 +83,33 @@ impl Job {
             &self.retry,
             rand::random(),
         );
-        let completion = match next {
-            Next::Delivered => {
-                tracing::debug!(duration_ms, status = answer.status, "Delivered");
-                Completion::Delivered
-            }
-            Next::RetryIn(delay) => {
-                tracing::warn!(
-                    duration_ms,
-                    status = answer.status,
-                    error = answer.error.as_deref().unwrap_or(""),
-                    retry_in_ms = delay.as_millis() as u64,
-                    "Delivery attempt failed; will retry"
-                );
+        let error = answer.error.as_deref().unwrap_or("");
+        let (completion, result) = match next {
+            Next::Delivered => (Completion::Delivered, AttemptResult::Delivered),
+            Next::RetryIn(delay) => (
                 Completion::RetryAt {
                     unix_ms: now_ms() + delay.as_millis() as i64,
-                }
-            }
-            Next::Dead => {
-                tracing::error!(
-                    duration_ms,
-                    status = answer.status,
-                    error = answer.error.as_deref().unwrap_or(""),
-                    max_attempts = self.max_attempts,
-                    "Delivery is dead after its last attempt; retry it from the admin API"
-                );
-                Completion::Dead
-            }
+                },
+                AttemptResult::Retry {
+                    retry_in: delay,
+                    error,
+                },
+            ),
+            Next::Dead => (
+                Completion::Dead,
+                AttemptResult::Dead {
+                    error,
+                    max_attempts: self.max_attempts,
+                },
+            ),
         };
+        self.metrics.attempted(
+            &self.target.name,
+            result,
+            Duration::from_millis(duration_ms as u64),
+            answer.status,
+            self.delivery.occurred_at,
+        );
         let record = AttemptRecord {
             delivery_id: self.delivery.id.clone(),
             attempt,
@@ -208,12 +210,8 @@ fn describe_error(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let mut message = kind.to_owned();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{kind}: {}", chain(cause)),
+        None => kind.to_owned(),
     }
-    message
 }

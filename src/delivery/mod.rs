@@ -21,6 +21,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{DeliveryConfig, Target};
+use crate::metrics::Metrics;
 use crate::store::{Store, now_ms};
 
 /// How long a worker sleeps at most when nothing is due, to notice leases that expired.
@@ -58,6 +59,7 @@ impl Workers {
         targets: Vec<Arc<Target>>,
         config: &DeliveryConfig,
         store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<(Dispatcher, Workers)> {
         let client = attempt::client()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -73,6 +75,7 @@ impl Workers {
                 config: config.clone(),
                 store: store.clone(),
                 client: client.clone(),
+                metrics: metrics.clone(),
                 waker,
                 shutdown: shutdown_rx.clone(),
             };
@@ -157,6 +160,7 @@ struct TargetWorker {
     config: DeliveryConfig,
     store: Arc<dyn Store>,
     client: reqwest::Client,
+    metrics: Arc<Metrics>,
     waker: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
 }
@@ -188,6 +192,7 @@ impl TargetWorker {
                                 store: self.store.clone(),
                                 max_attempts: self.config.max_attempts,
                                 retry: self.config.retry.clone(),
+                                metrics: self.metrics.clone(),
                                 delivery,
                             };
                             in_flight.spawn(async move {

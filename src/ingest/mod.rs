@@ -9,7 +9,7 @@ pub mod auth;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::web::{self, Bytes, BytesMut};
@@ -21,6 +21,7 @@ use crate::config::{Source, Target};
 use crate::delivery::Dispatcher;
 use crate::error::{ApiError, chain};
 use crate::event::{EventId, Timestamp};
+use crate::metrics::{IngestResult, Metrics, UNKNOWN_SOURCE};
 use crate::store::{Accept, Ignored, IngestOutcome, NewEvent, Store};
 use crate::vendors::{Normalized, Recognized};
 
@@ -30,6 +31,7 @@ pub struct IngestState {
     pub targets: Vec<Arc<Target>>,
     pub store: Arc<dyn Store>,
     pub dispatcher: Dispatcher,
+    pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
 }
@@ -41,6 +43,13 @@ struct Answer<'a> {
     id: Option<&'a EventId>,
 }
 
+/// How a request that passed every check ended.
+enum Outcome {
+    Accepted(EventId),
+    Duplicate(EventId),
+    Ignored(Option<String>),
+}
+
 #[tracing::instrument(name = "ingest", skip_all, fields(source = %path.as_str()))]
 pub async fn ingest(
     path: web::Path<String>,
@@ -48,16 +57,61 @@ pub async fn ingest(
     payload: web::Payload,
     state: web::Data<IngestState>,
 ) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
     let result = handle(&path, &request, payload, &state).await;
-    if let Err(e) = &result {
-        match e {
-            ApiError::Unavailable(cause) => {
-                tracing::error!(error = %chain(cause), "Cannot store the event; answered 503")
-            }
-            _ => tracing::warn!(code = e.code(), error = %e, "Rejected a request"),
+    let source = if state.sources.contains_key(path.as_str()) {
+        path.as_str()
+    } else {
+        UNKNOWN_SOURCE
+    };
+    let elapsed = started.elapsed();
+    match result {
+        Ok(Outcome::Accepted(id)) => {
+            state
+                .metrics
+                .ingested(source, IngestResult::Accepted(&id), elapsed);
+            Ok(HttpResponse::Accepted().json(Answer {
+                status: "accepted",
+                id: Some(&id),
+            }))
+        }
+        Ok(Outcome::Duplicate(id)) => {
+            state
+                .metrics
+                .ingested(source, IngestResult::Duplicate(&id), elapsed);
+            Ok(HttpResponse::Ok().json(Answer {
+                status: "duplicate",
+                id: Some(&id),
+            }))
+        }
+        Ok(Outcome::Ignored(vendor_event_type)) => {
+            state.metrics.ingested(
+                source,
+                IngestResult::Ignored(vendor_event_type.as_deref()),
+                elapsed,
+            );
+            Ok(HttpResponse::Accepted().json(Answer {
+                status: "ignored",
+                id: None,
+            }))
+        }
+        Err(e) => {
+            let (message, internal) = match &e {
+                ApiError::Unavailable(cause) => (chain(cause), true),
+                other => (other.to_string(), false),
+            };
+            state.metrics.ingested(
+                source,
+                IngestResult::Rejected {
+                    reason: e.code(),
+                    message: &message,
+                    internal,
+                },
+                elapsed,
+            );
+            Err(e)
         }
     }
-    result
 }
 
 async fn handle(
@@ -65,7 +119,7 @@ async fn handle(
     request: &HttpRequest,
     payload: web::Payload,
     state: &IngestState,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Outcome, ApiError> {
     let source = state
         .sources
         .get(source_name)
@@ -77,25 +131,18 @@ async fn handle(
 
     match source.vendor.normalize(&verified)? {
         Normalized::Ignored { vendor_event_type } => {
-            tracing::info!(
-                vendor_event_type = vendor_event_type.as_deref().unwrap_or(""),
-                "Ignored an event type this adapter does not map"
-            );
             state
                 .store
                 .record_ignored(Ignored {
                     source: source.name.clone(),
-                    vendor_event_type,
+                    vendor_event_type: vendor_event_type.clone(),
                     message_id,
                     received_at,
                     raw: verified.bytes().clone(),
                 })
                 .await
                 .map_err(ApiError::Unavailable)?;
-            Ok(HttpResponse::Accepted().json(Answer {
-                status: "ignored",
-                id: None,
-            }))
+            Ok(Outcome::Ignored(vendor_event_type))
         }
         Normalized::Events(recognized) => {
             let accept = build_accept(
@@ -116,19 +163,9 @@ async fn handle(
                     for target in &targets {
                         state.dispatcher.notify(target);
                     }
-                    tracing::debug!(event_id = %id, targets = targets.len(), "Accepted");
-                    Ok(HttpResponse::Accepted().json(Answer {
-                        status: "accepted",
-                        id: Some(&id),
-                    }))
+                    Ok(Outcome::Accepted(id))
                 }
-                IngestOutcome::Duplicate { id } => {
-                    tracing::debug!(event_id = %id, "Duplicate; nothing forwarded again");
-                    Ok(HttpResponse::Ok().json(Answer {
-                        status: "duplicate",
-                        id: Some(&id),
-                    }))
-                }
+                IngestOutcome::Duplicate { id } => Ok(Outcome::Duplicate(id)),
             }
         }
     }

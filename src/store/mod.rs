@@ -252,7 +252,7 @@ pub struct SessionView {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RetryOutcome {
-    Requeued,
+    Requeued { target: String },
     NotDead(DeliveryStatus),
     NotFound,
 }

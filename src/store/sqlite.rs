@@ -650,15 +650,17 @@ impl Store for SqliteStore {
     async fn retry_delivery(&self, id: &str) -> Result<RetryOutcome, StoreError> {
         let id = id.to_owned();
         self.call(move |conn| {
-            let requeued = conn
+            let requeued: Option<String> = conn
                 .prepare_cached(
                     "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?2,
                          lease_until = NULL, updated_at = ?2
-                     WHERE id = ?1 AND status = 'dead'",
+                     WHERE id = ?1 AND status = 'dead'
+                     RETURNING target",
                 )?
-                .execute(params![id, now_ms()])?;
-            if requeued == 1 {
-                return Ok(RetryOutcome::Requeued);
+                .query_row(params![id, now_ms()], |r| r.get(0))
+                .optional()?;
+            if let Some(target) = requeued {
+                return Ok(RetryOutcome::Requeued { target });
             }
             let status: Option<String> = conn
                 .prepare_cached("SELECT status FROM deliveries WHERE id = ?1")?
@@ -962,7 +964,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             s.retry_delivery(claimed.id.as_str()).await.unwrap(),
-            RetryOutcome::Requeued
+            RetryOutcome::Requeued { target: "t".into() }
         );
         let again = s.claim_due("t", 1, Duration::from_secs(60)).await.unwrap();
         assert_eq!(again[0].attempts, 0, "a fresh attempt budget");

@@ -1,0 +1,370 @@
+//! Prometheus metrics, and the telemetry events that feed them.
+//!
+//! Each thing worth observing is one method here that both logs and counts with the same
+//! labels, so logs and metrics always agree. `/metrics` renders the registry in the
+//! Prometheus/OpenMetrics text format; the queue depth is read from the store at scrape time
+//! (it must be right across restarts and replicas, which a counter in memory is not).
+//!
+//! Labels are bounded: source and target names come from the configuration, never from a
+//! request (an unknown source is counted as `_unknown`).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::event::{EventId, Timestamp};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectLabels {
+    source: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn ingest_buckets() -> Histogram {
+    // 0.25 ms … ~4 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.000_25, 2.0, 15,
+    ))
+}
+
+fn attempt_buckets() -> Histogram {
+    // 1 ms … ~33 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 16,
+    ))
+}
+
+fn end_to_end_buckets() -> Histogram {
+    // Vendors may deliver late (Agntix retries for a day), so this reaches far.
+    Histogram::new([
+        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+        21600.0, 86400.0,
+    ])
+}
+
+/// The source label for requests to a source name that is not configured.
+pub const UNKNOWN_SOURCE: &str = "_unknown";
+
+/// How an ingest request ended, for [`Metrics::ingested`].
+pub enum IngestResult<'a> {
+    Accepted(&'a EventId),
+    Duplicate(&'a EventId),
+    Ignored(Option<&'a str>),
+    Rejected {
+        reason: &'static str,
+        message: &'a str,
+        internal: bool,
+    },
+}
+
+/// How a delivery attempt ended, for [`Metrics::attempted`].
+pub enum AttemptResult<'a> {
+    Delivered,
+    Retry { retry_in: Duration, error: &'a str },
+    Dead { error: &'a str, max_attempts: u32 },
+}
+
+pub struct Metrics {
+    registry: Registry,
+    received: Family<SourceLabels, Counter>,
+    accepted: Family<SourceLabels, Counter>,
+    duplicate: Family<SourceLabels, Counter>,
+    ignored: Family<SourceLabels, Counter>,
+    rejected: Family<RejectLabels, Counter>,
+    ingest_seconds: Histograms<SourceLabels>,
+    delivered: Family<TargetLabels, Counter>,
+    failed_attempts: Family<TargetLabels, Counter>,
+    dead: Family<TargetLabels, Counter>,
+    queue_depth: Family<TargetLabels, Gauge>,
+    attempt_seconds: Histograms<TargetLabels>,
+    end_to_end_seconds: Histograms<TargetLabels>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("sessiongate");
+        let m = Metrics {
+            received: Family::default(),
+            accepted: Family::default(),
+            duplicate: Family::default(),
+            ignored: Family::default(),
+            rejected: Family::default(),
+            ingest_seconds: Family::new_with_constructor(ingest_buckets),
+            delivered: Family::default(),
+            failed_attempts: Family::default(),
+            dead: Family::default(),
+            queue_depth: Family::default(),
+            attempt_seconds: Family::new_with_constructor(attempt_buckets),
+            end_to_end_seconds: Family::new_with_constructor(end_to_end_buckets),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "received",
+            "Ingest requests received, per source",
+            m.received.clone(),
+        );
+        registry.register(
+            "accepted",
+            "Vendor events accepted and stored",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "duplicate",
+            "Vendor events seen before (answered 200, not forwarded)",
+            m.duplicate.clone(),
+        );
+        registry.register(
+            "ignored",
+            "Authenticated events of types no adapter maps",
+            m.ignored.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Ingest requests refused, by reason (the error code)",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "ingest_duration_seconds",
+            "Time from request to answer, commit included",
+            m.ingest_seconds.clone(),
+        );
+        registry.register(
+            "delivered",
+            "Deliveries acknowledged with 2xx",
+            m.delivered.clone(),
+        );
+        registry.register(
+            "delivery_failed_attempts",
+            "Delivery attempts that failed",
+            m.failed_attempts.clone(),
+        );
+        registry.register(
+            "dead",
+            "Deliveries that ran out of attempts",
+            m.dead.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Pending deliveries (due or waiting to retry)",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "delivery_attempt_duration_seconds",
+            "Time one delivery attempt took",
+            m.attempt_seconds.clone(),
+        );
+        registry.register(
+            "end_to_end_seconds",
+            "Time from the vendor's event timestamp to the target's acknowledgement",
+            m.end_to_end_seconds.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Records one ingest request's outcome: logs it and counts it.
+    pub fn ingested(&self, source: &str, result: IngestResult<'_>, elapsed: Duration) {
+        let labels = SourceLabels {
+            source: source.to_owned(),
+        };
+        self.received.get_or_create(&labels).inc();
+        self.ingest_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        match result {
+            IngestResult::Accepted(id) => {
+                self.accepted.get_or_create(&labels).inc();
+                tracing::debug!(source, event_id = %id, "Accepted");
+            }
+            IngestResult::Duplicate(id) => {
+                self.duplicate.get_or_create(&labels).inc();
+                tracing::debug!(source, event_id = %id, "Duplicate; nothing forwarded again");
+            }
+            IngestResult::Ignored(vendor_event_type) => {
+                self.ignored.get_or_create(&labels).inc();
+                tracing::info!(
+                    source,
+                    vendor_event_type = vendor_event_type.unwrap_or(""),
+                    "Ignored an event type this adapter does not map"
+                );
+            }
+            IngestResult::Rejected {
+                reason,
+                message,
+                internal,
+            } => {
+                self.rejected
+                    .get_or_create(&RejectLabels {
+                        source: source.to_owned(),
+                        reason: reason.to_owned(),
+                    })
+                    .inc();
+                if internal {
+                    tracing::error!(
+                        source,
+                        reason,
+                        error = message,
+                        "Cannot store the event; answered 503"
+                    );
+                } else {
+                    tracing::warn!(source, reason, error = message, "Rejected a request");
+                }
+            }
+        }
+    }
+
+    /// Records one delivery attempt's outcome: logs it and counts it.
+    pub fn attempted(
+        &self,
+        target: &str,
+        result: AttemptResult<'_>,
+        duration: Duration,
+        status: Option<u16>,
+        occurred_at: Option<Timestamp>,
+    ) {
+        let labels = TargetLabels {
+            target: target.to_owned(),
+        };
+        self.attempt_seconds
+            .get_or_create(&labels)
+            .observe(duration.as_secs_f64());
+        let duration_ms = duration.as_millis() as u64;
+        match result {
+            AttemptResult::Delivered => {
+                self.delivered.get_or_create(&labels).inc();
+                if let Some(at) = occurred_at {
+                    let lag_ms = (Timestamp::now().unix_millis() - at.unix_millis()).max(0);
+                    self.end_to_end_seconds
+                        .get_or_create(&labels)
+                        .observe(lag_ms as f64 / 1000.0);
+                }
+                tracing::debug!(duration_ms, status, "Delivered");
+            }
+            AttemptResult::Retry { retry_in, error } => {
+                self.failed_attempts.get_or_create(&labels).inc();
+                tracing::warn!(
+                    duration_ms,
+                    status,
+                    error,
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    "Delivery attempt failed; will retry"
+                );
+            }
+            AttemptResult::Dead {
+                error,
+                max_attempts,
+            } => {
+                self.failed_attempts.get_or_create(&labels).inc();
+                self.dead.get_or_create(&labels).inc();
+                tracing::error!(
+                    duration_ms,
+                    status,
+                    error,
+                    max_attempts,
+                    "Delivery is dead after its last attempt; retry it from the admin API"
+                );
+            }
+        }
+    }
+
+    pub fn set_queue_depth(&self, target: &str, depth: u64) {
+        self.queue_depth
+            .get_or_create(&TargetLabels {
+                target: target.to_owned(),
+            })
+            .set(depth as i64);
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_counted_with_their_labels() {
+        let m = Metrics::new();
+        let id = EventId::derive("p", "s", "x", crate::event::EventType::CallEnded);
+        m.ingested(
+            "pathors",
+            IngestResult::Accepted(&id),
+            Duration::from_millis(2),
+        );
+        m.ingested(
+            "pathors",
+            IngestResult::Duplicate(&id),
+            Duration::from_millis(1),
+        );
+        m.ingested(
+            "pathors",
+            IngestResult::Rejected {
+                reason: "unauthorized",
+                message: "x",
+                internal: false,
+            },
+            Duration::from_millis(1),
+        );
+        m.attempted(
+            "crm",
+            AttemptResult::Delivered,
+            Duration::from_millis(5),
+            Some(200),
+            Some(Timestamp::now()),
+        );
+        m.attempted(
+            "crm",
+            AttemptResult::Dead {
+                error: "HTTP 500",
+                max_attempts: 1,
+            },
+            Duration::ZERO,
+            Some(500),
+            None,
+        );
+        m.set_queue_depth("crm", 7);
+        let text = m.render();
+        for line in [
+            r#"sessiongate_received_total{source="pathors"} 3"#,
+            r#"sessiongate_accepted_total{source="pathors"} 1"#,
+            r#"sessiongate_duplicate_total{source="pathors"} 1"#,
+            r#"sessiongate_rejected_total{source="pathors",reason="unauthorized"} 1"#,
+            r#"sessiongate_delivered_total{target="crm"} 1"#,
+            r#"sessiongate_delivery_failed_attempts_total{target="crm"} 1"#,
+            r#"sessiongate_dead_total{target="crm"} 1"#,
+            r#"sessiongate_queue_depth{target="crm"} 7"#,
+            r#"sessiongate_end_to_end_seconds_count{target="crm"} 1"#,
+            r#"sessiongate_ingest_duration_seconds_count{source="pathors"} 3"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+}
