@@ -150,12 +150,12 @@ async fn list_events(
     state: web::Data<AdminState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
-    if let Some(t) = &query.event_type {
-        if EventType::parse(t).is_none() {
-            return Err(ApiError::InvalidRequest(format!(
-                "unknown event type `{t}`"
-            )));
-        }
+    if let Some(t) = &query.event_type
+        && EventType::parse(t).is_none()
+    {
+        return Err(ApiError::InvalidRequest(format!(
+            "unknown event type `{t}`"
+        )));
     }
     let limit = limit(query.limit)?;
     let events = state
