@@ -415,12 +415,12 @@ fn accept_in(conn: &Connection, accept: &Accept) -> rusqlite::Result<IngestOutco
 
     // A second session.finalized for an already finalized session (say, from a second
     // source of the same vendor) adds its facts to the record but is not emitted again.
-    if primary.event_type == EventType::SessionFinalized {
-        if let Some(first) = finalized.clone() {
-            record.merge(&primary.facts, primary.occurred_at);
-            save_record(&record, Some(&first))?;
-            return Ok(IngestOutcome::Duplicate { id: first });
-        }
+    if primary.event_type == EventType::SessionFinalized
+        && let Some(first) = finalized.clone()
+    {
+        record.merge(&primary.facts, primary.occurred_at);
+        save_record(&record, Some(&first))?;
+        return Ok(IngestOutcome::Duplicate { id: first });
     }
 
     let received_at = accept.received_at.to_string();
