@@ -20,12 +20,14 @@
 //! - [`app`]: wires everything into one [`app::Application`] that tests can start on port 0.
 //! - [`metrics`]: Prometheus metrics; each telemetry event logs and counts together.
 //! - [`telemetry`]: `tracing` set-up.
+//! - [`demo`]: `sessiongate demo`, the whole pipeline in one command.
 //! - [`error`]: the one API error type and its JSON body.
 
 pub mod admin;
 pub mod app;
 pub mod config;
 pub mod delivery;
+pub mod demo;
 pub mod error;
 pub mod event;
 pub mod ingest;

@@ -30,6 +30,9 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// A one-command tour: a temporary gateway, a built-in receiver, the vendors' example
+    /// events sent signed like the real senders, and what the receiver got.
+    Demo,
     /// Validate the configuration and print the sources and targets it defines.
     CheckConfig {
         /// Configuration file [default: $SESSIONGATE_CONFIG, else config/sessiongate.toml]
@@ -47,8 +50,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => check_config(&config_path(config)),
+        Command::Demo => {
+            // The tour goes to stdout; only warnings and errors go to stderr unless asked.
+            telemetry::init(cli.log_format, "warn");
+            match runtime()
+                .and_then(|rt| rt.block_on(sessiongate::demo::run(&mut std::io::stdout())))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve { config } => {
-            telemetry::init(cli.log_format);
+            telemetry::init(cli.log_format, "info");
             let path = config_path(config);
             let config = match Config::load(&path) {
                 Ok(config) => config,
@@ -79,6 +95,12 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

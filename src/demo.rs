@@ -1,0 +1,323 @@
+//! `sessiongate demo`: the whole pipeline in one command.
+//!
+//! Starts the gateway on a SQLite store in a temporary directory with a built-in receiver as
+//! its only target, sends the vendors' documented example events through it — Pathors with
+//! its shared header, Agntix signed with the `svix` crate like Svix does, including a
+//! re-delivery, a Svix retry and events out of order — and prints what the receiver got,
+//! then one session's `session.finalized` event. Fails (exit 1) if anything the receiver got
+//! is missing, unsigned, or finalized twice.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use anyhow::{Context, bail, ensure};
+use base64::Engine as _;
+use serde_json::Value;
+use svix::webhooks::Webhook;
+use tokio::sync::{Notify, oneshot};
+
+use crate::app::Application;
+use crate::config::Config;
+
+/// The vendors' documented example payloads (also the test fixtures).
+mod examples {
+    pub const PATHORS_SESSION_ENDED: &str =
+        include_str!("../tests/fixtures/pathors/session-ended.json");
+    pub const PATHORS_CALL_ENDED: &str = include_str!("../tests/fixtures/pathors/call-ended.json");
+    pub const PATHORS_FINALIZED_CALL: &str =
+        include_str!("../tests/fixtures/pathors/session-finalized-call.json");
+    pub const PATHORS_FINALIZED_TEXT: &str =
+        include_str!("../tests/fixtures/pathors/session-finalized-text.json");
+    pub const PATHORS_RECORDING_READY: &str =
+        include_str!("../tests/fixtures/pathors/recording-ready.json");
+    pub const AGNTIX_CREATED: &str = include_str!("../tests/fixtures/agntix/session-created.json");
+    pub const AGNTIX_ENDED: &str = include_str!("../tests/fixtures/agntix/session-ended.json");
+}
+
+/// Events the receiver must get: 4 of the Pathors call session, 1 of the text session,
+/// and 3 of the Agntix session (started, ended, finalized).
+const EXPECTED_DELIVERIES: usize = 8;
+const PATIENCE: Duration = Duration::from_secs(20);
+
+struct Sent {
+    vendor: &'static str,
+    body: &'static str,
+    note: &'static str,
+}
+
+fn script() -> Vec<Sent> {
+    use examples::*;
+    let sent = |vendor, body, note| Sent { vendor, body, note };
+    vec![
+        sent(
+            "pathors",
+            PATHORS_CALL_ENDED,
+            "out of order: before session.ended",
+        ),
+        sent("pathors", PATHORS_SESSION_ENDED, ""),
+        sent("pathors", PATHORS_FINALIZED_CALL, ""),
+        sent("pathors", PATHORS_RECORDING_READY, "after finalization"),
+        sent("pathors", PATHORS_CALL_ENDED, "Pathors re-delivery"),
+        sent("pathors", PATHORS_FINALIZED_TEXT, "a text session"),
+        sent(
+            "agntix",
+            AGNTIX_ENDED,
+            "out of order: before session.created",
+        ),
+        sent("agntix", AGNTIX_CREATED, ""),
+        sent("agntix", AGNTIX_ENDED, "Svix retry with a new message id"),
+    ]
+}
+
+fn random_secret() -> String {
+    let bytes: [u8; 24] = rand::random();
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+struct Received {
+    body: Value,
+    signature_ok: bool,
+}
+
+struct Receiver {
+    verifier: Webhook,
+    got: Mutex<Vec<Received>>,
+    arrived: Notify,
+}
+
+async fn receive(
+    request: HttpRequest,
+    body: web::Bytes,
+    receiver: web::Data<Receiver>,
+) -> HttpResponse {
+    let mut headers = http1::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        if let Some(value) = request
+            .headers()
+            .get(name)
+            .and_then(|v| http1::HeaderValue::from_bytes(v.as_bytes()).ok())
+        {
+            headers.insert(name, value);
+        }
+    }
+    let signature_ok = receiver.verifier.verify(&body, &headers).is_ok();
+    let Ok(body) = serde_json::from_slice(&body) else {
+        return HttpResponse::BadRequest().finish();
+    };
+    receiver
+        .got
+        .lock()
+        .expect("receiver lock")
+        .push(Received { body, signature_ok });
+    receiver.arrived.notify_waiters();
+    HttpResponse::NoContent().finish()
+}
+
+/// Runs the demo, writing the tour to `out`.
+pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("Failed to create a temporary directory")?;
+    let agntix_secret = random_secret();
+    let target_secret = random_secret();
+    let pathors_token = format!("Bearer demo-{:x}", rand::random::<u64>());
+
+    let receiver = web::Data::new(Receiver {
+        verifier: Webhook::new(&target_secret)
+            .context("Failed to build the receiver's verifier")?,
+        got: Mutex::new(Vec::new()),
+        arrived: Notify::new(),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").context("Failed to bind the demo receiver")?;
+    let receiver_url = format!("http://{}/sessions", listener.local_addr()?);
+    let receiver_server = {
+        let receiver = receiver.clone();
+        HttpServer::new(move || {
+            App::new()
+                .app_data(receiver.clone())
+                .default_service(web::to(receive))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run()
+    };
+    let receiver_handle = receiver_server.handle();
+    tokio::spawn(receiver_server);
+
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+[storage]
+url = "sqlite://{db}"
+[delivery]
+backoff_initial_ms = 100
+backoff_max_ms = 1000
+[[sources]]
+name = "pathors"
+vendor = "pathors"
+auth = {{ kind = "header", header = "Authorization", value = "env:PATHORS_TOKEN" }}
+[[sources]]
+name = "agntix"
+vendor = "agntix"
+auth = {{ kind = "svix", secrets = ["env:AGNTIX_SECRET"] }}
+[[targets]]
+name = "receiver"
+url = "{receiver_url}"
+secret = "env:TARGET_SECRET"
+include_raw = false
+"#,
+        db = dir.path().join("demo.db").display()
+    );
+    let env = |name: &str| match name {
+        "PATHORS_TOKEN" => Some(pathors_token.clone()),
+        "AGNTIX_SECRET" => Some(agntix_secret.clone()),
+        "TARGET_SECRET" => Some(target_secret.clone()),
+        _ => None,
+    };
+    let config = Config::from_toml(&toml, &env).context("The demo configuration is invalid")?;
+    let app = Application::build(config).await?;
+    let gateway = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+
+    writeln!(
+        out,
+        "sessiongate demo: a gateway on a temporary SQLite store, a built-in receiver,"
+    )?;
+    writeln!(
+        out,
+        "and the vendors' documented example events, sent like the real senders.\n"
+    )?;
+    writeln!(out, "Sent to the gateway:")?;
+    let client = reqwest::Client::new();
+    let signer = Webhook::new(&agntix_secret)?;
+    for (i, sent) in script().iter().enumerate() {
+        let event_type = serde_json::from_str::<Value>(sent.body)?
+            .get(if sent.vendor == "pathors" {
+                "event"
+            } else {
+                "eventType"
+            })
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned();
+        let mut request = client
+            .post(format!("{gateway}/ingest/{}", sent.vendor))
+            .header("content-type", "application/json")
+            .body(sent.body);
+        if sent.vendor == "pathors" {
+            request = request.header("authorization", &pathors_token);
+        } else {
+            let msg_id = format!("msg_demo{i}");
+            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
+            request = request
+                .header("svix-id", &msg_id)
+                .header("svix-timestamp", now.to_string())
+                .header(
+                    "svix-signature",
+                    signer.sign(&msg_id, now, sent.body.as_bytes())?,
+                );
+        }
+        let response = request.send().await.context("The gateway did not answer")?;
+        let status = response.status().as_u16();
+        let answer: Value = serde_json::from_slice(&response.bytes().await?).unwrap_or(Value::Null);
+        let note = if sent.note.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", sent.note)
+        };
+        writeln!(
+            out,
+            "  {:<8} {:<18} {} {:<9} {}{note}",
+            sent.vendor,
+            event_type,
+            status,
+            answer["status"].as_str().unwrap_or("?"),
+            answer["id"].as_str().unwrap_or(""),
+        )?;
+        ensure!(
+            status == 200 || status == 202,
+            "the gateway answered {status}: {answer}"
+        );
+    }
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let arrived = receiver.arrived.notified();
+        tokio::pin!(arrived);
+        arrived.as_mut().enable();
+        if receiver.got.lock().expect("receiver lock").len() >= EXPECTED_DELIVERIES {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+            bail!(
+                "the receiver got {} of {EXPECTED_DELIVERIES} events in {PATIENCE:?}",
+                receiver.got.lock().expect("receiver lock").len()
+            );
+        }
+    }
+    let _ = stop.send(());
+    running.await.context("The gateway task failed")??;
+    receiver_handle.stop(true).await;
+
+    let got = std::mem::take(&mut *receiver.got.lock().expect("receiver lock"));
+    writeln!(out, "\nThe receiver got {} events:", got.len())?;
+    let mut finalized: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &got {
+        let e = &r.body;
+        let session = e["session"]["id"].as_str().unwrap_or("?");
+        if e["type"] == "session.finalized" {
+            *finalized.entry(session.to_owned()).or_default() += 1;
+        }
+        writeln!(
+            out,
+            "  {:<18} {:<8} session {}…  {}  signature {}",
+            e["type"].as_str().unwrap_or("?"),
+            e["source"]["vendor"].as_str().unwrap_or("?"),
+            session.get(..8).unwrap_or(session),
+            e["id"].as_str().unwrap_or("?"),
+            if r.signature_ok {
+                "verified"
+            } else {
+                "INVALID"
+            },
+        )?;
+    }
+    ensure!(
+        got.len() == EXPECTED_DELIVERIES,
+        "expected {EXPECTED_DELIVERIES} events, got {}",
+        got.len()
+    );
+    ensure!(
+        got.iter().all(|r| r.signature_ok),
+        "a delivery's signature did not verify"
+    );
+    ensure!(
+        finalized.len() == 3 && finalized.values().all(|&n| n == 1),
+        "expected one session.finalized for each of 3 sessions, got {finalized:?}"
+    );
+
+    let shown = got
+        .iter()
+        .find(|r| r.body["type"] == "session.finalized" && r.body["session"]["call"].is_object())
+        .context("no session.finalized of the Pathors call session arrived")?;
+    writeln!(
+        out,
+        "\nOne session.finalized per session ({} sessions). The Pathors call session's, as the\n\
+         receiver got it: call.ended, session.ended and session.finalized merged into one record\n\
+         (endedAt and the call outcome come from the events before it):",
+        finalized.len()
+    )?;
+    writeln!(out, "{}", serde_json::to_string_pretty(&shown.body)?)?;
+    Ok(())
+}
