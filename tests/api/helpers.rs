@@ -19,6 +19,7 @@ pub const PATHORS_TOKEN: &str = "Bearer test-pathors-token";
 pub const AGNTIX_SECRET: &str = "whsec_dGVzdC1hZ250aXgtY3VycmVudC1zZWNyZXQ=";
 pub const AGNTIX_OLD_SECRET: &str = "whsec_dGVzdC1hZ250aXgtb2xkLXNlY3JldA==";
 pub const TARGET_SECRET: &str = "whsec_dGVzdC10YXJnZXQtc2lnbmluZy1zZWNyZXQ=";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 /// How long a test waits for something asynchronous before failing.
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -28,6 +29,7 @@ fn secret_env(name: &str) -> Option<String> {
         "AGNTIX_SECRET" => Some(AGNTIX_SECRET.into()),
         "AGNTIX_OLD_SECRET" => Some(AGNTIX_OLD_SECRET.into()),
         "TARGET_SECRET" => Some(TARGET_SECRET.into()),
+        "ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
         _ => None,
     }
 }
@@ -79,6 +81,7 @@ pub struct Options {
     pub timeout_ms: u64,
     pub shutdown_timeout_ms: u64,
     pub max_body_bytes: usize,
+    pub admin_api: bool,
 }
 
 impl Options {
@@ -90,6 +93,7 @@ impl Options {
             timeout_ms: 2000,
             shutdown_timeout_ms: 5000,
             max_body_bytes: 64 * 1024,
+            admin_api: true,
         }
     }
 
@@ -101,6 +105,7 @@ listen = "127.0.0.1:0"
 workers = 1
 max_body_bytes = {max_body}
 shutdown_timeout_ms = {shutdown}
+{admin}
 
 [storage]
 url = "sqlite://{db}"
@@ -125,6 +130,11 @@ auth = {{ kind = "svix", secrets = ["env:AGNTIX_OLD_SECRET", "env:AGNTIX_SECRET"
 {targets}
 "#,
             max_body = self.max_body_bytes,
+            admin = if self.admin_api {
+                "admin_token = \"env:ADMIN_TOKEN\""
+            } else {
+                ""
+            },
             shutdown = self.shutdown_timeout_ms,
             db = db.display(),
             timeout = self.timeout_ms,
@@ -209,6 +219,16 @@ impl TestApp {
             &svix_headers(AGNTIX_SECRET, &msg_id, unix_now(), body),
         )
         .await
+    }
+
+    /// An admin API call with the right token.
+    pub async fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
+        self.client
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("the gateway answers")
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {

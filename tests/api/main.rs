@@ -1,8 +1,10 @@
 //! Integration tests: the real gateway on a random port, a real local receiver, requests
 //! signed with the `svix` crate. One binary, so the crate links once.
 
+mod admin;
 mod delivery;
 mod helpers;
 mod ingest;
 mod process;
 mod schema;
+mod sessions;

@@ -235,3 +235,41 @@ async fn sigterm_drains_in_flight_work_exits_0_and_logs_no_secret() {
         );
     }
 }
+
+#[test]
+fn demo_runs_the_whole_pipeline_and_exits_0() {
+    let out = Command::new(BIN)
+        .arg("demo")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("The receiver got 8 events:"), "{stdout}");
+    assert_eq!(stdout.matches("signature verified").count(), 8, "{stdout}");
+    assert!(!stdout.contains("INVALID"));
+    assert_eq!(
+        stdout.matches("200 duplicate").count(),
+        2,
+        "a re-delivery and a Svix retry: {stdout}"
+    );
+    assert!(
+        stdout.contains("One session.finalized per session (3 sessions)"),
+        "{stdout}"
+    );
+    // The pretty-printed record is the merged one: endedAt came from session.ended.
+    let json_start = stdout.find("\n{").expect("a pretty-printed event");
+    let event: Value = serde_json::from_str(&stdout[json_start..]).unwrap();
+    assert_eq!(event["type"], "session.finalized");
+    assert_eq!(event["session"]["endedAt"], "2026-05-03T08:42:11.512Z");
+    assert_eq!(event["session"]["call"]["outcome"], "completed");
+    assert!(
+        out.stderr.is_empty(),
+        "no warnings on a clean run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
