@@ -57,6 +57,8 @@ fn main() -> ExitCode {
                 .and_then(|rt| rt.block_on(sessiongate::demo::run(&mut std::io::stdout())))
             {
                 Ok(()) => ExitCode::SUCCESS,
+                // `sessiongate demo | head` closes stdout early; that is the reader's choice.
+                Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("demo failed: {e:#}");
                     ExitCode::FAILURE
@@ -95,6 +97,14 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
