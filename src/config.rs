@@ -67,6 +67,11 @@ pub enum StorageConfig {
         path: PathBuf,
         synchronous: Synchronous,
     },
+    Postgres {
+        /// May carry a password, so it is kept secret.
+        url: SecretString,
+        pool_size: usize,
+    },
 }
 
 /// SQLite's `synchronous` setting. `full` makes every acknowledged event survive power loss.
@@ -104,6 +109,9 @@ pub struct Target {
     pub headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
     pub include_raw: bool,
     pub timeout: Duration,
+    /// How long a claimed delivery stays leased to one worker; after that another worker
+    /// (on any replica) may take it over.
+    pub lease: Duration,
     pub max_in_flight: usize,
 }
 
@@ -219,6 +227,7 @@ impl Default for RawServer {
 struct RawStorage {
     url: String,
     synchronous: Synchronous,
+    pool_size: usize,
 }
 
 impl Default for RawStorage {
@@ -226,6 +235,7 @@ impl Default for RawStorage {
         RawStorage {
             url: "sqlite://data/sessiongate.db".into(),
             synchronous: Synchronous::Full,
+            pool_size: 16,
         }
     }
 }
@@ -240,6 +250,7 @@ struct RawDelivery {
     backoff_multiplier: f64,
     jitter: f64,
     max_in_flight: usize,
+    lease_ms: Option<u64>,
 }
 
 impl Default for RawDelivery {
@@ -252,6 +263,7 @@ impl Default for RawDelivery {
             backoff_multiplier: 2.0,
             jitter: 0.2,
             max_in_flight: 32,
+            lease_ms: None,
         }
     }
 }
@@ -367,8 +379,18 @@ impl RawConfig {
             }
         };
 
-        let storage = parse_storage_url(&self.storage.url, self.storage.synchronous)?;
+        let storage_url = match self.storage.url.strip_prefix("env:") {
+            Some(_) => secret("storage.url", &self.storage.url)?,
+            None => self.storage.url.clone(),
+        };
+        let storage = parse_storage_url(&storage_url, &self.storage)?;
+        if !self.storage.url.starts_with("env:") && has_password(&storage_url) {
+            warnings.push(
+                "`storage.url` carries a password inline; use env:VAR in production".to_owned(),
+            );
+        }
 
+        let lease_ms = self.delivery.lease_ms;
         let delivery = {
             let d = self.delivery;
             positive("delivery.timeout_ms", d.timeout_ms)?;
@@ -551,6 +573,21 @@ impl RawConfig {
             if let Some(n) = t.max_in_flight {
                 positive(&format!("{key}.max_in_flight"), n as u64)?;
             }
+            let timeout = t.timeout_ms.map_or(delivery.timeout, Duration::from_millis);
+            let lease = match lease_ms {
+                Some(ms) if Duration::from_millis(ms) <= timeout => {
+                    return Err(invalid(
+                        "delivery.lease_ms",
+                        format!(
+                            "must be longer than every attempt timeout (target `{}` allows {} ms)",
+                            t.name,
+                            timeout.as_millis()
+                        ),
+                    ));
+                }
+                Some(ms) => Duration::from_millis(ms),
+                None => timeout + DEFAULT_LEASE_MARGIN,
+            };
             targets.push(Target {
                 name: t.name,
                 url,
@@ -559,7 +596,8 @@ impl RawConfig {
                 signer,
                 headers,
                 include_raw: t.include_raw,
-                timeout: t.timeout_ms.map_or(delivery.timeout, Duration::from_millis),
+                timeout,
+                lease,
                 max_in_flight: t.max_in_flight.unwrap_or(delivery.max_in_flight),
             });
         }
@@ -615,7 +653,10 @@ fn parse_whsec(key: &str, value: &str) -> Result<Webhook, ConfigError> {
     }
 }
 
-fn parse_storage_url(url: &str, synchronous: Synchronous) -> Result<StorageConfig, ConfigError> {
+/// By default a lease outlives the attempt's timeout by this much.
+const DEFAULT_LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+fn parse_storage_url(url: &str, raw: &RawStorage) -> Result<StorageConfig, ConfigError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() {
             return Err(invalid(
@@ -625,19 +666,33 @@ fn parse_storage_url(url: &str, synchronous: Synchronous) -> Result<StorageConfi
         }
         return Ok(StorageConfig::Sqlite {
             path: PathBuf::from(path),
-            synchronous,
+            synchronous: raw.synchronous,
         });
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(invalid(
-            "storage.url",
-            "the PostgreSQL store is not available in this version; use sqlite://PATH",
-        ));
+        if let Err(e) = url.parse::<tokio_postgres::Config>() {
+            return Err(invalid(
+                "storage.url",
+                format!("not a valid PostgreSQL URL: {e}"),
+            ));
+        }
+        positive("storage.pool_size", raw.pool_size as u64)?;
+        return Ok(StorageConfig::Postgres {
+            url: SecretString::from(url.to_owned()),
+            pool_size: raw.pool_size,
+        });
     }
     Err(invalid(
         "storage.url",
-        format!("`{url}` is not a sqlite:// URL"),
+        "must be sqlite://PATH or postgres://USER@HOST/DATABASE",
     ))
+}
+
+/// Whether a URL's user-info part carries a password (`scheme://user:password@host`).
+fn has_password(url: &str) -> bool {
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
 }
 
 #[cfg(test)]
@@ -711,6 +766,40 @@ mod tests {
     }
 
     #[test]
+    fn postgres_urls_are_secrets_and_leases_default_past_the_timeout() {
+        let env =
+            |name: &str| (name == "PG_URL").then(|| "postgres://gate:pw@db/sessions".to_owned());
+        let c = Config::from_toml(
+            "[storage]\nurl = \"env:PG_URL\"\npool_size = 4\n[[targets]]\nname = \"t\"\nurl = \"http://x\"\ntimeout_ms = 2000",
+            &env,
+        )
+        .unwrap();
+        assert!(matches!(
+            c.storage,
+            StorageConfig::Postgres { pool_size: 4, .. }
+        ));
+        assert!(
+            !format!("{:?}", c.storage).contains("pw"),
+            "the URL's password never prints"
+        );
+        assert!(c.warnings.is_empty());
+        assert_eq!(c.targets[0].lease, Duration::from_secs(32));
+
+        let inline = parse("[storage]\nurl = \"postgres://gate:pw@db/sessions\"").unwrap();
+        assert!(
+            inline.warnings[0].contains("storage.url"),
+            "{:?}",
+            inline.warnings
+        );
+        assert!(
+            parse("[storage]\nurl = \"postgres://gate@db/sessions\"")
+                .unwrap()
+                .warnings
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn omitted_filters_accept_everything() {
         let c = parse(
             r#"[[targets]]
@@ -747,6 +836,15 @@ mod tests {
         let cases = [
             ("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1", "lisen"),
             ("[storage]\nurl = \"mysql://x\"", "storage.url"),
+            (
+                "[storage]\nurl = \"postgres://a@h/d?sslmode=sometimes\"",
+                "storage.url",
+            ),
+            ("[storage]\nurl = \"env:NOPE_PG\"", "NOPE_PG"),
+            (
+                "[delivery]\nlease_ms = 5000\n[[targets]]\nname = \"t\"\nurl = \"http://x\"",
+                "delivery.lease_ms",
+            ),
             ("[delivery]\nmax_attempts = 0", "delivery.max_attempts"),
             ("[delivery]\njitter = 2.0", "delivery.jitter"),
             (

@@ -157,6 +157,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 path.display()
             )
         }
+        config::StorageConfig::Postgres { pool_size, .. } => {
+            println!("storage: postgres (pool of {pool_size} connections)")
+        }
     }
     println!("sources ({}):", config.sources.len());
     for s in &config.sources {

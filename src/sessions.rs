@@ -25,6 +25,7 @@ const KEYED_FIELDS: [&str; 2] = ["variables", "extracted"];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
+    #[serde(default)]
     fields: BTreeMap<String, Stamped>,
 }
 

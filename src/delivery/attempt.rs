@@ -112,6 +112,7 @@ impl Job {
         );
         let record = AttemptRecord {
             delivery_id: self.delivery.id.clone(),
+            lease_token: self.delivery.lease_token,
             attempt,
             started_at_ms,
             duration_ms,

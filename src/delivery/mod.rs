@@ -28,8 +28,6 @@ use crate::store::{Store, now_ms};
 const IDLE_POLL: Duration = Duration::from_secs(5);
 /// How long a worker waits before asking a failing store again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
-/// A lease outlives the attempt's timeout by this much.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 /// Wakes target workers when new deliveries are committed.
 #[derive(Clone, Default)]
@@ -169,7 +167,7 @@ impl TargetWorker {
     #[tracing::instrument(name = "delivery_worker", skip_all, fields(target = %self.target.name))]
     async fn run(mut self) {
         let permits = Arc::new(Semaphore::new(self.target.max_in_flight));
-        let lease = self.target.timeout + LEASE_MARGIN;
+        let lease = self.target.lease;
         let mut in_flight = JoinSet::new();
         loop {
             if *self.shutdown.borrow() {

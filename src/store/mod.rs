@@ -5,9 +5,15 @@
 //! lease so that each is attempted by one worker at a time. It does not know HTTP, vendors
 //! or targets' URLs; callers pass it finished rows.
 //!
-//! Implementations: [`sqlite`] (embedded, the default).
+//! What a request does to a session (merge, finalize once, render) is decided once, in
+//! [`plan_accept`]; backends only read the session row under their lock and write the plan.
+//!
+//! Implementations: [`sqlite`] (embedded, the default) and [`postgres`] (shared by replicas).
 
+pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+mod suite;
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,10 +22,13 @@ use actix_web::web::Bytes;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use secrecy::ExposeSecret;
+
 use crate::config::StorageConfig;
 use crate::event::{
     CanonicalEvent, EventId, EventType, SPEC_VERSION, Session, SourceRef, Timestamp,
 };
+use crate::sessions::SessionRecord;
 
 /// A delivery id, `dlv_` followed by a time-ordered UUID in hex.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -94,6 +103,55 @@ impl Accept {
     }
 }
 
+/// What committing an [`Accept`] writes, given the session as stored (read under a lock).
+pub(crate) enum AcceptPlan<'a> {
+    /// A `session.finalized` for a session that is already finalized (say, from a second
+    /// source of the same vendor): its facts join the record, nothing is emitted.
+    AlreadyFinalized {
+        record: SessionRecord,
+        first: EventId,
+    },
+    Store {
+        record: SessionRecord,
+        finalized: Option<EventId>,
+        /// Events to insert, each rendered with the record as of that event.
+        events: Vec<(&'a NewEvent, String)>,
+    },
+}
+
+/// Decides what an accepted request does to its session. Pure; the caller holds the
+/// session's lock and has checked that the request is not a duplicate.
+pub(crate) fn plan_accept(
+    accept: &Accept,
+    mut record: SessionRecord,
+    mut finalized: Option<EventId>,
+) -> Result<AcceptPlan<'_>, serde_json::Error> {
+    let primary = &accept.events[0];
+    if primary.event_type == EventType::SessionFinalized
+        && let Some(first) = finalized
+    {
+        record.merge(&primary.facts, primary.occurred_at);
+        return Ok(AcceptPlan::AlreadyFinalized { record, first });
+    }
+    let mut events = Vec::with_capacity(accept.events.len());
+    for event in &accept.events {
+        record.merge(&event.facts, event.occurred_at);
+        if event.event_type == EventType::SessionFinalized {
+            if finalized.is_some() {
+                continue;
+            }
+            finalized = Some(event.id.clone());
+        }
+        let session = record.session(&accept.session_id)?;
+        events.push((event, accept.render(event, &session)));
+    }
+    Ok(AcceptPlan::Store {
+        record,
+        finalized,
+        events,
+    })
+}
+
 /// An authenticated request of a type no adapter maps; kept for audit.
 #[derive(Debug, Clone)]
 pub struct Ignored {
@@ -119,6 +177,8 @@ pub struct ClaimedDelivery {
     pub event_id: EventId,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// Proves the lease when the result is recorded; a stale lease's result is dropped.
+    pub lease_token: i64,
     /// When the vendor says the event happened (for end-to-end latency).
     pub occurred_at: Option<Timestamp>,
     /// The serialised canonical event, without `raw`.
@@ -130,6 +190,8 @@ pub struct ClaimedDelivery {
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub delivery_id: DeliveryId,
+    /// The claim's lease token: the result is recorded only while the lease is still ours.
+    pub lease_token: i64,
     /// This attempt's number, from 1.
     pub attempt: u32,
     pub started_at_ms: i64,
@@ -284,7 +346,9 @@ pub trait Store: Send + Sync {
         lease: Duration,
     ) -> Result<Vec<ClaimedDelivery>, StoreError>;
 
-    /// Records an attempt and moves its delivery on; releases the lease.
+    /// Records an attempt and moves its delivery on; releases the lease. If the lease has
+    /// since passed to another worker (it expired), the result is dropped: that worker's
+    /// attempt decides.
     async fn finish_attempt(&self, record: AttemptRecord) -> Result<(), StoreError>;
 
     /// When the next pending, unleased delivery of `target` falls due (unix ms).
@@ -332,7 +396,16 @@ pub async fn open(config: &StorageConfig) -> anyhow::Result<std::sync::Arc<dyn S
             let store = sqlite::SqliteStore::open(path, *synchronous).await?;
             Ok(std::sync::Arc::new(store))
         }
+        StorageConfig::Postgres { url, pool_size } => {
+            let store = postgres::PgStore::open(url.expose_secret(), *pool_size).await?;
+            Ok(std::sync::Arc::new(store))
+        }
     }
+}
+
+/// A fresh lease token for a claim.
+pub(crate) fn lease_token() -> i64 {
+    rand::random::<i64>()
 }
 
 pub fn now_ms() -> i64 {

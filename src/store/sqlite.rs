@@ -20,12 +20,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Accept, AttemptInfo, AttemptRecord, ClaimedDelivery, Completion, DeliveryFilter, DeliveryId,
-    DeliveryInfo, DeliveryStatus, EventFilter, Ignored, IngestOutcome, RetryOutcome, SessionView,
-    Store, StoreError, StoredEvent, now_ms,
+    Accept, AcceptPlan, AttemptInfo, AttemptRecord, ClaimedDelivery, Completion, DeliveryFilter,
+    DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Ignored, IngestOutcome, RetryOutcome,
+    SessionView, Store, StoreError, StoredEvent, lease_token, now_ms, plan_accept,
 };
 use crate::config::Synchronous;
-use crate::event::{EventId, EventType, Timestamp};
+use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
 
 /// The most operations one transaction takes.
@@ -79,6 +79,7 @@ CREATE TABLE deliveries (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER NOT NULL,  -- unix ms
     lease_until INTEGER,               -- unix ms; NULL = not leased
+    lease_token INTEGER,               -- the current claim's token
     last_status INTEGER,
     last_error TEXT,
     created_at INTEGER NOT NULL,
@@ -122,7 +123,8 @@ impl SqliteStore {
         migrate(&mut conn)?;
         let released = conn
             .execute(
-                "UPDATE deliveries SET lease_until = NULL WHERE status = 'pending' AND lease_until IS NOT NULL",
+                "UPDATE deliveries SET lease_until = NULL, lease_token = NULL
+                 WHERE status = 'pending' AND lease_until IS NOT NULL",
                 [],
             )
             .context("Failed to release stale delivery leases")?;
@@ -377,6 +379,7 @@ fn accept_in(conn: &Connection, accept: &Accept) -> rusqlite::Result<IngestOutco
             id: primary.id.clone(),
         });
     }
+    // The single writer thread is this store's session lock.
     let now = now_ms();
     let stored: Option<(String, Option<String>)> = conn
         .prepare_cached(
@@ -386,7 +389,7 @@ fn accept_in(conn: &Connection, accept: &Accept) -> rusqlite::Result<IngestOutco
             Ok((r.get(0)?, r.get(1)?))
         })
         .optional()?;
-    let (mut record, mut finalized) = match stored {
+    let (record, finalized) = match stored {
         Some((json, finalized)) => (
             serde_json::from_str::<SessionRecord>(&json).map_err(json_error)?,
             finalized.map(EventId::from_stored),
@@ -413,15 +416,18 @@ fn accept_in(conn: &Connection, accept: &Accept) -> rusqlite::Result<IngestOutco
         Ok(())
     };
 
-    // A second session.finalized for an already finalized session (say, from a second
-    // source of the same vendor) adds its facts to the record but is not emitted again.
-    if primary.event_type == EventType::SessionFinalized
-        && let Some(first) = finalized.clone()
-    {
-        record.merge(&primary.facts, primary.occurred_at);
-        save_record(&record, Some(&first))?;
-        return Ok(IngestOutcome::Duplicate { id: first });
-    }
+    let (record, finalized, events) =
+        match plan_accept(accept, record, finalized).map_err(json_error)? {
+            AcceptPlan::AlreadyFinalized { record, first } => {
+                save_record(&record, Some(&first))?;
+                return Ok(IngestOutcome::Duplicate { id: first });
+            }
+            AcceptPlan::Store {
+                record,
+                finalized,
+                events,
+            } => (record, finalized, events),
+        };
 
     let received_at = accept.received_at.to_string();
     conn.prepare_cached(
@@ -441,15 +447,7 @@ fn accept_in(conn: &Connection, accept: &Accept) -> rusqlite::Result<IngestOutco
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut targets = Vec::new();
-    for event in &accept.events {
-        record.merge(&event.facts, event.occurred_at);
-        if event.event_type == EventType::SessionFinalized {
-            if finalized.is_some() {
-                continue;
-            }
-            finalized = Some(event.id.clone());
-        }
-        let session = record.session(&accept.session_id).map_err(json_error)?;
+    for (event, body) in events {
         let inserted = insert_event.execute(params![
             event.id.as_str(),
             receipt,
@@ -458,7 +456,7 @@ fn accept_in(conn: &Connection, accept: &Accept) -> rusqlite::Result<IngestOutco
             event.event_type.as_str(),
             event.occurred_at.to_string(),
             received_at,
-            accept.render(event, &session),
+            body,
         ])?;
         if inserted == 0 {
             continue;
@@ -524,9 +522,10 @@ impl Store for SqliteStore {
         let target = target.to_owned();
         self.call(move |conn| {
             let now = now_ms();
+            let token = lease_token();
             let leased: Vec<(String, String, u32)> = conn
                 .prepare_cached(
-                    "UPDATE deliveries SET lease_until = ?1
+                    "UPDATE deliveries SET lease_until = ?1, lease_token = ?5
                      WHERE seq IN (
                          SELECT seq FROM deliveries
                          WHERE target = ?2 AND status = 'pending' AND next_attempt_at <= ?3
@@ -535,7 +534,7 @@ impl Store for SqliteStore {
                      RETURNING id, event_id, attempts",
                 )?
                 .query_map(
-                    params![now + lease.as_millis() as i64, target, now, limit as i64],
+                    params![now + lease.as_millis() as i64, target, now, limit as i64, token],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )?
                 .collect::<rusqlite::Result<_>>()?;
@@ -551,6 +550,7 @@ impl Store for SqliteStore {
                         id: DeliveryId::from_stored(id),
                         event_id: EventId::from_stored(event_id),
                         attempts,
+                        lease_token: token,
                         occurred_at: Timestamp::parse(&occurred_at),
                         body,
                         raw: raw.into(),
@@ -569,21 +569,27 @@ impl Store for SqliteStore {
                 Completion::RetryAt { unix_ms } => (DeliveryStatus::Pending, Some(unix_ms)),
                 Completion::Dead => (DeliveryStatus::Dead, None),
             };
-            conn.prepare_cached(
-                "UPDATE deliveries SET status = ?2, attempts = ?3,
-                     next_attempt_at = COALESCE(?4, next_attempt_at), lease_until = NULL,
-                     last_status = ?5, last_error = ?6, updated_at = ?7
-                 WHERE id = ?1",
-            )?
-            .execute(params![
-                record.delivery_id.as_str(),
-                status.as_str(),
-                record.attempt,
-                next_attempt_at,
-                record.status_code,
-                record.error,
-                now
-            ])?;
+            let updated = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET status = ?2, attempts = ?3,
+                         next_attempt_at = COALESCE(?4, next_attempt_at), lease_until = NULL,
+                         lease_token = NULL, last_status = ?5, last_error = ?6, updated_at = ?7
+                     WHERE id = ?1 AND lease_token = ?8",
+                )?
+                .execute(params![
+                    record.delivery_id.as_str(),
+                    status.as_str(),
+                    record.attempt,
+                    next_attempt_at,
+                    record.status_code,
+                    record.error,
+                    now,
+                    record.lease_token
+                ])?;
+            if updated == 0 {
+                tracing::warn!(delivery_id = %record.delivery_id, "Attempt result arrived after its lease passed on; dropped");
+                return Ok(());
+            }
             conn.prepare_cached(
                 "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -653,7 +659,7 @@ impl Store for SqliteStore {
             let requeued: Option<String> = conn
                 .prepare_cached(
                     "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?2,
-                         lease_until = NULL, updated_at = ?2
+                         lease_until = NULL, lease_token = NULL, updated_at = ?2
                      WHERE id = ?1 AND status = 'dead'
                      RETURNING target",
                 )?
@@ -785,278 +791,31 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
+    //! What only the SQLite store does; shared behaviour is in `store::suite`.
     use super::*;
-    use crate::event::Session;
+    use crate::event::{EventType, Session};
     use crate::store::NewEvent;
 
-    async fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db"), Synchronous::Full)
-            .await
-            .unwrap();
-        (dir, store)
-    }
-
-    fn accept(session: &str, types: &[EventType], targets: &[&str]) -> Accept {
-        accept_from("src", session, types, targets)
-    }
-
-    fn accept_from(source: &str, session: &str, types: &[EventType], targets: &[&str]) -> Accept {
+    fn accept(session: &str) -> Accept {
         Accept {
-            source: source.into(),
+            source: "src".into(),
             vendor: "pathors".into(),
             session_id: session.into(),
             vendor_event_type: "x".into(),
             message_id: None,
             received_at: Timestamp::now(),
-            raw: br#"{"raw":true}"#.to_vec().into(),
-            events: types
-                .iter()
-                .map(|&t| NewEvent {
-                    id: EventId::derive(source, session, "x", t),
-                    event_type: t,
-                    occurred_at: Timestamp::now(),
-                    facts: Session {
-                        id: session.into(),
-                        message_count: Some(3),
-                        ..Session::default()
-                    },
-                    targets: targets.iter().map(|s| s.to_string()).collect(),
-                })
-                .collect(),
+            raw: b"{}".to_vec().into(),
+            events: vec![NewEvent {
+                id: EventId::derive("src", session, "x", EventType::SessionEnded),
+                event_type: EventType::SessionEnded,
+                occurred_at: Timestamp::now(),
+                facts: Session {
+                    id: session.into(),
+                    ..Session::default()
+                },
+                targets: vec!["t".into()],
+            }],
         }
-    }
-
-    #[tokio::test]
-    async fn a_second_accept_of_the_same_event_is_a_duplicate() {
-        let (_dir, s) = store().await;
-        let first = s
-            .accept(accept("s1", &[EventType::SessionEnded], &["t"]))
-            .await
-            .unwrap();
-        let again = s
-            .accept(accept("s1", &[EventType::SessionEnded], &["t"]))
-            .await
-            .unwrap();
-        let IngestOutcome::Accepted { id, targets } = first else {
-            panic!()
-        };
-        assert_eq!(targets, ["t"]);
-        assert_eq!(again, IngestOutcome::Duplicate { id });
-        let all = s
-            .deliveries(DeliveryFilter {
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(all.len(), 1, "a duplicate creates no deliveries");
-    }
-
-    #[tokio::test]
-    async fn concurrent_duplicates_are_accepted_once() {
-        let (_dir, s) = store().await;
-        let s = Arc::new(s);
-        let tasks: Vec<_> = (0..50)
-            .map(|_| {
-                let s = s.clone();
-                tokio::spawn(async move {
-                    s.accept(accept(
-                        "s1",
-                        &[EventType::SessionEnded, EventType::SessionFinalized],
-                        &["a", "b"],
-                    ))
-                    .await
-                    .unwrap()
-                })
-            })
-            .collect();
-        let mut accepted = 0;
-        for t in tasks {
-            if matches!(t.await.unwrap(), IngestOutcome::Accepted { .. }) {
-                accepted += 1;
-            }
-        }
-        assert_eq!(accepted, 1);
-        let all = s
-            .deliveries(DeliveryFilter {
-                limit: 100,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(all.len(), 4, "two events times two targets");
-    }
-
-    #[tokio::test]
-    async fn a_session_is_finalized_once_even_from_two_sources() {
-        let (_dir, s) = store().await;
-        let first = s
-            .accept(accept_from(
-                "a",
-                "s1",
-                &[EventType::SessionFinalized],
-                &["t"],
-            ))
-            .await
-            .unwrap();
-        let IngestOutcome::Accepted { id, .. } = first else {
-            panic!("{first:?}")
-        };
-        let second = s
-            .accept(accept_from(
-                "b",
-                "s1",
-                &[EventType::SessionFinalized],
-                &["t"],
-            ))
-            .await
-            .unwrap();
-        assert_eq!(second, IngestOutcome::Duplicate { id: id.clone() });
-        let view = s.session("pathors", "s1").await.unwrap().unwrap();
-        assert_eq!(view.finalized_event_id, Some(id));
-        assert_eq!(view.session.message_count, Some(3));
-        let events = s
-            .events(EventFilter {
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(events.len(), 1);
-    }
-
-    #[tokio::test]
-    async fn retry_requeues_only_dead_deliveries_and_replay_adds_deliveries() {
-        let (_dir, s) = store().await;
-        let IngestOutcome::Accepted { id, .. } = s
-            .accept(accept("s1", &[EventType::SessionEnded], &["t"]))
-            .await
-            .unwrap()
-        else {
-            panic!()
-        };
-        let claimed = s
-            .claim_due("t", 1, Duration::from_secs(60))
-            .await
-            .unwrap()
-            .remove(0);
-        assert_eq!(
-            s.retry_delivery(claimed.id.as_str()).await.unwrap(),
-            RetryOutcome::NotDead(DeliveryStatus::Pending)
-        );
-        assert_eq!(
-            s.retry_delivery("dlv_nope").await.unwrap(),
-            RetryOutcome::NotFound
-        );
-        s.finish_attempt(AttemptRecord {
-            delivery_id: claimed.id.clone(),
-            attempt: 1,
-            started_at_ms: now_ms(),
-            duration_ms: 3,
-            status_code: Some(500),
-            error: Some("HTTP 500".into()),
-            next: Completion::Dead,
-        })
-        .await
-        .unwrap();
-        assert_eq!(
-            s.retry_delivery(claimed.id.as_str()).await.unwrap(),
-            RetryOutcome::Requeued { target: "t".into() }
-        );
-        let again = s.claim_due("t", 1, Duration::from_secs(60)).await.unwrap();
-        assert_eq!(again[0].attempts, 0, "a fresh attempt budget");
-        let log = s
-            .deliveries(DeliveryFilter {
-                with_attempts: true,
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            log[0].attempt_log.as_ref().unwrap().len(),
-            1,
-            "history is kept"
-        );
-
-        assert_eq!(s.replay("evt_nope", vec!["t".into()]).await.unwrap(), None);
-        let replayed = s
-            .replay(id.as_str(), vec!["t".into(), "u".into()])
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(replayed.len(), 2);
-        assert_eq!(
-            s.queue_depth().await.unwrap(),
-            [("t".to_owned(), 2), ("u".to_owned(), 1)]
-        );
-    }
-
-    #[tokio::test]
-    async fn claims_lease_and_finishing_moves_deliveries_on() {
-        let (_dir, s) = store().await;
-        s.accept(accept("s1", &[EventType::SessionEnded], &["t"]))
-            .await
-            .unwrap();
-        s.accept(accept("s2", &[EventType::SessionEnded], &["t", "u"]))
-            .await
-            .unwrap();
-        let lease = Duration::from_secs(60);
-        let claimed = s.claim_due("t", 10, lease).await.unwrap();
-        assert_eq!(claimed.len(), 2);
-        assert_eq!(&claimed[0].raw[..], br#"{"raw":true}"#);
-        assert!(
-            s.claim_due("t", 10, lease).await.unwrap().is_empty(),
-            "leased"
-        );
-        assert_eq!(s.next_due_at("t").await.unwrap(), None);
-
-        let record = |c: &ClaimedDelivery, next| AttemptRecord {
-            delivery_id: c.id.clone(),
-            attempt: c.attempts + 1,
-            started_at_ms: now_ms(),
-            duration_ms: 1,
-            status_code: Some(500),
-            error: Some("HTTP 500".into()),
-            next,
-        };
-        s.finish_attempt(record(&claimed[0], Completion::Delivered))
-            .await
-            .unwrap();
-        s.finish_attempt(record(
-            &claimed[1],
-            Completion::RetryAt {
-                unix_ms: now_ms() - 1,
-            },
-        ))
-        .await
-        .unwrap();
-        let again = s.claim_due("t", 10, lease).await.unwrap();
-        assert_eq!(again.len(), 1);
-        assert_eq!(again[0].id, claimed[1].id);
-        assert_eq!(again[0].attempts, 1);
-        s.finish_attempt(record(&again[0], Completion::Dead))
-            .await
-            .unwrap();
-
-        let dead = s
-            .deliveries(DeliveryFilter {
-                status: Some(DeliveryStatus::Dead),
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].attempts, 2);
-        assert_eq!(dead[0].last_error.as_deref(), Some("HTTP 500"));
-        assert!(
-            s.next_due_at("u").await.unwrap().is_some(),
-            "other targets untouched"
-        );
     }
 
     #[tokio::test]
@@ -1065,9 +824,7 @@ mod tests {
         let path = dir.path().join("s.db");
         {
             let s = SqliteStore::open(&path, Synchronous::Full).await.unwrap();
-            s.accept(accept("s1", &[EventType::SessionEnded], &["t"]))
-                .await
-                .unwrap();
+            s.accept(accept("s1")).await.unwrap();
             assert_eq!(
                 s.claim_due("t", 10, Duration::from_secs(600))
                     .await
@@ -1089,9 +846,7 @@ mod tests {
             1
         );
         assert!(matches!(
-            s.accept(accept("s1", &[EventType::SessionEnded], &["t"]))
-                .await
-                .unwrap(),
+            s.accept(accept("s1")).await.unwrap(),
             IngestOutcome::Duplicate { .. }
         ));
     }

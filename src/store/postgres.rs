@@ -1,0 +1,708 @@
+//! The PostgreSQL store: one database shared by several gateway replicas.
+//!
+//! Same semantics as the SQLite store, decided by the database rather than one process:
+//!
+//! - an ingest transaction first locks its session's row (`FOR UPDATE`), so every event of
+//!   a session is committed one at a time across all replicas; duplicate detection, the
+//!   merge and exactly-once `session.finalized` then run under that lock (the events' unique
+//!   id is a second guard);
+//! - deliveries are claimed with `FOR UPDATE SKIP LOCKED` under a lease with a token; a
+//!   replica that dies mid-delivery leaves a lease that expires, and another replica takes
+//!   the delivery over. A result recorded after its lease passed on is dropped;
+//! - migrations run at start-up under an advisory lock, so replicas starting together apply
+//!   them once;
+//! - a connection failure answers [`StoreError`] (ingest says 503) and the pool reconnects on
+//!   its own once PostgreSQL is back.
+//!
+//! PostgreSQL commits concurrent transactions with its own group commit, so each request
+//! uses its own transaction on a pooled connection.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::{NoTls, Row};
+
+use super::{
+    Accept, AcceptPlan, AttemptInfo, AttemptRecord, ClaimedDelivery, Completion, DeliveryFilter,
+    DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Ignored, IngestOutcome, RetryOutcome,
+    SessionView, Store, StoreError, StoredEvent, lease_token, now_ms, plan_accept,
+};
+use crate::event::{EventId, Timestamp};
+use crate::sessions::SessionRecord;
+
+/// Serialises migrations across replicas (an arbitrary, fixed advisory lock key).
+const MIGRATION_LOCK: i64 = 0x5e55_1047_6a7e;
+/// How long a request waits for a pooled connection or a new one before failing.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE receipts (
+    seq BIGSERIAL PRIMARY KEY,
+    source TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    vendor_event_type TEXT,
+    message_id TEXT,
+    received_at TEXT NOT NULL,
+    raw BYTEA NOT NULL
+);
+CREATE TABLE events (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    receipt_seq BIGINT NOT NULL REFERENCES receipts(seq),
+    source TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    occurred_at TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX events_by_session ON events(source, session_id);
+CREATE TABLE deliveries (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    event_id TEXT NOT NULL REFERENCES events(id),
+    target TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    lease_until BIGINT,
+    lease_token BIGINT,
+    last_status INTEGER,
+    last_error TEXT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE INDEX deliveries_due ON deliveries(target, next_attempt_at) WHERE status = 'pending';
+CREATE INDEX deliveries_by_event ON deliveries(event_id);
+CREATE INDEX deliveries_by_target ON deliveries(target, seq);
+CREATE TABLE attempts (
+    seq BIGSERIAL PRIMARY KEY,
+    delivery_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    started_at BIGINT NOT NULL,
+    duration_ms BIGINT NOT NULL,
+    status_code INTEGER,
+    error TEXT
+);
+CREATE INDEX attempts_by_delivery ON attempts(delivery_id, seq);
+CREATE TABLE sessions (
+    vendor TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    finalized_event_id TEXT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (vendor, session_id)
+);
+"#];
+
+pub struct PgStore {
+    pool: Pool,
+}
+
+fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+impl PgStore {
+    pub async fn open(url: &str, pool_size: usize) -> anyhow::Result<PgStore> {
+        let config: tokio_postgres::Config = url.parse().context("Invalid PostgreSQL URL")?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .context("Failed to build the PostgreSQL pool")?;
+        let store = PgStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> anyhow::Result<()> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .context("Failed to connect to PostgreSQL")?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .context("Failed to take the migration lock")?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS sessiongate_schema (version INTEGER NOT NULL)",
+        )
+        .await?;
+        let version: i32 = tx
+            .query_opt("SELECT version FROM sessiongate_schema", &[])
+            .await?
+            .map_or(0, |r| r.get(0));
+        let version = version as usize;
+        anyhow::ensure!(
+            version <= MIGRATIONS.len(),
+            "The database's schema version {version} is newer than this sessiongate knows ({}); \
+             refusing to run an older binary on it",
+            MIGRATIONS.len()
+        );
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            tx.batch_execute(sql)
+                .await
+                .with_context(|| format!("Failed to apply store migration {}", i + 1))?;
+            tracing::info!(version = i + 1, "Applied store migration");
+        }
+        tx.execute("DELETE FROM sessiongate_schema", &[]).await?;
+        tx.execute(
+            "INSERT INTO sessiongate_schema (version) VALUES ($1)",
+            &[&(MIGRATIONS.len() as i32)],
+        )
+        .await?;
+        tx.commit()
+            .await
+            .context("Failed to commit store migrations")?;
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(backend)
+    }
+}
+
+fn delivery_row(r: &Row) -> DeliveryInfo {
+    let status: String = r.get("status");
+    let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
+    DeliveryInfo {
+        seq: r.get("seq"),
+        id: DeliveryId::from_stored(r.get("id")),
+        event_id: EventId::from_stored(r.get("event_id")),
+        target: r.get("target"),
+        status,
+        attempts: r.get::<_, i32>("attempts") as u32,
+        next_attempt_at: (status == DeliveryStatus::Pending)
+            .then(|| Timestamp::from_unix_millis(r.get("next_attempt_at"))),
+        last_status: r.get::<_, Option<i32>>("last_status").map(|s| s as u16),
+        last_error: r.get("last_error"),
+        created_at: Timestamp::from_unix_millis(r.get("created_at")),
+        updated_at: Timestamp::from_unix_millis(r.get("updated_at")),
+        attempt_log: None,
+    }
+}
+
+fn stored_event(r: &Row) -> StoredEvent {
+    StoredEvent {
+        seq: r.get("seq"),
+        id: EventId::from_stored(r.get("id")),
+        source: r.get("source"),
+        session_id: r.get("session_id"),
+        event_type: r.get("type"),
+        body: r.get("body"),
+        raw: r.get::<_, Vec<u8>>("raw").into(),
+    }
+}
+
+const EVENT_COLUMNS: &str = "e.seq, e.id, e.source, e.session_id, e.type, e.body, r.raw";
+const DELIVERY_COLUMNS: &str = "seq, id, event_id, target, status, attempts, next_attempt_at, \
+                                last_status, last_error, created_at, updated_at";
+
+#[async_trait]
+impl Store for PgStore {
+    async fn accept(&self, accept: Accept) -> Result<IngestOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let now = now_ms();
+        let empty = serde_json::to_string(&SessionRecord::default()).expect("a record serialises");
+        // Take the session's lock: every event of this session, on every replica, waits here.
+        tx.execute(
+            "INSERT INTO sessions (vendor, session_id, record, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $4) ON CONFLICT DO NOTHING",
+            &[&accept.vendor, &accept.session_id, &empty, &now],
+        )
+        .await
+        .map_err(backend)?;
+        let row = tx
+            .query_one(
+                "SELECT record, finalized_event_id FROM sessions
+                 WHERE vendor = $1 AND session_id = $2 FOR UPDATE",
+                &[&accept.vendor, &accept.session_id],
+            )
+            .await
+            .map_err(backend)?;
+        let primary = &accept.events[0];
+        let seen = tx
+            .query_opt(
+                "SELECT 1 FROM events WHERE id = $1",
+                &[&primary.id.as_str()],
+            )
+            .await
+            .map_err(backend)?
+            .is_some();
+        if seen {
+            // Nothing was changed; ending the transaction releases the lock.
+            tx.rollback().await.map_err(backend)?;
+            return Ok(IngestOutcome::Duplicate {
+                id: primary.id.clone(),
+            });
+        }
+        let record: SessionRecord = serde_json::from_str(row.get(0)).map_err(backend)?;
+        let finalized = row.get::<_, Option<String>>(1).map(EventId::from_stored);
+
+        let save = |record: &SessionRecord, finalized: Option<&EventId>| {
+            let json = serde_json::to_string(record).expect("a record serialises");
+            let finalized = finalized.map(|f| f.as_str().to_owned());
+            let tx = &tx;
+            let accept = &accept;
+            async move {
+                tx.execute(
+                    "UPDATE sessions SET record = $3, finalized_event_id = $4, updated_at = $5
+                     WHERE vendor = $1 AND session_id = $2",
+                    &[&accept.vendor, &accept.session_id, &json, &finalized, &now],
+                )
+                .await
+                .map_err(backend)
+            }
+        };
+
+        let plan = plan_accept(&accept, record, finalized).map_err(backend)?;
+        let (record, finalized, events) = match plan {
+            AcceptPlan::AlreadyFinalized { record, first } => {
+                save(&record, Some(&first)).await?;
+                tx.commit().await.map_err(backend)?;
+                return Ok(IngestOutcome::Duplicate { id: first });
+            }
+            AcceptPlan::Store {
+                record,
+                finalized,
+                events,
+            } => (record, finalized, events),
+        };
+
+        let received_at = accept.received_at.to_string();
+        let receipt: i64 = tx
+            .query_one(
+                "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
+                 VALUES ($1, 'accepted', $2, $3, $4, $5) RETURNING seq",
+                &[
+                    &accept.source,
+                    &accept.vendor_event_type,
+                    &accept.message_id,
+                    &received_at,
+                    &&accept.raw[..],
+                ],
+            )
+            .await
+            .map_err(backend)?
+            .get(0);
+        let insert_event = tx
+            .prepare(
+                "INSERT INTO events (id, receipt_seq, source, session_id, type, occurred_at, received_at, body)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+            )
+            .await
+            .map_err(backend)?;
+        let insert_delivery = tx
+            .prepare(
+                "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4)",
+            )
+            .await
+            .map_err(backend)?;
+        let mut targets = Vec::new();
+        for (event, body) in events {
+            let inserted = tx
+                .execute(
+                    &insert_event,
+                    &[
+                        &event.id.as_str(),
+                        &receipt,
+                        &accept.source,
+                        &accept.session_id,
+                        &event.event_type.as_str(),
+                        &event.occurred_at.to_string(),
+                        &received_at,
+                        &body,
+                    ],
+                )
+                .await
+                .map_err(backend)?;
+            if inserted == 0 {
+                continue;
+            }
+            for target in &event.targets {
+                tx.execute(
+                    &insert_delivery,
+                    &[
+                        &DeliveryId::generate().as_str(),
+                        &event.id.as_str(),
+                        target,
+                        &now,
+                    ],
+                )
+                .await
+                .map_err(backend)?;
+                if !targets.contains(target) {
+                    targets.push(target.clone());
+                }
+            }
+        }
+        save(&record, finalized.as_ref()).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(IngestOutcome::Accepted {
+            id: primary.id.clone(),
+            targets,
+        })
+    }
+
+    async fn record_ignored(&self, ignored: Ignored) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
+                 VALUES ($1, 'ignored', $2, $3, $4, $5)",
+                &[
+                    &ignored.source,
+                    &ignored.vendor_event_type,
+                    &ignored.message_id,
+                    &ignored.received_at.to_string(),
+                    &&ignored.raw[..],
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn claim_due(
+        &self,
+        target: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let client = self.client().await?;
+        let now = now_ms();
+        let token = lease_token();
+        let leased = client
+            .query(
+                "UPDATE deliveries d SET lease_until = $1, lease_token = $5
+                 FROM (SELECT seq FROM deliveries
+                       WHERE target = $2 AND status = 'pending' AND next_attempt_at <= $3
+                         AND (lease_until IS NULL OR lease_until <= $3)
+                       ORDER BY next_attempt_at LIMIT $4
+                       FOR UPDATE SKIP LOCKED) due
+                 WHERE d.seq = due.seq
+                 RETURNING d.id, d.event_id, d.attempts",
+                &[
+                    &(now + lease.as_millis() as i64),
+                    &target,
+                    &now,
+                    &(limit as i64),
+                    &token,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        if leased.is_empty() {
+            return Ok(Vec::new());
+        }
+        let event_ids: Vec<String> = leased.iter().map(|r| r.get(1)).collect();
+        let bodies = client
+            .query(
+                "SELECT e.id, e.body, r.raw, e.occurred_at FROM events e
+                 JOIN receipts r ON r.seq = e.receipt_seq WHERE e.id = ANY($1)",
+                &[&event_ids],
+            )
+            .await
+            .map_err(backend)?;
+        let mut claimed = Vec::with_capacity(leased.len());
+        for row in leased {
+            let event_id: String = row.get(1);
+            let Some(event) = bodies.iter().find(|b| b.get::<_, &str>(0) == event_id) else {
+                continue;
+            };
+            claimed.push(ClaimedDelivery {
+                id: DeliveryId::from_stored(row.get(0)),
+                attempts: row.get::<_, i32>(2) as u32,
+                lease_token: token,
+                occurred_at: Timestamp::parse(event.get(3)),
+                body: event.get(1),
+                raw: event.get::<_, Vec<u8>>(2).into(),
+                event_id: EventId::from_stored(event_id),
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn finish_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let (status, next_attempt_at) = match record.next {
+            Completion::Delivered => (DeliveryStatus::Delivered, None),
+            Completion::RetryAt { unix_ms } => (DeliveryStatus::Pending, Some(unix_ms)),
+            Completion::Dead => (DeliveryStatus::Dead, None),
+        };
+        let status_code = record.status_code.map(i32::from);
+        let updated = tx
+            .execute(
+                "UPDATE deliveries SET status = $2, attempts = $3,
+                     next_attempt_at = COALESCE($4, next_attempt_at), lease_until = NULL,
+                     lease_token = NULL, last_status = $5, last_error = $6, updated_at = $7
+                 WHERE id = $1 AND lease_token = $8",
+                &[
+                    &record.delivery_id.as_str(),
+                    &status.as_str(),
+                    &(record.attempt as i32),
+                    &next_attempt_at,
+                    &status_code,
+                    &record.error,
+                    &now_ms(),
+                    &record.lease_token,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        if updated == 0 {
+            tracing::warn!(delivery_id = %record.delivery_id, "Attempt result arrived after its lease passed on; dropped");
+            return Ok(());
+        }
+        tx.execute(
+            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &record.delivery_id.as_str(),
+                &(record.attempt as i32),
+                &record.started_at_ms,
+                &record.duration_ms,
+                &status_code,
+                &record.error,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn next_due_at(&self, target: &str) -> Result<Option<i64>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT MIN(next_attempt_at) FROM deliveries
+                 WHERE target = $1 AND status = 'pending' AND (lease_until IS NULL OR lease_until <= $2)",
+                &[&target, &now_ms()],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(row.get(0))
+    }
+
+    async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryInfo>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                     WHERE ($1::TEXT IS NULL OR status = $1) AND ($2::TEXT IS NULL OR target = $2)
+                       AND ($3::TEXT IS NULL OR event_id = $3) AND ($4::BIGINT IS NULL OR seq < $4)
+                       AND (NOT $5 OR attempts > 0)
+                     ORDER BY seq DESC LIMIT $6"
+                ),
+                &[
+                    &filter.status.map(DeliveryStatus::as_str),
+                    &filter.target,
+                    &filter.event_id,
+                    &filter.before,
+                    &filter.failing,
+                    &(filter.limit as i64),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        let mut found: Vec<DeliveryInfo> = rows.iter().map(delivery_row).collect();
+        if filter.with_attempts && !found.is_empty() {
+            let ids: Vec<&str> = found.iter().map(|d| d.id.as_str()).collect();
+            let attempts = client
+                .query(
+                    "SELECT delivery_id, attempt, started_at, duration_ms, status_code, error
+                     FROM attempts WHERE delivery_id = ANY($1) ORDER BY seq",
+                    &[&ids],
+                )
+                .await
+                .map_err(backend)?;
+            for delivery in &mut found {
+                delivery.attempt_log = Some(
+                    attempts
+                        .iter()
+                        .filter(|a| a.get::<_, &str>(0) == delivery.id.as_str())
+                        .map(|a| AttemptInfo {
+                            attempt: a.get::<_, i32>(1) as u32,
+                            started_at: Timestamp::from_unix_millis(a.get(2)),
+                            duration_ms: a.get(3),
+                            status_code: a.get::<_, Option<i32>>(4).map(|s| s as u16),
+                            error: a.get(5),
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    async fn retry_delivery(&self, id: &str) -> Result<RetryOutcome, StoreError> {
+        let client = self.client().await?;
+        let requeued = client
+            .query_opt(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $2,
+                     lease_until = NULL, lease_token = NULL, updated_at = $2
+                 WHERE id = $1 AND status = 'dead' RETURNING target",
+                &[&id, &now_ms()],
+            )
+            .await
+            .map_err(backend)?;
+        if let Some(row) = requeued {
+            return Ok(RetryOutcome::Requeued { target: row.get(0) });
+        }
+        let status = client
+            .query_opt("SELECT status FROM deliveries WHERE id = $1", &[&id])
+            .await
+            .map_err(backend)?;
+        Ok(match status.and_then(|r| DeliveryStatus::parse(r.get(0))) {
+            Some(status) => RetryOutcome::NotDead(status),
+            None => RetryOutcome::NotFound,
+        })
+    }
+
+    async fn replay(
+        &self,
+        event_id: &str,
+        targets: Vec<String>,
+    ) -> Result<Option<Vec<DeliveryId>>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let exists = tx
+            .query_opt("SELECT 1 FROM events WHERE id = $1", &[&event_id])
+            .await
+            .map_err(backend)?
+            .is_some();
+        if !exists {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let mut created = Vec::with_capacity(targets.len());
+        for target in &targets {
+            let id = DeliveryId::generate();
+            tx.execute(
+                "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4)",
+                &[&id.as_str(), &event_id, target, &now],
+            )
+            .await
+            .map_err(backend)?;
+            created.push(id);
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(Some(created))
+    }
+
+    async fn events(&self, filter: EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM events e JOIN receipts r ON r.seq = e.receipt_seq
+                     WHERE ($1::TEXT IS NULL OR e.source = $1) AND ($2::TEXT IS NULL OR e.session_id = $2)
+                       AND ($3::TEXT IS NULL OR e.type = $3) AND ($4::BIGINT IS NULL OR e.seq < $4)
+                     ORDER BY e.seq DESC LIMIT $5"
+                ),
+                &[
+                    &filter.source,
+                    &filter.session_id,
+                    &filter.event_type,
+                    &filter.before,
+                    &(filter.limit as i64),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows.iter().map(stored_event).collect())
+    }
+
+    async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM events e JOIN receipts r ON r.seq = e.receipt_seq WHERE e.id = $1"
+                ),
+                &[&id],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(row.as_ref().map(stored_event))
+    }
+
+    async fn session(
+        &self,
+        vendor: &str,
+        session_id: &str,
+    ) -> Result<Option<SessionView>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT record, finalized_event_id, updated_at FROM sessions
+                 WHERE vendor = $1 AND session_id = $2",
+                &[&vendor, &session_id],
+            )
+            .await
+            .map_err(backend)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let record: SessionRecord = serde_json::from_str(row.get(0)).map_err(backend)?;
+        Ok(Some(SessionView {
+            vendor: vendor.to_owned(),
+            session: record.session(session_id).map_err(backend)?,
+            finalized_event_id: row.get::<_, Option<String>>(1).map(EventId::from_stored),
+            updated_at: Timestamp::from_unix_millis(row.get(2)),
+        }))
+    }
+
+    async fn queue_depth(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT target, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY target",
+                &[],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .simple_query("SELECT 1")
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close();
+    }
+}

@@ -1,0 +1,526 @@
+//! One behaviour suite for every store backend.
+//!
+//! Each test is written once against `&dyn Store` and generated for SQLite (a file in a
+//! temporary directory) and for PostgreSQL (a schema of its own in the database named by
+//! `SESSIONGATE_TEST_POSTGRES_URL`, so tests run in parallel). Without that variable the
+//! PostgreSQL half skips with a printed reason — except under `CI=true`, where a skipped
+//! half is a failure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::event::{EventType, Session, Timestamp};
+
+pub(crate) const POSTGRES_URL_VAR: &str = "SESSIONGATE_TEST_POSTGRES_URL";
+
+pub(crate) struct TestStore {
+    pub store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub(crate) async fn sqlite() -> TestStore {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        sqlite::SqliteStore::open(&dir.path().join("s.db"), crate::config::Synchronous::Full)
+            .await
+            .unwrap();
+    TestStore {
+        store: Arc::new(store),
+        _dir: Some(dir),
+    }
+}
+
+/// A URL to a fresh, empty schema of the test database, or `None` (with the reason printed)
+/// when no test database is configured.
+pub(crate) async fn postgres_schema_url() -> Option<String> {
+    let Ok(base) = std::env::var(POSTGRES_URL_VAR) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{POSTGRES_URL_VAR} must be set in CI: the PostgreSQL store tests may not be skipped"
+        );
+        println!("skipped: {POSTGRES_URL_VAR} is not set, so the PostgreSQL half does not run");
+        return None;
+    };
+    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test database {base}: {e}"));
+    tokio::spawn(connection);
+    let now = now_ms() / 1000;
+    // Schemas are named after their creation time; drop those left by runs over an hour ago.
+    for row in client
+        .query(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'sg_test_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        let name: String = row.get(0);
+        let created = name
+            .split('_')
+            .nth(2)
+            .and_then(|t| t.parse::<i64>().ok())
+            .unwrap_or(0);
+        if created < now - 3600 {
+            let _ = client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                .await;
+        }
+    }
+    let schema = format!("sg_test_{now}_{:08x}", rand::random::<u32>());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let separator = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{separator}options=-csearch_path%3D{schema}"))
+}
+
+pub(crate) async fn postgres() -> Option<TestStore> {
+    let url = postgres_schema_url().await?;
+    let store = postgres::PgStore::open(&url, 8).await.unwrap();
+    Some(TestStore {
+        store: Arc::new(store),
+        _dir: None,
+    })
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let s = super::sqlite().await;
+                    super::$name(s.store.clone()).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(s) = super::postgres().await else { return };
+                    super::$name(s.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    a_second_accept_of_the_same_event_is_a_duplicate,
+    concurrent_duplicates_are_accepted_once,
+    a_session_is_finalized_once_even_from_two_sources,
+    events_merge_into_the_session_record_in_any_order,
+    claims_lease_and_finishing_moves_deliveries_on,
+    a_result_after_the_lease_passed_on_is_dropped,
+    retry_requeues_only_dead_deliveries_and_replay_adds_deliveries,
+    events_and_deliveries_page_newest_first,
+    ignored_requests_are_kept_and_ping_answers,
+);
+
+fn accept_from(source: &str, session: &str, types: &[EventType], targets: &[&str]) -> Accept {
+    Accept {
+        source: source.into(),
+        vendor: "pathors".into(),
+        session_id: session.into(),
+        vendor_event_type: "x".into(),
+        message_id: None,
+        received_at: Timestamp::now(),
+        raw: br#"{"raw":true}"#.to_vec().into(),
+        events: types
+            .iter()
+            .map(|&t| NewEvent {
+                id: EventId::derive(source, session, "x", t),
+                event_type: t,
+                occurred_at: Timestamp::now(),
+                facts: Session {
+                    id: session.into(),
+                    message_count: Some(3),
+                    ..Session::default()
+                },
+                targets: targets.iter().map(|s| s.to_string()).collect(),
+            })
+            .collect(),
+    }
+}
+
+fn accept(session: &str, types: &[EventType], targets: &[&str]) -> Accept {
+    accept_from("src", session, types, targets)
+}
+
+fn all() -> DeliveryFilter {
+    DeliveryFilter {
+        limit: 1000,
+        ..Default::default()
+    }
+}
+
+fn attempt(c: &ClaimedDelivery, next: Completion) -> AttemptRecord {
+    AttemptRecord {
+        delivery_id: c.id.clone(),
+        lease_token: c.lease_token,
+        attempt: c.attempts + 1,
+        started_at_ms: now_ms(),
+        duration_ms: 1,
+        status_code: Some(500),
+        error: Some("HTTP 500".into()),
+        next,
+    }
+}
+
+async fn a_second_accept_of_the_same_event_is_a_duplicate(s: Arc<dyn Store>) {
+    let first = s
+        .accept(accept("s1", &[EventType::SessionEnded], &["t"]))
+        .await
+        .unwrap();
+    let again = s
+        .accept(accept("s1", &[EventType::SessionEnded], &["t"]))
+        .await
+        .unwrap();
+    let IngestOutcome::Accepted { id, targets } = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(targets, ["t"]);
+    assert_eq!(again, IngestOutcome::Duplicate { id });
+    assert_eq!(
+        s.deliveries(all()).await.unwrap().len(),
+        1,
+        "a duplicate creates no deliveries"
+    );
+}
+
+async fn concurrent_duplicates_are_accepted_once(s: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.accept(accept(
+                    "s1",
+                    &[EventType::SessionEnded, EventType::SessionFinalized],
+                    &["a", "b"],
+                ))
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), IngestOutcome::Accepted { .. }) {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 1);
+    assert_eq!(
+        s.deliveries(all()).await.unwrap().len(),
+        4,
+        "two events times two targets"
+    );
+}
+
+async fn a_session_is_finalized_once_even_from_two_sources(s: Arc<dyn Store>) {
+    let first = s
+        .accept(accept_from(
+            "a",
+            "s1",
+            &[EventType::SessionFinalized],
+            &["t"],
+        ))
+        .await
+        .unwrap();
+    let IngestOutcome::Accepted { id, .. } = first else {
+        panic!("{first:?}")
+    };
+    // Concurrently, from other sources: still the first one.
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.accept(accept_from(
+                    &format!("b{i}"),
+                    "s1",
+                    &[EventType::SessionFinalized],
+                    &["t"],
+                ))
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(
+            t.await.unwrap(),
+            IngestOutcome::Duplicate { id: id.clone() }
+        );
+    }
+    let view = s.session("pathors", "s1").await.unwrap().unwrap();
+    assert_eq!(view.finalized_event_id, Some(id));
+    assert_eq!(view.session.message_count, Some(3));
+    assert_eq!(
+        s.events(EventFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len(),
+        1
+    );
+}
+
+async fn events_merge_into_the_session_record_in_any_order(s: Arc<dyn Store>) {
+    let at = |secs: i64| {
+        Timestamp::parse("2026-05-03T08:00:00Z")
+            .unwrap()
+            .plus_seconds(secs)
+    };
+    let mut late = accept("s1", &[EventType::SessionFinalized], &[]);
+    late.events[0].occurred_at = at(10);
+    late.events[0].facts.message_count = Some(8);
+    let mut early = accept("s1", &[EventType::SessionEnded], &[]);
+    early.events[0].occurred_at = at(1);
+    early.events[0].facts.current_node_id = Some("end".into());
+    s.accept(late).await.unwrap();
+    s.accept(early).await.unwrap();
+    let view = s.session("pathors", "s1").await.unwrap().unwrap();
+    assert_eq!(
+        view.session.message_count,
+        Some(8),
+        "the later event's value stays"
+    );
+    assert_eq!(
+        view.session.current_node_id.as_deref(),
+        Some("end"),
+        "absent never erases"
+    );
+    // The second event's stored body carries the record as of that event.
+    let ended = s
+        .events(EventFilter {
+            event_type: Some("session.ended".into()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&ended[0].body).unwrap();
+    assert_eq!(body["session"]["messageCount"], 8);
+    assert_eq!(body["session"]["currentNodeId"], "end");
+    assert!(s.session("pathors", "nope").await.unwrap().is_none());
+}
+
+async fn claims_lease_and_finishing_moves_deliveries_on(s: Arc<dyn Store>) {
+    s.accept(accept("s1", &[EventType::SessionEnded], &["t"]))
+        .await
+        .unwrap();
+    s.accept(accept("s2", &[EventType::SessionEnded], &["t", "u"]))
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(60);
+    let claimed = s.claim_due("t", 10, lease).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(&claimed[0].raw[..], br#"{"raw":true}"#);
+    assert!(claimed[0].occurred_at.is_some());
+    assert!(
+        s.claim_due("t", 10, lease).await.unwrap().is_empty(),
+        "leased"
+    );
+    assert_eq!(s.next_due_at("t").await.unwrap(), None);
+
+    s.finish_attempt(attempt(&claimed[0], Completion::Delivered))
+        .await
+        .unwrap();
+    s.finish_attempt(attempt(
+        &claimed[1],
+        Completion::RetryAt {
+            unix_ms: now_ms() - 1,
+        },
+    ))
+    .await
+    .unwrap();
+    let again = s.claim_due("t", 10, lease).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, claimed[1].id);
+    assert_eq!(again[0].attempts, 1);
+    s.finish_attempt(attempt(&again[0], Completion::Dead))
+        .await
+        .unwrap();
+
+    let dead = s
+        .deliveries(DeliveryFilter {
+            status: Some(DeliveryStatus::Dead),
+            with_attempts: true,
+            ..all()
+        })
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 2);
+    assert_eq!(dead[0].last_status, Some(500));
+    assert_eq!(dead[0].last_error.as_deref(), Some("HTTP 500"));
+    assert_eq!(dead[0].attempt_log.as_ref().unwrap().len(), 2);
+    assert!(
+        s.next_due_at("u").await.unwrap().is_some(),
+        "other targets untouched"
+    );
+    assert_eq!(s.queue_depth().await.unwrap(), [("u".to_owned(), 1)]);
+}
+
+async fn a_result_after_the_lease_passed_on_is_dropped(s: Arc<dyn Store>) {
+    s.accept(accept("s1", &[EventType::SessionEnded], &["t"]))
+        .await
+        .unwrap();
+    let short = s
+        .claim_due("t", 1, Duration::from_millis(1))
+        .await
+        .unwrap()
+        .remove(0);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let taken_over = s
+        .claim_due("t", 1, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        taken_over.id, short.id,
+        "an expired lease can be claimed again"
+    );
+    s.finish_attempt(attempt(&short, Completion::Dead))
+        .await
+        .unwrap();
+    s.finish_attempt(attempt(&taken_over, Completion::Delivered))
+        .await
+        .unwrap();
+    let d = s.deliveries(all()).await.unwrap();
+    assert_eq!(
+        d[0].status,
+        DeliveryStatus::Delivered,
+        "the stale worker's verdict did not count"
+    );
+}
+
+async fn retry_requeues_only_dead_deliveries_and_replay_adds_deliveries(s: Arc<dyn Store>) {
+    let IngestOutcome::Accepted { id, .. } = s
+        .accept(accept("s1", &[EventType::SessionEnded], &["t"]))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let claimed = s
+        .claim_due("t", 1, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        s.retry_delivery(claimed.id.as_str()).await.unwrap(),
+        RetryOutcome::NotDead(DeliveryStatus::Pending)
+    );
+    assert_eq!(
+        s.retry_delivery("dlv_nope").await.unwrap(),
+        RetryOutcome::NotFound
+    );
+    s.finish_attempt(attempt(&claimed, Completion::Dead))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.retry_delivery(claimed.id.as_str()).await.unwrap(),
+        RetryOutcome::Requeued { target: "t".into() }
+    );
+    let again = s.claim_due("t", 1, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(again[0].attempts, 0, "a fresh attempt budget");
+    let log = s
+        .deliveries(DeliveryFilter {
+            with_attempts: true,
+            ..all()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        log[0].attempt_log.as_ref().unwrap().len(),
+        1,
+        "history is kept"
+    );
+
+    assert_eq!(s.replay("evt_nope", vec!["t".into()]).await.unwrap(), None);
+    let replayed = s
+        .replay(id.as_str(), vec!["t".into(), "u".into()])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replayed.len(), 2);
+    let mut depth = s.queue_depth().await.unwrap();
+    depth.sort();
+    assert_eq!(depth, [("t".to_owned(), 2), ("u".to_owned(), 1)]);
+}
+
+async fn events_and_deliveries_page_newest_first(s: Arc<dyn Store>) {
+    for i in 0..5 {
+        s.accept(accept(&format!("s{i}"), &[EventType::SessionEnded], &["t"]))
+            .await
+            .unwrap();
+    }
+    let first = s
+        .events(EventFilter {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let rest = s
+        .events(EventFilter {
+            limit: 10,
+            before: Some(first[1].seq),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let sessions: Vec<_> = first
+        .iter()
+        .chain(rest.iter())
+        .map(|e| e.session_id.clone())
+        .collect();
+    assert_eq!(sessions, ["s4", "s3", "s2", "s1", "s0"]);
+    let one = s
+        .events(EventFilter {
+            session_id: Some("s2".into()),
+            source: Some("src".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert!(s.event(one[0].id.as_str()).await.unwrap().is_some());
+    assert!(s.event("evt_nope").await.unwrap().is_none());
+
+    let page = s
+        .deliveries(DeliveryFilter { limit: 3, ..all() })
+        .await
+        .unwrap();
+    let rest = s
+        .deliveries(DeliveryFilter {
+            before: Some(page[2].seq),
+            ..all()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len() + rest.len(), 5);
+    assert!(page[0].seq > page[2].seq && rest[0].seq < page[2].seq);
+}
+
+async fn ignored_requests_are_kept_and_ping_answers(s: Arc<dyn Store>) {
+    s.record_ignored(Ignored {
+        source: "src".into(),
+        vendor_event_type: Some("message.added".into()),
+        message_id: Some("msg_1".into()),
+        received_at: Timestamp::now(),
+        raw: b"{}".to_vec().into(),
+    })
+    .await
+    .unwrap();
+    s.ping().await.unwrap();
+    assert!(s.deliveries(all()).await.unwrap().is_empty());
+}
