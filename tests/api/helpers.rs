@@ -82,6 +82,8 @@ pub struct Options {
     pub shutdown_timeout_ms: u64,
     pub max_body_bytes: usize,
     pub admin_api: bool,
+    /// A `postgres://` URL; the default is a SQLite file in the app's directory.
+    pub storage_url: Option<String>,
 }
 
 impl Options {
@@ -94,6 +96,7 @@ impl Options {
             shutdown_timeout_ms: 5000,
             max_body_bytes: 64 * 1024,
             admin_api: true,
+            storage_url: None,
         }
     }
 
@@ -108,7 +111,7 @@ shutdown_timeout_ms = {shutdown}
 {admin}
 
 [storage]
-url = "sqlite://{db}"
+url = "{db}"
 
 [delivery]
 timeout_ms = {timeout}
@@ -136,7 +139,10 @@ auth = {{ kind = "svix", secrets = ["env:AGNTIX_OLD_SECRET", "env:AGNTIX_SECRET"
                 ""
             },
             shutdown = self.shutdown_timeout_ms,
-            db = db.display(),
+            db = self
+                .storage_url
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", db.display())),
             timeout = self.timeout_ms,
             attempts = self.max_attempts,
             backoff = self.backoff_initial_ms,
@@ -430,4 +436,178 @@ async fn receive(
         tokio::time::sleep(reply.delay).await;
     }
     HttpResponse::build(actix_web::http::StatusCode::from_u16(reply.status).unwrap()).finish()
+}
+
+/// The gateway's binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_sessiongate");
+
+/// A `sessiongate serve` process with JSON logs collected from its stderr.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub address: String,
+    pub lines: std::sync::mpsc::Receiver<String>,
+    pub log: Vec<String>,
+}
+
+impl GatewayProcess {
+    /// Starts `serve` on `config` and waits until it says where it listens.
+    pub fn start(config: &std::path::Path, env: &[(&str, &str)]) -> GatewayProcess {
+        use std::io::BufRead;
+        let mut command = std::process::Command::new(BIN);
+        command
+            .args(["serve", "--log-format", "json", "--config"])
+            .arg(config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let mut log = Vec::new();
+        let address = loop {
+            let line = lines
+                .recv_timeout(PATIENCE)
+                .expect("the gateway logs that it listens");
+            log.push(line.clone());
+            let entry: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
+            if entry["message"] == "Listening" {
+                break entry["address"].as_str().unwrap().to_owned();
+            }
+        };
+        GatewayProcess {
+            child,
+            address,
+            lines,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Everything logged so far.
+    pub fn drain_log(&mut self) -> &[String] {
+        self.log.extend(self.lines.try_iter());
+        &self.log
+    }
+
+    pub fn kill_9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh schema in the test database (`SESSIONGATE_TEST_POSTGRES_URL`) and a URL that
+/// uses it; `None`, with the reason printed, when no test database is configured. Under
+/// `CI=true` a missing database is a failure, not a skip.
+pub async fn postgres_schema_url() -> Option<String> {
+    const VAR: &str = "SESSIONGATE_TEST_POSTGRES_URL";
+    let Ok(base) = std::env::var(VAR) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{VAR} must be set in CI"
+        );
+        println!("skipped: {VAR} is not set, so this PostgreSQL test does not run");
+        return None;
+    };
+    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test database {base}: {e}"));
+    tokio::spawn(connection);
+    let schema = format!("sg_test_{}_{:08x}", unix_now(), rand::random::<u32>());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let separator = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{separator}options=-csearch_path%3D{schema}"))
+}
+
+/// Points a PostgreSQL URL at another `host:port`.
+pub fn via(url: &str, address: std::net::SocketAddr) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (authority, path) = rest.split_once('/').unwrap();
+    let user = authority
+        .rsplit_once('@')
+        .map(|(u, _)| format!("{u}@"))
+        .unwrap_or_default();
+    format!("{scheme}://{user}{address}/{path}")
+}
+
+/// A TCP proxy to PostgreSQL that a test can cut (every connection dropped, new ones
+/// refused) and restore: the database going away and coming back, as the gateway sees it.
+pub struct DbProxy {
+    pub address: std::net::SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl DbProxy {
+    pub async fn start(upstream: &str) -> DbProxy {
+        let config: tokio_postgres::Config = upstream.parse().unwrap();
+        let host = match &config.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            #[allow(unreachable_patterns)]
+            _ => "127.0.0.1".to_owned(),
+        };
+        let upstream = format!(
+            "{host}:{}",
+            config.get_ports().first().copied().unwrap_or(5432)
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let (up2, connections2) = (up.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                connections2.lock().unwrap().push(task);
+            }
+        });
+        DbProxy {
+            address,
+            up,
+            connections,
+        }
+    }
+
+    pub fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    pub fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }

@@ -6,5 +6,6 @@ mod delivery;
 mod helpers;
 mod ingest;
 mod process;
+mod replicas;
 mod schema;
 mod sessions;

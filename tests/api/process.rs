@@ -1,9 +1,7 @@
 //! The `sessiongate` binary as an operator runs it: check-config exit codes, JSON logs,
 //! SIGTERM draining in-flight deliveries, and no secret in logs at any level.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -12,8 +10,6 @@ use sessiongate::store::sqlite::SqliteStore;
 use sessiongate::store::{DeliveryFilter, DeliveryStatus, Store};
 
 use crate::helpers::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_sessiongate");
 
 fn config(db: &std::path::Path, target_url: &str) -> String {
     format!(
@@ -99,7 +95,7 @@ fn check_config_exits_0_for_a_valid_file_and_1_naming_the_key_otherwise() {
     assert!(String::from_utf8_lossy(&overridden.stderr).contains("delivery.max_attempts"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_work_exits_0_and_logs_no_secret() {
     let receiver = TestReceiver::start().await;
     receiver.answer(Reply {
@@ -112,37 +108,16 @@ async fn sigterm_drains_in_flight_work_exits_0_and_logs_no_secret() {
     std::fs::write(&path, config(&db, &receiver.url("/hook"))).unwrap();
     let pathors_token = "Bearer pathors-token-that-must-not-leak";
 
-    let mut child = Command::new(BIN)
-        .args(["serve", "--log-format", "json", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "trace")
-        .env("TEST_PATHORS_TOKEN", pathors_token)
-        .env("TEST_AGNTIX_SECRET", AGNTIX_SECRET)
-        .env("TEST_TARGET_SECRET", TARGET_SECRET)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut log = Vec::new();
-    let address = loop {
-        let line = lines
-            .recv_timeout(PATIENCE)
-            .expect("the gateway logs that it listens");
-        log.push(line.clone());
-        let entry: Value =
-            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
-        if entry["message"] == "Listening" {
-            break entry["address"].as_str().unwrap().to_owned();
-        }
-    };
+    let mut gateway = GatewayProcess::start(
+        &path,
+        &[
+            ("RUST_LOG", "trace"),
+            ("TEST_PATHORS_TOKEN", pathors_token),
+            ("TEST_AGNTIX_SECRET", AGNTIX_SECRET),
+            ("TEST_TARGET_SECRET", TARGET_SECRET),
+        ],
+    );
+    let address = gateway.address.clone();
 
     let client = reqwest::Client::new();
     let pathors = client
@@ -174,16 +149,13 @@ async fn sigterm_drains_in_flight_work_exits_0_and_logs_no_secret() {
     // Both deliveries are in flight at the receiver (answering after 700 ms) when SIGTERM comes.
     let got = receiver.wait_for(2).await;
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &gateway.child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = tokio::task::block_in_place(|| gateway.child.wait()).unwrap();
     assert!(status.success(), "exit status {status:?}");
-    log.extend(lines.try_iter());
+    let log = gateway.drain_log().to_vec();
 
     // The drained attempts were recorded before exit: nothing is left to repeat.
     let store = SqliteStore::open(&db, Synchronous::Full).await.unwrap();

@@ -63,12 +63,25 @@ fn with_session(body: &[u8], key: &str, session: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn every_arrival_order_merges_to_the_same_record_and_finalizes_once() {
+    every_arrival_order(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_arrival_order_on_postgres() {
+    let Some(url) = postgres_schema_url().await else {
+        return;
+    };
+    every_arrival_order(Some(url)).await;
+}
+
+async fn every_arrival_order(storage_url: Option<String>) {
     let receiver = TestReceiver::start().await;
-    let app = spawn_app(format!(
+    let mut options = Options::with_targets(format!(
         "[[targets]]\nname = \"all\"\nurl = \"{}\"\ninclude_raw = false",
         receiver.url("/")
-    ))
-    .await;
+    ));
+    options.storage_url = storage_url;
+    let app = spawn_app_with(options, None).await;
     let mut rng = Lcg(0x5e55_1047);
 
     let pathors = [

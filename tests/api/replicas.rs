@@ -1,0 +1,202 @@
+//! Several gateway replicas on one PostgreSQL database, and PostgreSQL going away.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+fn call_ended(session: &str) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&fixture("pathors", "call-ended.json")).unwrap();
+    v["sessionId"] = session.into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_lose_nothing_when_one_is_killed_mid_run() {
+    let Some(url) = postgres_schema_url().await else {
+        return;
+    };
+    let receiver = TestReceiver::start().await;
+    // Slow enough that the killed replica has deliveries in flight.
+    receiver.answer(Reply {
+        status: 200,
+        delay: Duration::from_millis(40),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+shutdown_timeout_ms = 1000
+[storage]
+url = "env:TEST_PG_URL"
+pool_size = 8
+[delivery]
+timeout_ms = 1000
+lease_ms = 2000
+backoff_initial_ms = 100
+max_attempts = 50
+[[sources]]
+name = "pathors"
+vendor = "pathors"
+auth = {{ kind = "header", header = "Authorization", value = "env:TEST_PATHORS_TOKEN" }}
+[[targets]]
+name = "crm"
+url = "{}"
+"#,
+            receiver.url("/crm")
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("TEST_PG_URL", url.as_str()),
+        ("TEST_PATHORS_TOKEN", PATHORS_TOKEN),
+    ];
+    let mut a = GatewayProcess::start(&config, &env);
+    let b = GatewayProcess::start(&config, &env);
+    let client = reqwest::Client::new();
+    let post = |url: String, body: Vec<u8>| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .post(url)
+                .header("authorization", PATHORS_TOKEN)
+                .body(body)
+                .send()
+                .await
+                .ok()?;
+            let status = response.status().as_u16();
+            let answer: Value = response.json().await.ok()?;
+            Some((status, answer["id"].as_str().unwrap_or("").to_owned()))
+        }
+    };
+
+    const EVENTS: usize = 400;
+    let mut accepted = HashSet::new();
+    let mut duplicates_checked = 0;
+    for i in 0..EVENTS {
+        let body = call_ended(&format!("replica-{i}"));
+        if i == EVENTS / 2 {
+            a.kill_9();
+        }
+        let (first, other) = if i >= EVENTS / 2 || i % 2 == 1 {
+            (&b, &a)
+        } else {
+            (&a, &b)
+        };
+        if let Some((202, id)) = post(first.url("/ingest/pathors"), body.clone()).await {
+            accepted.insert(id.clone());
+            // Before the kill, every tenth event is also sent to the other replica.
+            if i < EVENTS / 2 && i % 10 == 0 {
+                let (status, again) = post(other.url("/ingest/pathors"), body).await.unwrap();
+                assert_eq!(
+                    (status, again),
+                    (200, id),
+                    "a duplicate on another replica is a duplicate"
+                );
+                duplicates_checked += 1;
+            }
+        }
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let delivered = loop {
+        let delivered: HashSet<String> = receiver
+            .received()
+            .iter()
+            .filter(|g| g.status == 200)
+            .map(|g| g.json()["id"].as_str().unwrap().to_owned())
+            .collect();
+        if accepted.is_subset(&delivered) || tokio::time::Instant::now() > deadline {
+            break delivered;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let lost = accepted.difference(&delivered).count();
+    let requests = receiver.received().len();
+    println!(
+        "replicas: sent {EVENTS}, accepted {}, delivered {} distinct in {requests} requests \
+         ({} repeated after the kill), duplicates across replicas checked {duplicates_checked}, lost {lost}",
+        accepted.len(),
+        delivered.len(),
+        requests - delivered.len(),
+    );
+    assert_eq!(lost, 0, "accepted events never reached the receiver");
+    assert_eq!(
+        accepted.len(),
+        EVENTS,
+        "the surviving replica kept accepting"
+    );
+    assert_eq!(
+        delivered.len(),
+        accepted.len(),
+        "nothing was delivered that was not accepted"
+    );
+    assert_eq!(duplicates_checked, 20);
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_answers_503_never_2xx_and_recovers_without_a_restart() {
+    let Some(url) = postgres_schema_url().await else {
+        return;
+    };
+    let proxy = DbProxy::start(&url).await;
+    let mut options = Options::with_targets("");
+    options.storage_url = Some(via(&url, proxy.address));
+    let app = spawn_app_with(options, None).await;
+    assert_eq!(
+        app.post_pathors(&call_ended("before"))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+
+    proxy.down();
+    for i in 0..5 {
+        let response = app.post_pathors(&call_ended(&format!("during-{i}"))).await;
+        assert_eq!(
+            response.status().as_u16(),
+            503,
+            "never a 2xx for an event that was not stored"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unavailable");
+    }
+    assert_eq!(app.get("/readyz").await.status().as_u16(), 503);
+    assert_eq!(app.get("/healthz").await.status().as_u16(), 200);
+
+    proxy.up();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let status = app
+            .post_pathors(&call_ended("during-0"))
+            .await
+            .status()
+            .as_u16();
+        if status == 202 {
+            break; // accepted, not a duplicate: the 503 stored nothing
+        }
+        assert!(
+            status == 503 && tokio::time::Instant::now() < deadline,
+            "got {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.get("/readyz").await.status().as_u16(), 200);
+    assert_eq!(
+        app.post_pathors(&call_ended("before"))
+            .await
+            .status()
+            .as_u16(),
+        200,
+        "still a duplicate"
+    );
+}
