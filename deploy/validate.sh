@@ -7,7 +7,7 @@
 #   - nginx.conf passes `nginx -t` (upstream host names mapped to loopback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${SESSIONGATE_BIN:-target/debug/sessiongate}
+bin=${SESSIONGATE_BIN:-${CARGO_TARGET_DIR:-target}/debug/sessiongate}
 [ -x "$bin" ] || cargo build -q
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
