@@ -706,3 +706,34 @@ impl Store for PgStore {
         self.pool.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::suite::postgres_schema_url;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_starting_together_migrate_once() {
+        let Some(url) = postgres_schema_url().await else {
+            return;
+        };
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { PgStore::open(&url, 2).await })
+            })
+            .collect();
+        for open in opens {
+            let store = open.await.unwrap().expect("every replica starts");
+            store.ping().await.unwrap();
+        }
+        let store = PgStore::open(&url, 1).await.unwrap();
+        let client = store.client().await.unwrap();
+        let versions = client
+            .query("SELECT version FROM sessiongate_schema", &[])
+            .await
+            .unwrap();
+        assert_eq!(versions.len(), 1);
+        assert_eq!(versions[0].get::<_, i32>(0), MIGRATIONS.len() as i32);
+    }
+}
