@@ -115,6 +115,14 @@ impl<'a> Fields<'a> {
         }
     }
 
+    pub fn opt_non_negative(&self, key: &str) -> Result<Option<Number>, PayloadError> {
+        match self.opt_number(key) {
+            Ok(Some(n)) if n.as_f64().is_some_and(|f| f >= 0.0) => Ok(Some(n)),
+            Ok(None) => Ok(None),
+            _ => Err(self.wrong(key, "a non-negative number")),
+        }
+    }
+
     pub fn opt_count(&self, key: &str) -> Result<Option<u64>, PayloadError> {
         match self.present(key) {
             None => Ok(None),
@@ -186,6 +194,10 @@ mod tests {
         assert_eq!(
             a.opt_count("n").unwrap_err().to_string(),
             "field `a.n` must be a non-negative integer"
+        );
+        assert_eq!(
+            a.opt_non_negative("n").unwrap_err().to_string(),
+            "field `a.n` must be a non-negative number"
         );
         assert_eq!(
             root.str("missing").unwrap_err().to_string(),

@@ -85,7 +85,7 @@ pub(super) fn normalize(body: &Map<String, Value>) -> Result<Normalized, Payload
 
 fn read_call(f: &Fields<'_>) -> Result<Option<Call>, PayloadError> {
     let status = f.opt_str("callStatus")?;
-    let duration = f.opt_number("callDuration")?;
+    let duration = f.opt_non_negative("callDuration")?;
     if status.is_none() && duration.is_none() {
         return Ok(None);
     }
@@ -310,7 +310,7 @@ mod tests {
 
     #[test]
     fn required_fields_are_named() {
-        let cases: [(&[u8], &str); 6] = [
+        let cases: [(&[u8], &str); 7] = [
             (br#"{"sessionId":"s","timestamp":"2026-05-03T08:42:11Z"}"#, "`event`"),
             (br#"{"event":"call.ended","timestamp":"2026-05-03T08:42:11Z"}"#, "`sessionId`"),
             (br#"{"event":"call.ended","sessionId":"s"}"#, "`timestamp`"),
@@ -320,6 +320,7 @@ mod tests {
                 "`messagesCount`",
             ),
             (br#"{"event":"call.ended","sessionId":"","timestamp":"2026-05-03T08:42:11Z"}"#, "`sessionId`"),
+            (br#"{"event":"call.ended","sessionId":"s","timestamp":"2026-05-03T08:42:11Z","callDuration":-1}"#, "`callDuration`"),
         ];
         for (body, field) in cases {
             let err = normalize(Vendor::Pathors, body).unwrap_err().to_string();

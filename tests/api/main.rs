@@ -3,6 +3,7 @@
 
 mod admin;
 mod delivery;
+mod fuzz;
 mod helpers;
 mod ingest;
 mod process;
