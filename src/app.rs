@@ -120,6 +120,9 @@ impl Application {
             .default_service(web::to(no_route))
         })
         .workers(config.server.workers)
+        // A client that trickles its headers is cut off (408) after this; slow bodies are
+        // bounded by server.body_timeout_ms in the ingest handler.
+        .client_request_timeout(config.server.header_timeout)
         .disable_signals()
         .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1))
         .listen(listener)?

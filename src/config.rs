@@ -58,6 +58,7 @@ pub struct ServerConfig {
     pub admin_token: Option<SecretString>,
     pub workers: usize,
     pub body_timeout: Duration,
+    pub header_timeout: Duration,
     pub shutdown_timeout: Duration,
 }
 
@@ -206,6 +207,7 @@ struct RawServer {
     admin_token: Option<String>,
     workers: Option<usize>,
     body_timeout_ms: u64,
+    header_timeout_ms: u64,
     shutdown_timeout_ms: u64,
 }
 
@@ -217,6 +219,7 @@ impl Default for RawServer {
             admin_token: None,
             workers: None,
             body_timeout_ms: 15_000,
+            header_timeout_ms: 5_000,
             shutdown_timeout_ms: 30_000,
         }
     }
@@ -361,6 +364,7 @@ impl RawConfig {
                 })?;
             positive("server.max_body_bytes", s.max_body_bytes as u64)?;
             positive("server.body_timeout_ms", s.body_timeout_ms)?;
+            positive("server.header_timeout_ms", s.header_timeout_ms)?;
             let workers = match s.workers {
                 Some(0) => return Err(invalid("server.workers", "must be at least 1")),
                 Some(n) => n,
@@ -375,6 +379,7 @@ impl RawConfig {
                     .transpose()?,
                 workers,
                 body_timeout: Duration::from_millis(s.body_timeout_ms),
+                header_timeout: Duration::from_millis(s.header_timeout_ms),
                 shutdown_timeout: Duration::from_millis(s.shutdown_timeout_ms),
             }
         };

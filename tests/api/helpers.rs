@@ -84,6 +84,8 @@ pub struct Options {
     pub admin_api: bool,
     /// A `postgres://` URL; the default is a SQLite file in the app's directory.
     pub storage_url: Option<String>,
+    /// Extra `[server]` keys, TOML.
+    pub server_extra: String,
 }
 
 impl Options {
@@ -97,6 +99,7 @@ impl Options {
             max_body_bytes: 64 * 1024,
             admin_api: true,
             storage_url: None,
+            server_extra: String::new(),
         }
     }
 
@@ -109,6 +112,7 @@ workers = 1
 max_body_bytes = {max_body}
 shutdown_timeout_ms = {shutdown}
 {admin}
+{server_extra}
 
 [storage]
 url = "{db}"
@@ -133,6 +137,7 @@ auth = {{ kind = "svix", secrets = ["env:AGNTIX_OLD_SECRET", "env:AGNTIX_SECRET"
 {targets}
 "#,
             max_body = self.max_body_bytes,
+            server_extra = self.server_extra,
             admin = if self.admin_api {
                 "admin_token = \"env:ADMIN_TOKEN\""
             } else {
@@ -342,13 +347,17 @@ pub struct TestReceiver {
 
 impl TestReceiver {
     pub async fn start() -> TestReceiver {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").unwrap()).await
+    }
+
+    /// Starts on a listener the test chose (say, a port a target already points at).
+    pub async fn start_on(listener: TcpListener) -> TestReceiver {
         let state = Arc::new(ReceiverState {
             received: Mutex::new(Vec::new()),
             script: Mutex::new(VecDeque::new()),
             default: Mutex::new(Reply::status(200)),
             arrived: Notify::new(),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {

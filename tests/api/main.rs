@@ -3,6 +3,7 @@
 
 mod admin;
 mod delivery;
+mod faults;
 mod fuzz;
 mod helpers;
 mod ingest;

@@ -1,0 +1,428 @@
+//! Faults: a crash under load, a receiver that fails every way, a full disk, slow and
+//! oversized clients. Bounded in time, loopback only.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sessiongate::store::DeliveryStatus;
+
+use crate::helpers::*;
+
+fn call_ended(session: &str) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&fixture("pathors", "call-ended.json")).unwrap();
+    v["sessionId"] = session.into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn receiver_ids(receiver: &TestReceiver) -> HashSet<String> {
+    receiver
+        .received()
+        .iter()
+        .filter(|g| g.status == 200)
+        .map(|g| g.json()["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn wait_until(what: &str, patience: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + patience;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_event() {
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 2
+[storage]
+url = "sqlite://{}"
+[delivery]
+backoff_initial_ms = 50
+max_attempts = 100
+[[sources]]
+name = "pathors"
+vendor = "pathors"
+auth = {{ kind = "header", header = "Authorization", value = "env:TEST_PATHORS_TOKEN" }}
+[[targets]]
+name = "crm"
+url = "{}"
+"#,
+            dir.path().join("gate.db").display(),
+            receiver.url("/crm")
+        ),
+    )
+    .unwrap();
+    let env = [("TEST_PATHORS_TOKEN", PATHORS_TOKEN)];
+    let mut gateway = GatewayProcess::start(&config, &env);
+
+    // Eight senders keep the gateway busy; the kill lands while requests are in flight.
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = reqwest::Client::new();
+    let senders: Vec<_> = (0..8)
+        .map(|worker| {
+            let (client, url) = (client.clone(), gateway.url("/ingest/pathors"));
+            let (acknowledged, sent, stop) = (acknowledged.clone(), sent.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    i += 1;
+                    sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body = call_ended(&format!("crash-{worker}-{i}"));
+                    let Ok(response) = client
+                        .post(&url)
+                        .header("authorization", PATHORS_TOKEN)
+                        .body(body)
+                        .send()
+                        .await
+                    else {
+                        continue; // the gateway died under this request: not acknowledged
+                    };
+                    if response.status().as_u16() == 202
+                        && let Ok(answer) = response.json::<Value>().await
+                    {
+                        acknowledged
+                            .lock()
+                            .unwrap()
+                            .push(answer["id"].as_str().unwrap().to_owned());
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_until("load to build up", PATIENCE, || {
+        acknowledged.lock().unwrap().len() >= 300
+    })
+    .await;
+    gateway.kill_9();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for s in senders {
+        s.await.unwrap();
+    }
+    let acknowledged: HashSet<String> = acknowledged.lock().unwrap().iter().cloned().collect();
+    let delivered_before = receiver_ids(&receiver).len();
+
+    let _restarted = GatewayProcess::start(&config, &env);
+    wait_until(
+        "every acknowledged event to arrive",
+        Duration::from_secs(60),
+        || acknowledged.is_subset(&receiver_ids(&receiver)),
+    )
+    .await;
+    let delivered = receiver_ids(&receiver);
+    println!(
+        "kill -9 under load: sent {}, acknowledged {}, delivered before the kill {delivered_before}, \
+         delivered in all {} in {} requests, lost {}",
+        sent.load(std::sync::atomic::Ordering::SeqCst),
+        acknowledged.len(),
+        delivered.len(),
+        receiver.received().len(),
+        acknowledged.difference(&delivered).count()
+    );
+    assert!(acknowledged.is_subset(&delivered));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_then_failing_then_slow_gets_everything_and_delays_no_one() {
+    // The flaky receiver's port is chosen now but nothing listens there yet: refused.
+    let flaky_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let flaky_url = format!("http://{}/flaky", flaky_listener.local_addr().unwrap());
+    drop(flaky_listener);
+    let healthy = TestReceiver::start().await;
+    let mut options = Options::with_targets(format!(
+        "[[targets]]\nname = \"flaky\"\nurl = \"{flaky_url}\"\ntimeout_ms = 200\n\
+         [[targets]]\nname = \"healthy\"\nurl = \"{}\"\n",
+        healthy.url("/healthy")
+    ));
+    options.max_attempts = 1000;
+    options.backoff_initial_ms = 50;
+    let app = spawn_app_with(options, None).await;
+
+    // Each phase: 25 new events, then time for the workers to try them against that phase.
+    let mut sent = 0;
+    let mut slowest_ingest = Duration::ZERO;
+    let mut phase = async |app: &TestApp| {
+        for _ in 0..25 {
+            let started = Instant::now();
+            let body = call_ended(&format!("flaky-{sent}"));
+            assert_eq!(app.post_pathors(&body).await.status().as_u16(), 202);
+            slowest_ingest = slowest_ingest.max(started.elapsed());
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    };
+
+    // Phase 1: connection refused.
+    phase(&app).await;
+    // Phase 2: up, but every answer is 500.
+    let address = flaky_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/flaky");
+    let flaky = TestReceiver::start_on(std::net::TcpListener::bind(address).unwrap()).await;
+    flaky.answer(Reply::status(500));
+    phase(&app).await;
+    // Phase 3: answers 200, but only after the attempt timeout.
+    flaky.answer(Reply {
+        status: 200,
+        delay: Duration::from_millis(500),
+    });
+    phase(&app).await;
+    // The healthy target kept up all along.
+    healthy.wait_for(sent).await;
+    // Phase 4: healthy.
+    flaky.answer(Reply::status(200));
+
+    app.wait_for_deliveries(DeliveryStatus::Delivered, 2 * sent)
+        .await;
+    assert!(
+        app.deliveries(Some(DeliveryStatus::Dead)).await.is_empty(),
+        "none dead"
+    );
+    let distinct: HashSet<String> = flaky
+        .received()
+        .iter()
+        .filter(|g| g.status == 200)
+        .map(|g| g.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(distinct.len(), sent);
+    println!(
+        "flaky receiver: {sent} events, {} requests to it, slowest ingest answer {slowest_ingest:?}",
+        flaky.received().len()
+    );
+    assert!(
+        slowest_ingest < Duration::from_millis(500),
+        "ingest slowed to {slowest_ingest:?}"
+    );
+}
+
+/// A small tmpfs mounted for one test: a disk that can really fill up.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .ok()?;
+        if !mounted.status.success() {
+            println!(
+                "skipped: cannot mount a tmpfs here ({})",
+                String::from_utf8_lossy(&mounted.stderr).trim()
+            );
+            return None;
+        }
+        Some(SmallDisk { dir })
+    }
+
+    fn fill(&self) -> std::fs::File {
+        let mut filler = std::fs::File::create(self.dir.path().join("filler")).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while filler.write_all(&block).is_ok() {}
+        let _ = filler.write_all(&[0u8; 512]);
+        filler
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.dir.path().join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_503_never_2xx_and_recovers_without_a_restart() {
+    let Some(disk) = SmallDisk::mount("4m") else {
+        return;
+    };
+    let mut options = Options::with_targets("");
+    options.storage_url = Some(format!(
+        "sqlite://{}",
+        disk.dir.path().join("gate.db").display()
+    ));
+    let app = spawn_app_with(options, None).await;
+    assert_eq!(
+        app.post_pathors(&call_ended("before"))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+
+    let filler = disk.fill();
+    let mut refused = 0;
+    for i in 0..20 {
+        // Big enough that SQLite must grow its files.
+        let mut body: Value = serde_json::from_slice(&call_ended(&format!("full-{i}"))).unwrap();
+        body["padding"] = "x".repeat(16 * 1024).into();
+        let response = app.post_pathors(body.to_string().as_bytes()).await;
+        let status = response.status().as_u16();
+        assert_ne!(
+            status / 100,
+            2,
+            "a 2xx for an event that could not be stored"
+        );
+        assert_eq!(status, 503);
+        refused += 1;
+    }
+    drop(filler);
+    disk.free();
+    let mut body: Value = serde_json::from_slice(&call_ended("full-0")).unwrap();
+    body["padding"] = "x".repeat(16 * 1024).into();
+    let status = app
+        .post_pathors(body.to_string().as_bytes())
+        .await
+        .status()
+        .as_u16();
+    assert_eq!(
+        status, 202,
+        "accepted after the disk has room again, and not a duplicate"
+    );
+    assert_eq!(
+        app.post_pathors(&call_ended("before"))
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    println!("full disk: {refused} requests answered 503, recovered without a restart");
+    let _ = app.stop().await;
+}
+
+fn raw_request(address: &str, head: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+}
+
+fn status_of(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_oversized_clients_are_cut_off_and_cannot_starve_others() {
+    let mut options = Options::with_targets("");
+    options.max_body_bytes = 4096;
+    options.server_extra = "body_timeout_ms = 800\nheader_timeout_ms = 800".into();
+    let app = spawn_app_with(options, None).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+
+    // Fifty clients that send headers and then trickle their bodies, and ten that never
+    // finish their headers.
+    let mut tricklers = Vec::new();
+    for _ in 0..50 {
+        let address = address.clone();
+        tricklers.push(tokio::task::spawn_blocking(move || {
+            let mut s = raw_request(
+                &address,
+                &format!("POST /ingest/pathors HTTP/1.1\r\nHost: x\r\nAuthorization: {PATHORS_TOKEN}\r\nContent-Length: 100\r\n\r\n{{"),
+            );
+            let started = Instant::now();
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(100));
+                if s.write_all(b" ").is_err() {
+                    break;
+                }
+            }
+            (status_of(&mut s), started.elapsed())
+        }));
+    }
+    for _ in 0..10 {
+        let address = address.clone();
+        tricklers.push(tokio::task::spawn_blocking(move || {
+            let mut s = raw_request(&address, "POST /ingest/pathors HTTP/1.1\r\nHost: x\r\n");
+            let started = Instant::now();
+            (status_of(&mut s), started.elapsed())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Meanwhile a normal request is served promptly.
+    let started = Instant::now();
+    assert_eq!(
+        app.post_pathors(&call_ended("prompt"))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "starved: {:?}",
+        started.elapsed()
+    );
+
+    for t in tricklers {
+        let (status, took) = t.await.unwrap();
+        assert!(
+            status.starts_with("HTTP/1.1 408"),
+            "a slow client got {status:?}"
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "a slow client held on for {took:?}"
+        );
+    }
+
+    // Oversized: a declared body over the limit is refused before it is sent.
+    let mut s = raw_request(
+        &address,
+        &format!(
+            "POST /ingest/pathors HTTP/1.1\r\nHost: x\r\nAuthorization: {PATHORS_TOKEN}\r\nContent-Length: 10000000\r\n\r\n"
+        ),
+    );
+    let started = Instant::now();
+    assert!(status_of(&mut s).starts_with("HTTP/1.1 413"));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Oversized heads are refused too: actix-http caps them at 128 KiB and 96 headers.
+    let huge = "a".repeat(200 * 1024);
+    let mut s = raw_request(
+        &address,
+        &format!("POST /ingest/pathors HTTP/1.1\r\nHost: x\r\nX-Huge: {huge}\r\n\r\n"),
+    );
+    let status = status_of(&mut s);
+    assert!(status.starts_with("HTTP/1.1 431"), "{status}");
+    let many: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let mut s = raw_request(
+        &address,
+        &format!("POST /ingest/pathors HTTP/1.1\r\nHost: x\r\n{many}\r\n"),
+    );
+    let status = status_of(&mut s);
+    assert!(
+        status.starts_with("HTTP/1.1 431") || status.starts_with("HTTP/1.1 400"),
+        "{status}"
+    );
+}
