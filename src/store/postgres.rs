@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{NoTls, Row};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row, Statement};
 
 use super::{
     Accept, AcceptPlan, AttemptInfo, AttemptRecord, ClaimedDelivery, Completion, DeliveryFilter,
@@ -106,6 +107,12 @@ fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
+/// A statement prepared once per connection and cached: without it every query would pay
+/// an extra round trip and a server-side parse.
+async fn prepared(client: &impl GenericClient, sql: &str) -> Result<Statement, StoreError> {
+    client.prepare_cached(sql).await.map_err(backend)
+}
+
 impl PgStore {
     pub async fn open(url: &str, pool_size: usize) -> anyhow::Result<PgStore> {
         let config: tokio_postgres::Config = url.parse().context("Invalid PostgreSQL URL")?;
@@ -136,15 +143,21 @@ impl PgStore {
             .await
             .context("Failed to connect to PostgreSQL")?;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .context("Failed to take the migration lock")?;
+        tx.execute(
+            &prepared(&tx, "SELECT pg_advisory_xact_lock($1)").await?,
+            &[&MIGRATION_LOCK],
+        )
+        .await
+        .context("Failed to take the migration lock")?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS sessiongate_schema (version INTEGER NOT NULL)",
         )
         .await?;
         let version: i32 = tx
-            .query_opt("SELECT version FROM sessiongate_schema", &[])
+            .query_opt(
+                &prepared(&tx, "SELECT version FROM sessiongate_schema").await?,
+                &[],
+            )
             .await?
             .map_or(0, |r| r.get(0));
         let version = version as usize;
@@ -160,9 +173,10 @@ impl PgStore {
                 .with_context(|| format!("Failed to apply store migration {}", i + 1))?;
             tracing::info!(version = i + 1, "Applied store migration");
         }
-        tx.execute("DELETE FROM sessiongate_schema", &[]).await?;
+        tx.execute(&prepared(&tx, "DELETE FROM sessiongate_schema").await?, &[])
+            .await?;
         tx.execute(
-            "INSERT INTO sessiongate_schema (version) VALUES ($1)",
+            &prepared(&tx, "INSERT INTO sessiongate_schema (version) VALUES ($1)").await?,
             &[&(MIGRATIONS.len() as i32)],
         )
         .await?;
@@ -174,6 +188,50 @@ impl PgStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(backend)
+    }
+
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(&prepared(&client, sql).await?, params)
+            .await
+            .map_err(backend)
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query(&prepared(&client, sql).await?, params)
+            .await
+            .map_err(backend)
+    }
+
+    async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, StoreError> {
+        let client = self.client().await?;
+        client
+            .query_one(&prepared(&client, sql).await?, params)
+            .await
+            .map_err(backend)
+    }
+
+    async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query_opt(&prepared(&client, sql).await?, params)
+            .await
+            .map_err(backend)
     }
 }
 
@@ -222,16 +280,24 @@ impl Store for PgStore {
         let empty = serde_json::to_string(&SessionRecord::default()).expect("a record serialises");
         // Take the session's lock: every event of this session, on every replica, waits here.
         tx.execute(
-            "INSERT INTO sessions (vendor, session_id, record, created_at, updated_at)
+            &prepared(
+                &tx,
+                "INSERT INTO sessions (vendor, session_id, record, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $4) ON CONFLICT DO NOTHING",
+            )
+            .await?,
             &[&accept.vendor, &accept.session_id, &empty, &now],
         )
         .await
         .map_err(backend)?;
         let row = tx
             .query_one(
-                "SELECT record, finalized_event_id FROM sessions
+                &prepared(
+                    &tx,
+                    "SELECT record, finalized_event_id FROM sessions
                  WHERE vendor = $1 AND session_id = $2 FOR UPDATE",
+                )
+                .await?,
                 &[&accept.vendor, &accept.session_id],
             )
             .await
@@ -239,7 +305,7 @@ impl Store for PgStore {
         let primary = &accept.events[0];
         let seen = tx
             .query_opt(
-                "SELECT 1 FROM events WHERE id = $1",
+                &prepared(&tx, "SELECT 1 FROM events WHERE id = $1").await?,
                 &[&primary.id.as_str()],
             )
             .await
@@ -262,8 +328,12 @@ impl Store for PgStore {
             let accept = &accept;
             async move {
                 tx.execute(
-                    "UPDATE sessions SET record = $3, finalized_event_id = $4, updated_at = $5
+                    &prepared(
+                        tx,
+                        "UPDATE sessions SET record = $3, finalized_event_id = $4, updated_at = $5
                      WHERE vendor = $1 AND session_id = $2",
+                    )
+                    .await?,
                     &[&accept.vendor, &accept.session_id, &json, &finalized, &now],
                 )
                 .await
@@ -288,8 +358,8 @@ impl Store for PgStore {
         let received_at = accept.received_at.to_string();
         let receipt: i64 = tx
             .query_one(
-                "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
-                 VALUES ($1, 'accepted', $2, $3, $4, $5) RETURNING seq",
+                &prepared(&tx, "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
+                 VALUES ($1, 'accepted', $2, $3, $4, $5) RETURNING seq").await?,
                 &[
                     &accept.source,
                     &accept.vendor_event_type,
@@ -302,14 +372,14 @@ impl Store for PgStore {
             .map_err(backend)?
             .get(0);
         let insert_event = tx
-            .prepare(
+            .prepare_cached(
                 "INSERT INTO events (id, receipt_seq, source, session_id, type, occurred_at, received_at, body)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
             )
             .await
             .map_err(backend)?;
         let insert_delivery = tx
-            .prepare(
+            .prepare_cached(
                 "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at, created_at, updated_at)
                  VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4)",
             )
@@ -362,9 +432,7 @@ impl Store for PgStore {
     }
 
     async fn record_ignored(&self, ignored: Ignored) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
+        self.execute(
                 "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
                  VALUES ($1, 'ignored', $2, $3, $4, $5)",
                 &[
@@ -374,9 +442,7 @@ impl Store for PgStore {
                     &ignored.received_at.to_string(),
                     &&ignored.raw[..],
                 ],
-            )
-            .await
-            .map_err(backend)?;
+            ).await?;
         Ok(())
     }
 
@@ -391,7 +457,9 @@ impl Store for PgStore {
         let token = lease_token();
         let leased = client
             .query(
-                "UPDATE deliveries d SET lease_until = $1, lease_token = $5
+                &prepared(
+                    &client,
+                    "UPDATE deliveries d SET lease_until = $1, lease_token = $5
                  FROM (SELECT seq FROM deliveries
                        WHERE target = $2 AND status = 'pending' AND next_attempt_at <= $3
                          AND (lease_until IS NULL OR lease_until <= $3)
@@ -399,6 +467,8 @@ impl Store for PgStore {
                        FOR UPDATE SKIP LOCKED) due
                  WHERE d.seq = due.seq
                  RETURNING d.id, d.event_id, d.attempts",
+                )
+                .await?,
                 &[
                     &(now + lease.as_millis() as i64),
                     &target,
@@ -415,8 +485,12 @@ impl Store for PgStore {
         let event_ids: Vec<String> = leased.iter().map(|r| r.get(1)).collect();
         let bodies = client
             .query(
-                "SELECT e.id, e.body, r.raw, e.occurred_at FROM events e
+                &prepared(
+                    &client,
+                    "SELECT e.id, e.body, r.raw, e.occurred_at FROM events e
                  JOIN receipts r ON r.seq = e.receipt_seq WHERE e.id = ANY($1)",
+                )
+                .await?,
                 &[&event_ids],
             )
             .await
@@ -451,10 +525,14 @@ impl Store for PgStore {
         let status_code = record.status_code.map(i32::from);
         let updated = tx
             .execute(
-                "UPDATE deliveries SET status = $2, attempts = $3,
+                &prepared(
+                    &tx,
+                    "UPDATE deliveries SET status = $2, attempts = $3,
                      next_attempt_at = COALESCE($4, next_attempt_at), lease_until = NULL,
                      lease_token = NULL, last_status = $5, last_error = $6, updated_at = $7
                  WHERE id = $1 AND lease_token = $8",
+                )
+                .await?,
                 &[
                     &record.delivery_id.as_str(),
                     &status.as_str(),
@@ -473,8 +551,8 @@ impl Store for PgStore {
             return Ok(());
         }
         tx.execute(
-            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            &prepared(&tx, "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
+             VALUES ($1, $2, $3, $4, $5, $6)").await?,
             &[
                 &record.delivery_id.as_str(),
                 &(record.attempt as i32),
@@ -490,16 +568,11 @@ impl Store for PgStore {
     }
 
     async fn next_due_at(&self, target: &str) -> Result<Option<i64>, StoreError> {
-        let row = self
-            .client()
-            .await?
-            .query_one(
+        let row = self.query_one(
                 "SELECT MIN(next_attempt_at) FROM deliveries
                  WHERE target = $1 AND status = 'pending' AND (lease_until IS NULL OR lease_until <= $2)",
                 &[&target, &now_ms()],
-            )
-            .await
-            .map_err(backend)?;
+            ).await?;
         Ok(row.get(0))
     }
 
@@ -507,13 +580,17 @@ impl Store for PgStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                &format!(
-                    "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                &prepared(
+                    &client,
+                    &format!(
+                        "SELECT {DELIVERY_COLUMNS} FROM deliveries
                      WHERE ($1::TEXT IS NULL OR status = $1) AND ($2::TEXT IS NULL OR target = $2)
                        AND ($3::TEXT IS NULL OR event_id = $3) AND ($4::BIGINT IS NULL OR seq < $4)
                        AND (NOT $5 OR attempts > 0)
                      ORDER BY seq DESC LIMIT $6"
-                ),
+                    ),
+                )
+                .await?,
                 &[
                     &filter.status.map(DeliveryStatus::as_str),
                     &filter.target,
@@ -530,8 +607,12 @@ impl Store for PgStore {
             let ids: Vec<&str> = found.iter().map(|d| d.id.as_str()).collect();
             let attempts = client
                 .query(
-                    "SELECT delivery_id, attempt, started_at, duration_ms, status_code, error
+                    &prepared(
+                        &client,
+                        "SELECT delivery_id, attempt, started_at, duration_ms, status_code, error
                      FROM attempts WHERE delivery_id = ANY($1) ORDER BY seq",
+                    )
+                    .await?,
                     &[&ids],
                 )
                 .await
@@ -559,9 +640,13 @@ impl Store for PgStore {
         let client = self.client().await?;
         let requeued = client
             .query_opt(
-                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $2,
+                &prepared(
+                    &client,
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $2,
                      lease_until = NULL, lease_token = NULL, updated_at = $2
                  WHERE id = $1 AND status = 'dead' RETURNING target",
+                )
+                .await?,
                 &[&id, &now_ms()],
             )
             .await
@@ -570,7 +655,10 @@ impl Store for PgStore {
             return Ok(RetryOutcome::Requeued { target: row.get(0) });
         }
         let status = client
-            .query_opt("SELECT status FROM deliveries WHERE id = $1", &[&id])
+            .query_opt(
+                &prepared(&client, "SELECT status FROM deliveries WHERE id = $1").await?,
+                &[&id],
+            )
             .await
             .map_err(backend)?;
         Ok(match status.and_then(|r| DeliveryStatus::parse(r.get(0))) {
@@ -587,7 +675,10 @@ impl Store for PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
         let exists = tx
-            .query_opt("SELECT 1 FROM events WHERE id = $1", &[&event_id])
+            .query_opt(
+                &prepared(&tx, "SELECT 1 FROM events WHERE id = $1").await?,
+                &[&event_id],
+            )
             .await
             .map_err(backend)?
             .is_some();
@@ -599,8 +690,8 @@ impl Store for PgStore {
         for target in &targets {
             let id = DeliveryId::generate();
             tx.execute(
-                "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4)",
+                &prepared(&tx, "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4)").await?,
                 &[&id.as_str(), &event_id, target, &now],
             )
             .await
@@ -612,10 +703,7 @@ impl Store for PgStore {
     }
 
     async fn events(&self, filter: EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
+        let rows = self.query(
                 &format!(
                     "SELECT {EVENT_COLUMNS} FROM events e JOIN receipts r ON r.seq = e.receipt_seq
                      WHERE ($1::TEXT IS NULL OR e.source = $1) AND ($2::TEXT IS NULL OR e.session_id = $2)
@@ -629,24 +717,17 @@ impl Store for PgStore {
                     &filter.before,
                     &(filter.limit as i64),
                 ],
-            )
-            .await
-            .map_err(backend)?;
+            ).await?;
         Ok(rows.iter().map(stored_event).collect())
     }
 
     async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
+        let row = self.query_opt(
                 &format!(
                     "SELECT {EVENT_COLUMNS} FROM events e JOIN receipts r ON r.seq = e.receipt_seq WHERE e.id = $1"
                 ),
                 &[&id],
-            )
-            .await
-            .map_err(backend)?;
+            ).await?;
         Ok(row.as_ref().map(stored_event))
     }
 
@@ -656,15 +737,12 @@ impl Store for PgStore {
         session_id: &str,
     ) -> Result<Option<SessionView>, StoreError> {
         let row = self
-            .client()
-            .await?
             .query_opt(
                 "SELECT record, finalized_event_id, updated_at FROM sessions
                  WHERE vendor = $1 AND session_id = $2",
                 &[&vendor, &session_id],
             )
-            .await
-            .map_err(backend)?;
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -679,14 +757,11 @@ impl Store for PgStore {
 
     async fn queue_depth(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let rows = self
-            .client()
-            .await?
             .query(
                 "SELECT target, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY target",
                 &[],
             )
-            .await
-            .map_err(backend)?;
+            .await?;
         Ok(rows
             .iter()
             .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
@@ -728,8 +803,7 @@ mod tests {
             store.ping().await.unwrap();
         }
         let store = PgStore::open(&url, 1).await.unwrap();
-        let client = store.client().await.unwrap();
-        let versions = client
+        let versions = store
             .query("SELECT version FROM sessiongate_schema", &[])
             .await
             .unwrap();

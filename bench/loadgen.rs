@@ -1,0 +1,577 @@
+//! Load generator and benchmark: how fast sessiongate ingests and delivers, measured against
+//! a bare actix-web handler that reads the body and answers 202 on the same machine, in the
+//! same run, with the same load.
+//!
+//!     cargo run --release --bin loadgen                  # full run (see BENCHMARKS.md)
+//!     cargo run --release --bin loadgen -- --smoke       # a few seconds, for CI
+//!
+//! Roles (the binary re-executes itself, so each server is its own process whose memory and
+//! CPU can be read from /proc): `--role bare PORT_FILE` and `--role gateway CONFIG PORT_FILE`.
+//! The load generator and the delivery receiver run in the parent.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use anyhow::{Context, bail};
+use sessiongate::app::Application;
+use sessiongate::config::Config;
+use svix::webhooks::Webhook;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const AGNTIX_SECRET: &str = "whsec_YmVuY2htYXJrLWFnbnRpeC1zZWNyZXQ=";
+const PATHORS_TOKEN: &str = "Bearer benchmark-pathors-token";
+
+struct Settings {
+    connections: usize,
+    duration: Duration,
+    store: String,
+    smoke: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--role") {
+        return role(&args[2..]);
+    }
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let settings = Settings {
+        connections: value("--connections").map_or(Ok(64), |v| v.parse())?,
+        duration: Duration::from_secs(
+            value("--seconds").map_or(Ok(if smoke { 2 } else { 10 }), |v| v.parse())?,
+        ),
+        store: value("--store").unwrap_or_else(|| "sqlite".into()),
+        smoke,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?
+        .block_on(run(settings))
+}
+
+/// The child processes: a bare handler, or the gateway.
+fn role(args: &[String]) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match args.first().map(String::as_str) {
+        Some("bare") => runtime.block_on(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            std::fs::write(&args[1], listener.local_addr()?.port().to_string())?;
+            HttpServer::new(|| {
+                App::new().default_service(web::to(|_body: web::Bytes| async {
+                    HttpResponse::Accepted().finish()
+                }))
+            })
+            .workers(2)
+            .listen(listener)?
+            .run()
+            .await?;
+            Ok(())
+        }),
+        Some("gateway") => runtime.block_on(async {
+            let config = Config::load(Path::new(&args[1]))?;
+            let app = Application::build(config).await?;
+            std::fs::write(&args[2], app.port().to_string())?;
+            app.run_until_stopped(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+        }),
+        _ => bail!("unknown role"),
+    }
+}
+
+/// A server process under test.
+struct Child {
+    process: std::process::Child,
+    port: u16,
+}
+
+impl Child {
+    fn spawn(args: &[&str], dir: &Path) -> anyhow::Result<Child> {
+        let port_file = dir.join(format!("port-{}", args[0]));
+        let process = std::process::Command::new(std::env::current_exe()?)
+            .arg("--role")
+            .args(args)
+            .arg(&port_file)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Ok(port)) = std::fs::read_to_string(&port_file).map(|p| p.trim().parse()) {
+                return Ok(Child { process, port });
+            }
+            if Instant::now() > deadline {
+                bail!("the {} process did not start", args[0]);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.process.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with(field))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+            })
+            .unwrap_or(0)
+    }
+
+    /// User + system CPU time used so far.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.id()))
+            .unwrap_or_default();
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.process.id().to_string()])
+            .status();
+        let _ = self.process.wait();
+    }
+}
+
+/// Distinct vendor requests, signed like the vendors sign them, as raw HTTP/1.1 bytes.
+struct Requests {
+    agntix: Webhook,
+    created: String,
+    ended: String,
+    pathors: String,
+    port: u16,
+}
+
+impl Requests {
+    fn new(port: u16) -> anyhow::Result<Requests> {
+        let fixture = |p: &str| {
+            std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures")
+                    .join(p),
+            )
+        };
+        Ok(Requests {
+            agntix: Webhook::new(AGNTIX_SECRET)?,
+            created: fixture("agntix/session-created.json")?,
+            ended: fixture("agntix/session-ended.json")?,
+            pathors: fixture("pathors/call-ended.json")?,
+            port,
+        })
+    }
+
+    /// Request `n`: an Agntix session.created (~0.4 KB), an Agntix session.ended (~1.6 KB) or
+    /// a Pathors call.ended, each for a session of its own, stamped with the send time.
+    fn build(&self, n: u64, salt: u64) -> Vec<u8> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let stamp = chrono::DateTime::from_timestamp_millis(now.as_millis() as i64)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let session = format!("bench-{salt:x}-{n}");
+        let (path, body, headers) = match n % 3 {
+            kind @ (0 | 1) => {
+                let template = if kind == 0 {
+                    &self.created
+                } else {
+                    &self.ended
+                };
+                let body = template
+                    .replace("4981804c-2658-4893-84ff-9c2fa90fb3c2", &session)
+                    .replace("2026-04-08T05:00:01.130Z", &stamp)
+                    .replace("2026-04-08T05:00:10.546Z", &stamp);
+                let id = format!("msg_{session}");
+                let ts = now.as_secs() as i64;
+                let signature = self
+                    .agntix
+                    .sign(&id, ts, body.as_bytes())
+                    .expect("UTF-8 body");
+                let headers = format!(
+                    "svix-id: {id}\r\nsvix-timestamp: {ts}\r\nsvix-signature: {signature}\r\n"
+                );
+                ("/ingest/agntix", body, headers)
+            }
+            _ => {
+                let body = self
+                    .pathors
+                    .replace("2c4f9a13-7e6b-4d8a-9f25-c81e3a7b6d04", &session)
+                    .replace("2026-05-03T08:42:14.022Z", &stamp);
+                (
+                    "/ingest/pathors",
+                    body,
+                    format!("authorization: {PATHORS_TOKEN}\r\n"),
+                )
+            }
+        };
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{headers}\r\n{body}",
+            self.port,
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+/// One keep-alive connection: writes a request, reads the answer, returns its status.
+struct Connection {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    line: String,
+}
+
+impl Connection {
+    async fn open(port: u16) -> anyhow::Result<Connection> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.set_nodelay(true)?;
+        let (read, writer) = stream.into_split();
+        Ok(Connection {
+            reader: BufReader::new(read),
+            writer,
+            line: String::new(),
+        })
+    }
+
+    async fn exchange(&mut self, request: &[u8]) -> anyhow::Result<u16> {
+        self.writer.write_all(request).await?;
+        self.line.clear();
+        self.reader.read_line(&mut self.line).await?;
+        let status: u16 = self
+            .line
+            .split_whitespace()
+            .nth(1)
+            .context("no status line")?
+            .parse()?;
+        let mut length = 0usize;
+        loop {
+            self.line.clear();
+            if self.reader.read_line(&mut self.line).await? == 0 {
+                bail!("connection closed");
+            }
+            let header = self.line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse()?;
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.reader.read_exact(&mut body).await?;
+        Ok(status)
+    }
+}
+
+#[derive(Default)]
+struct Latencies(Vec<u32>);
+
+impl Latencies {
+    fn percentile(&mut self, p: f64) -> Duration {
+        if self.0.is_empty() {
+            return Duration::ZERO;
+        }
+        self.0.sort_unstable();
+        let index = ((self.0.len() as f64 * p).ceil() as usize).clamp(1, self.0.len()) - 1;
+        Duration::from_micros(self.0[index] as u64)
+    }
+}
+
+struct LoadResult {
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies: Latencies,
+}
+
+impl LoadResult {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// `rate = None`: closed loop, each connection sends as fast as answers come back.
+/// `rate = Some(r)`: open loop at `r` requests/s in all; latency counts from the scheduled
+/// send time, so a stalled server cannot hide its queueing (no coordinated omission).
+async fn load(
+    port: u16,
+    connections: usize,
+    duration: Duration,
+    rate: Option<f64>,
+) -> anyhow::Result<LoadResult> {
+    let requests = Arc::new(Requests::new(port)?);
+    let salt: u64 = rand::random();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let requests = requests.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut connection = Connection::open(port).await?;
+            let mut latencies = Vec::new();
+            let (mut sent, mut errors) = (0u64, 0u64);
+            let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
+            let offset =
+                interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / connections as f64));
+            let mut n = c as u64;
+            while started.elapsed() < duration {
+                let scheduled = match interval {
+                    Some(i) => {
+                        let at = started + offset + i * sent as u32;
+                        tokio::time::sleep_until(at.into()).await;
+                        at
+                    }
+                    None => Instant::now(),
+                };
+                let request = requests.build(n, salt);
+                n += connections as u64;
+                match connection.exchange(&request).await {
+                    Ok(status) if status / 100 == 2 => {}
+                    Ok(_) => errors += 1,
+                    Err(_) => {
+                        errors += 1;
+                        connection = Connection::open(port).await?;
+                    }
+                }
+                sent += 1;
+                latencies.push(scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            }
+            anyhow::Ok((sent, errors, latencies))
+        }));
+    }
+    let mut result = LoadResult {
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Latencies::default(),
+    };
+    for task in tasks {
+        let (sent, errors, latencies) = task.await??;
+        result.requests += sent;
+        result.errors += errors;
+        result.latencies.0.extend(latencies);
+    }
+    result.elapsed = started.elapsed();
+    Ok(result)
+}
+
+/// Counts deliveries and measures vendor-send → downstream-receipt latency.
+struct Receiver {
+    delivered: AtomicU64,
+    end_to_end: std::sync::Mutex<Vec<u32>>,
+    recording: AtomicBool,
+}
+
+async fn receive(body: web::Bytes, receiver: web::Data<Receiver>) -> HttpResponse {
+    receiver.delivered.fetch_add(1, Ordering::Relaxed);
+    if receiver.recording.load(Ordering::Relaxed)
+        && let Ok(event) = serde_json::from_slice::<serde_json::Value>(&body)
+        && let Some(at) = event["occurredAt"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    {
+        let lag = chrono::Utc::now()
+            .signed_duration_since(at)
+            .num_microseconds()
+            .unwrap_or(0)
+            .max(0);
+        receiver.end_to_end.lock().unwrap().push(lag as u32);
+    }
+    HttpResponse::NoContent().finish()
+}
+
+fn gateway_config(dir: &Path, store: &str, receiver_port: u16) -> anyhow::Result<PathBuf> {
+    let storage = match store {
+        "sqlite" => format!(
+            "url = \"sqlite://{}\"\nsynchronous = \"full\"",
+            dir.join("bench.db").display()
+        ),
+        url if url.starts_with("postgres") => format!("url = \"{url}\"\npool_size = 32"),
+        other => bail!("--store must be sqlite or a postgres:// URL, not {other}"),
+    };
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[storage]
+{storage}
+[delivery]
+backoff_initial_ms = 100
+max_in_flight = 64
+[[sources]]
+name = "agntix"
+vendor = "agntix"
+auth = {{ kind = "svix", secrets = ["{AGNTIX_SECRET}"] }}
+[[sources]]
+name = "pathors"
+vendor = "pathors"
+auth = {{ kind = "header", header = "Authorization", value = "{PATHORS_TOKEN}" }}
+[[targets]]
+name = "receiver"
+url = "http://127.0.0.1:{receiver_port}/events"
+include_raw = false
+"#
+    );
+    let path = dir.join("bench.toml");
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let receiver = web::Data::new(Receiver {
+        delivered: AtomicU64::new(0),
+        end_to_end: std::sync::Mutex::new(Vec::new()),
+        recording: AtomicBool::new(false),
+    });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let receiver_port = listener.local_addr()?.port();
+    let data = receiver.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .default_service(web::to(receive))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    tokio::spawn(server);
+
+    let (connections, duration) = (settings.connections, settings.duration);
+    println!(
+        "loadgen: {connections} connections, {duration:?} per phase, store {}",
+        settings.store
+    );
+
+    // The ceiling: a bare actix-web handler, same client, same requests.
+    let bare = Child::spawn(&["bare"], dir.path())?;
+    let _ = load(bare.port, connections, Duration::from_millis(500), None).await?; // warm-up
+    let ceiling = load(bare.port, connections, duration, None).await?;
+    drop(bare);
+
+    let config = gateway_config(dir.path(), &settings.store, receiver_port)?;
+    let gateway = Child::spawn(
+        &["gateway", config.to_str().context("UTF-8 path")?],
+        dir.path(),
+    )?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = gateway.status_kib("VmRSS:");
+    let _ = load(gateway.port, connections, Duration::from_millis(500), None).await?; // warm-up
+
+    // Closed loop: how much durable ingest the gateway sustains.
+    let cpu_before = gateway.cpu();
+    let delivered_before = receiver.delivered.load(Ordering::Relaxed);
+    let mut closed = load(gateway.port, connections, duration, None).await?;
+    let cpu = gateway.cpu() - cpu_before;
+    let delivered_during = receiver.delivered.load(Ordering::Relaxed) - delivered_before;
+    // Every accepted event is one delivery, or two for Agntix session.ended (+ finalized).
+    let expected_deliveries =
+        delivered_before + closed.requests - closed.errors + (closed.requests - closed.errors) / 3;
+    let drain_started = Instant::now();
+    while receiver.delivered.load(Ordering::Relaxed) < expected_deliveries
+        && drain_started.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drain = drain_started.elapsed();
+
+    // Open loop at half the closed-loop rate: latency under a steady, sustainable load,
+    // and end-to-end latency of deliveries.
+    let half = (closed.rate() / 2.0).max(10.0);
+    receiver.recording.store(true, Ordering::Relaxed);
+    let mut open = load(gateway.port, connections, duration, Some(half)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    receiver.recording.store(false, Ordering::Relaxed);
+    let peak_rss = gateway.status_kib("VmHWM:");
+    drop(gateway);
+    let mut end_to_end = Latencies(std::mem::take(&mut *receiver.end_to_end.lock().unwrap()));
+
+    let ratio = |x: f64| format!("{:.1}%", 100.0 * x / ceiling.rate());
+    println!();
+    println!("| measure | value | vs bare 202 handler |");
+    println!("|---|---|---|");
+    println!(
+        "| bare actix-web 202 handler | {:.0} req/s | 100% |",
+        ceiling.rate()
+    );
+    println!(
+        "| sessiongate durable ingest, closed loop ({connections} conns) | {:.0} req/s | {} |",
+        closed.rate(),
+        ratio(closed.rate())
+    );
+    println!(
+        "| ingest latency, closed loop p50 / p99 / p99.9 | {} / {} / {} | bare p99 {} |",
+        ms(closed.latencies.percentile(0.5)),
+        ms(closed.latencies.percentile(0.99)),
+        ms(closed.latencies.percentile(0.999)),
+        ms(ceiling.latencies.clone_percentile(0.99))
+    );
+    println!(
+        "| ingest latency, open loop at {:.0} req/s p50 / p99 / p99.9 | {} / {} / {} | |",
+        open.rate(),
+        ms(open.latencies.percentile(0.5)),
+        ms(open.latencies.percentile(0.99)),
+        ms(open.latencies.percentile(0.999))
+    );
+    println!(
+        "| delivered during the closed-loop run | {:.0} deliveries/s | {} |",
+        delivered_during as f64 / closed.elapsed.as_secs_f64(),
+        ratio(delivered_during as f64 / closed.elapsed.as_secs_f64())
+    );
+    println!(
+        "| backlog drained after the closed-loop run in | {} | |",
+        ms(drain)
+    );
+    println!(
+        "| end to end (vendor send → receiver), open loop p50 / p99 | {} / {} | |",
+        ms(end_to_end.percentile(0.5)),
+        ms(end_to_end.percentile(0.99))
+    );
+    println!(
+        "| gateway RSS idle / peak | {:.1} MiB / {:.1} MiB | |",
+        idle_rss as f64 / 1024.0,
+        peak_rss as f64 / 1024.0
+    );
+    println!(
+        "| gateway CPU per ingested request (closed loop) | {:.1} µs | |",
+        cpu.as_secs_f64() * 1e6 / closed.requests.max(1) as f64
+    );
+    println!(
+        "| errors (non-2xx or broken connections): bare / closed / open | {} / {} / {} | |",
+        ceiling.errors, closed.errors, open.errors
+    );
+    if settings.smoke && (closed.requests == 0 || closed.errors > 0 || ceiling.errors > 0) {
+        bail!("the smoke run saw errors or no requests");
+    }
+    Ok(())
+}
+
+impl Latencies {
+    fn clone_percentile(&self, p: f64) -> Duration {
+        Latencies(self.0.clone()).percentile(p)
+    }
+}
