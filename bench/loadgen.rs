@@ -300,6 +300,8 @@ impl Latencies {
 struct LoadResult {
     requests: u64,
     errors: u64,
+    /// Accepted Agntix session.ended requests: each becomes two deliveries.
+    ended_ok: u64,
     elapsed: Duration,
     latencies: Latencies,
 }
@@ -328,7 +330,7 @@ async fn load(
         tasks.push(tokio::spawn(async move {
             let mut connection = Connection::open(port).await?;
             let mut latencies = Vec::new();
-            let (mut sent, mut errors) = (0u64, 0u64);
+            let (mut sent, mut errors, mut ended_ok) = (0u64, 0u64, 0u64);
             let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
             let offset =
                 interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / connections as f64));
@@ -343,31 +345,34 @@ async fn load(
                     None => Instant::now(),
                 };
                 let request = requests.build(n, salt);
-                n += connections as u64;
+                let ended = n % 3 == 1;
                 match connection.exchange(&request).await {
-                    Ok(status) if status / 100 == 2 => {}
+                    Ok(status) if status / 100 == 2 => ended_ok += u64::from(ended),
                     Ok(_) => errors += 1,
                     Err(_) => {
                         errors += 1;
                         connection = Connection::open(port).await?;
                     }
                 }
+                n += connections as u64;
                 sent += 1;
                 latencies.push(scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32);
             }
-            anyhow::Ok((sent, errors, latencies))
+            anyhow::Ok((sent, errors, ended_ok, latencies))
         }));
     }
     let mut result = LoadResult {
         requests: 0,
         errors: 0,
+        ended_ok: 0,
         elapsed: Duration::ZERO,
         latencies: Latencies::default(),
     };
     for task in tasks {
-        let (sent, errors, latencies) = task.await??;
+        let (sent, errors, ended_ok, latencies) = task.await??;
         result.requests += sent;
         result.errors += errors;
+        result.ended_ok += ended_ok;
         result.latencies.0.extend(latencies);
     }
     result.elapsed = started.elapsed();
@@ -379,6 +384,8 @@ struct Receiver {
     delivered: AtomicU64,
     end_to_end: std::sync::Mutex<Vec<u32>>,
     recording: AtomicBool,
+    /// Only events the vendor sent after this (unix ms) count for end-to-end latency.
+    since_ms: AtomicU64,
 }
 
 async fn receive(body: web::Bytes, receiver: web::Data<Receiver>) -> HttpResponse {
@@ -388,6 +395,7 @@ async fn receive(body: web::Bytes, receiver: web::Data<Receiver>) -> HttpRespons
         && let Some(at) = event["occurredAt"]
             .as_str()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        && at.timestamp_millis() >= receiver.since_ms.load(Ordering::Relaxed) as i64
     {
         let lag = chrono::Utc::now()
             .signed_duration_since(at)
@@ -446,6 +454,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         delivered: AtomicU64::new(0),
         end_to_end: std::sync::Mutex::new(Vec::new()),
         recording: AtomicBool::new(false),
+        since_ms: AtomicU64::new(u64::MAX),
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let receiver_port = listener.local_addr()?.port();
@@ -480,7 +489,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     )?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = gateway.status_kib("VmRSS:");
-    let _ = load(gateway.port, connections, Duration::from_millis(500), None).await?; // warm-up
+    let warm_up = load(gateway.port, connections, Duration::from_millis(500), None).await?;
 
     // Closed loop: how much durable ingest the gateway sustains.
     let cpu_before = gateway.cpu();
@@ -489,8 +498,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let cpu = gateway.cpu() - cpu_before;
     let delivered_during = receiver.delivered.load(Ordering::Relaxed) - delivered_before;
     // Every accepted event is one delivery, or two for Agntix session.ended (+ finalized).
-    let expected_deliveries =
-        delivered_before + closed.requests - closed.errors + (closed.requests - closed.errors) / 3;
+    let expected_deliveries = [&warm_up, &closed]
+        .iter()
+        .map(|r| r.requests - r.errors + r.ended_ok)
+        .sum::<u64>();
     let drain_started = Instant::now();
     while receiver.delivered.load(Ordering::Relaxed) < expected_deliveries
         && drain_started.elapsed() < Duration::from_secs(120)
@@ -502,6 +513,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // Open loop at half the closed-loop rate: latency under a steady, sustainable load,
     // and end-to-end latency of deliveries.
     let half = (closed.rate() / 2.0).max(10.0);
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+    receiver.since_ms.store(now_ms, Ordering::Relaxed);
     receiver.recording.store(true, Ordering::Relaxed);
     let mut open = load(gateway.port, connections, duration, Some(half)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
