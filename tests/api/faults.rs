@@ -12,21 +12,6 @@ use sessiongate::store::DeliveryStatus;
 
 use crate::helpers::*;
 
-fn call_ended(session: &str) -> Vec<u8> {
-    let mut v: Value = serde_json::from_slice(&fixture("pathors", "call-ended.json")).unwrap();
-    v["sessionId"] = session.into();
-    serde_json::to_vec(&v).unwrap()
-}
-
-fn receiver_ids(receiver: &TestReceiver) -> HashSet<String> {
-    receiver
-        .received()
-        .iter()
-        .filter(|g| g.status == 200)
-        .map(|g| g.json()["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 async fn wait_until(what: &str, patience: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + patience;
     while !done() {
@@ -39,32 +24,15 @@ async fn wait_until(what: &str, patience: Duration, mut done: impl FnMut() -> bo
 async fn kill_9_under_load_loses_no_acknowledged_event() {
     let receiver = TestReceiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-workers = 2
-[storage]
-url = "sqlite://{}"
-[delivery]
-backoff_initial_ms = 50
-max_attempts = 100
-[[sources]]
-name = "pathors"
-vendor = "pathors"
-auth = {{ kind = "header", header = "Authorization", value = "env:TEST_PATHORS_TOKEN" }}
-[[targets]]
-name = "crm"
-url = "{}"
-"#,
-            dir.path().join("gate.db").display(),
-            receiver.url("/crm")
+    let config = process_config(
+        dir.path(),
+        &format!(
+            "url = \"sqlite://{}\"",
+            dir.path().join("gate.db").display()
         ),
-    )
-    .unwrap();
+        "backoff_initial_ms = 50\nmax_attempts = 100",
+        &receiver.url("/crm"),
+    );
     let env = [("TEST_PATHORS_TOKEN", PATHORS_TOKEN)];
     let mut gateway = GatewayProcess::start(&config, &env);
 
@@ -114,16 +82,16 @@ url = "{}"
         s.await.unwrap();
     }
     let acknowledged: HashSet<String> = acknowledged.lock().unwrap().iter().cloned().collect();
-    let delivered_before = receiver_ids(&receiver).len();
+    let delivered_before = receiver.delivered_ids().len();
 
     let _restarted = GatewayProcess::start(&config, &env);
     wait_until(
         "every acknowledged event to arrive",
         Duration::from_secs(60),
-        || acknowledged.is_subset(&receiver_ids(&receiver)),
+        || acknowledged.is_subset(&receiver.delivered_ids()),
     )
     .await;
-    let delivered = receiver_ids(&receiver);
+    let delivered = receiver.delivered_ids();
     println!(
         "kill -9 under load: sent {}, acknowledged {}, delivered before the kill {delivered_before}, \
          delivered in all {} in {} requests, lost {}",
@@ -192,12 +160,7 @@ async fn a_receiver_down_then_failing_then_slow_gets_everything_and_delays_no_on
         app.deliveries(Some(DeliveryStatus::Dead)).await.is_empty(),
         "none dead"
     );
-    let distinct: HashSet<String> = flaky
-        .received()
-        .iter()
-        .filter(|g| g.status == 200)
-        .map(|g| g.json()["id"].as_str().unwrap().to_owned())
-        .collect();
+    let distinct = flaky.delivered_ids();
     assert_eq!(distinct.len(), sent);
     println!(
         "flaky receiver: {sent} events, {} requests to it, slowest ingest answer {slowest_ingest:?}",

@@ -47,6 +47,48 @@ pub fn fixture(vendor: &str, name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
+/// The documented Pathors call.ended, for a session of the caller's choosing.
+pub fn call_ended(session: &str) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&fixture("pathors", "call-ended.json")).unwrap();
+    v["sessionId"] = session.into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// Writes the configuration of a gateway process: a Pathors source (token from
+/// `TEST_PATHORS_TOKEN`), one target `crm`, the given `[storage]` and `[delivery]` keys.
+pub fn process_config(
+    dir: &std::path::Path,
+    storage: &str,
+    delivery: &str,
+    target_url: &str,
+) -> PathBuf {
+    let path = dir.join("gate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 2
+shutdown_timeout_ms = 1000
+[storage]
+{storage}
+[delivery]
+{delivery}
+[[sources]]
+name = "pathors"
+vendor = "pathors"
+auth = {{ kind = "header", header = "Authorization", value = "env:TEST_PATHORS_TOKEN" }}
+[[targets]]
+name = "crm"
+url = "{target_url}"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
 pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -395,6 +437,15 @@ impl TestReceiver {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
+    }
+
+    /// The distinct event ids this receiver acknowledged with 200.
+    pub fn delivered_ids(&self) -> std::collections::HashSet<String> {
+        self.received()
+            .iter()
+            .filter(|g| g.status == 200)
+            .map(|g| g.json()["id"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     /// Waits until at least `n` requests arrived and returns them all.

@@ -7,12 +7,6 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-fn call_ended(session: &str) -> Vec<u8> {
-    let mut v: Value = serde_json::from_slice(&fixture("pathors", "call-ended.json")).unwrap();
-    v["sessionId"] = session.into();
-    serde_json::to_vec(&v).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_lose_nothing_when_one_is_killed_mid_run() {
     let Some(url) = postgres_schema_url().await else {
@@ -25,35 +19,12 @@ async fn two_replicas_lose_nothing_when_one_is_killed_mid_run() {
         delay: Duration::from_millis(40),
     });
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-workers = 1
-shutdown_timeout_ms = 1000
-[storage]
-url = "env:TEST_PG_URL"
-pool_size = 8
-[delivery]
-timeout_ms = 1000
-lease_ms = 2000
-backoff_initial_ms = 100
-max_attempts = 50
-[[sources]]
-name = "pathors"
-vendor = "pathors"
-auth = {{ kind = "header", header = "Authorization", value = "env:TEST_PATHORS_TOKEN" }}
-[[targets]]
-name = "crm"
-url = "{}"
-"#,
-            receiver.url("/crm")
-        ),
-    )
-    .unwrap();
+    let config = process_config(
+        dir.path(),
+        "url = \"env:TEST_PG_URL\"\npool_size = 8",
+        "timeout_ms = 1000\nlease_ms = 2000\nbackoff_initial_ms = 100\nmax_attempts = 50",
+        &receiver.url("/crm"),
+    );
     let env = [
         ("TEST_PG_URL", url.as_str()),
         ("TEST_PATHORS_TOKEN", PATHORS_TOKEN),
@@ -107,12 +78,7 @@ url = "{}"
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let delivered = loop {
-        let delivered: HashSet<String> = receiver
-            .received()
-            .iter()
-            .filter(|g| g.status == 200)
-            .map(|g| g.json()["id"].as_str().unwrap().to_owned())
-            .collect();
+        let delivered = receiver.delivered_ids();
         if accepted.is_subset(&delivered) || tokio::time::Instant::now() > deadline {
             break delivered;
         }
