@@ -173,6 +173,8 @@ impl TargetWorker {
             if *self.shutdown.borrow() {
                 break;
             }
+            // Reap every finished attempt, not just one per turn, so none piles up.
+            while in_flight.try_join_next().is_some() {}
             let free = permits.available_permits();
             let mut wait = IDLE_POLL;
             if free > 0 {
