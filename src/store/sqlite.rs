@@ -47,7 +47,6 @@ enum Msg {
 
 pub struct SqliteStore {
     tx: mpsc::Sender<Msg>,
-    path: PathBuf,
 }
 
 const MIGRATIONS: &[&str] = &[r#"
@@ -170,14 +169,7 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx, lock, stop_checkpoints, syncer))
             .context("Failed to start the SQLite writer thread")?;
-        Ok(SqliteStore {
-            tx,
-            path: path.to_owned(),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(SqliteStore { tx })
     }
 
     /// Runs `f` on the writer thread inside the next batch; answers after the commit.
