@@ -1,12 +1,12 @@
 //! The embedded SQLite store, with group commit.
 //!
 //! One writer thread owns the connection. Every operation is a closure sent to it; the
-//! thread drains whatever has queued up, runs it all in one transaction (each operation in
-//! its own savepoint, so one failure does not undo the others) and commits once. Under
-//! `synchronous = "full"` a syncer thread then fsyncs the WAL — one fsync for every batch
-//! committed since the last — and only then answers the callers, while the writer already
-//! runs the next batch. Concurrent ingests therefore share commits and fsyncs instead of
-//! queueing one each, and no caller hears back before its data is on disk.
+//! thread runs operations as they come, all in one open transaction (each in its own
+//! savepoint, so one failure does not undo the others), and commits when the syncer is free.
+//! Under `synchronous = "full"` the syncer thread then fsyncs the WAL — one fsync for every
+//! batch committed since the last — and only then answers the callers, while the writer
+//! already runs the next batch. Concurrent ingests therefore share commits and fsyncs
+//! instead of queueing one each, and no caller hears back before its data is on disk.
 //!
 //! The database file is locked for the life of the store: one gateway process per file.
 //! That makes every lease left in the file at start-up stale, so opening releases them and
@@ -14,6 +14,8 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -43,6 +45,8 @@ type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 enum Msg {
     Work(Work),
     Close(oneshot::Sender<()>),
+    /// From the syncer: every commit handed to it is durable and answered.
+    Synced,
 }
 
 pub struct SqliteStore {
@@ -134,6 +138,7 @@ impl SqliteStore {
         }
 
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let unsynced = Arc::new(AtomicUsize::new(0));
         let syncer = match synchronous {
             Synchronous::Full => {
                 let mut wal_path = path.as_os_str().to_owned();
@@ -151,9 +156,13 @@ impl SqliteStore {
                         )
                     })?;
                 let (to_syncer, batches) = std::sync::mpsc::channel();
+                let handover = Handover {
+                    unsynced: unsynced.clone(),
+                    wake: tx.downgrade(),
+                };
                 let thread = std::thread::Builder::new()
                     .name("sqlite-sync".into())
-                    .spawn(move || syncer(wal, batches))
+                    .spawn(move || syncer(wal, batches, handover))
                     .context("Failed to start the SQLite sync thread")?;
                 Some((to_syncer, thread))
             }
@@ -161,13 +170,23 @@ impl SqliteStore {
         };
         let (stop_checkpoints, checkpoints_stopped) = std::sync::mpsc::channel();
         let checkpoint_path = path.to_owned();
+        let wal = Arc::new(WalState::default());
+        let checkpoint_wal = wal.clone();
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || checkpointer(checkpoint_path, checkpoints_stopped))
+            .spawn(move || checkpointer(checkpoint_path, checkpoint_wal, checkpoints_stopped))
             .context("Failed to start the SQLite checkpointer thread")?;
+        let writer = Writer {
+            conn,
+            lock,
+            wal,
+            stop_checkpoints,
+            syncer,
+            unsynced,
+        };
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, lock, stop_checkpoints, syncer))
+            .spawn(move || writer.run(rx))
             .context("Failed to start the SQLite writer thread")?;
         Ok(SqliteStore { tx })
     }
@@ -230,22 +249,42 @@ fn configure(conn: &Connection) -> anyhow::Result<()> {
     // SQLite commits with NORMAL: `synchronous = "full"` is kept by the syncer thread, which
     // fsyncs the WAL before any answer, so the writer never stalls on fsync. Savepoint
     // journals stay in memory; a 32 MiB page cache; checkpoints are the checkpointer
-    // thread's job, so commits never stop to copy the WAL back.
+    // thread's job, so commits never stop to copy the WAL back; a WAL that grew past 64 MiB
+    // is cut back when it starts over.
     conn.execute_batch(
         "PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = OFF;
-         PRAGMA temp_store = MEMORY; PRAGMA cache_size = -32768; PRAGMA wal_autocheckpoint = 0;",
+         PRAGMA temp_store = MEMORY; PRAGMA cache_size = -32768; PRAGMA wal_autocheckpoint = 0;
+         PRAGMA journal_size_limit = 67108864;",
     )
     .context("Failed to configure the SQLite store")?;
     Ok(())
 }
 
-/// How often the checkpointer copies the WAL back into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// How often the checkpointer copies the WAL back into the database file (more often in
+/// tests, whose WAL is to stay small).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(if cfg!(test) { 10 } else { 100 });
+/// WAL frames (pages) past which the writer itself finishes a checkpoint between two
+/// batches, so that its next transaction starts the WAL over (about 32 MiB; 1 MiB in tests,
+/// so that they can show the WAL staying bounded without writing hundreds of megabytes).
+const WAL_RESTART_FRAMES: i64 = if cfg!(test) { 256 } else { 8192 };
+/// How often the checkpointer looks whether the writer has taken its turn.
+const HANDOVER_POLL: Duration = Duration::from_millis(1);
+
+/// The handover between the checkpointer and the writer.
+#[derive(Default)]
+struct WalState {
+    /// Set by the checkpointer when it has copied a long WAL: the writer may now finish the
+    /// checkpoint (only what was committed since) and start the WAL over. Cleared by the
+    /// writer when done; the checkpointer waits meanwhile, so the two never contend.
+    restart: AtomicBool,
+}
 
 /// Copies committed WAL frames into the database file from its own connection, with PASSIVE
-/// checkpoints that never block the writer, and keeps the WAL from growing without bound.
-/// Stops when `stop` is dropped.
-fn checkpointer(path: PathBuf, stop: std::sync::mpsc::Receiver<()>) {
+/// checkpoints that never block the writer. Under sustained load the writer commits while a
+/// checkpoint runs, so the WAL is never wholly copied and could never start over; once it is
+/// long, the checkpointer hands over to the writer, which alone can find a moment with no
+/// commit in progress (see [`Writer::restart_wal`]). Stops when `stop` is dropped.
+fn checkpointer(path: PathBuf, wal: Arc<WalState>, stop: std::sync::mpsc::Receiver<()>) {
     let conn = match Connection::open(&path) {
         Ok(conn) => conn,
         Err(e) => {
@@ -254,17 +293,23 @@ fn checkpointer(path: PathBuf, stop: std::sync::mpsc::Receiver<()>) {
         }
     };
     let _ = conn.execute_batch("PRAGMA busy_timeout = 1000;");
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
-    {
+    let mut wait = CHECKPOINT_EVERY;
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(wait) {
+        wait = CHECKPOINT_EVERY;
+        if wal.restart.load(Ordering::Acquire) {
+            // The writer has not taken its turn yet (it does after its next batch).
+            wait = HANDOVER_POLL;
+            continue;
+        }
         // (busy, WAL frames, frames checkpointed)
         let done: rusqlite::Result<(i64, i64, i64)> =
             conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             });
         match done {
-            // Everything is copied back: restart the WAL from its start on the next commit.
-            Ok((0, frames, copied)) if frames > 0 && frames == copied => {
-                let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+            Ok((_, frames, _)) if frames >= WAL_RESTART_FRAMES => {
+                wal.restart.store(true, Ordering::Release);
+                wait = HANDOVER_POLL;
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed; will try again"),
@@ -293,7 +338,6 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Owns the connection and the file lock until the store is closed or dropped.
 /// The batch replies the syncer answers once the WAL is on disk.
 type Synced = (Vec<Reply>, Result<(), String>);
 
@@ -301,8 +345,9 @@ type Synced = (Vec<Reply>, Result<(), String>);
 /// next batch: fsync latency is overlapped with work instead of stalling the writer. The
 /// WAL is append-only between checkpoints, so one fsync covers every batch committed before
 /// it; replies leave in commit order, so no answer (say, "duplicate") can get ahead of the
-/// durability of what it depends on.
-fn syncer(wal: File, batches: std::sync::mpsc::Receiver<Synced>) {
+/// durability of what it depends on. When it has answered everything it was given, it tells
+/// the writer, which holds its open transaction until then (see [`Writer::run`]).
+fn syncer(wal: File, batches: std::sync::mpsc::Receiver<Synced>, writer: Handover) {
     while let Ok(first) = batches.recv() {
         let mut pending = vec![first];
         pending.extend(batches.try_iter());
@@ -310,114 +355,201 @@ fn syncer(wal: File, batches: std::sync::mpsc::Receiver<Synced>) {
             tracing::error!(error = %e, "Failed to fsync the SQLite WAL; answering the batch with an error");
             format!("fsync failed: {e}")
         });
+        let count = pending.len();
         for (replies, committed) in pending {
             let outcome = committed.and(synced.clone());
             for reply in replies {
                 reply(outcome.clone());
             }
         }
+        if writer.unsynced.fetch_sub(count, Ordering::AcqRel) == count {
+            // A full queue means the writer has work to wake it anyway.
+            if let Some(tx) = writer.wake.upgrade() {
+                let _ = tx.try_send(Msg::Synced);
+            }
+        }
     }
 }
 
-fn writer_loop(
+/// How the syncer reaches the writer: how many commits it has not answered yet, and a
+/// weak handle on the writer's queue (so the queue still closes when the store is dropped).
+struct Handover {
+    unsynced: Arc<AtomicUsize>,
+    wake: mpsc::WeakSender<Msg>,
+}
+
+/// The writer thread's state: the connection and the file lock until the store closes.
+struct Writer {
     conn: Connection,
-    mut rx: mpsc::Receiver<Msg>,
     lock: File,
+    wal: Arc<WalState>,
     stop_checkpoints: std::sync::mpsc::Sender<()>,
     syncer: Option<(std::sync::mpsc::Sender<Synced>, std::thread::JoinHandle<()>)>,
-) {
-    let mut batch: Vec<Work> = Vec::with_capacity(MAX_BATCH);
-    let mut closing = None;
-    while closing.is_none() {
-        match rx.blocking_recv() {
-            Some(Msg::Work(w)) => batch.push(w),
-            Some(Msg::Close(done)) => closing = Some(done),
-            None => break,
-        }
-        while closing.is_none() && batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Msg::Work(w)) => batch.push(w),
-                Ok(Msg::Close(done)) => closing = Some(done),
-                Err(_) => break,
+    /// Commits handed to the syncer and not yet answered.
+    unsynced: Arc<AtomicUsize>,
+}
+
+/// The writer's open transaction: the replies of the operations run in it so far.
+struct Open {
+    replies: Vec<Reply>,
+}
+
+impl Writer {
+    /// Runs every operation as it arrives, each in its own savepoint of one open
+    /// transaction, and commits when the syncer is free to make the commit durable at once
+    /// (or the batch is full). A commit made while the syncer is still busy would wait for
+    /// the next fsync anyway; holding the transaction open until then gathers more work into
+    /// each commit, so pages that several operations touch are written to the WAL once.
+    fn run(self, mut rx: mpsc::Receiver<Msg>) {
+        let mut open: Option<Open> = None;
+        let mut closing = None;
+        'serve: loop {
+            if let Some(batch) = &open
+                && (batch.replies.len() >= MAX_BATCH || self.unsynced.load(Ordering::Acquire) == 0)
+            {
+                let batch = open.take().expect("checked above");
+                self.commit(batch);
+                self.restart_wal();
+                continue;
+            }
+            let first = match rx.blocking_recv() {
+                Some(msg) => msg,
+                None => break,
+            };
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Work(work) => self.execute(&mut open, work),
+                    Msg::Close(done) => {
+                        closing = Some(done);
+                        break 'serve;
+                    }
+                    Msg::Synced => {}
+                }
+                if open.as_ref().is_some_and(|b| b.replies.len() >= MAX_BATCH) {
+                    break;
+                }
+                next = rx.try_recv().ok();
             }
         }
-        if !batch.is_empty() {
-            let (replies, committed) = run_batch(&conn, &mut batch);
-            match &syncer {
-                Some((to_syncer, _)) => {
-                    if let Err(std::sync::mpsc::SendError((replies, _))) =
-                        to_syncer.send((replies, committed))
-                    {
-                        for reply in replies {
-                            reply(Err("the store is closing".into()));
-                        }
-                    }
-                }
-                None => {
-                    for reply in replies {
-                        reply(committed.clone());
-                    }
-                }
+        if let Some(batch) = open.take() {
+            self.commit(batch);
+        }
+        // Refuse whatever is still queued, so no caller waits forever.
+        rx.close();
+        while let Ok(msg) = rx.try_recv() {
+            if let Msg::Close(done) = msg {
+                let _ = done.send(());
             }
         }
-    }
-    // Refuse whatever is still queued, so no caller waits forever.
-    rx.close();
-    while let Ok(msg) = rx.try_recv() {
-        if let Msg::Close(done) = msg {
+        let Writer {
+            conn,
+            lock,
+            stop_checkpoints,
+            syncer,
+            ..
+        } = self;
+        // Let the syncer make the last batches durable and answer them.
+        if let Some((to_syncer, thread)) = syncer {
+            drop(to_syncer);
+            let _ = thread.join();
+        }
+        drop(stop_checkpoints);
+        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!(error = %e, "Failed to checkpoint the SQLite store at close");
+        }
+        drop(conn);
+        // Release the file before answering `close`, so the caller may reopen it at once.
+        drop(lock);
+        if let Some(done) = closing {
             let _ = done.send(());
         }
     }
-    // Let the syncer make the last batches durable and answer them.
-    if let Some((to_syncer, thread)) = syncer {
-        drop(to_syncer);
-        let _ = thread.join();
-    }
-    drop(stop_checkpoints);
-    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
-        tracing::warn!(error = %e, "Failed to checkpoint the SQLite store at close");
-    }
-    drop(conn);
-    // Release the file before answering `close`, so the caller may reopen it at once.
-    drop(lock);
-    if let Some(done) = closing {
-        let _ = done.send(());
-    }
-}
 
-/// Runs a batch in one transaction and returns its replies with the commit's outcome.
-fn run_batch(conn: &Connection, batch: &mut Vec<Work>) -> (Vec<Reply>, Result<(), String>) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        tracing::error!(error = %e, "Store transaction failed to begin; answering the batch with an error");
-        let failure = format!("cannot begin a transaction: {e}");
-        for work in batch.drain(..) {
-            // A reply exists only once the work has run: run it in a savepoint (which opens
-            // a transaction of its own), undo it, and answer with the failure.
-            let _ = conn.execute_batch("SAVEPOINT op");
-            let (_, reply) = work(conn);
-            let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
-            reply(Err(failure.clone()));
+    /// Runs one operation in its own savepoint of the open transaction (opening one if
+    /// needed), so that its failure undoes only itself.
+    fn execute(&self, open: &mut Option<Open>, work: Work) {
+        let conn = &self.conn;
+        // Prepared once and cached: these run twice per operation.
+        let step = |sql: &str| conn.prepare_cached(sql).and_then(|mut st| st.execute([]));
+        if open.is_none() {
+            if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                tracing::error!(error = %e, "Store transaction failed to begin; answering with an error");
+                // A reply exists only once the work has run: run it in a savepoint (which
+                // opens a transaction of its own), undo it, and answer with the failure.
+                let _ = conn.execute_batch("SAVEPOINT op");
+                let (_, reply) = work(conn);
+                let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                reply(Err(format!("cannot begin a transaction: {e}")));
+                return;
+            }
+            *open = Some(Open {
+                replies: Vec::with_capacity(64),
+            });
         }
-        return (Vec::new(), Err(failure));
-    }
-    let mut replies = Vec::with_capacity(batch.len());
-    // Prepared once and cached: these run twice per operation.
-    let step = |sql: &str| conn.prepare_cached(sql).and_then(|mut st| st.execute([]));
-    for work in batch.drain(..) {
+        let batch = open.as_mut().expect("opened above");
         let _ = step("SAVEPOINT op");
         let (ok, reply) = work(conn);
         if !ok {
             let _ = step("ROLLBACK TO op");
         }
         let _ = step("RELEASE op");
-        replies.push(reply);
+        batch.replies.push(reply);
     }
-    let committed = conn.execute_batch("COMMIT").map_err(|e| {
-        tracing::error!(error = %e, "Store commit failed; answering every caller in the batch with an error");
-        let _ = conn.execute_batch("ROLLBACK");
-        format!("commit failed: {e}")
-    });
-    (replies, committed)
+
+    /// Commits the open transaction and has its callers answered once it is durable.
+    fn commit(&self, batch: Open) {
+        let committed = self.conn.execute_batch("COMMIT").map_err(|e| {
+            tracing::error!(error = %e, "Store commit failed; answering every caller in the batch with an error");
+            let _ = self.conn.execute_batch("ROLLBACK");
+            format!("commit failed: {e}")
+        });
+        self.answer(batch.replies, committed);
+    }
+
+    /// Answers a committed batch: through the syncer once the WAL is on disk, or at once.
+    fn answer(&self, replies: Vec<Reply>, committed: Result<(), String>) {
+        match &self.syncer {
+            Some((to_syncer, _)) => {
+                self.unsynced.fetch_add(1, Ordering::AcqRel);
+                if let Err(std::sync::mpsc::SendError((replies, _))) =
+                    to_syncer.send((replies, committed))
+                {
+                    self.unsynced.fetch_sub(1, Ordering::AcqRel);
+                    for reply in replies {
+                        reply(Err("the store is closing".into()));
+                    }
+                }
+            }
+            None => {
+                for reply in replies {
+                    reply(committed.clone());
+                }
+            }
+        }
+    }
+
+    /// Once the checkpointer has copied a long WAL, finishes the checkpoint between two
+    /// batches, when no commit is in progress: only the frames committed since its pass are
+    /// left to copy, so this is short (two fsyncs and a few pages), and with every frame
+    /// copied the next transaction writes the WAL from its start again. Without it the WAL
+    /// grows for as long as the load lasts, and every commit pays for extending a file
+    /// (measured: ~900 MB in 8 s, 11% of the writer's time zeroing new blocks).
+    fn restart_wal(&self) {
+        if !self.wal.restart.load(Ordering::Acquire) {
+            return;
+        }
+        let done: rusqlite::Result<(i64, i64, i64)> =
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                });
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "SQLite checkpoint failed; will try again");
+        }
+        // Whatever the outcome, the checkpointer goes on; it hands over again when needed.
+        self.wal.restart.store(false, Ordering::Release);
+    }
 }
 
 /// Lets JSON (de)serialisation failures travel as SQLite errors inside a store call.
@@ -906,6 +1038,7 @@ mod tests {
     use super::*;
     use crate::event::{EventType, Session};
     use crate::store::NewEvent;
+    use actix_web::web::Bytes;
 
     fn accept(session: &str) -> Accept {
         Accept {
@@ -960,5 +1093,53 @@ mod tests {
             s.accept(accept("s1")).await.unwrap(),
             IngestOutcome::Duplicate { .. }
         ));
+    }
+
+    /// Under writes that never pause, the WAL must still start over: otherwise it grows for
+    /// as long as the load lasts (it reached ~900 MB in 8 s of benchmark before the writer
+    /// took over the last step of the checkpoint).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_stays_bounded_under_sustained_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let wal = dir.path().join("s.db-wal");
+        let store = std::sync::Arc::new(SqliteStore::open(&path, Synchronous::Full).await.unwrap());
+        let raw: Bytes = vec![b'x'; 16 * 1024].into();
+        let writers: Vec<_> = (0..16)
+            .map(|w| {
+                let (store, raw) = (store.clone(), raw.clone());
+                tokio::spawn(async move {
+                    for n in 0..160 {
+                        let mut a = accept(&format!("w{w}-{n}"));
+                        a.raw = raw.clone();
+                        store.accept(a).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut largest = 0;
+        while writers.iter().any(|w| !w.is_finished()) {
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        let written = 16 * 160 * raw.len() as u64;
+        eprintln!(
+            "wrote {} MiB of bodies; the WAL peaked at {} KiB",
+            written >> 20,
+            largest >> 10
+        );
+        assert!(
+            largest < written / 8,
+            "the WAL grew to {largest} bytes for {written} bytes of bodies: it never starts over"
+        );
+        let depth = store.queue_depth().await.unwrap();
+        assert_eq!(
+            depth,
+            vec![("t".to_owned(), 16 * 160)],
+            "nothing lost on the way"
+        );
     }
 }
