@@ -327,12 +327,7 @@ fn checkpointer(path: PathBuf, wal: Arc<WalState>, stop: std::sync::mpsc::Receiv
             wait = HANDOVER_POLL;
             continue;
         }
-        // (busy, WAL frames, frames checkpointed)
-        let done: rusqlite::Result<(i64, i64, i64)> =
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            });
-        match done {
+        match passive_checkpoint(&conn) {
             Ok((_, frames, _)) if frames >= WAL_RESTART_FRAMES => {
                 wal.restart.store(true, Ordering::Release);
                 wait = HANDOVER_POLL;
@@ -341,6 +336,14 @@ fn checkpointer(path: PathBuf, wal: Arc<WalState>, stop: std::sync::mpsc::Receiv
             Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed; will try again"),
         }
     }
+}
+
+/// Copies what it can of the WAL into the database file without waiting for anyone.
+/// Returns (busy, frames in the WAL, frames copied).
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
 }
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
@@ -565,12 +568,7 @@ impl Writer {
         if !self.wal.restart.load(Ordering::Acquire) {
             return;
         }
-        let done: rusqlite::Result<(i64, i64, i64)> =
-            self.conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                });
-        if let Err(e) = done {
+        if let Err(e) = passive_checkpoint(&self.conn) {
             tracing::warn!(error = %e, "SQLite checkpoint failed; will try again");
         }
         // Whatever the outcome, the checkpointer goes on; it hands over again when needed.
