@@ -93,6 +93,8 @@ pub struct Metrics {
     failed_attempts: Family<TargetLabels, Counter>,
     dead: Family<TargetLabels, Counter>,
     queue_depth: Family<TargetLabels, Gauge>,
+    claims: Family<TargetLabels, Counter>,
+    handed_over: Family<TargetLabels, Counter>,
     attempt_seconds: Histograms<TargetLabels>,
     end_to_end_seconds: Histograms<TargetLabels>,
 }
@@ -117,6 +119,8 @@ impl Metrics {
             failed_attempts: Family::default(),
             dead: Family::default(),
             queue_depth: Family::default(),
+            claims: Family::default(),
+            handed_over: Family::default(),
             attempt_seconds: Family::new_with_constructor(attempt_buckets),
             end_to_end_seconds: Family::new_with_constructor(end_to_end_buckets),
             registry: Registry::default(),
@@ -170,6 +174,16 @@ impl Metrics {
             "queue_depth",
             "Pending deliveries (due or waiting to retry)",
             m.queue_depth.clone(),
+        );
+        registry.register(
+            "delivery_claims",
+            "Times a delivery worker asked the store for due deliveries",
+            m.claims.clone(),
+        );
+        registry.register(
+            "delivery_handed_over",
+            "Deliveries handed to their worker as they were committed, without a claim",
+            m.handed_over.clone(),
         );
         registry.register(
             "delivery_attempt_duration_seconds",
@@ -287,6 +301,25 @@ impl Metrics {
                 );
             }
         }
+    }
+
+    /// Counts one claim of due deliveries from the store and what it returned.
+    pub fn claimed(&self, target: &str, asked: usize, got: usize) {
+        self.claims
+            .get_or_create(&TargetLabels {
+                target: target.to_owned(),
+            })
+            .inc();
+        tracing::trace!(target, asked, got, "Claimed due deliveries");
+    }
+
+    /// Counts a delivery whose first attempt starts without a claim.
+    pub fn handed_over(&self, target: &str) {
+        self.handed_over
+            .get_or_create(&TargetLabels {
+                target: target.to_owned(),
+            })
+            .inc();
     }
 
     pub fn set_queue_depth(&self, target: &str, depth: u64) {

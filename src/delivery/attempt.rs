@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::retry::{Next, RetryPolicy, Verdict, classify_status, next_step};
 use crate::config::Target;
@@ -69,12 +70,19 @@ impl Job {
             attempt = self.delivery.attempts + 1,
         )
     )]
-    pub async fn run(self) {
+    /// Returns when this delivery falls due again (unix ms), if it stays pending: its retry
+    /// time, or the end of its lease if the result could not be recorded.
+    ///
+    /// `slot` is the target's attempt slot: it is released as soon as the target has
+    /// answered, so recording the result does not hold back the next attempt (the lease
+    /// keeps the delivery from being claimed again meanwhile).
+    pub async fn run(self, slot: OwnedSemaphorePermit) -> Option<i64> {
         let attempt = self.delivery.attempts + 1;
         let started_at_ms = now_ms();
         let clock = Instant::now();
         let answer = self.send().await;
         let duration_ms = clock.elapsed().as_millis() as i64;
+        drop(slot);
 
         let next = next_step(
             answer.verdict,
@@ -120,9 +128,16 @@ impl Job {
             error: answer.error,
             next: completion,
         };
-        if let Err(e) = self.store.finish_attempt(record).await {
-            // The lease expires and the delivery is attempted again: a repeat, not a loss.
-            tracing::error!(error = %e, "Failed to record a delivery attempt; it will be repeated");
+        match self.store.finish_attempt(record).await {
+            Ok(()) => match completion {
+                Completion::RetryAt { unix_ms } => Some(unix_ms),
+                Completion::Delivered | Completion::Dead => None,
+            },
+            Err(e) => {
+                // The lease expires and the delivery is attempted again: a repeat, not a loss.
+                tracing::error!(error = %e, "Failed to record a delivery attempt; it will be repeated");
+                Some(now_ms() + self.target.lease.as_millis() as i64)
+            }
         }
     }
 

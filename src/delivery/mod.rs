@@ -12,33 +12,127 @@
 pub mod attempt;
 pub mod retry;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::config::{DeliveryConfig, Target};
 use crate::metrics::Metrics;
-use crate::store::{Store, now_ms};
+use crate::store::{Accept, ClaimedDelivery, Handed, Store, now_ms};
 
 /// How long a worker sleeps at most when nothing is due, to notice leases that expired.
 const IDLE_POLL: Duration = Duration::from_secs(5);
 /// How long a worker waits before asking a failing store again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
-/// Wakes target workers when new deliveries are committed.
+/// How many handed-over deliveries may wait for an attempt slot, per slot.
+const HANDOFF_QUEUE_PER_SLOT: usize = 4;
+
+/// Connects ingest to the target workers: wakes them when deliveries are committed to
+/// the store, and hands them deliveries committed already leased to them.
 #[derive(Clone, Default)]
 pub struct Dispatcher {
-    wakers: Arc<HashMap<String, Arc<Notify>>>,
+    targets: Arc<HashMap<String, TargetHandle>>,
+}
+
+struct TargetHandle {
+    waker: Arc<Notify>,
+    /// Room in the worker's queue of handed-over deliveries; ingest reserves it first.
+    room: Arc<Semaphore>,
+    lease: Duration,
+    handed: mpsc::UnboundedSender<HandedOver>,
+    stopping: watch::Receiver<bool>,
+}
+
+/// A delivery committed leased to this process, on its way to its worker.
+struct HandedOver {
+    delivery: ClaimedDelivery,
+    /// No later than the end of its lease (counted from before the commit).
+    lease_ends: Instant,
+    /// Its place in the worker's queue, given back when the attempt starts.
+    _room: OwnedSemaphorePermit,
+}
+
+/// Queue room reserved for the deliveries of one request (see [`Dispatcher::reserve`]).
+#[derive(Default)]
+pub struct Reservation {
+    at: Option<Instant>,
+    room: Vec<(String, OwnedSemaphorePermit)>,
 }
 
 impl Dispatcher {
+    /// Wakes `target`'s worker to claim what the store holds for it.
     pub fn notify(&self, target: &str) {
-        if let Some(waker) = self.wakers.get(target) {
-            waker.notify_one();
+        if let Some(handle) = self.targets.get(target) {
+            handle.waker.notify_one();
+        }
+    }
+
+    /// For each target whose worker has room for every delivery `accept` would create,
+    /// reserves it and names the target in [`Accept::handoff`]. The store then commits
+    /// those deliveries leased to this process and returns them, and
+    /// [`Dispatcher::hand_over`] queues them for their workers: nobody claims them back from
+    /// the store. Targets without room get their deliveries the usual way.
+    pub fn reserve(&self, accept: &mut Accept) -> Reservation {
+        let mut wanted: Vec<(&str, u32)> = Vec::new();
+        for target in accept.events.iter().flat_map(|e| &e.targets) {
+            match wanted.iter_mut().find(|(t, _)| t == target) {
+                Some((_, n)) => *n += 1,
+                None => wanted.push((target, 1)),
+            }
+        }
+        let mut reservation = Reservation {
+            at: Some(Instant::now()),
+            room: Vec::new(),
+        };
+        for (target, n) in wanted {
+            let Some(handle) = self.targets.get(target) else {
+                continue;
+            };
+            if *handle.stopping.borrow() {
+                continue;
+            }
+            if let Ok(room) = handle.room.clone().try_acquire_many_owned(n) {
+                reservation.room.push((target.to_owned(), room));
+            }
+        }
+        accept.handoff = reservation
+            .room
+            .iter()
+            .map(|(target, _)| (target.clone(), self.targets[target].lease))
+            .collect();
+        reservation
+    }
+
+    /// Queues each delivery committed leased to this process for its worker, in the room
+    /// reserved for it. Unused room is given back.
+    pub fn hand_over(&self, mut reservation: Reservation, handed: Vec<Handed>) {
+        let reserved_at = reservation.at.unwrap_or_else(Instant::now);
+        for Handed { target, delivery } in handed {
+            let room = reservation
+                .room
+                .iter_mut()
+                .find(|(t, _)| *t == target)
+                .and_then(|(_, room)| room.split(1));
+            let (Some(handle), Some(room)) = (self.targets.get(&target), room) else {
+                tracing::warn!(%target, delivery_id = %delivery.id, "A delivery was handed over without reserved room; it is attempted when its lease ends");
+                continue;
+            };
+            let handed = HandedOver {
+                delivery,
+                lease_ends: reserved_at + handle.lease,
+                _room: room,
+            };
+            if handle.handed.send(handed).is_err() {
+                // The worker has stopped: the lease ends and the delivery is claimed again
+                // (at the latest when the gateway restarts).
+                tracing::debug!(%target, "Delivery worker stopped; a handed-over delivery waits for its lease to end");
+            }
         }
     }
 }
@@ -61,13 +155,26 @@ impl Workers {
     ) -> anyhow::Result<(Dispatcher, Workers)> {
         let client = attempt::client()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut wakers = HashMap::new();
+        let mut handles = HashMap::new();
         let mut tasks = JoinSet::new();
         let alive = Arc::new(AtomicUsize::new(0));
         let started = targets.len();
         for target in targets {
             let waker = Arc::new(Notify::new());
-            wakers.insert(target.name.clone(), waker.clone());
+            let (handed, handed_rx) = mpsc::unbounded_channel();
+            handles.insert(
+                target.name.clone(),
+                TargetHandle {
+                    waker: waker.clone(),
+                    room: Arc::new(Semaphore::new(
+                        target.max_in_flight * HANDOFF_QUEUE_PER_SLOT,
+                    )),
+                    lease: target.lease,
+                    handed,
+                    stopping: shutdown_rx.clone(),
+                },
+            );
+            let slots = Arc::new(Semaphore::new(target.max_in_flight));
             let worker = TargetWorker {
                 target,
                 config: config.clone(),
@@ -75,6 +182,8 @@ impl Workers {
                 client: client.clone(),
                 metrics: metrics.clone(),
                 waker,
+                slots,
+                handed: handed_rx,
                 shutdown: shutdown_rx.clone(),
             };
             let alive = Alive::new(alive.clone());
@@ -85,7 +194,7 @@ impl Workers {
         }
         Ok((
             Dispatcher {
-                wakers: Arc::new(wakers),
+                targets: Arc::new(handles),
             },
             Workers {
                 shutdown,
@@ -160,81 +269,142 @@ struct TargetWorker {
     client: reqwest::Client,
     metrics: Arc<Metrics>,
     waker: Arc<Notify>,
+    /// One permit per attempt waiting for the target's answer.
+    slots: Arc<Semaphore>,
+    handed: mpsc::UnboundedReceiver<HandedOver>,
     shutdown: watch::Receiver<bool>,
 }
 
+/// An attempt's task: when its delivery falls due again, if it does.
+type InFlight = JoinSet<Option<i64>>;
+
 impl TargetWorker {
+    /// Attempts deliveries handed over by ingest as slots free, and claims from the store
+    /// only when it may hold due work that was not handed over: at start, when woken (a
+    /// delivery committed without room here, an admin retry or replay), when a retry falls
+    /// due, when a claim filled every free slot, and every [`IDLE_POLL`] for leases that
+    /// ended elsewhere.
     #[tracing::instrument(name = "delivery_worker", skip_all, fields(target = %self.target.name))]
     async fn run(mut self) {
-        let permits = Arc::new(Semaphore::new(self.target.max_in_flight));
-        let lease = self.target.lease;
-        let mut in_flight = JoinSet::new();
+        let mut in_flight = InFlight::new();
+        let mut ready: VecDeque<HandedOver> = VecDeque::new();
+        let mut claim = true;
+        let mut look_again = Instant::now() + IDLE_POLL;
         loop {
             if *self.shutdown.borrow() {
                 break;
             }
             // Reap every finished attempt, not just one per turn, so none piles up.
-            while in_flight.try_join_next().is_some() {}
-            let free = permits.available_permits();
-            let mut wait = IDLE_POLL;
-            if free > 0 {
-                match self.store.claim_due(&self.target.name, free, lease).await {
-                    Ok(claimed) => {
-                        let full = claimed.len() == free;
-                        for delivery in claimed {
-                            let permit = permits
-                                .clone()
-                                .try_acquire_owned()
-                                .expect("a permit per claimed delivery");
-                            let job = attempt::Job {
-                                target: self.target.clone(),
-                                client: self.client.clone(),
-                                store: self.store.clone(),
-                                max_attempts: self.config.max_attempts,
-                                retry: self.config.retry.clone(),
-                                metrics: self.metrics.clone(),
-                                delivery,
-                            };
-                            in_flight.spawn(async move {
-                                job.run().await;
-                                drop(permit);
-                            });
+            while let Some(done) = in_flight.try_join_next() {
+                look_again = look_again.min(due_instant(done));
+            }
+            while let Ok(handed) = self.handed.try_recv() {
+                ready.push_back(handed);
+            }
+            if Instant::now() >= look_again {
+                claim = true;
+                look_again = Instant::now() + IDLE_POLL;
+            }
+            // Handed-over deliveries first: they are due now and cost the store nothing.
+            while !ready.is_empty() {
+                let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                let handed = ready.pop_front().expect("not empty");
+                // Too close to its lease's end to finish within it: leave it to a claim.
+                if handed.lease_ends > Instant::now() + self.target.timeout {
+                    self.metrics.handed_over(&self.target.name);
+                    self.start(&mut in_flight, handed.delivery, slot);
+                } else {
+                    look_again = look_again.min(handed.lease_ends);
+                }
+            }
+            if claim && ready.is_empty() {
+                let slots = self.free_slots();
+                if !slots.is_empty() {
+                    let asked = slots.len();
+                    match self
+                        .store
+                        .claim_due(&self.target.name, asked, self.target.lease)
+                        .await
+                    {
+                        Ok(claimed) => {
+                            self.metrics
+                                .claimed(&self.target.name, asked, claimed.len());
+                            // Every slot taken: more may be due; claim again when one frees.
+                            claim = claimed.len() == asked;
+                            for (delivery, slot) in claimed.into_iter().zip(slots) {
+                                self.start(&mut in_flight, delivery, slot);
+                            }
+                            if !claim {
+                                look_again = look_again.min(self.next_due().await);
+                            }
                         }
-                        if full {
-                            // There may be more due right now; claim again once a permit frees.
-                            wait = Duration::ZERO;
-                        } else {
-                            wait = self.until_next_due().await;
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Failed to claim deliveries; will ask the store again");
+                            claim = false;
+                            look_again = look_again.min(Instant::now() + STORE_RETRY);
                         }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Failed to claim deliveries; will ask the store again");
-                        wait = STORE_RETRY;
                     }
                 }
             }
-            let saturated = permits.available_permits() == 0;
+            let wants_slot = !ready.is_empty() || claim;
             tokio::select! {
-                _ = self.waker.notified(), if !saturated => {}
-                _ = tokio::time::sleep(wait), if !saturated && !wait.is_zero() => {}
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                _ = self.waker.notified() => claim = true,
+                Some(handed) = self.handed.recv() => ready.push_back(handed),
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    look_again = look_again.min(due_instant(done));
+                }
+                // A slot is free (the next turn takes it).
+                _ = self.slots.acquire(), if wants_slot => {}
+                _ = tokio::time::sleep_until(look_again) => {}
                 _ = self.shutdown.changed() => {}
-                // Nothing in flight and nothing to wait for: claim again.
-                _ = std::future::ready(()), if wait.is_zero() && !saturated => {}
             }
         }
         // Let attempts in flight finish and record their results.
         while in_flight.join_next().await.is_some() {}
     }
 
-    async fn until_next_due(&self) -> Duration {
-        match self.store.next_due_at(&self.target.name).await {
-            Ok(Some(at)) => {
-                let ms = (at - now_ms()).max(0) as u64;
-                Duration::from_millis(ms).clamp(Duration::from_millis(1), IDLE_POLL)
-            }
+    /// Takes every free attempt slot.
+    fn free_slots(&self) -> Vec<OwnedSemaphorePermit> {
+        std::iter::from_fn(|| self.slots.clone().try_acquire_owned().ok()).collect()
+    }
+
+    fn start(
+        &self,
+        in_flight: &mut InFlight,
+        delivery: ClaimedDelivery,
+        slot: OwnedSemaphorePermit,
+    ) {
+        let job = attempt::Job {
+            target: self.target.clone(),
+            client: self.client.clone(),
+            store: self.store.clone(),
+            max_attempts: self.config.max_attempts,
+            retry: self.config.retry.clone(),
+            metrics: self.metrics.clone(),
+            delivery,
+        };
+        in_flight.spawn(job.run(slot));
+    }
+
+    /// When the earliest pending delivery not leased falls due, capped at [`IDLE_POLL`].
+    async fn next_due(&self) -> Instant {
+        let wait = match self.store.next_due_at(&self.target.name).await {
+            Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(0) as u64),
             Ok(None) => IDLE_POLL,
             Err(_) => STORE_RETRY,
-        }
+        };
+        Instant::now() + wait.min(IDLE_POLL)
+    }
+}
+
+/// When a finished attempt's delivery falls due again; far off if it does not.
+fn due_instant(done: Result<Option<i64>, tokio::task::JoinError>) -> Instant {
+    match done {
+        Ok(Some(at)) => Instant::now() + Duration::from_millis((at - now_ms()).max(0) as u64),
+        Ok(None) => Instant::now() + IDLE_POLL,
+        // A panicked attempt left its delivery leased: look when the lease may have ended.
+        Err(_) => Instant::now() + IDLE_POLL,
     }
 }

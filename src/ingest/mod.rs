@@ -145,7 +145,7 @@ async fn handle(
             Ok(Outcome::Ignored(vendor_event_type))
         }
         Normalized::Events(recognized) => {
-            let accept = build_accept(
+            let mut accept = build_accept(
                 source,
                 recognized,
                 message_id,
@@ -153,13 +153,19 @@ async fn handle(
                 verified.bytes().clone(),
                 &state.targets,
             );
+            let slots = state.dispatcher.reserve(&mut accept);
             match state
                 .store
                 .accept(accept)
                 .await
                 .map_err(ApiError::Unavailable)?
             {
-                IngestOutcome::Accepted { id, targets } => {
+                IngestOutcome::Accepted {
+                    id,
+                    targets,
+                    handed,
+                } => {
+                    state.dispatcher.hand_over(slots, handed);
                     for target in &targets {
                         state.dispatcher.notify(target);
                     }
@@ -210,6 +216,7 @@ pub fn build_accept(
         received_at,
         raw,
         events,
+        handoff: Vec::new(),
     }
 }
 

@@ -69,6 +69,10 @@ pub struct Accept {
     pub raw: Bytes,
     /// In emission order. The first event's id is the request's duplicate key.
     pub events: Vec<NewEvent>,
+    /// Targets whose worker has a free slot for each of this request's deliveries, with
+    /// their lease: those deliveries are committed already leased to this process and come
+    /// back in [`IngestOutcome::Accepted`]'s `handed`, so nobody claims them back.
+    pub handoff: Vec<(String, Duration)>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +87,14 @@ pub struct NewEvent {
 }
 
 impl Accept {
+    /// The lease a new delivery to `target` is committed with, if it is handed over.
+    pub fn handoff_lease(&self, target: &str) -> Option<Duration> {
+        self.handoff
+            .iter()
+            .find(|(name, _)| name == target)
+            .map(|(_, lease)| *lease)
+    }
+
     /// Serialises one of this request's events (without `raw`) around the merged session.
     pub fn render(&self, event: &NewEvent, session: &Session) -> String {
         serde_json::to_string(&CanonicalEvent {
@@ -162,16 +174,53 @@ pub struct Ignored {
     pub raw: Bytes,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum IngestOutcome {
-    /// Stored, with deliveries to these targets.
-    Accepted { id: EventId, targets: Vec<String> },
+    /// Stored. `targets` have new deliveries waiting in the store to be claimed; `handed`
+    /// are the deliveries committed leased to this process (see [`Accept::handoff`]).
+    Accepted {
+        id: EventId,
+        targets: Vec<String>,
+        handed: Vec<Handed>,
+    },
     /// The same vendor event was stored before; nothing was written.
     Duplicate { id: EventId },
 }
 
+/// A delivery committed already leased to this process, with what its first attempt needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handed {
+    pub target: String,
+    pub delivery: ClaimedDelivery,
+}
+
+impl Handed {
+    /// The first attempt of a delivery of `event` (rendered as `body`) just committed.
+    pub(crate) fn new(
+        accept: &Accept,
+        target: &str,
+        id: DeliveryId,
+        event: &NewEvent,
+        body: &str,
+        lease_token: i64,
+    ) -> Handed {
+        Handed {
+            target: target.to_owned(),
+            delivery: ClaimedDelivery {
+                id,
+                event_id: event.id.clone(),
+                attempts: 0,
+                lease_token,
+                occurred_at: Some(event.occurred_at),
+                body: body.to_owned(),
+                raw: accept.raw.clone(),
+            },
+        }
+    }
+}
+
 /// A due delivery handed to a worker under a lease.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedDelivery {
     pub id: DeliveryId,
     pub event_id: EventId,

@@ -27,8 +27,8 @@ use tokio_postgres::{NoTls, Row, Statement};
 
 use super::{
     Accept, AcceptPlan, AttemptInfo, AttemptRecord, ClaimedDelivery, Completion, DeliveryFilter,
-    DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Ignored, IngestOutcome, RetryOutcome,
-    SessionView, Store, StoreError, StoredEvent, lease_token, now_ms, plan_accept,
+    DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handed, Ignored, IngestOutcome,
+    RetryOutcome, SessionView, Store, StoreError, StoredEvent, lease_token, now_ms, plan_accept,
 };
 use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
@@ -380,12 +380,15 @@ impl Store for PgStore {
             .map_err(backend)?;
         let insert_delivery = tx
             .prepare_cached(
-                "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4)",
+                "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at,
+                     lease_until, lease_token, created_at, updated_at)
+                 VALUES ($1, $2, $3, 'pending', 0, $4, $5, $6, $4, $4)",
             )
             .await
             .map_err(backend)?;
         let mut targets = Vec::new();
+        let mut handed = Vec::new();
+        let token = lease_token();
         for (event, body) in events {
             let inserted = tx
                 .execute(
@@ -407,18 +410,27 @@ impl Store for PgStore {
                 continue;
             }
             for target in &event.targets {
+                let id = DeliveryId::generate();
+                let lease_until = accept
+                    .handoff_lease(target)
+                    .map(|lease| now + lease.as_millis() as i64);
+                let leased_to = lease_until.map(|_| token);
                 tx.execute(
                     &insert_delivery,
                     &[
-                        &DeliveryId::generate().as_str(),
+                        &id.as_str(),
                         &event.id.as_str(),
                         target,
                         &now,
+                        &lease_until,
+                        &leased_to,
                     ],
                 )
                 .await
                 .map_err(backend)?;
-                if !targets.contains(target) {
+                if lease_until.is_some() {
+                    handed.push(Handed::new(&accept, target, id, event, &body, token));
+                } else if !targets.contains(target) {
                     targets.push(target.clone());
                 }
             }
@@ -428,6 +440,7 @@ impl Store for PgStore {
         Ok(IngestOutcome::Accepted {
             id: primary.id.clone(),
             targets,
+            handed,
         })
     }
 

@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Accept, AcceptPlan, AttemptInfo, AttemptRecord, ClaimedDelivery, Completion, DeliveryFilter,
-    DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Ignored, IngestOutcome, RetryOutcome,
-    SessionView, Store, StoreError, StoredEvent, lease_token, now_ms, plan_accept,
+    DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handed, Ignored, IngestOutcome,
+    RetryOutcome, SessionView, Store, StoreError, StoredEvent, lease_token, now_ms, plan_accept,
 };
 use crate::config::Synchronous;
 use crate::event::{EventId, Timestamp};
@@ -621,18 +621,28 @@ fn attempt_log(conn: &Connection, delivery_id: &str) -> rusqlite::Result<Vec<Att
     .collect()
 }
 
+/// Inserts a pending delivery, leased until `lease` (unix ms, with its token) if given.
 fn insert_delivery(
     conn: &Connection,
     event_id: &str,
     target: &str,
     now: i64,
+    lease: Option<(i64, i64)>,
 ) -> rusqlite::Result<DeliveryId> {
     let id = DeliveryId::generate();
     conn.prepare_cached(
-        "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4, ?4)",
+        "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at,
+             lease_until, lease_token, created_at, updated_at)
+         VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?5, ?6, ?4, ?4)",
     )?
-    .execute(params![id.as_str(), event_id, target, now])?;
+    .execute(params![
+        id.as_str(),
+        event_id,
+        target,
+        now,
+        lease.map(|l| l.0),
+        lease.map(|l| l.1)
+    ])?;
     Ok(id)
 }
 
@@ -714,6 +724,8 @@ fn accept_in(conn: &Connection, accept: &Accept) -> rusqlite::Result<IngestOutco
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut targets = Vec::new();
+    let mut handed = Vec::new();
+    let token = lease_token();
     for (event, body) in events {
         let inserted = insert_event.execute(params![
             event.id.as_str(),
@@ -729,8 +741,13 @@ fn accept_in(conn: &Connection, accept: &Accept) -> rusqlite::Result<IngestOutco
             continue;
         }
         for target in &event.targets {
-            insert_delivery(conn, event.id.as_str(), target, now)?;
-            if !targets.contains(target) {
+            let lease = accept
+                .handoff_lease(target)
+                .map(|lease| (now + lease.as_millis() as i64, token));
+            let id = insert_delivery(conn, event.id.as_str(), target, now, lease)?;
+            if lease.is_some() {
+                handed.push(Handed::new(accept, target, id, event, &body, token));
+            } else if !targets.contains(target) {
                 targets.push(target.clone());
             }
         }
@@ -739,6 +756,7 @@ fn accept_in(conn: &Connection, accept: &Accept) -> rusqlite::Result<IngestOutco
     Ok(IngestOutcome::Accepted {
         id: primary.id.clone(),
         targets,
+        handed,
     })
 }
 
@@ -963,7 +981,7 @@ impl Store for SqliteStore {
             let now = now_ms();
             targets
                 .iter()
-                .map(|target| insert_delivery(conn, &event_id, target, now))
+                .map(|target| insert_delivery(conn, &event_id, target, now, None))
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map(Some)
         })
@@ -1083,6 +1101,7 @@ mod tests {
                 },
                 targets: vec!["t".into()],
             }],
+            handoff: Vec::new(),
         }
     }
 

@@ -115,6 +115,7 @@ suite!(
     a_session_is_finalized_once_even_from_two_sources,
     events_merge_into_the_session_record_in_any_order,
     claims_lease_and_finishing_moves_deliveries_on,
+    handed_over_deliveries_are_committed_leased,
     a_result_after_the_lease_passed_on_is_dropped,
     retry_requeues_only_dead_deliveries_and_replay_adds_deliveries,
     events_and_deliveries_page_newest_first,
@@ -144,6 +145,7 @@ fn accept_from(source: &str, session: &str, types: &[EventType], targets: &[&str
                 targets: targets.iter().map(|s| s.to_string()).collect(),
             })
             .collect(),
+        handoff: Vec::new(),
     }
 }
 
@@ -180,10 +182,16 @@ async fn a_second_accept_of_the_same_event_is_a_duplicate(s: Arc<dyn Store>) {
         .accept(accept("s1", &[EventType::SessionEnded], &["t"]))
         .await
         .unwrap();
-    let IngestOutcome::Accepted { id, targets } = first else {
+    let IngestOutcome::Accepted {
+        id,
+        targets,
+        handed,
+    } = first
+    else {
         panic!("{first:?}")
     };
     assert_eq!(targets, ["t"]);
+    assert!(handed.is_empty(), "nothing was asked to be handed over");
     assert_eq!(again, IngestOutcome::Duplicate { id });
     assert_eq!(
         s.deliveries(all()).await.unwrap().len(),
@@ -366,6 +374,77 @@ async fn claims_lease_and_finishing_moves_deliveries_on(s: Arc<dyn Store>) {
         "other targets untouched"
     );
     assert_eq!(s.queue_depth().await.unwrap(), [("u".to_owned(), 1)]);
+}
+
+async fn handed_over_deliveries_are_committed_leased(s: Arc<dyn Store>) {
+    let lease = Duration::from_secs(60);
+    let mut both = accept(
+        "s1",
+        &[EventType::SessionEnded, EventType::SessionFinalized],
+        &["t", "u"],
+    );
+    both.handoff = vec![("t".into(), lease)];
+    let IngestOutcome::Accepted {
+        targets, handed, ..
+    } = s.accept(both.clone()).await.unwrap()
+    else {
+        panic!("accepted")
+    };
+    assert_eq!(targets, ["u"], "only the target not handed over is woken");
+    assert_eq!(handed.len(), 2, "one per event");
+    for (h, event) in handed.iter().zip(&both.events) {
+        assert_eq!(h.target, "t");
+        assert_eq!(h.delivery.event_id, event.id);
+        assert_eq!(h.delivery.attempts, 0);
+        assert_eq!(&h.delivery.raw[..], br#"{"raw":true}"#);
+        let stored = s.event(event.id.as_str()).await.unwrap().unwrap();
+        assert_eq!(h.delivery.body, stored.body, "the body as committed");
+    }
+    assert!(
+        s.claim_due("t", 10, lease).await.unwrap().is_empty(),
+        "handed-over deliveries are leased: no worker claims them again"
+    );
+    assert_eq!(s.next_due_at("t").await.unwrap(), None);
+    assert_eq!(s.claim_due("u", 10, lease).await.unwrap().len(), 2);
+
+    // The hand-over's token is the lease: its result is recorded.
+    s.finish_attempt(AttemptRecord {
+        next: Completion::Delivered,
+        status_code: Some(200),
+        error: None,
+        ..attempt(&handed[0].delivery, Completion::Delivered)
+    })
+    .await
+    .unwrap();
+    s.finish_attempt(attempt(
+        &handed[1].delivery,
+        Completion::RetryAt {
+            unix_ms: now_ms() - 1,
+        },
+    ))
+    .await
+    .unwrap();
+    let delivered = s
+        .deliveries(DeliveryFilter {
+            status: Some(DeliveryStatus::Delivered),
+            ..all()
+        })
+        .await
+        .unwrap();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].id, handed[0].delivery.id);
+    let retried = s.claim_due("t", 10, lease).await.unwrap();
+    assert_eq!(retried.len(), 1, "a failed hand-over is retried by claim");
+    assert_eq!(retried[0].id, handed[1].delivery.id);
+    assert_eq!(retried[0].attempts, 1);
+
+    // A duplicate hands nothing over.
+    let mut again = accept("s1", &[EventType::SessionEnded], &["t"]);
+    again.handoff = vec![("t".into(), lease)];
+    assert!(matches!(
+        s.accept(again).await.unwrap(),
+        IngestOutcome::Duplicate { .. }
+    ));
 }
 
 async fn a_result_after_the_lease_passed_on_is_dropped(s: Arc<dyn Store>) {

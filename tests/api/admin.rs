@@ -300,25 +300,7 @@ async fn metrics_move_as_events_flow() {
         receiver.url("/")
     ))
     .await;
-    let metrics = |app: &TestApp| {
-        let address = app.address.clone();
-        let client = app.client.clone();
-        async move {
-            let response = client
-                .get(format!("{address}/metrics"))
-                .send()
-                .await
-                .unwrap();
-            assert!(
-                response.headers()["content-type"]
-                    .to_str()
-                    .unwrap()
-                    .contains("openmetrics-text")
-            );
-            response.text().await.unwrap()
-        }
-    };
-    let before = metrics(&app).await;
+    let before = app.metrics().await;
     assert!(
         before.contains(r#"sessiongate_queue_depth{target="crm"} 0"#),
         "{before}"
@@ -337,7 +319,7 @@ async fn metrics_move_as_events_flow() {
     app.post("/ingest/elsewhere", &body, &[]).await;
     app.wait_for_deliveries(DeliveryStatus::Delivered, 1).await;
 
-    let after = metrics(&app).await;
+    let after = app.metrics().await;
     for line in [
         r#"sessiongate_received_total{source="pathors"} 3"#,
         r#"sessiongate_accepted_total{source="pathors"} 1"#,

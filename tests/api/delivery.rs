@@ -277,6 +277,96 @@ async fn a_slow_target_delays_neither_other_targets_nor_ingest() {
     );
 }
 
+/// The value of a metric line `name` (labels included) in `/metrics` text, 0 if absent.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn committed_deliveries_go_straight_to_their_worker_without_claims() {
+    let receiver = TestReceiver::start().await;
+    let app = spawn_app(target("crm", &receiver.url("/"), "")).await;
+    // The worker's first claim (at start) finds nothing; wait until it has run.
+    let deadline = Instant::now() + PATIENCE;
+    while metric(
+        &app.metrics().await,
+        r#"sessiongate_delivery_claims_total{target="crm"}"#,
+    ) == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never claimed at start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent = 40;
+    for i in 0..sent {
+        let status = app
+            .post_pathors(&call_ended(&format!("handed-{i}")))
+            .await
+            .status();
+        assert_eq!(status.as_u16(), 202);
+    }
+    app.wait_for_deliveries(DeliveryStatus::Delivered, sent)
+        .await;
+    assert_eq!(receiver.delivered_ids().len(), sent);
+    assert_eq!(receiver.received().len(), sent, "each delivered once");
+
+    let metrics = app.metrics().await;
+    let handed = metric(
+        &metrics,
+        r#"sessiongate_delivery_handed_over_total{target="crm"}"#,
+    );
+    let claims = metric(
+        &metrics,
+        r#"sessiongate_delivery_claims_total{target="crm"}"#,
+    );
+    println!("{sent} deliveries: {handed} handed over, {claims} claims");
+    assert_eq!(handed, sent as u64, "every delivery handed over at commit");
+    // The start-up claim, and at most one after the idle poll on a slow machine.
+    assert!(claims <= 2, "{claims} claims for {sent} deliveries");
+}
+
+#[tokio::test]
+async fn deliveries_without_room_at_their_worker_are_claimed_once_each() {
+    let receiver = TestReceiver::start().await;
+    receiver.answer(Reply {
+        status: 200,
+        delay: Duration::from_millis(100),
+    });
+    // One attempt at a time and room for 4 more: most of 12 must go through the store.
+    let app = spawn_app(target("slow", &receiver.url("/"), "max_in_flight = 1")).await;
+    let sent = 12;
+    let posts = (0..sent).map(|i| {
+        let body = call_ended(&format!("crowded-{i}"));
+        let app = &app;
+        async move { app.post_pathors(&body).await.status().as_u16() }
+    });
+    let statuses = futures_util::future::join_all(posts).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+
+    app.wait_for_deliveries(DeliveryStatus::Delivered, sent)
+        .await;
+    assert_eq!(receiver.delivered_ids().len(), sent);
+    assert_eq!(receiver.received().len(), sent, "none attempted twice");
+    let metrics = app.metrics().await;
+    let handed = metric(
+        &metrics,
+        r#"sessiongate_delivery_handed_over_total{target="slow"}"#,
+    );
+    println!("{sent} deliveries to a crowded target: {handed} handed over");
+    assert!(handed <= 5, "only as many as there was room for: {handed}");
+    assert!(
+        metric(
+            &metrics,
+            r#"sessiongate_delivery_claims_total{target="slow"}"#
+        ) >= 2,
+        "the rest were claimed"
+    );
+}
+
 #[tokio::test]
 async fn pending_deliveries_resume_after_a_restart() {
     let receiver = TestReceiver::start().await;

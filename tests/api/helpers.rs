@@ -292,6 +292,14 @@ impl TestApp {
             .expect("the gateway answers")
     }
 
+    /// `/metrics`, checked to be OpenMetrics text.
+    pub async fn metrics(&self) -> String {
+        let response = self.get("/metrics").await;
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(content_type.contains("openmetrics-text"), "{content_type}");
+        response.text().await.unwrap()
+    }
+
     pub async fn deliveries(&self, status: Option<DeliveryStatus>) -> Vec<DeliveryInfo> {
         self.store
             .deliveries(DeliveryFilter {
