@@ -6,7 +6,8 @@
 //! or targets' URLs; callers pass it finished rows.
 //!
 //! What a request does to a session (merge, finalize once, render) is decided once, in
-//! [`plan_accept`]; backends only read the session row under their lock and write the plan.
+//! [`plan_accept`]; backends only read the session row and write the plan, with no other
+//! write to that session in between (SQLite: its one writer; PostgreSQL: a compare-and-set).
 //!
 //! Implementations: [`sqlite`] (embedded, the default) and [`postgres`] (shared by replicas).
 
@@ -115,7 +116,7 @@ impl Accept {
     }
 }
 
-/// What committing an [`Accept`] writes, given the session as stored (read under a lock).
+/// What committing an [`Accept`] writes, given the session as stored.
 pub(crate) enum AcceptPlan<'a> {
     /// A `session.finalized` for a session that is already finalized (say, from a second
     /// source of the same vendor): its facts join the record, nothing is emitted.
@@ -131,8 +132,9 @@ pub(crate) enum AcceptPlan<'a> {
     },
 }
 
-/// Decides what an accepted request does to its session. Pure; the caller holds the
-/// session's lock and has checked that the request is not a duplicate.
+/// Decides what an accepted request does to its session. Pure; the caller has read the
+/// session as stored, checked that the request is not a duplicate, and writes the plan only
+/// if the session has not changed since.
 pub(crate) fn plan_accept(
     accept: &Accept,
     mut record: SessionRecord,

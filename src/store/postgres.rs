@@ -2,10 +2,13 @@
 //!
 //! Same semantics as the SQLite store, decided by the database rather than one process:
 //!
-//! - an ingest transaction first locks its session's row (`FOR UPDATE`), so every event of
-//!   a session is committed one at a time across all replicas; duplicate detection, the
-//!   merge and exactly-once `session.finalized` then run under that lock (the events' unique
-//!   id is a second guard);
+//! - an ingest reads its session's row (and whether its first event is stored) in one
+//!   statement, merges in Rust ([`plan_accept`]), and writes everything in a second
+//!   statement that first saves the session with a compare-and-set on the row's version
+//!   (`xmin`): if another request changed the session in between, nothing is written and the
+//!   ingest starts over from the read. So events of one session, on any replica, never lose
+//!   each other's facts, duplicates are caught, and `session.finalized` is stored once (the
+//!   events' unique id is a second guard). Two round trips, no transaction to hold open;
 //! - deliveries are claimed with `FOR UPDATE SKIP LOCKED` under a lease with a token; a
 //!   replica that dies mid-delivery leaves a lease that expires, and another replica takes
 //!   the delivery over. A result recorded after its lease passed on is dropped;
@@ -14,8 +17,8 @@
 //! - a connection failure answers [`StoreError`] (ingest says 503) and the pool reconnects on
 //!   its own once PostgreSQL is back.
 //!
-//! PostgreSQL commits concurrent transactions with its own group commit, so each request
-//! uses its own transaction on a pooled connection.
+//! PostgreSQL commits concurrent statements with its own group commit, so each request uses
+//! its own statements on a pooled connection; every write is one statement (one round trip).
 
 use std::time::Duration;
 
@@ -28,7 +31,8 @@ use tokio_postgres::{NoTls, Row, Statement};
 use super::{
     Accept, AcceptPlan, AttemptInfo, AttemptRecord, ClaimedDelivery, Completion, DeliveryFilter,
     DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handed, Ignored, IngestOutcome,
-    RetryOutcome, SessionView, Store, StoreError, StoredEvent, lease_token, now_ms, plan_accept,
+    NewEvent, RetryOutcome, SessionView, Store, StoreError, StoredEvent, lease_token, now_ms,
+    plan_accept,
 };
 use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
@@ -235,6 +239,156 @@ impl PgStore {
     }
 }
 
+/// How often an ingest reads its session again after losing a race to change it.
+const MAX_SESSION_RACES: usize = 50;
+
+/// An ingest's one read: the session as stored (with its row version, `xmin`) and whether
+/// the request's first event is already stored. Always one row.
+const READ_SESSION: &str = "SELECT s.record, s.finalized_event_id, s.xmin::text,
+        EXISTS (SELECT 1 FROM events WHERE id = $3)
+    FROM (VALUES (1)) AS one (x)
+    LEFT JOIN sessions s ON s.vendor = $1 AND s.session_id = $2";
+
+/// Saves a session record if its row is still the version that was read (`$6`, NULL if
+/// there was none): a compare-and-set, so replicas merging events of one session at once
+/// never lose each other's facts. Returns a row only when it saved.
+const SAVE_SESSION: &str = "INSERT INTO sessions AS t
+        (vendor, session_id, record, finalized_event_id, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $5)
+    ON CONFLICT (vendor, session_id) DO UPDATE SET
+        record = excluded.record, finalized_event_id = excluded.finalized_event_id,
+        updated_at = excluded.updated_at
+    WHERE t.xmin::text = $6
+    RETURNING 1";
+
+const SAVE_SESSION_ONLY: &str = concat!(
+    "WITH s AS (",
+    "INSERT INTO sessions AS t (vendor, session_id, record, finalized_event_id, created_at, updated_at) ",
+    "VALUES ($1, $2, $3, $4, $5, $5) ",
+    "ON CONFLICT (vendor, session_id) DO UPDATE SET record = excluded.record, ",
+    "finalized_event_id = excluded.finalized_event_id, updated_at = excluded.updated_at ",
+    "WHERE t.xmin::text = $6 RETURNING 1) ",
+    "SELECT count(*) FROM s"
+);
+
+/// An ingest's one write, in one statement (so one round trip, and atomic without a
+/// transaction): the session's compare-and-set, and only if it saved, the receipt, the
+/// events not stored yet and their deliveries. Returns whether the session saved and the
+/// ids of the deliveries inserted.
+fn write_accept_sql() -> String {
+    format!(
+        "WITH s AS ({SAVE_SESSION}),
+        r AS (INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
+              SELECT $7, 'accepted', $8, $9, $10, $11 FROM s RETURNING seq),
+        e AS (INSERT INTO events (id, receipt_seq, source, session_id, type, occurred_at, received_at, body)
+              SELECT u.id, r.seq, $7, $2, u.type, u.occurred_at, $10, u.body
+              FROM r, unnest($12::text[], $13::text[], $14::text[], $15::text[])
+                  WITH ORDINALITY AS u (id, type, occurred_at, body, n)
+              ORDER BY u.n
+              ON CONFLICT (id) DO NOTHING RETURNING id),
+        d AS (INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at,
+                  lease_until, lease_token, created_at, updated_at)
+              SELECT v.id, v.event_id, v.target, 'pending', 0, $5, v.lease_until, v.lease_token, $5, $5
+              FROM unnest($16::text[], $17::text[], $18::text[], $19::int8[], $20::int8[])
+                  WITH ORDINALITY AS v (id, event_id, target, lease_until, lease_token, n)
+              WHERE v.event_id IN (SELECT id FROM e)
+              ORDER BY v.n
+              RETURNING id)
+        SELECT (SELECT count(*) FROM s), ARRAY(SELECT id FROM d)"
+    )
+}
+
+/// Writes an accepted request's plan if the session is still at `version`; `None` if it
+/// changed meanwhile (nothing was written).
+async fn write_accept(
+    client: &deadpool_postgres::Object,
+    accept: &Accept,
+    record: &SessionRecord,
+    finalized: Option<&EventId>,
+    events: &[(&NewEvent, String)],
+    version: Option<String>,
+) -> Result<Option<IngestOutcome>, StoreError> {
+    let now = now_ms();
+    let token = lease_token();
+    let mut deliveries = Vec::new();
+    for (event, _) in events {
+        for target in &event.targets {
+            let lease_until = accept
+                .handoff_lease(target)
+                .map(|lease| now + lease.as_millis() as i64);
+            deliveries.push((DeliveryId::generate(), *event, target, lease_until));
+        }
+    }
+    let event_ids: Vec<&str> = events.iter().map(|(e, _)| e.id.as_str()).collect();
+    let event_types: Vec<&str> = events.iter().map(|(e, _)| e.event_type.as_str()).collect();
+    let bodies: Vec<&str> = events.iter().map(|(_, body)| body.as_str()).collect();
+    let received_at = accept.received_at.to_string();
+    let occurred_at: Vec<String> = events
+        .iter()
+        .map(|(e, _)| e.occurred_at.to_string())
+        .collect();
+    let row = client
+        .query_one(
+            &prepared(client, &write_accept_sql()).await?,
+            &[
+                &accept.vendor,
+                &accept.session_id,
+                &serde_json::to_string(record).map_err(backend)?,
+                &finalized.map(EventId::as_str),
+                &now,
+                &version,
+                &accept.source,
+                &accept.vendor_event_type,
+                &accept.message_id,
+                &received_at,
+                &&accept.raw[..],
+                &event_ids,
+                &event_types,
+                &occurred_at,
+                &bodies,
+                &deliveries.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(),
+                &deliveries
+                    .iter()
+                    .map(|d| d.1.id.as_str())
+                    .collect::<Vec<_>>(),
+                &deliveries.iter().map(|d| d.2.as_str()).collect::<Vec<_>>(),
+                &deliveries.iter().map(|d| d.3).collect::<Vec<_>>(),
+                &deliveries
+                    .iter()
+                    .map(|d| d.3.map(|_| token))
+                    .collect::<Vec<_>>(),
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    if row.get::<_, i64>(0) == 0 {
+        return Ok(None);
+    }
+    let inserted: Vec<String> = row.get(1);
+    let mut targets = Vec::new();
+    let mut handed = Vec::new();
+    for (id, event, target, lease_until) in deliveries {
+        if !inserted.iter().any(|i| i == id.as_str()) {
+            continue;
+        }
+        if lease_until.is_some() {
+            let body = &events
+                .iter()
+                .find(|(e, _)| e.id == event.id)
+                .expect("planned")
+                .1;
+            handed.push(Handed::new(accept, target, id, event, body, token));
+        } else if !targets.contains(target) {
+            targets.push(target.clone());
+        }
+    }
+    Ok(Some(IngestOutcome::Accepted {
+        id: accept.events[0].id.clone(),
+        targets,
+        handed,
+    }))
+}
+
 fn delivery_row(r: &Row) -> DeliveryInfo {
     let status: String = r.get("status");
     let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
@@ -274,174 +428,76 @@ const DELIVERY_COLUMNS: &str = "seq, id, event_id, target, status, attempts, nex
 #[async_trait]
 impl Store for PgStore {
     async fn accept(&self, accept: Accept) -> Result<IngestOutcome, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(backend)?;
-        let now = now_ms();
-        let empty = serde_json::to_string(&SessionRecord::default()).expect("a record serialises");
-        // Take the session's lock: every event of this session, on every replica, waits here.
-        tx.execute(
-            &prepared(
-                &tx,
-                "INSERT INTO sessions (vendor, session_id, record, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $4) ON CONFLICT DO NOTHING",
-            )
-            .await?,
-            &[&accept.vendor, &accept.session_id, &empty, &now],
-        )
-        .await
-        .map_err(backend)?;
-        let row = tx
-            .query_one(
-                &prepared(
-                    &tx,
-                    "SELECT record, finalized_event_id FROM sessions
-                 WHERE vendor = $1 AND session_id = $2 FOR UPDATE",
-                )
-                .await?,
-                &[&accept.vendor, &accept.session_id],
-            )
-            .await
-            .map_err(backend)?;
+        let client = self.client().await?;
+        let read = prepared(&client, READ_SESSION).await?;
         let primary = &accept.events[0];
-        let seen = tx
-            .query_opt(
-                &prepared(&tx, "SELECT 1 FROM events WHERE id = $1").await?,
-                &[&primary.id.as_str()],
-            )
-            .await
-            .map_err(backend)?
-            .is_some();
-        if seen {
-            // Nothing was changed; ending the transaction releases the lock.
-            tx.rollback().await.map_err(backend)?;
-            return Ok(IngestOutcome::Duplicate {
-                id: primary.id.clone(),
-            });
-        }
-        let record: SessionRecord = serde_json::from_str(row.get(0)).map_err(backend)?;
-        let finalized = row.get::<_, Option<String>>(1).map(EventId::from_stored);
-
-        let save = |record: &SessionRecord, finalized: Option<&EventId>| {
-            let json = serde_json::to_string(record).expect("a record serialises");
-            let finalized = finalized.map(|f| f.as_str().to_owned());
-            let tx = &tx;
-            let accept = &accept;
-            async move {
-                tx.execute(
-                    &prepared(
-                        tx,
-                        "UPDATE sessions SET record = $3, finalized_event_id = $4, updated_at = $5
-                     WHERE vendor = $1 AND session_id = $2",
-                    )
-                    .await?,
-                    &[&accept.vendor, &accept.session_id, &json, &finalized, &now],
-                )
-                .await
-                .map_err(backend)
-            }
-        };
-
-        let plan = plan_accept(&accept, record, finalized).map_err(backend)?;
-        let (record, finalized, events) = match plan {
-            AcceptPlan::AlreadyFinalized { record, first } => {
-                save(&record, Some(&first)).await?;
-                tx.commit().await.map_err(backend)?;
-                return Ok(IngestOutcome::Duplicate { id: first });
-            }
-            AcceptPlan::Store {
-                record,
-                finalized,
-                events,
-            } => (record, finalized, events),
-        };
-
-        let received_at = accept.received_at.to_string();
-        let receipt: i64 = tx
-            .query_one(
-                &prepared(&tx, "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
-                 VALUES ($1, 'accepted', $2, $3, $4, $5) RETURNING seq").await?,
-                &[
-                    &accept.source,
-                    &accept.vendor_event_type,
-                    &accept.message_id,
-                    &received_at,
-                    &&accept.raw[..],
-                ],
-            )
-            .await
-            .map_err(backend)?
-            .get(0);
-        let insert_event = tx
-            .prepare_cached(
-                "INSERT INTO events (id, receipt_seq, source, session_id, type, occurred_at, received_at, body)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
-            )
-            .await
-            .map_err(backend)?;
-        let insert_delivery = tx
-            .prepare_cached(
-                "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at,
-                     lease_until, lease_token, created_at, updated_at)
-                 VALUES ($1, $2, $3, 'pending', 0, $4, $5, $6, $4, $4)",
-            )
-            .await
-            .map_err(backend)?;
-        let mut targets = Vec::new();
-        let mut handed = Vec::new();
-        let token = lease_token();
-        for (event, body) in events {
-            let inserted = tx
-                .execute(
-                    &insert_event,
-                    &[
-                        &event.id.as_str(),
-                        &receipt,
-                        &accept.source,
-                        &accept.session_id,
-                        &event.event_type.as_str(),
-                        &event.occurred_at.to_string(),
-                        &received_at,
-                        &body,
-                    ],
+        for _ in 0..MAX_SESSION_RACES {
+            let row = client
+                .query_one(
+                    &read,
+                    &[&accept.vendor, &accept.session_id, &primary.id.as_str()],
                 )
                 .await
                 .map_err(backend)?;
-            if inserted == 0 {
-                continue;
+            if row.get::<_, bool>(3) {
+                return Ok(IngestOutcome::Duplicate {
+                    id: primary.id.clone(),
+                });
             }
-            for target in &event.targets {
-                let id = DeliveryId::generate();
-                let lease_until = accept
-                    .handoff_lease(target)
-                    .map(|lease| now + lease.as_millis() as i64);
-                let leased_to = lease_until.map(|_| token);
-                tx.execute(
-                    &insert_delivery,
-                    &[
-                        &id.as_str(),
-                        &event.id.as_str(),
-                        target,
-                        &now,
-                        &lease_until,
-                        &leased_to,
-                    ],
-                )
-                .await
-                .map_err(backend)?;
-                if lease_until.is_some() {
-                    handed.push(Handed::new(&accept, target, id, event, &body, token));
-                } else if !targets.contains(target) {
-                    targets.push(target.clone());
+            let version: Option<String> = row.get(2);
+            let (record, finalized) = match row.get::<_, Option<&str>>(0) {
+                Some(json) => (
+                    serde_json::from_str::<SessionRecord>(json).map_err(backend)?,
+                    row.get::<_, Option<String>>(1).map(EventId::from_stored),
+                ),
+                None => (SessionRecord::default(), None),
+            };
+            let saved = match plan_accept(&accept, record, finalized).map_err(backend)? {
+                AcceptPlan::AlreadyFinalized { record, first } => {
+                    let saved = client
+                        .query_one(
+                            &prepared(&client, SAVE_SESSION_ONLY).await?,
+                            &[
+                                &accept.vendor,
+                                &accept.session_id,
+                                &serde_json::to_string(&record).map_err(backend)?,
+                                &first.as_str(),
+                                &now_ms(),
+                                &version,
+                            ],
+                        )
+                        .await
+                        .map_err(backend)?;
+                    if saved.get::<_, i64>(0) == 1 {
+                        return Ok(IngestOutcome::Duplicate { id: first });
+                    }
+                    None
                 }
+                AcceptPlan::Store {
+                    record,
+                    finalized,
+                    events,
+                } => {
+                    write_accept(
+                        &client,
+                        &accept,
+                        &record,
+                        finalized.as_ref(),
+                        &events,
+                        version,
+                    )
+                    .await?
+                }
+            };
+            if let Some(outcome) = saved {
+                return Ok(outcome);
             }
+            // Another request changed the session since it was read: read it again.
         }
-        save(&record, finalized.as_ref()).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(IngestOutcome::Accepted {
-            id: primary.id.clone(),
-            targets,
-            handed,
-        })
+        Err(backend(std::io::Error::other(format!(
+            "session {} changed under {MAX_SESSION_RACES} attempts in a row to commit an event",
+            accept.session_id
+        ))))
     }
 
     async fn record_ignored(&self, ignored: Ignored) -> Result<(), StoreError> {
@@ -528,56 +584,41 @@ impl Store for PgStore {
     }
 
     async fn finish_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(backend)?;
         let (status, next_attempt_at) = match record.next {
             Completion::Delivered => (DeliveryStatus::Delivered, None),
             Completion::RetryAt { unix_ms } => (DeliveryStatus::Pending, Some(unix_ms)),
             Completion::Dead => (DeliveryStatus::Dead, None),
         };
-        let status_code = record.status_code.map(i32::from);
-        let updated = tx
+        // One statement, so one round trip and atomic: the attempt is logged only if the
+        // lease was still ours and the delivery moved on.
+        let logged = self
             .execute(
-                &prepared(
-                    &tx,
-                    "UPDATE deliveries SET status = $2, attempts = $3,
-                     next_attempt_at = COALESCE($4, next_attempt_at), lease_until = NULL,
-                     lease_token = NULL, last_status = $5, last_error = $6, updated_at = $7
-                 WHERE id = $1 AND lease_token = $8",
-                )
-                .await?,
+                "WITH u AS (
+                     UPDATE deliveries SET status = $2, attempts = $3,
+                         next_attempt_at = COALESCE($4, next_attempt_at), lease_until = NULL,
+                         lease_token = NULL, last_status = $5, last_error = $6, updated_at = $7
+                     WHERE id = $1 AND lease_token = $8
+                     RETURNING id)
+                 INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
+                 SELECT u.id, $3, $9, $10, $5, $6 FROM u",
                 &[
                     &record.delivery_id.as_str(),
                     &status.as_str(),
                     &(record.attempt as i32),
                     &next_attempt_at,
-                    &status_code,
+                    &record.status_code.map(i32::from),
                     &record.error,
                     &now_ms(),
                     &record.lease_token,
+                    &record.started_at_ms,
+                    &record.duration_ms,
                 ],
             )
-            .await
-            .map_err(backend)?;
-        if updated == 0 {
+            .await?;
+        if logged == 0 {
             tracing::warn!(delivery_id = %record.delivery_id, "Attempt result arrived after its lease passed on; dropped");
-            return Ok(());
         }
-        tx.execute(
-            &prepared(&tx, "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
-             VALUES ($1, $2, $3, $4, $5, $6)").await?,
-            &[
-                &record.delivery_id.as_str(),
-                &(record.attempt as i32),
-                &record.started_at_ms,
-                &record.duration_ms,
-                &status_code,
-                &record.error,
-            ],
-        )
-        .await
-        .map_err(backend)?;
-        tx.commit().await.map_err(backend)
+        Ok(())
     }
 
     async fn next_due_at(&self, target: &str) -> Result<Option<i64>, StoreError> {

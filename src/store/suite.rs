@@ -116,6 +116,7 @@ suite!(
     events_merge_into_the_session_record_in_any_order,
     claims_lease_and_finishing_moves_deliveries_on,
     handed_over_deliveries_are_committed_leased,
+    concurrent_events_of_one_session_all_merge,
     a_result_after_the_lease_passed_on_is_dropped,
     retry_requeues_only_dead_deliveries_and_replay_adds_deliveries,
     events_and_deliveries_page_newest_first,
@@ -445,6 +446,34 @@ async fn handed_over_deliveries_are_committed_leased(s: Arc<dyn Store>) {
         s.accept(again).await.unwrap(),
         IngestOutcome::Duplicate { .. }
     ));
+}
+
+async fn concurrent_events_of_one_session_all_merge(s: Arc<dyn Store>) {
+    // Distinct events of one session committed at once (on PostgreSQL, racing to change
+    // the same row): each one's facts must survive in the record.
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut a = accept_from(&format!("v{i}"), "s1", &[EventType::SessionEnded], &["t"]);
+                a.events[0]
+                    .facts
+                    .variables
+                    .insert(format!("k{i}"), serde_json::json!(i));
+                s.accept(a).await.unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), IngestOutcome::Accepted { .. }));
+    }
+    let view = s.session("pathors", "s1").await.unwrap().unwrap();
+    let mut keys: Vec<_> = view.session.variables.keys().cloned().collect();
+    keys.sort();
+    let mut want: Vec<_> = (0..12).map(|i| format!("k{i}")).collect();
+    want.sort();
+    assert_eq!(keys, want, "no event's facts were lost");
+    assert_eq!(s.deliveries(all()).await.unwrap().len(), 12);
 }
 
 async fn a_result_after_the_lease_passed_on_is_dropped(s: Arc<dyn Store>) {
