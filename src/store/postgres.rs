@@ -275,7 +275,7 @@ const SAVE_SESSION_ONLY: &str = concat!(
 /// transaction): the session's compare-and-set, and only if it saved, the receipt, the
 /// events not stored yet and their deliveries. Returns whether the session saved and the
 /// ids of the deliveries inserted.
-fn write_accept_sql() -> String {
+static WRITE_ACCEPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH s AS ({SAVE_SESSION}),
         r AS (INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
@@ -296,7 +296,7 @@ fn write_accept_sql() -> String {
               RETURNING id)
         SELECT (SELECT count(*) FROM s), ARRAY(SELECT id FROM d)"
     )
-}
+});
 
 /// Writes an accepted request's plan if the session is still at `version`; `None` if it
 /// changed meanwhile (nothing was written).
@@ -329,7 +329,7 @@ async fn write_accept(
         .collect();
     let row = client
         .query_one(
-            &prepared(client, &write_accept_sql()).await?,
+            &prepared(client, &WRITE_ACCEPT).await?,
             &[
                 &accept.vendor,
                 &accept.session_id,
