@@ -22,7 +22,7 @@ use crate::delivery::Dispatcher;
 use crate::error::{ApiError, chain};
 use crate::event::{EventId, Timestamp};
 use crate::metrics::{IngestResult, Metrics, UNKNOWN_SOURCE};
-use crate::store::{Accept, Ignored, IngestOutcome, NewEvent, Store};
+use crate::store::{Accept, Ignored, IngestOutcome, NewEvent, Store, StoreError};
 use crate::vendors::{Normalized, Recognized};
 
 /// What the ingest handler needs, shared by all HTTP workers.
@@ -145,7 +145,7 @@ async fn handle(
             Ok(Outcome::Ignored(vendor_event_type))
         }
         Normalized::Events(recognized) => {
-            let mut accept = build_accept(
+            let accept = build_accept(
                 source,
                 recognized,
                 message_id,
@@ -153,28 +153,38 @@ async fn handle(
                 verified.bytes().clone(),
                 &state.targets,
             );
-            let slots = state.dispatcher.reserve(&mut accept);
-            match state
-                .store
-                .accept(accept)
-                .await
-                .map_err(ApiError::Unavailable)?
-            {
-                IngestOutcome::Accepted {
-                    id,
-                    targets,
-                    handed,
-                } => {
-                    state.dispatcher.hand_over(slots, handed);
-                    for target in &targets {
-                        state.dispatcher.notify(target);
-                    }
-                    Ok(Outcome::Accepted(id))
-                }
+            match commit(state, accept).await? {
+                IngestOutcome::Accepted { id, .. } => Ok(Outcome::Accepted(id)),
                 IngestOutcome::Duplicate { id } => Ok(Outcome::Duplicate(id)),
             }
         }
     }
+}
+
+/// Commits an accepted request and passes its deliveries to their workers, in a task of its
+/// own: if the vendor hangs up meanwhile, the commit still hands its deliveries over (left
+/// behind, they would wait for their lease to end before a worker claims them).
+async fn commit(state: &IngestState, mut accept: Accept) -> Result<IngestOutcome, ApiError> {
+    let store = state.store.clone();
+    let dispatcher = state.dispatcher.clone();
+    actix_web::rt::spawn(async move {
+        let slots = dispatcher.reserve(&mut accept);
+        let mut outcome = store.accept(accept).await?;
+        if let IngestOutcome::Accepted {
+            targets, handed, ..
+        } = &mut outcome
+        {
+            dispatcher.hand_over(slots, std::mem::take(handed));
+            for target in targets.iter() {
+                dispatcher.notify(target);
+            }
+        }
+        Ok(outcome)
+    })
+    .await
+    .map_err(|e| StoreError::Backend(Box::new(e)))
+    .flatten()
+    .map_err(ApiError::Unavailable)
 }
 
 /// Stamps ids on a vendor's drafts and picks each event's targets. The store merges the
