@@ -110,7 +110,7 @@ pub struct Target {
     pub headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
     pub include_raw: bool,
     pub timeout: Duration,
-    /// How long a claimed delivery stays leased to one worker; after that another worker
+    /// How long a claimed or handed-over delivery stays leased to one worker; after that another worker
     /// (on any replica) may take it over.
     pub lease: Duration,
     pub max_in_flight: usize,

@@ -1,10 +1,16 @@
 //! Delivery: forwards stored events to targets, at least once, with retries.
 //!
 //! Each target has its own worker task with its own concurrency limit, so a slow or dead
-//! target never delays another target or ingest. A worker claims due deliveries from the
-//! store under a lease, attempts them ([`attempt`]), and records each result; the pure
-//! [`retry`] rules decide what comes next. Workers wake when ingest commits a delivery for
-//! them ([`Dispatcher::notify`]), when a retry falls due, or when an attempt finishes.
+//! target never delays another target or ingest. Every attempt runs under a lease on its
+//! delivery, attempts it ([`attempt`]) and records the result; the pure [`retry`] rules
+//! decide what comes next.
+//!
+//! Deliveries reach a worker two ways. Fresh ones are handed over by ingest
+//! ([`Dispatcher::reserve`] / [`Dispatcher::hand_over`]): committed already leased to this
+//! process, with their bodies, so the first attempt costs the store nothing more. The rest
+//! (no room at the worker, retries, work left by a restart or another replica, admin
+//! replays) wait in the store, and the worker claims them when woken
+//! ([`Dispatcher::notify`]), when a retry falls due, and every few seconds.
 //!
 //! A crash at any point repeats work, never loses it: deliveries only leave `pending` after
 //! the attempt's result is committed, and the event id (`webhook-id`) stays the same.
@@ -205,7 +211,7 @@ impl Workers {
         ))
     }
 
-    /// A handle that answers [`Workers::running`] without owning the workers.
+    /// A handle that answers [`WorkerHealth::running`] without owning the workers.
     pub fn health(&self) -> WorkerHealth {
         WorkerHealth {
             shutdown: self.shutdown.subscribe(),

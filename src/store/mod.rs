@@ -6,7 +6,7 @@
 //! or targets' URLs; callers pass it finished rows.
 //!
 //! What a request does to a session (merge, finalize once, render) is decided once, in
-//! [`plan_accept`]; backends only read the session row and write the plan, with no other
+//! `plan_accept`; backends only read the session row and write the plan, with no other
 //! write to that session in between (SQLite: its one writer; PostgreSQL: a compare-and-set).
 //!
 //! Implementations: [`sqlite`] (embedded, the default) and [`postgres`] (shared by replicas).

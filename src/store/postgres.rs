@@ -3,7 +3,7 @@
 //! Same semantics as the SQLite store, decided by the database rather than one process:
 //!
 //! - an ingest reads its session's row (and whether its first event is stored) in one
-//!   statement, merges in Rust ([`plan_accept`]), and writes everything in a second
+//!   statement, merges in Rust (`plan_accept`), and writes everything in a second
 //!   statement that first saves the session with a compare-and-set on the row's version
 //!   (`xmin`): if another request changed the session in between, nothing is written and the
 //!   ingest starts over from the read. So events of one session, on any replica, never lose
