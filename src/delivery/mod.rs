@@ -65,9 +65,8 @@ struct HandedOver {
 }
 
 /// Queue room reserved for the deliveries of one request (see [`Dispatcher::reserve`]).
-#[derive(Default)]
 pub struct Reservation {
-    at: Option<Instant>,
+    at: Instant,
     room: Vec<(String, OwnedSemaphorePermit)>,
 }
 
@@ -93,7 +92,7 @@ impl Dispatcher {
             }
         }
         let mut reservation = Reservation {
-            at: Some(Instant::now()),
+            at: Instant::now(),
             room: Vec::new(),
         };
         for (target, n) in wanted {
@@ -118,7 +117,6 @@ impl Dispatcher {
     /// Queues each delivery committed leased to this process for its worker, in the room
     /// reserved for it. Unused room is given back.
     pub fn hand_over(&self, mut reservation: Reservation, handed: Vec<Handed>) {
-        let reserved_at = reservation.at.unwrap_or_else(Instant::now);
         for Handed { target, delivery } in handed {
             let room = reservation
                 .room
@@ -131,7 +129,7 @@ impl Dispatcher {
             };
             let handed = HandedOver {
                 delivery,
-                lease_ends: reserved_at + handle.lease,
+                lease_ends: reservation.at + handle.lease,
                 _room: room,
             };
             if handle.handed.send(handed).is_err() {
@@ -396,21 +394,24 @@ impl TargetWorker {
 
     /// When the earliest pending delivery not leased falls due, capped at [`IDLE_POLL`].
     async fn next_due(&self) -> Instant {
-        let wait = match self.store.next_due_at(&self.target.name).await {
-            Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(0) as u64),
-            Ok(None) => IDLE_POLL,
-            Err(_) => STORE_RETRY,
-        };
-        Instant::now() + wait.min(IDLE_POLL)
+        match self.store.next_due_at(&self.target.name).await {
+            Ok(Some(at)) => instant_at(at).min(Instant::now() + IDLE_POLL),
+            Ok(None) => Instant::now() + IDLE_POLL,
+            Err(_) => Instant::now() + STORE_RETRY,
+        }
     }
 }
 
-/// When a finished attempt's delivery falls due again; far off if it does not.
+/// When a finished attempt's delivery falls due again; far off if it does not (or if the
+/// attempt panicked, leaving its delivery leased until the lease may have ended).
 fn due_instant(done: Result<Option<i64>, tokio::task::JoinError>) -> Instant {
     match done {
-        Ok(Some(at)) => Instant::now() + Duration::from_millis((at - now_ms()).max(0) as u64),
-        Ok(None) => Instant::now() + IDLE_POLL,
-        // A panicked attempt left its delivery leased: look when the lease may have ended.
-        Err(_) => Instant::now() + IDLE_POLL,
+        Ok(Some(at)) => instant_at(at),
+        Ok(None) | Err(_) => Instant::now() + IDLE_POLL,
     }
+}
+
+/// The instant of a unix time in ms (now, if it has passed).
+fn instant_at(unix_ms: i64) -> Instant {
+    Instant::now() + Duration::from_millis((unix_ms - now_ms()).max(0) as u64)
 }

@@ -261,15 +261,9 @@ const SAVE_SESSION: &str = "INSERT INTO sessions AS t
     WHERE t.xmin::text = $6
     RETURNING 1";
 
-const SAVE_SESSION_ONLY: &str = concat!(
-    "WITH s AS (",
-    "INSERT INTO sessions AS t (vendor, session_id, record, finalized_event_id, created_at, updated_at) ",
-    "VALUES ($1, $2, $3, $4, $5, $5) ",
-    "ON CONFLICT (vendor, session_id) DO UPDATE SET record = excluded.record, ",
-    "finalized_event_id = excluded.finalized_event_id, updated_at = excluded.updated_at ",
-    "WHERE t.xmin::text = $6 RETURNING 1) ",
-    "SELECT count(*) FROM s"
-);
+/// [`SAVE_SESSION`] alone, answering 1 if it saved and 0 if the session had changed.
+static SAVE_SESSION_ONLY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("WITH s AS ({SAVE_SESSION}) SELECT count(*) FROM s"));
 
 /// An ingest's one write, in one statement (so one round trip, and atomic without a
 /// transaction): the session's compare-and-set, and only if it saved, the receipt, the
@@ -310,13 +304,14 @@ async fn write_accept(
 ) -> Result<Option<IngestOutcome>, StoreError> {
     let now = now_ms();
     let token = lease_token();
+    // (id, event, its body, target, lease end if handed over), in insertion order.
     let mut deliveries = Vec::new();
-    for (event, _) in events {
+    for (event, body) in events {
         for target in &event.targets {
             let lease_until = accept
                 .handoff_lease(target)
                 .map(|lease| now + lease.as_millis() as i64);
-            deliveries.push((DeliveryId::generate(), *event, target, lease_until));
+            deliveries.push((DeliveryId::generate(), *event, body, target, lease_until));
         }
     }
     let event_ids: Vec<&str> = events.iter().map(|(e, _)| e.id.as_str()).collect();
@@ -351,11 +346,11 @@ async fn write_accept(
                     .iter()
                     .map(|d| d.1.id.as_str())
                     .collect::<Vec<_>>(),
-                &deliveries.iter().map(|d| d.2.as_str()).collect::<Vec<_>>(),
-                &deliveries.iter().map(|d| d.3).collect::<Vec<_>>(),
+                &deliveries.iter().map(|d| d.3.as_str()).collect::<Vec<_>>(),
+                &deliveries.iter().map(|d| d.4).collect::<Vec<_>>(),
                 &deliveries
                     .iter()
-                    .map(|d| d.3.map(|_| token))
+                    .map(|d| d.4.map(|_| token))
                     .collect::<Vec<_>>(),
             ],
         )
@@ -367,16 +362,11 @@ async fn write_accept(
     let inserted: Vec<String> = row.get(1);
     let mut targets = Vec::new();
     let mut handed = Vec::new();
-    for (id, event, target, lease_until) in deliveries {
+    for (id, event, body, target, lease_until) in deliveries {
         if !inserted.iter().any(|i| i == id.as_str()) {
             continue;
         }
         if lease_until.is_some() {
-            let body = &events
-                .iter()
-                .find(|(e, _)| e.id == event.id)
-                .expect("planned")
-                .1;
             handed.push(Handed::new(accept, target, id, event, body, token));
         } else if !targets.contains(target) {
             targets.push(target.clone());
@@ -456,7 +446,7 @@ impl Store for PgStore {
                 AcceptPlan::AlreadyFinalized { record, first } => {
                     let saved = client
                         .query_one(
-                            &prepared(&client, SAVE_SESSION_ONLY).await?,
+                            &prepared(&client, &SAVE_SESSION_ONLY).await?,
                             &[
                                 &accept.vendor,
                                 &accept.session_id,

@@ -277,11 +277,26 @@ async fn a_slow_target_delays_neither_other_targets_nor_ingest() {
     );
 }
 
-/// The value of a metric line `name` (labels included) in `/metrics` text, 0 if absent.
-fn metric(text: &str, name: &str) -> u64 {
+/// The value of `sessiongate_{name}{target="…"}` in `/metrics` text, 0 if absent.
+fn metric(text: &str, name: &str, target: &str) -> u64 {
+    let line = format!("sessiongate_{name}{{target=\"{target}\"}}");
     text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .find_map(|l| l.strip_prefix(&line)?.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Waits until `sent` deliveries are delivered, checks the receiver got each exactly once,
+/// and returns `/metrics` as it stands then.
+async fn all_delivered_once(app: &TestApp, receiver: &TestReceiver, sent: usize) -> String {
+    app.wait_for_deliveries(DeliveryStatus::Delivered, sent)
+        .await;
+    assert_eq!(receiver.delivered_ids().len(), sent);
+    assert_eq!(
+        receiver.received().len(),
+        sent,
+        "each delivered once, none twice"
+    );
+    app.metrics().await
 }
 
 #[tokio::test]
@@ -290,11 +305,7 @@ async fn committed_deliveries_go_straight_to_their_worker_without_claims() {
     let app = spawn_app(target("crm", &receiver.url("/"), "")).await;
     // The worker's first claim (at start) finds nothing; wait until it has run.
     let deadline = Instant::now() + PATIENCE;
-    while metric(
-        &app.metrics().await,
-        r#"sessiongate_delivery_claims_total{target="crm"}"#,
-    ) == 0
-    {
+    while metric(&app.metrics().await, "delivery_claims_total", "crm") == 0 {
         assert!(
             Instant::now() < deadline,
             "the worker never claimed at start"
@@ -309,20 +320,9 @@ async fn committed_deliveries_go_straight_to_their_worker_without_claims() {
             .status();
         assert_eq!(status.as_u16(), 202);
     }
-    app.wait_for_deliveries(DeliveryStatus::Delivered, sent)
-        .await;
-    assert_eq!(receiver.delivered_ids().len(), sent);
-    assert_eq!(receiver.received().len(), sent, "each delivered once");
-
-    let metrics = app.metrics().await;
-    let handed = metric(
-        &metrics,
-        r#"sessiongate_delivery_handed_over_total{target="crm"}"#,
-    );
-    let claims = metric(
-        &metrics,
-        r#"sessiongate_delivery_claims_total{target="crm"}"#,
-    );
+    let metrics = all_delivered_once(&app, &receiver, sent).await;
+    let handed = metric(&metrics, "delivery_handed_over_total", "crm");
+    let claims = metric(&metrics, "delivery_claims_total", "crm");
     println!("{sent} deliveries: {handed} handed over, {claims} claims");
     assert_eq!(handed, sent as u64, "every delivery handed over at commit");
     // The start-up claim, and at most one after the idle poll on a slow machine.
@@ -347,22 +347,12 @@ async fn deliveries_without_room_at_their_worker_are_claimed_once_each() {
     let statuses = futures_util::future::join_all(posts).await;
     assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
 
-    app.wait_for_deliveries(DeliveryStatus::Delivered, sent)
-        .await;
-    assert_eq!(receiver.delivered_ids().len(), sent);
-    assert_eq!(receiver.received().len(), sent, "none attempted twice");
-    let metrics = app.metrics().await;
-    let handed = metric(
-        &metrics,
-        r#"sessiongate_delivery_handed_over_total{target="slow"}"#,
-    );
+    let metrics = all_delivered_once(&app, &receiver, sent).await;
+    let handed = metric(&metrics, "delivery_handed_over_total", "slow");
     println!("{sent} deliveries to a crowded target: {handed} handed over");
     assert!(handed <= 5, "only as many as there was room for: {handed}");
     assert!(
-        metric(
-            &metrics,
-            r#"sessiongate_delivery_claims_total{target="slow"}"#
-        ) >= 2,
+        metric(&metrics, "delivery_claims_total", "slow") >= 2,
         "the rest were claimed"
     );
 }
