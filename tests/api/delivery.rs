@@ -332,9 +332,11 @@ async fn committed_deliveries_go_straight_to_their_worker_without_claims() {
 #[tokio::test]
 async fn deliveries_without_room_at_their_worker_are_claimed_once_each() {
     let receiver = TestReceiver::start().await;
+    // Slow enough that all 12 requests are committed before a second attempt starts (and
+    // gives its room back), so at most 4 + 1 can be handed over even on a busy machine.
     receiver.answer(Reply {
         status: 200,
-        delay: Duration::from_millis(100),
+        delay: Duration::from_millis(400),
     });
     // One attempt at a time and room for 4 more: most of 12 must go through the store.
     let app = spawn_app(target("slow", &receiver.url("/"), "max_in_flight = 1")).await;
