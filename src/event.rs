@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
@@ -108,14 +108,27 @@ impl Timestamp {
         Timestamp(Utc::now())
     }
 
+    /// Parses RFC 3339. An instant whose UTC form falls outside the years 0000–9999 (which
+    /// RFC 3339 can write, e.g. `9999-12-31T23:59:59-23:00`) is refused: it could not be
+    /// written back as RFC 3339.
     pub fn parse(s: &str) -> Option<Timestamp> {
         DateTime::parse_from_rfc3339(s)
             .ok()
-            .map(|t| Timestamp(t.with_timezone(&Utc)))
+            .map(|t| t.with_timezone(&Utc))
+            .filter(|t| (0..=9999).contains(&t.year()))
+            .map(Timestamp)
     }
 
+    /// Adds seconds, staying within the years RFC 3339 can write.
     pub fn plus_seconds(self, seconds: i64) -> Timestamp {
-        Timestamp(self.0 + chrono::Duration::seconds(seconds))
+        let latest = DateTime::parse_from_rfc3339("9999-12-31T23:59:59.999Z")
+            .expect("a valid timestamp")
+            .with_timezone(&Utc);
+        Timestamp(
+            self.0
+                .checked_add_signed(chrono::Duration::seconds(seconds))
+                .map_or(latest, |t| t.min(latest)),
+        )
     }
 
     pub fn unix_millis(self) -> i64 {
@@ -369,6 +382,22 @@ mod tests {
         assert_eq!(t.to_string(), "2026-05-03T08:42:11.512Z");
         assert_eq!(t.plus_seconds(900).to_string(), "2026-05-03T08:57:11.512Z");
         assert!(Timestamp::parse("yesterday").is_none());
+    }
+
+    #[test]
+    fn instants_rfc_3339_cannot_write_are_refused_and_sums_stay_writable() {
+        for outside in ["9999-12-31T23:59:59-23:59", "0000-01-01T00:00:00+01:00"] {
+            assert!(Timestamp::parse(outside).is_none(), "{outside}");
+        }
+        for edge in ["9999-12-31T23:59:59Z", "0000-01-01T00:00:00Z"] {
+            let t = Timestamp::parse(edge).unwrap();
+            assert!(Timestamp::parse(&t.to_string()).is_some(), "{t}");
+        }
+        let late = Timestamp::parse("9999-12-31T23:59:00Z").unwrap();
+        assert_eq!(
+            late.plus_seconds(900).to_string(),
+            "9999-12-31T23:59:59.999Z"
+        );
     }
 
     #[test]

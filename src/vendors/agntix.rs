@@ -16,12 +16,13 @@ use crate::event::{
 
 pub(super) fn normalize(body: &Map<String, Value>) -> Result<Normalized, PayloadError> {
     let f = Fields::root(body);
-    let Some(vendor_event_type) = f.opt_str("eventType")? else {
+    let Some(vendor_event_type) = f.opt_id("eventType")? else {
         if f.has("data") {
             // The planned `{id, type, createdAt, data}` envelope: authenticated and
             // well-formed, but no event we map yet.
             return Ok(Normalized::Ignored {
-                vendor_event_type: f.opt_str("type").ok().flatten().map(str::to_owned),
+                // An unusable `type` is audited as absent rather than refused.
+                vendor_event_type: f.opt_id("type").ok().flatten().map(str::to_owned),
             });
         }
         return Err(PayloadError::Missing("eventType".into()));
@@ -36,7 +37,7 @@ pub(super) fn normalize(body: &Map<String, Value>) -> Result<Normalized, Payload
             });
         }
     };
-    let session_id = f.str("id")?;
+    let session_id = f.id("id")?;
     let created_at = f.timestamp("createdAt")?;
     let ended_at = f.opt_timestamp("endedAt")?;
     let updated_at = f.opt_timestamp("updatedAt")?;

@@ -20,7 +20,19 @@ pub enum PayloadError {
         field: String,
         expected: &'static str,
     },
+    /// An object or array nested deeper than [`MAX_DEPTH`] levels, under `field`.
+    TooDeep {
+        field: String,
+    },
 }
+
+/// How deep a vendor body may nest. The stored event wraps the body's objects a few levels
+/// further down (`session.extracted…`, `raw…`), and every later read of it must stay within
+/// serde_json's recursion limit of 128; real vendor payloads nest fewer than 10 levels.
+pub const MAX_DEPTH: usize = 64;
+
+/// The longest id or event type accepted (session ids are UUIDs; event types are short).
+pub const MAX_ID_LEN: usize = 256;
 
 impl fmt::Display for PayloadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -31,6 +43,10 @@ impl fmt::Display for PayloadError {
             PayloadError::WrongType { field, expected } => {
                 write!(f, "field `{field}` must be {expected}")
             }
+            PayloadError::TooDeep { field } => write!(
+                f,
+                "field `{field}` nests objects or arrays deeper than {MAX_DEPTH} levels"
+            ),
         }
     }
 }
@@ -39,10 +55,36 @@ impl std::error::Error for PayloadError {}
 
 pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, PayloadError> {
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Object(map)) => {
+            check_depth(&map)?;
+            Ok(map)
+        }
         Ok(_) => Err(PayloadError::NotAnObject),
         Err(e) => Err(PayloadError::NotJson(e.to_string())),
     }
+}
+
+/// Refuses a body whose nesting would make its stored event unreadable, naming the
+/// top-level field that nests too deep. Iterative, so a hostile body cannot overflow the stack.
+fn check_depth(map: &Map<String, Value>) -> Result<(), PayloadError> {
+    for (key, value) in map {
+        // The body itself is level 1, so `key`'s value starts at level 2.
+        let mut stack = vec![(value, 2usize)];
+        while let Some((value, depth)) = stack.pop() {
+            if !(value.is_object() || value.is_array()) {
+                continue;
+            }
+            if depth > MAX_DEPTH {
+                return Err(PayloadError::TooDeep { field: key.clone() });
+            }
+            match value {
+                Value::Object(m) => stack.extend(m.values().map(|c| (c, depth + 1))),
+                Value::Array(a) => stack.extend(a.iter().map(|c| (c, depth + 1))),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A JSON object and its path from the body's root.
@@ -90,6 +132,28 @@ impl<'a> Fields<'a> {
             Some(_) => Err(self.wrong(key, "a non-empty string")),
             None => Err(PayloadError::Missing(self.name(key))),
         }
+    }
+
+    /// An identifier the store keys on (a session id, an event type): present, at most
+    /// [`MAX_ID_LEN`] bytes and free of control characters, so that every store takes it
+    /// and every log line shows it as it is.
+    pub fn id(&self, key: &str) -> Result<&'a str, PayloadError> {
+        let id = self.str(key)?;
+        self.check_id(key, id)
+    }
+
+    /// An optional identifier, checked like [`Fields::id`] when present.
+    pub fn opt_id(&self, key: &str) -> Result<Option<&'a str>, PayloadError> {
+        self.opt_str(key)?
+            .map(|id| self.check_id(key, id))
+            .transpose()
+    }
+
+    fn check_id(&self, key: &str, id: &'a str) -> Result<&'a str, PayloadError> {
+        if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+            return Err(self.wrong(key, "1 to 256 bytes of text without control characters"));
+        }
+        Ok(id)
     }
 
     pub fn opt_timestamp(&self, key: &str) -> Result<Option<Timestamp>, PayloadError> {
@@ -223,6 +287,50 @@ mod tests {
             "field `t` must be an RFC 3339 timestamp"
         );
         assert!(root.timestamp("u").is_err());
+    }
+
+    #[test]
+    fn ids_are_bounded_text_without_control_characters() {
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        let map = obj(json!({
+            "nul": "a\u{0}b", "newline": "a\nb", "escape": "\u{1b}[31m", "long": long,
+            "ok": "x".repeat(MAX_ID_LEN), "empty": "", "unicode": "sesión-✓"
+        }));
+        let root = Fields::root(&map);
+        for bad in ["nul", "newline", "escape", "long", "empty"] {
+            let e = root.id(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{bad}`")), "{e}");
+            assert!(root.opt_id(bad).is_err());
+        }
+        assert!(root.id("ok").is_ok());
+        assert_eq!(root.id("unicode").unwrap(), "sesión-✓");
+        assert_eq!(root.opt_id("absent").unwrap(), None);
+    }
+
+    fn nested(levels: usize) -> String {
+        format!("{}1{}", "[".repeat(levels), "]".repeat(levels))
+    }
+
+    #[test]
+    fn bodies_nesting_too_deep_are_refused_naming_the_field() {
+        // The body is level 1, so a field may hold MAX_DEPTH - 1 levels.
+        let ok = format!(r#"{{"a": 1, "deep": {}}}"#, nested(MAX_DEPTH - 1));
+        assert!(parse_object(ok.as_bytes()).is_ok());
+        let deep = format!(r#"{{"a": 1, "deep": {}}}"#, nested(MAX_DEPTH));
+        assert_eq!(
+            parse_object(deep.as_bytes()).unwrap_err(),
+            PayloadError::TooDeep {
+                field: "deep".into()
+            }
+        );
+        // Just under serde_json's own limit: refused here, not stored to fail on every read.
+        let hostile = format!(r#"{{"extractedVariables": {}}}"#, nested(125));
+        assert!(
+            parse_object(hostile.as_bytes())
+                .unwrap_err()
+                .to_string()
+                .contains("`extractedVariables`")
+        );
     }
 
     #[test]

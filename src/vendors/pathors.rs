@@ -16,7 +16,7 @@ const RECORDING_URL_LIFETIME_SECONDS: i64 = 15 * 60;
 
 pub(super) fn normalize(body: &Map<String, Value>) -> Result<Normalized, PayloadError> {
     let f = Fields::root(body);
-    let vendor_event_type = match (f.opt_str("event")?, f.opt_str("reason")?) {
+    let vendor_event_type = match (f.opt_id("event")?, f.opt_id("reason")?) {
         (Some(event), _) => event.to_owned(),
         // `reason` is the deprecated alias of `event`, spelled with an underscore.
         (None, Some(reason)) => reason.replacen('_', ".", 1),
@@ -33,7 +33,7 @@ pub(super) fn normalize(body: &Map<String, Value>) -> Result<Normalized, Payload
             });
         }
     };
-    let session_id = f.str("sessionId")?;
+    let session_id = f.id("sessionId")?;
     let timestamp = f.timestamp("timestamp")?;
 
     let call = read_call(&f)?;

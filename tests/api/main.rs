@@ -5,6 +5,7 @@ mod admin;
 mod delivery;
 mod faults;
 mod fuzz;
+mod hardening;
 mod helpers;
 mod ingest;
 mod process;
