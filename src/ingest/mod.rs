@@ -16,6 +16,7 @@ use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::config::{Source, Target};
 use crate::delivery::Dispatcher;
@@ -23,7 +24,7 @@ use crate::error::{ApiError, chain};
 use crate::event::{EventId, Timestamp};
 use crate::metrics::{IngestResult, Metrics, UNKNOWN_SOURCE};
 use crate::store::{Accept, Ignored, IngestOutcome, NewEvent, Store, StoreError};
-use crate::vendors::{Normalized, Recognized};
+use crate::vendors::{Normalized, Recognized, printable};
 
 /// What the ingest handler needs, shared by all HTTP workers.
 pub struct IngestState {
@@ -50,20 +51,32 @@ enum Outcome {
     Ignored(Option<String>),
 }
 
-#[tracing::instrument(name = "ingest", skip_all, fields(source = %path.as_str()))]
 pub async fn ingest(
     path: web::Path<String>,
     request: HttpRequest,
     payload: web::Payload,
     state: web::Data<IngestState>,
 ) -> Result<HttpResponse, ApiError> {
-    let started = Instant::now();
-    let result = handle(&path, &request, payload, &state).await;
-    let source = if state.sources.contains_key(path.as_str()) {
-        path.as_str()
-    } else {
-        UNKNOWN_SOURCE
+    // Only a configured name reaches logs and labels: the path is the sender's text.
+    let source = match state.sources.get_key_value(path.as_str()) {
+        Some((name, _)) => name.as_str(),
+        None => UNKNOWN_SOURCE,
     };
+    let span = tracing::info_span!("ingest", source);
+    ingest_as(source, &path, request, payload, &state)
+        .instrument(span)
+        .await
+}
+
+async fn ingest_as(
+    source: &str,
+    path: &str,
+    request: HttpRequest,
+    payload: web::Payload,
+    state: &IngestState,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let result = handle(path, &request, payload, state).await;
     let elapsed = started.elapsed();
     match result {
         Ok(Outcome::Accepted(id)) => {
@@ -123,7 +136,7 @@ async fn handle(
     let source = state
         .sources
         .get(source_name)
-        .ok_or_else(|| ApiError::UnknownSource(source_name.to_owned()))?;
+        .ok_or_else(|| ApiError::UnknownSource(printable(source_name, 64)))?;
     let body = read_body(request, payload, state.max_body_bytes, state.body_timeout).await?;
     let received_at = Timestamp::now();
     let verified = source.auth.verify(request.headers(), body)?;

@@ -75,7 +75,9 @@ fn check_depth(map: &Map<String, Value>) -> Result<(), PayloadError> {
                 continue;
             }
             if depth > MAX_DEPTH {
-                return Err(PayloadError::TooDeep { field: key.clone() });
+                return Err(PayloadError::TooDeep {
+                    field: printable(key, 64),
+                });
             }
             match value {
                 Value::Object(m) => stack.extend(m.values().map(|c| (c, depth + 1))),
@@ -85,6 +87,20 @@ fn check_depth(map: &Map<String, Value>) -> Result<(), PayloadError> {
         }
     }
     Ok(())
+}
+
+/// Sender-supplied text made safe to log and echo: control characters escaped, at most
+/// `max` characters kept.
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// A JSON object and its path from the body's root.

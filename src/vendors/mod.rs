@@ -15,7 +15,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-pub use fields::PayloadError;
+pub use fields::{PayloadError, printable};
 
 use crate::event::{EventType, Session, Timestamp};
 use crate::ingest::auth::Verified;

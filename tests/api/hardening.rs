@@ -112,3 +112,120 @@ async fn timestamps_rfc_3339_cannot_write_are_400_naming_the_field() {
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("`endedAt`"), "{text}");
 }
+
+/// Starts `sessiongate serve` with text logs (the default an operator reads) and returns
+/// the process, its address and the channel of its stderr lines.
+fn serve_with_text_logs(
+    dir: &std::path::Path,
+) -> (KillOnDrop, String, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let config = process_config(
+        dir,
+        &format!("url = \"sqlite://{}\"", dir.join("gate.db").display()),
+        "",
+        "http://127.0.0.1:9/x",
+    );
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("TEST_PATHORS_TOKEN", PATHORS_TOKEN)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .split(b'\n')
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+        }
+    });
+    let address = loop {
+        let line = lines
+            .recv_timeout(PATIENCE)
+            .expect("the gateway logs that it listens");
+        if let Some(rest) = line
+            .split("address=")
+            .nth(1)
+            .filter(|_| line.contains("Listening"))
+        {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    (KillOnDrop(child), address, lines)
+}
+
+/// A child process that a failing test does not leave running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_source_path_cannot_forge_log_lines_or_write_escapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, address, lines) = serve_with_text_logs(dir.path());
+    let client = reqwest::Client::new();
+    for path in [
+        "pathors%0aINJECTED%20line",
+        "x%1b[31mred",
+        "pathors%0d%0aINJECTED",
+    ] {
+        let response = client
+            .post(format!("http://{address}/ingest/{path}"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        let body: Value = response.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            !message.contains('\n') && !message.contains('\u{1b}'),
+            "{message}"
+        );
+    }
+    // A request that is logged after them marks the end of what they logged.
+    let marker = client
+        .post(format!("http://{address}/ingest/pathors"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(marker.status(), 401);
+    let mut log = Vec::new();
+    while !log
+        .iter()
+        .any(|l: &String| l.contains("Rejected") && l.contains("source=\"pathors\""))
+    {
+        log.push(
+            lines
+                .recv_timeout(PATIENCE)
+                .expect("the rejections are logged"),
+        );
+    }
+    drop(child);
+    let rejected = log
+        .iter()
+        .filter(|l| l.contains("Rejected a request"))
+        .count();
+    assert_eq!(rejected, 4, "{log:#?}");
+    for line in &log {
+        assert!(
+            !line.trim_start().starts_with("INJECTED"),
+            "forged line: {line:?}"
+        );
+        assert!(
+            !line.contains('\u{1b}') && !line.contains('\r'),
+            "raw escape: {line:?}"
+        );
+    }
+}
