@@ -22,7 +22,7 @@ use svix::webhooks::Webhook;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-const AGNTIX_SECRET: &str = "whsec_YmVuY2htYXJrLWFnbnRpeC1zZWNyZXQ=";
+const AGNTIX_SECRET: &str = "whsec_YmVuY2htYXJrLWFnbnRpeC1zaWduaW5nLXNlY3JldA==";
 const PATHORS_TOKEN: &str = "Bearer benchmark-pathors-token";
 
 struct Settings {

@@ -130,7 +130,7 @@ impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Target")
             .field("name", &self.name)
-            .field("url", &self.url.as_str())
+            .field("url", &redact_url(self.url.as_str()))
             .field("events", &self.events)
             .field("sources", &self.sources)
             .field("signed", &self.signer.is_some())
@@ -142,6 +142,18 @@ impl std::fmt::Debug for Target {
 impl Config {
     /// Reads `path`, then applies `SESSIONGATE__…` environment overrides.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars().collect(), &|name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// [`Config::load`] with the process environment given explicitly: `vars` for the
+    /// `SESSIONGATE__…` overrides, `env` for `env:` references.
+    pub fn load_with_env(
+        path: &Path,
+        vars: std::collections::HashMap<String, String>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         if !path.is_file() {
             return Err(ConfigError::Load(format!(
                 "no configuration file at {} (pass --config FILE or set SESSIONGATE_CONFIG)",
@@ -151,12 +163,14 @@ impl Config {
         let builder = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .add_source(
+                // No `try_parsing`: it would turn a secret such as `000123456789` into the
+                // number 123456789. Values stay strings, and numeric keys parse them.
                 config::Environment::with_prefix(ENV_PREFIX)
                     .prefix_separator("__")
                     .separator("__")
-                    .try_parsing(true),
+                    .source(Some(vars.into_iter().collect())),
             );
-        Self::build(builder, &|name| std::env::var(name).ok())
+        Self::build(builder, env)
     }
 
     /// Parses a TOML document alone (no environment overrides); `env:` secrets are resolved
@@ -340,6 +354,7 @@ impl RawConfig {
                         format!("environment variable {var} is not set or empty"),
                     )
                 }),
+                None if value.is_empty() => Err(invalid(key, "must not be empty")),
                 None => {
                     inline_secrets.push(format!(
                         "secret `{key}` is written inline in the configuration; use env:VAR in production"
@@ -517,7 +532,7 @@ impl RawConfig {
                 .ok_or_else(|| {
                     invalid(
                         format!("{key}.url"),
-                        format!("`{}` is not an http(s) URL", t.url),
+                        format!("`{}` is not an http(s) URL", redact_url(&t.url)),
                     )
                 })?;
             let events = t
@@ -642,19 +657,27 @@ fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The shortest signing key Standard Webhooks allows (its secrets are 24 to 64 bytes).
+const MIN_SECRET_BYTES: usize = 24;
+
 fn parse_whsec(key: &str, value: &str) -> Result<Webhook, ConfigError> {
     let Some(encoded) = value.strip_prefix("whsec_") else {
         return Err(invalid(key, "must start with `whsec_` followed by base64"));
     };
     use base64::Engine as _;
     match base64::engine::general_purpose::STANDARD.decode(encoded) {
-        Ok(bytes) if !bytes.is_empty() => {
+        Ok(bytes) if bytes.len() >= MIN_SECRET_BYTES => {
             Webhook::new(value).map_err(|_| invalid(key, "is not a valid whsec_ secret"))
         }
-        _ => Err(invalid(
+        Ok(bytes) => Err(invalid(
             key,
-            "the part after `whsec_` must be non-empty base64",
+            format!(
+                "the key is {} bytes; Standard Webhooks requires at least {MIN_SECRET_BYTES} \
+                 (whsec_ followed by the base64 of 24 to 64 random bytes)",
+                bytes.len()
+            ),
         )),
+        Err(_) => Err(invalid(key, "the part after `whsec_` must be base64")),
     }
 }
 
@@ -691,6 +714,34 @@ fn parse_storage_url(url: &str, raw: &RawStorage) -> Result<StorageConfig, Confi
         "storage.url",
         "must be sqlite://PATH or postgres://USER@HOST/DATABASE",
     ))
+}
+
+/// A URL as it may be shown (logs, `check-config`, `Debug`): a password in the user-info
+/// becomes `***` and the query string `?***`, since either may carry a credential.
+pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, _)) => (base, "?***"),
+        None => (url, ""),
+    };
+    let (base, fragment) = match base.split_once('#') {
+        Some((base, _)) => (base, "#***"),
+        None => (base, ""),
+    };
+    let shown = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+                    let password = if userinfo.contains(':') { ":***" } else { "" };
+                    format!("{scheme}://{user}{password}@{host}{path}")
+                }
+                None => base.to_owned(),
+            }
+        }
+        None => base.to_owned(),
+    };
+    format!("{shown}{query}{fragment}")
 }
 
 /// Whether a URL's user-info part carries a password (`scheme://user:password@host`).
@@ -834,6 +885,81 @@ mod tests {
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
         assert!(c.warnings[0].contains("sources[0].auth.value"));
         assert!(c.warnings[1].contains("`open`"));
+    }
+
+    #[test]
+    fn urls_shown_carry_no_password_nor_query() {
+        assert_eq!(
+            redact_url("https://user:s3cret@crm.example.com:8443/hooks?token=abc#x"),
+            "https://user:***@crm.example.com:8443/hooks?***"
+        );
+        assert_eq!(redact_url("http://u@h/p"), "http://u@h/p");
+        assert_eq!(redact_url("http://h/p"), "http://h/p");
+        assert_eq!(redact_url("not a url?key=1"), "not a url?***");
+        let c =
+            parse("[[targets]]\nname = \"t\"\nurl = \"https://u:pw0rd@h.example/x?api_key=k3y\"")
+                .unwrap();
+        let shown = format!("{:?}", c.targets[0]);
+        assert!(
+            !shown.contains("pw0rd") && !shown.contains("k3y"),
+            "{shown}"
+        );
+        let e = error_of("[[targets]]\nname = \"t\"\nurl = \"ftp://u:pw0rd@h/?k3y\"");
+        assert!(!e.contains("pw0rd") && !e.contains("k3y"), "{e}");
+    }
+
+    #[test]
+    fn empty_and_short_secrets_are_refused_wherever_they_come_from() {
+        let cases = [
+            (
+                "[[sources]]\nname = \"p\"\nvendor = \"pathors\"\nauth = { kind = \"header\", header = \"X-T\", value = \"\" }",
+                "sources[0].auth.value",
+            ),
+            ("[server]\nadmin_token = \"\"", "server.admin_token"),
+            (
+                "[[sources]]\nname = \"a\"\nvendor = \"agntix\"\nauth = { kind = \"svix\", secrets = [\"whsec_eA==\"] }",
+                "sources[0].auth.secrets[0]",
+            ),
+            (
+                "[[sources]]\nname = \"a\"\nvendor = \"agntix\"\nauth = { kind = \"svix\", secrets = [\"env:SHORT\"] }",
+                "sources[0].auth.secrets[0]",
+            ),
+            (
+                "[[targets]]\nname = \"t\"\nurl = \"http://x\"\nsecret = \"env:SHORT\"",
+                "targets[0].secret",
+            ),
+        ];
+        // 23 bytes: one short of the Standard Webhooks minimum.
+        let short = |name: &str| {
+            (name == "SHORT").then(|| "whsec_YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE=".to_owned())
+        };
+        for (toml, key) in cases {
+            let err = Config::from_toml(toml, &short).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_keep_strings_as_strings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[delivery]\nmax_attempts = 3").unwrap();
+        let vars = [
+            ("SESSIONGATE__SERVER__ADMIN_TOKEN", "000123456789"),
+            ("SESSIONGATE__DELIVERY__MAX_ATTEMPTS", "20"),
+            ("SESSIONGATE__DELIVERY__JITTER", "0.5"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let c = Config::load_with_env(&path, vars, &env).unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(
+            c.server.admin_token.unwrap().expose_secret(),
+            "000123456789"
+        );
+        assert_eq!(c.delivery.max_attempts, 20);
+        assert_eq!(c.delivery.retry.jitter, 0.5);
     }
 
     #[test]

@@ -183,7 +183,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         println!(
             "  {:<16} {}  events: {events}; sources: {sources}; {}; raw {}",
             t.name,
-            t.url,
+            config::redact_url(t.url.as_str()),
             if t.signer.is_some() {
                 "signed"
             } else {

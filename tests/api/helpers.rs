@@ -17,7 +17,7 @@ use tokio::sync::{Notify, oneshot};
 
 pub const PATHORS_TOKEN: &str = "Bearer test-pathors-token";
 pub const AGNTIX_SECRET: &str = "whsec_dGVzdC1hZ250aXgtY3VycmVudC1zZWNyZXQ=";
-pub const AGNTIX_OLD_SECRET: &str = "whsec_dGVzdC1hZ250aXgtb2xkLXNlY3JldA==";
+pub const AGNTIX_OLD_SECRET: &str = "whsec_dGVzdC1hZ250aXgtb2xkLXNlY3JldC1rZXk=";
 pub const TARGET_SECRET: &str = "whsec_dGVzdC10YXJnZXQtc2lnbmluZy1zZWNyZXQ=";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 /// How long a test waits for something asynchronous before failing.
