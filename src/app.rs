@@ -97,6 +97,7 @@ impl Application {
             dispatcher,
             metrics,
             max_body_bytes: config.server.max_body_bytes,
+            body_budget: ingest::BodyBudget::new(config.server.max_body_bytes_in_flight),
             body_timeout: config.server.body_timeout,
         });
         let server = HttpServer::new(move || {
@@ -120,6 +121,13 @@ impl Application {
             .default_service(web::to(no_route))
         })
         .workers(config.server.workers)
+        // actix counts connections per worker; the configured cap is for the whole process.
+        .max_connections(
+            config
+                .server
+                .max_connections
+                .div_ceil(config.server.workers),
+        )
         // A client that trickles its headers is cut off (408) after this; slow bodies are
         // bounded by server.body_timeout_ms in the ingest handler.
         .client_request_timeout(config.server.header_timeout)

@@ -55,6 +55,10 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// Request body bytes buffered at once across all requests.
+    pub max_body_bytes_in_flight: usize,
+    /// Open connections across all HTTP workers.
+    pub max_connections: usize,
     pub admin_token: Option<SecretString>,
     pub workers: usize,
     pub body_timeout: Duration,
@@ -218,6 +222,8 @@ struct RawConfig {
 struct RawServer {
     listen: String,
     max_body_bytes: usize,
+    max_body_bytes_in_flight: usize,
+    max_connections: usize,
     admin_token: Option<String>,
     workers: Option<usize>,
     body_timeout_ms: u64,
@@ -230,6 +236,8 @@ impl Default for RawServer {
         RawServer {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 1024 * 1024,
+            max_body_bytes_in_flight: 64 * 1024 * 1024,
+            max_connections: 2048,
             admin_token: None,
             workers: None,
             body_timeout_ms: 15_000,
@@ -378,6 +386,21 @@ impl RawConfig {
                     )
                 })?;
             positive("server.max_body_bytes", s.max_body_bytes as u64)?;
+            positive("server.max_connections", s.max_connections as u64)?;
+            if s.max_body_bytes_in_flight / 2 < s.max_body_bytes {
+                return Err(invalid(
+                    "server.max_body_bytes_in_flight",
+                    "must be at least twice server.max_body_bytes (half is for requests a header \
+                     authenticates, half for signed ones), or a body of the largest size allowed \
+                     could not be read",
+                ));
+            }
+            if s.max_body_bytes_in_flight > u32::MAX as usize {
+                return Err(invalid(
+                    "server.max_body_bytes_in_flight",
+                    format!("must be at most {} bytes", u32::MAX),
+                ));
+            }
             positive("server.body_timeout_ms", s.body_timeout_ms)?;
             positive("server.header_timeout_ms", s.header_timeout_ms)?;
             let workers = match s.workers {
@@ -388,6 +411,8 @@ impl RawConfig {
             ServerConfig {
                 listen,
                 max_body_bytes: s.max_body_bytes,
+                max_body_bytes_in_flight: s.max_body_bytes_in_flight,
+                max_connections: s.max_connections,
                 admin_token: s
                     .admin_token
                     .map(|t| secret("server.admin_token", &t).map(SecretString::from))

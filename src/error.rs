@@ -27,6 +27,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("the gateway cannot store events right now; retry later")]
     Unavailable(#[source] StoreError),
+    #[error("the gateway is reading as many request bodies as it may hold at once; retry later")]
+    Overloaded,
     #[error("{0}")]
     NotFound(String),
     #[error("missing or wrong admin token: send Authorization: Bearer <server.admin_token>")]
@@ -45,7 +47,7 @@ impl ApiError {
             ApiError::InvalidPayload(_) | ApiError::UnreadableBody(_) => "invalid_payload",
             ApiError::BodyTimeout(_) => "request_timeout",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::Overloaded => "unavailable",
             ApiError::NotFound(_) => "not_found",
             ApiError::AdminUnauthorized => "unauthorized",
             ApiError::InvalidRequest(_) => "invalid_request",
@@ -82,13 +84,13 @@ impl ResponseError for ApiError {
             ApiError::InvalidPayload(_) | ApiError::UnreadableBody(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut response = error_response(self.status_code(), self.code(), &self.to_string());
-        if let ApiError::Unavailable(_) = self {
+        if let ApiError::Unavailable(_) | ApiError::Overloaded = self {
             response.headers_mut().insert(
                 actix_web::http::header::RETRY_AFTER,
                 "5".parse().expect("a valid header"),

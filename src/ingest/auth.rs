@@ -91,6 +91,31 @@ impl fmt::Display for AuthFailure {
 impl std::error::Error for AuthFailure {}
 
 impl SourceAuth {
+    /// Checks what can be checked from the request head alone, before any of the body is
+    /// read: a shared header completely; Svix / Standard Webhooks headers for presence,
+    /// shape (an id, a timestamp, at least one `v1,` signature of 32 bytes) and timestamp
+    /// tolerance. A request refused here costs the gateway no body buffer.
+    pub fn check_head(&self, headers: &HeaderMap) -> Result<(), AuthFailure> {
+        match self {
+            SourceAuth::None => Ok(()),
+            SourceAuth::Header { .. } => self.verify(headers, Bytes::new()).map(drop),
+            SourceAuth::Svix { tolerance, .. } => {
+                let signed = signature_headers(headers)?;
+                check_timestamp(signed.timestamp, *tolerance, SystemTime::now())?;
+                if signed.id.is_empty() || !has_v1_signature(&signed.headers) {
+                    return Err(AuthFailure::Malformed);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether [`SourceAuth::check_head`] alone proves the sender (a shared header), as
+    /// opposed to a signature that only the body can confirm, or no authentication.
+    pub fn authenticates_from_head(&self) -> bool {
+        matches!(self, SourceAuth::Header { .. })
+    }
+
     /// Checks a request and, if it is authentic, hands out its body as [`Verified`].
     pub fn verify(&self, headers: &HeaderMap, body: Bytes) -> Result<Verified, AuthFailure> {
         match self {
@@ -166,6 +191,26 @@ fn svix_message_id(headers: &HeaderMap) -> Option<String> {
         .find_map(|[id, _, _]| headers.get(*id))
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+/// Whether the signature header holds at least one `v1,<base64 of 32 bytes>` entry (the
+/// only scheme Svix and Standard Webhooks define); the rest of the header is ignored.
+fn has_v1_signature(headers: &http1::HeaderMap) -> bool {
+    use base64::Engine as _;
+    let Some(value) = headers
+        .iter()
+        .find(|(name, _)| name.as_str().ends_with("-signature"))
+        .and_then(|(_, v)| v.to_str().ok())
+    else {
+        return false;
+    };
+    value.split_whitespace().any(|entry| {
+        entry.strip_prefix("v1,").is_some_and(|sig| {
+            base64::engine::general_purpose::STANDARD
+                .decode(sig)
+                .is_ok_and(|bytes| bytes.len() == 32)
+        })
+    })
 }
 
 struct SignatureHeaders {
@@ -358,6 +403,52 @@ mod tests {
             svix(&[SECRET]).verify(&h, Bytes::new()).unwrap_err(),
             AuthFailure::Malformed
         );
+    }
+
+    #[test]
+    fn the_head_check_refuses_what_the_body_cannot_change() {
+        let auth = svix(&[SECRET]);
+        let ok = signed("svix", SECRET, now(), b"any body");
+        assert!(auth.check_head(&ok).is_ok(), "a well-formed head passes");
+
+        let mut missing = ok.clone();
+        missing.remove("svix-id");
+        assert_eq!(
+            auth.check_head(&missing).unwrap_err(),
+            AuthFailure::MissingSignature
+        );
+        assert!(matches!(
+            auth.check_head(&signed("svix", SECRET, now() - 400, b"")),
+            Err(AuthFailure::TimestampOutsideTolerance { .. })
+        ));
+        for bad in ["v1,notbase64!", "v1,AAAA", "v2,c2lnbmF0dXJl", "garbage"] {
+            let mut h = ok.clone();
+            h.insert(
+                HeaderName::from_static("svix-signature"),
+                HeaderValue::from_str(bad).unwrap(),
+            );
+            assert_eq!(
+                auth.check_head(&h).unwrap_err(),
+                AuthFailure::Malformed,
+                "{bad}"
+            );
+        }
+
+        let header = SourceAuth::Header {
+            name: HeaderName::from_static("x-token"),
+            value: SecretString::from("s3cret"),
+        };
+        let mut h = HeaderMap::new();
+        h.insert(
+            HeaderName::from_static("x-token"),
+            HeaderValue::from_static("wrong"),
+        );
+        assert_eq!(header.check_head(&h).unwrap_err(), AuthFailure::Mismatch);
+        h.insert(
+            HeaderName::from_static("x-token"),
+            HeaderValue::from_static("s3cret"),
+        );
+        assert!(header.check_head(&h).is_ok());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Serialize;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::Instrument;
 
 use crate::config::{Source, Target};
@@ -26,6 +27,33 @@ use crate::metrics::{IngestResult, Metrics, UNKNOWN_SOURCE};
 use crate::store::{Accept, Ignored, IngestOutcome, NewEvent, Store, StoreError};
 use crate::vendors::{Normalized, Recognized, printable};
 
+/// Body bytes all requests together may buffer at once (`server.max_body_bytes_in_flight`),
+/// so that many large bodies cannot exhaust memory. Permits are bytes. Half is for requests
+/// whose head already authenticated them (a shared header), half for those whose signature
+/// can only be checked over the body: senders without credentials can fill only their half,
+/// and never hold up an authenticated vendor.
+pub struct BodyBudget {
+    authenticated: Semaphore,
+    unverified: Semaphore,
+}
+
+impl BodyBudget {
+    pub fn new(bytes: usize) -> BodyBudget {
+        BodyBudget {
+            authenticated: Semaphore::new(bytes / 2),
+            unverified: Semaphore::new(bytes - bytes / 2),
+        }
+    }
+
+    fn for_source(&self, source: &Source) -> &Semaphore {
+        if source.auth.authenticates_from_head() {
+            &self.authenticated
+        } else {
+            &self.unverified
+        }
+    }
+}
+
 /// What the ingest handler needs, shared by all HTTP workers.
 pub struct IngestState {
     pub sources: HashMap<String, Source>,
@@ -34,6 +62,7 @@ pub struct IngestState {
     pub dispatcher: Dispatcher,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    pub body_budget: BodyBudget,
     pub body_timeout: Duration,
 }
 
@@ -137,7 +166,10 @@ async fn handle(
         .sources
         .get(source_name)
         .ok_or_else(|| ApiError::UnknownSource(printable(source_name, 64)))?;
-    let body = read_body(request, payload, state.max_body_bytes, state.body_timeout).await?;
+    // Refuse what the head already shows to be unauthenticated before reading any body.
+    source.auth.check_head(request.headers())?;
+    let budget = state.body_budget.for_source(source);
+    let (body, _reserved) = read_body(request, payload, budget, state).await?;
     let received_at = Timestamp::now();
     let verified = source.auth.verify(request.headers(), body)?;
     let message_id = verified.message_id().map(str::to_owned);
@@ -243,13 +275,17 @@ pub fn build_accept(
     }
 }
 
-/// Reads the whole body, refusing it as soon as it is known to exceed `limit`.
-async fn read_body(
+/// Reads the whole body within `body_timeout`, refusing it as soon as it is known to exceed
+/// `max_body_bytes`. The bytes are first reserved from the source's share of the body budget (the declared
+/// length, else the limit); the reservation is held for as long as the body is.
+async fn read_body<'a>(
     request: &HttpRequest,
     mut payload: web::Payload,
-    limit: usize,
-    timeout: Duration,
-) -> Result<Bytes, ApiError> {
+    budget: &'a Semaphore,
+    state: &IngestState,
+) -> Result<(Bytes, SemaphorePermit<'a>), ApiError> {
+    let limit = state.max_body_bytes;
+    let timeout = state.body_timeout;
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
@@ -258,6 +294,14 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
+    let deadline = tokio::time::Instant::now() + timeout;
+    // `max_body_bytes_in_flight` is checked to fit in u32 and to hold `limit` in each half.
+    let reserve = declared.unwrap_or(limit).max(1) as u32;
+    let permit = match tokio::time::timeout_at(deadline, budget.acquire_many(reserve)).await {
+        Ok(Ok(permit)) => permit,
+        // Waiting for room is the gateway's state, not the sender's fault: retryable.
+        Ok(Err(_)) | Err(_) => return Err(ApiError::Overloaded),
+    };
     let read = async {
         let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
         while let Some(chunk) = payload.next().await {
@@ -267,9 +311,9 @@ async fn read_body(
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(body.freeze())
+        Ok((body.freeze(), permit))
     };
-    tokio::time::timeout(timeout, read)
+    tokio::time::timeout_at(deadline, read)
         .await
         .map_err(|_| ApiError::BodyTimeout(timeout.as_millis() as u64))?
 }
