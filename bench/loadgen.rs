@@ -4,6 +4,8 @@
 //!
 //!     cargo run --release --bin loadgen                  # full run (see BENCHMARKS.md)
 //!     cargo run --release --bin loadgen -- --smoke       # a few seconds, for CI
+//!     cargo run --release --bin loadgen -- --scrapers 16 --pending 1000000
+//!                              # ingest latency while /metrics is scraped over a big backlog
 //!
 //! Roles (the binary re-executes itself, so each server is its own process whose memory and
 //! CPU can be read from /proc): `--role bare PORT_FILE` and `--role gateway CONFIG PORT_FILE`.
@@ -30,6 +32,8 @@ struct Settings {
     duration: Duration,
     store: String,
     smoke: bool,
+    /// `Some((scrapers, pending))`: the scrape-stall run instead of the benchmark.
+    scrape: Option<(usize, u64)>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,7 +55,21 @@ fn main() -> anyhow::Result<()> {
         ),
         store: value("--store").unwrap_or_else(|| "sqlite".into()),
         smoke,
+        scrape: match value("--scrapers") {
+            Some(n) => Some((
+                n.parse()?,
+                value("--pending").map_or(Ok(1_000_000), |v| v.parse())?,
+            )),
+            None => None,
+        },
     };
+    if let Some((scrapers, pending)) = settings.scrape {
+        return tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?
+            .block_on(scrape_stall(settings, scrapers, pending));
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -587,4 +605,98 @@ impl Latencies {
     fn clone_percentile(&self, p: f64) -> Duration {
         Latencies(self.0.clone()).percentile(p)
     }
+}
+
+/// Ingest latency while `scrapers` clients scrape `/metrics` back to back, with `pending`
+/// deliveries waiting in the SQLite store (of a target no longer configured, so no worker
+/// touches them): what an operator's dashboards cost the vendors.
+async fn scrape_stall(settings: Settings, scrapers: usize, pending: u64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let receiver_port = listener.local_addr()?.port();
+    tokio::spawn(
+        HttpServer::new(|| {
+            App::new().default_service(web::to(|| async { HttpResponse::NoContent().finish() }))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run(),
+    );
+    let config = gateway_config(dir.path(), "sqlite", receiver_port)?;
+    // Start once for the schema, then fill the backlog while the gateway is down.
+    drop(Child::spawn(
+        &["gateway", config.to_str().context("UTF-8 path")?],
+        dir.path(),
+    )?);
+    std::fs::remove_file(dir.path().join("port-gateway"))?;
+    let db = rusqlite::Connection::open(dir.path().join("bench.db"))?;
+    // The backlog's event is not stored: only the deliveries' count matters here.
+    db.execute_batch("PRAGMA foreign_keys = OFF")?;
+    db.execute(
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < ?1)
+         INSERT INTO deliveries (id, event_id, target, status, next_attempt_at, created_at, updated_at)
+         SELECT 'dlv_backlog_' || x, 'evt_backlog', 'removed', 'pending', 0, 0, 0 FROM n",
+        [pending as i64],
+    )?;
+    drop(db);
+    let gateway = Child::spawn(
+        &["gateway", config.to_str().context("UTF-8 path")?],
+        dir.path(),
+    )?;
+    println!(
+        "loadgen --scrapers {scrapers} --pending {pending}: {} connections, {:?} per phase",
+        settings.connections, settings.duration
+    );
+
+    let mut quiet = load(gateway.port, settings.connections, settings.duration, None).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let scrapes = Arc::new(std::sync::Mutex::new(Latencies::default()));
+    let mut tasks = Vec::new();
+    for _ in 0..scrapers {
+        let (stop, scrapes) = (stop.clone(), scrapes.clone());
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nhost: 127.0.0.1:{}\r\n\r\n",
+            gateway.port
+        );
+        let port = gateway.port;
+        tasks.push(tokio::spawn(async move {
+            let mut connection = Connection::open(port).await?;
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                connection.exchange(request.as_bytes()).await?;
+                let took = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                scrapes.lock().unwrap().0.push(took);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let mut scraped = load(gateway.port, settings.connections, settings.duration, None).await?;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await??;
+    }
+    let mut scrapes = std::mem::take(&mut *scrapes.lock().unwrap());
+    println!();
+    println!("| ingest, closed loop | req/s | p50 | p95 | p99 |");
+    println!("|---|---|---|---|---|");
+    for (name, r) in [("no scrapers", &mut quiet), ("while scraped", &mut scraped)] {
+        println!(
+            "| {name} | {:.0} | {} | {} | {} |",
+            r.rate(),
+            ms(r.latencies.percentile(0.5)),
+            ms(r.latencies.percentile(0.95)),
+            ms(r.latencies.percentile(0.99))
+        );
+    }
+    println!(
+        "| /metrics scrapes: {} in all, p50 / p95 | {} / {} | | | |",
+        scrapes.0.len(),
+        ms(scrapes.percentile(0.5)),
+        ms(scrapes.percentile(0.95))
+    );
+    if scraped.errors + quiet.errors > 0 {
+        bail!("{} ingest errors", scraped.errors + quiet.errors);
+    }
+    Ok(())
 }

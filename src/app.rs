@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::delivery::{WorkerHealth, Workers};
-use crate::error::{ApiError, error_response};
+use crate::error::{ApiError, chain, error_response};
 use crate::ingest::{self, IngestState};
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
@@ -42,6 +42,29 @@ struct Ops {
     workers: WorkerHealth,
     metrics: Arc<Metrics>,
     targets: Vec<String>,
+    /// When the store-derived gauges were last read; the lock makes concurrent scrapes
+    /// share one read.
+    gauges_read: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// How long store-derived gauges are reused: however many scrapers there are, the store
+/// counts deliveries at most this often.
+const GAUGES_FRESH_FOR: Duration = Duration::from_secs(1);
+
+impl Ops {
+    async fn refresh_gauges(&self) {
+        let mut read = self.gauges_read.lock().await;
+        if read.is_some_and(|at| at.elapsed() < GAUGES_FRESH_FOR) {
+            return;
+        }
+        match self.store.delivery_counts().await {
+            Ok(counts) => self.metrics.set_delivery_counts(&self.targets, &counts),
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "Cannot read delivery counts for /metrics")
+            }
+        }
+        *read = Some(std::time::Instant::now());
+    }
 }
 
 impl Application {
@@ -50,6 +73,7 @@ impl Application {
             tracing::warn!(warning = %warning, "Configuration warning");
         }
         let store = store::open(&config.storage).await?;
+        warn_of_orphans(store.as_ref(), &config.targets).await;
         let metrics = Arc::new(Metrics::new());
         let targets: Vec<_> = config.targets.into_iter().map(Arc::new).collect();
         let (dispatcher, workers) = Workers::start(
@@ -89,6 +113,7 @@ impl Application {
             workers: workers.health(),
             metrics: metrics.clone(),
             targets: targets.iter().map(|t| t.name.clone()).collect(),
+            gauges_read: tokio::sync::Mutex::new(None),
         });
         let ingest_state = web::Data::new(IngestState {
             sources,
@@ -182,6 +207,26 @@ impl Application {
     }
 }
 
+/// Pending deliveries of a target that is no longer configured wait, listed and retryable,
+/// until it is configured again; say so at start-up, naming each target and its count.
+async fn warn_of_orphans(store: &dyn Store, targets: &[crate::config::Target]) {
+    match store.delivery_counts().await {
+        Ok(counts) => {
+            for c in counts
+                .iter()
+                .filter(|c| c.pending > 0 && !targets.iter().any(|t| t.name == c.target))
+            {
+                tracing::warn!(
+                    target_name = %c.target,
+                    pending = c.pending,
+                    "Pending deliveries of a target that is not configured wait until it is again"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %chain(&e), "Cannot count deliveries at start-up"),
+    }
+}
+
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
@@ -204,22 +249,24 @@ async fn readyz(health: web::Data<Ops>) -> HttpResponse {
     }
 }
 
-async fn metrics_text(ops: web::Data<Ops>) -> HttpResponse {
-    match ops.store.queue_depth().await {
-        Ok(depths) => {
-            for target in &ops.targets {
-                let depth = depths
-                    .iter()
-                    .find(|(t, _)| t == target)
-                    .map_or(0, |(_, n)| *n);
-                ops.metrics.set_queue_depth(target, depth);
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "Cannot read the queue depth for /metrics"),
+/// Prometheus text 0.0.4, or OpenMetrics when the scraper's `Accept` asks for it.
+async fn metrics_text(request: HttpRequest, ops: web::Data<Ops>) -> HttpResponse {
+    ops.refresh_gauges().await;
+    let openmetrics = request
+        .headers()
+        .get_all(actix_web::http::header::ACCEPT)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().starts_with("application/openmetrics-text"));
+    if openmetrics {
+        HttpResponse::Ok()
+            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(ops.metrics.render())
+    } else {
+        HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(ops.metrics.render_prometheus())
     }
-    HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(ops.metrics.render())
 }
 
 async fn method_not_allowed(request: HttpRequest) -> HttpResponse {

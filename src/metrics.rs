@@ -18,6 +18,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::event::{EventId, Timestamp};
+use crate::store::TargetCounts;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
@@ -33,6 +34,11 @@ struct RejectLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabels {
     target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
 }
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -93,6 +99,8 @@ pub struct Metrics {
     failed_attempts: Family<TargetLabels, Counter>,
     dead: Family<TargetLabels, Counter>,
     queue_depth: Family<TargetLabels, Gauge>,
+    deliveries_dead: Family<TargetLabels, Gauge>,
+    orphaned: Family<TargetLabels, Gauge>,
     claims: Family<TargetLabels, Counter>,
     handed_over: Family<TargetLabels, Counter>,
     attempt_seconds: Histograms<TargetLabels>,
@@ -119,6 +127,8 @@ impl Metrics {
             failed_attempts: Family::default(),
             dead: Family::default(),
             queue_depth: Family::default(),
+            deliveries_dead: Family::default(),
+            orphaned: Family::default(),
             claims: Family::default(),
             handed_over: Family::default(),
             attempt_seconds: Family::new_with_constructor(attempt_buckets),
@@ -175,6 +185,23 @@ impl Metrics {
             "Pending deliveries (due or waiting to retry)",
             m.queue_depth.clone(),
         );
+        registry.register(
+            "deliveries_dead",
+            "Dead deliveries now (kept, retryable from the admin API)",
+            m.deliveries_dead.clone(),
+        );
+        registry.register(
+            "orphaned_deliveries",
+            "Pending deliveries of a target no longer configured; delivered once it is again",
+            m.orphaned.clone(),
+        );
+        let build_info: Family<VersionLabels, Gauge> = Family::default();
+        build_info
+            .get_or_create(&VersionLabels {
+                version: crate::VERSION.to_owned(),
+            })
+            .set(1);
+        registry.register("build_info", "The running build (always 1)", build_info);
         registry.register(
             "delivery_claims",
             "Times a delivery worker asked the store for due deliveries",
@@ -322,12 +349,35 @@ impl Metrics {
             .inc();
     }
 
-    pub fn set_queue_depth(&self, target: &str, depth: u64) {
-        self.queue_depth
-            .get_or_create(&TargetLabels {
-                target: target.to_owned(),
-            })
-            .set(depth as i64);
+    /// Sets the store-derived gauges: queue depth and dead deliveries of every configured
+    /// target (0 when it has none), and pending deliveries of targets no longer configured.
+    pub fn set_delivery_counts(&self, configured: &[String], counts: &[TargetCounts]) {
+        let label = |target: &str| TargetLabels {
+            target: target.to_owned(),
+        };
+        for target in configured {
+            let c = counts.iter().find(|c| &c.target == target);
+            let label = label(target);
+            self.queue_depth
+                .get_or_create(&label)
+                .set(c.map_or(0, |c| c.pending) as i64);
+            self.deliveries_dead
+                .get_or_create(&label)
+                .set(c.map_or(0, |c| c.dead) as i64);
+        }
+        // Orphans that were delivered or retargeted since the last scrape drop to 0.
+        self.orphaned.clear();
+        for c in counts.iter().filter(|c| !configured.contains(&c.target)) {
+            let label = label(&c.target);
+            if c.pending > 0 {
+                self.orphaned.get_or_create(&label).set(c.pending as i64);
+            }
+            if c.dead > 0 {
+                self.deliveries_dead
+                    .get_or_create(&label)
+                    .set(c.dead as i64);
+            }
+        }
     }
 
     /// The registry in the OpenMetrics text format.
@@ -335,6 +385,40 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// The registry in the Prometheus text format 0.0.4, what a scraper gets unless it asks
+    /// for OpenMetrics. The two differ only in metadata: a counter's `# TYPE`/`# HELP` name
+    /// carries its `_total` suffix, and there are no `# UNIT` or `# EOF` lines.
+    pub fn render_prometheus(&self) -> String {
+        let open = self.render();
+        let counters: Vec<&str> = open
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.strip_suffix(" counter"))
+            .collect();
+        let mut out = String::with_capacity(open.len());
+        for line in open.lines() {
+            if line == "# EOF" || line.starts_with("# UNIT ") {
+                continue;
+            }
+            let meta = ["# TYPE ", "# HELP "]
+                .iter()
+                .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+            match meta {
+                Some((prefix, rest)) => {
+                    let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                    if counters.contains(&name) {
+                        out.push_str(&format!("{prefix}{name}_total {tail}"));
+                    } else {
+                        out.push_str(line);
+                    }
+                }
+                None => out.push_str(line),
+            }
+            out.push('\n');
+        }
         out
     }
 }
@@ -383,7 +467,21 @@ mod tests {
             Some(500),
             None,
         );
-        m.set_queue_depth("crm", 7);
+        m.set_delivery_counts(
+            &["crm".to_owned()],
+            &[
+                TargetCounts {
+                    target: "crm".into(),
+                    pending: 7,
+                    dead: 2,
+                },
+                TargetCounts {
+                    target: "removed".into(),
+                    pending: 3,
+                    dead: 0,
+                },
+            ],
+        );
         let text = m.render();
         for line in [
             r#"sessiongate_received_total{source="pathors"} 3"#,
@@ -394,10 +492,36 @@ mod tests {
             r#"sessiongate_delivery_failed_attempts_total{target="crm"} 1"#,
             r#"sessiongate_dead_total{target="crm"} 1"#,
             r#"sessiongate_queue_depth{target="crm"} 7"#,
+            r#"sessiongate_deliveries_dead{target="crm"} 2"#,
+            r#"sessiongate_orphaned_deliveries{target="removed"} 3"#,
+            &format!(
+                r#"sessiongate_build_info{{version="{}"}} 1"#,
+                crate::VERSION
+            ),
             r#"sessiongate_end_to_end_seconds_count{target="crm"} 1"#,
             r#"sessiongate_ingest_duration_seconds_count{source="pathors"} 3"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
+        assert!(!text.contains("queue_depth{target=\"removed\"}"));
+    }
+
+    #[test]
+    fn prometheus_text_names_counters_with_their_suffix_and_has_no_eof() {
+        let m = Metrics::new();
+        m.ingested("p", IngestResult::Ignored(None), Duration::ZERO);
+        let text = m.render_prometheus();
+        assert!(
+            text.contains("# TYPE sessiongate_received_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP sessiongate_received_total "),
+            "{text}"
+        );
+        assert!(text.contains("sessiongate_received_total{source=\"p\"} 1\n"));
+        assert!(text.contains("# TYPE sessiongate_ingest_duration_seconds histogram\n"));
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+        assert!(m.render().ends_with("# EOF\n"));
     }
 }

@@ -287,6 +287,43 @@ impl DeliveryStatus {
 }
 
 /// A delivery as the store knows it.
+/// How many deliveries of one target wait, and how many are dead.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetCounts {
+    pub target: String,
+    pub pending: u64,
+    pub dead: u64,
+}
+
+/// Folds `(target, status, count)` rows into one [`TargetCounts`] per target.
+pub(crate) fn fold_counts(
+    rows: impl IntoIterator<Item = (String, String, u64)>,
+) -> Vec<TargetCounts> {
+    let mut counts: Vec<TargetCounts> = Vec::new();
+    for (target, status, n) in rows {
+        let i = match counts.iter().position(|c| c.target == target) {
+            Some(i) => i,
+            None => {
+                counts.push(TargetCounts {
+                    target,
+                    ..TargetCounts::default()
+                });
+                counts.len() - 1
+            }
+        };
+        match status.as_str() {
+            "pending" => counts[i].pending += n,
+            "dead" => counts[i].dead += n,
+            _ => {}
+        }
+    }
+    counts
+}
+
+/// The statement both stores count deliveries with.
+pub(crate) const COUNT_DELIVERIES: &str = "SELECT target, status, COUNT(*) FROM deliveries \
+     WHERE status IN ('pending', 'dead') GROUP BY target, status";
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryInfo {
@@ -430,8 +467,9 @@ pub trait Store: Send + Sync {
         session_id: &str,
     ) -> Result<Option<SessionView>, StoreError>;
 
-    /// Pending deliveries per target.
-    async fn queue_depth(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Pending and dead deliveries per target, read off the write path (gauges are read on
+    /// every scrape and must never hold up ingest).
+    async fn delivery_counts(&self) -> Result<Vec<TargetCounts>, StoreError>;
 
     /// Succeeds while the store can serve requests.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -29,10 +29,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Statement};
 
 use super::{
-    Accept, AcceptPlan, AttemptInfo, AttemptRecord, ClaimedDelivery, Completion, DeliveryFilter,
-    DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handed, Ignored, IngestOutcome,
-    NewEvent, RetryOutcome, SessionView, Store, StoreError, StoredEvent, lease_token, now_ms,
-    plan_accept,
+    Accept, AcceptPlan, AttemptInfo, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion,
+    DeliveryFilter, DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handed, Ignored,
+    IngestOutcome, NewEvent, RetryOutcome, SessionView, Store, StoreError, StoredEvent,
+    TargetCounts, fold_counts, lease_token, now_ms, plan_accept,
 };
 use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
@@ -799,17 +799,12 @@ impl Store for PgStore {
         }))
     }
 
-    async fn queue_depth(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let rows = self
-            .query(
-                "SELECT target, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY target",
-                &[],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
-            .collect())
+    async fn delivery_counts(&self) -> Result<Vec<TargetCounts>, StoreError> {
+        let rows = self.query(COUNT_DELIVERIES, &[]).await?;
+        Ok(fold_counts(
+            rows.iter()
+                .map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2) as u64)),
+        ))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

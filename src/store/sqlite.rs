@@ -24,9 +24,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Accept, AcceptPlan, AttemptInfo, AttemptRecord, ClaimedDelivery, Completion, DeliveryFilter,
-    DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handed, Ignored, IngestOutcome,
-    RetryOutcome, SessionView, Store, StoreError, StoredEvent, lease_token, now_ms, plan_accept,
+    Accept, AcceptPlan, AttemptInfo, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion,
+    DeliveryFilter, DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handed, Ignored,
+    IngestOutcome, RetryOutcome, SessionView, Store, StoreError, StoredEvent, TargetCounts,
+    fold_counts, lease_token, now_ms, plan_accept,
 };
 use crate::config::Synchronous;
 use crate::event::{EventId, Timestamp};
@@ -51,6 +52,8 @@ enum Msg {
 
 pub struct SqliteStore {
     tx: mpsc::Sender<Msg>,
+    /// A read-only connection for reads that must not wait for, nor hold up, the writer.
+    reader: Arc<std::sync::Mutex<Connection>>,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -163,6 +166,20 @@ impl SqliteStore {
             tracing::info!(released, "Released leases left by a previous run");
         }
 
+        let reader = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|conn| {
+            conn.execute_batch("PRAGMA busy_timeout = 5000;")
+                .map(|()| conn)
+        })
+        .with_context(|| {
+            format!(
+                "Failed to open a reader on the SQLite store {}",
+                path.display()
+            )
+        })?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let unsynced = Arc::new(AtomicUsize::new(0));
         let syncer = match synchronous {
@@ -214,7 +231,10 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || writer.run(rx))
             .context("Failed to start the SQLite writer thread")?;
-        Ok(SqliteStore { tx })
+        Ok(SqliteStore {
+            tx,
+            reader: Arc::new(std::sync::Mutex::new(reader)),
+        })
     }
 
     /// Runs `f` on the writer thread inside the next batch; answers after the commit.
@@ -1050,15 +1070,24 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn queue_depth(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.call(|conn| {
-            conn.prepare_cached(
-                "SELECT target, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY target",
-            )?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect()
+    async fn delivery_counts(&self) -> Result<Vec<TargetCounts>, StoreError> {
+        // On the reader connection, never the writer: a count over a million pending
+        // deliveries takes ~0.1 s, which on the writer thread every ingest would wait for.
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            conn.prepare_cached(COUNT_DELIVERIES)?
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map(fold_counts)
         })
         .await
+        .map_err(|e| StoreError::Backend(Box::new(e)))?
+        .map_err(|e| StoreError::Backend(Box::new(e)))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -1218,11 +1247,51 @@ mod tests {
             largest < written / 8,
             "the WAL grew to {largest} bytes for {written} bytes of bodies: it never starts over"
         );
-        let depth = store.queue_depth().await.unwrap();
+        let counts = store.delivery_counts().await.unwrap();
         assert_eq!(
-            depth,
-            vec![("t".to_owned(), 16 * 160)],
+            counts,
+            vec![TargetCounts {
+                target: "t".to_owned(),
+                pending: 16 * 160,
+                dead: 0
+            }],
             "nothing lost on the way"
         );
+    }
+
+    /// `/metrics` reads delivery counts on every scrape: they must come while the writer is
+    /// busy, and must not make the writer wait (with a million pending deliveries one count
+    /// took 0.1 s, and 16 scrapers put ingest p95 at 1.4 s).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delivery_counts_never_wait_for_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            SqliteStore::open(&dir.path().join("s.db"), Synchronous::Full)
+                .await
+                .unwrap(),
+        );
+        store.accept(accept("s1")).await.unwrap();
+        let (started, writer_busy) = std::sync::mpsc::channel();
+        let (release, until_released) = std::sync::mpsc::channel::<()>();
+        let blocked = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .call(move |_| {
+                        started.send(()).unwrap();
+                        let _ = until_released.recv_timeout(Duration::from_secs(30));
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        writer_busy.recv().unwrap();
+        let counts = tokio::time::timeout(Duration::from_secs(5), store.delivery_counts())
+            .await
+            .expect("counted while the writer is busy")
+            .unwrap();
+        assert_eq!(counts[0].pending, 1);
+        release.send(()).unwrap();
+        blocked.await.unwrap().unwrap();
     }
 }
