@@ -114,6 +114,8 @@ pub struct Target {
     pub headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
     pub include_raw: bool,
     pub timeout: Duration,
+    /// Attempts before a delivery is dead (`[delivery] max_attempts` unless the target says).
+    pub max_attempts: u32,
     /// How long a claimed or handed-over delivery stays leased to one worker; after that another worker
     /// (on any replica) may take it over.
     pub lease: Duration,
@@ -333,6 +335,7 @@ struct RawTarget {
     #[serde(default = "yes")]
     include_raw: bool,
     timeout_ms: Option<u64>,
+    max_attempts: Option<u32>,
     max_in_flight: Option<usize>,
 }
 
@@ -356,12 +359,7 @@ impl RawConfig {
         let mut inline_secrets = Vec::new();
         let mut secret = |key: &str, value: &str| -> Result<String, ConfigError> {
             match value.strip_prefix("env:") {
-                Some(var) => env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
-                    invalid(
-                        key,
-                        format!("environment variable {var} is not set or empty"),
-                    )
-                }),
+                Some(_) => reference(key, value, env),
                 None if value.is_empty() => Err(invalid(key, "must not be empty")),
                 None => {
                     inline_secrets.push(format!(
@@ -551,13 +549,15 @@ impl RawConfig {
                     format!("target name `{}` is used twice", t.name),
                 ));
             }
-            let url = reqwest::Url::parse(&t.url)
+            // Any url and header value may be `env:VAR` (a URL or header can carry a token).
+            let t_url = reference(&format!("{key}.url"), &t.url, env)?;
+            let url = reqwest::Url::parse(&t_url)
                 .ok()
                 .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
                 .ok_or_else(|| {
                     invalid(
                         format!("{key}.url"),
-                        format!("`{}` is not an http(s) URL", redact_url(&t.url)),
+                        format!("`{}` is not an http(s) URL", redact_url(&t_url)),
                     )
                 })?;
             let events = t
@@ -608,8 +608,10 @@ impl RawConfig {
                         "is set by the gateway and cannot be overridden",
                     ));
                 }
-                let value = reqwest::header::HeaderValue::from_str(value)
+                let value = reference(&k, value, env)?;
+                let mut value = reqwest::header::HeaderValue::from_str(&value)
                     .map_err(|_| invalid(&k, "is not a valid header value"))?;
+                value.set_sensitive(true);
                 headers.push((header, value));
             }
             if let Some(ms) = t.timeout_ms {
@@ -617,6 +619,9 @@ impl RawConfig {
             }
             if let Some(n) = t.max_in_flight {
                 positive(&format!("{key}.max_in_flight"), n as u64)?;
+            }
+            if let Some(n) = t.max_attempts {
+                positive(&format!("{key}.max_attempts"), n.into())?;
             }
             let timeout = t.timeout_ms.map_or(delivery.timeout, Duration::from_millis);
             let lease = match lease_ms {
@@ -642,6 +647,7 @@ impl RawConfig {
                 headers,
                 include_raw: t.include_raw,
                 timeout,
+                max_attempts: t.max_attempts.unwrap_or(delivery.max_attempts),
                 lease,
                 max_in_flight: t.max_in_flight.unwrap_or(delivery.max_in_flight),
             });
@@ -656,6 +662,24 @@ impl RawConfig {
             targets,
             warnings: inline_secrets,
         })
+    }
+}
+
+/// A value that may be written `env:VAR`: the variable's value (an error naming it when
+/// unset or empty), else the value as written.
+fn reference(
+    key: &str,
+    value: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    match value.strip_prefix("env:") {
+        Some(var) => env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+            invalid(
+                key,
+                format!("environment variable {var} is not set or empty"),
+            )
+        }),
+        None => Ok(value.to_owned()),
     }
 }
 
@@ -910,6 +934,43 @@ mod tests {
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
         assert!(c.warnings[0].contains("sources[0].auth.value"));
         assert!(c.warnings[1].contains("`open`"));
+    }
+
+    #[test]
+    fn target_urls_and_headers_may_come_from_the_environment_and_override_attempts() {
+        let env = |name: &str| match name {
+            "CRM_URL" => Some("https://crm.example.com/hooks?key=k".to_owned()),
+            "CRM_TOKEN" => Some("Bearer crm-token".to_owned()),
+            _ => None,
+        };
+        let c = Config::from_toml(
+            "[delivery]\nmax_attempts = 12\n[[targets]]\nname = \"crm\"\nurl = \"env:CRM_URL\"\nheaders = { \"Authorization\" = \"env:CRM_TOKEN\" }\nmax_attempts = 20\ntimeout_ms = 5000\n[[targets]]\nname = \"other\"\nurl = \"http://x\"",
+            &env,
+        )
+        .unwrap();
+        let t = &c.targets[0];
+        assert_eq!(t.url.as_str(), "https://crm.example.com/hooks?key=k");
+        assert_eq!(t.headers[0].1, "Bearer crm-token");
+        assert!(t.headers[0].1.is_sensitive());
+        assert_eq!((t.max_attempts, t.timeout), (20, Duration::from_secs(5)));
+        assert_eq!(c.targets[1].max_attempts, 12);
+        for (toml, key) in [
+            (
+                "[[targets]]\nname = \"t\"\nurl = \"env:NOPE_URL\"",
+                "NOPE_URL",
+            ),
+            (
+                "[[targets]]\nname = \"t\"\nurl = \"http://x\"\nheaders = { \"X-A\" = \"env:NOPE_H\" }",
+                "targets[0].headers.X-A",
+            ),
+            (
+                "[[targets]]\nname = \"t\"\nurl = \"http://x\"\nmax_attempts = 0",
+                "targets[0].max_attempts",
+            ),
+        ] {
+            let err = Config::from_toml(toml, &env).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

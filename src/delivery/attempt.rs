@@ -46,7 +46,6 @@ pub(super) struct Job {
     pub target: Arc<Target>,
     pub client: reqwest::Client,
     pub store: Arc<dyn Store>,
-    pub max_attempts: u32,
     pub retry: RetryPolicy,
     pub metrics: Arc<Metrics>,
     pub delivery: ClaimedDelivery,
@@ -87,7 +86,7 @@ impl Job {
         let next = next_step(
             answer.verdict,
             attempt,
-            self.max_attempts,
+            self.target.max_attempts,
             &self.retry,
             rand::random(),
         );
@@ -107,7 +106,7 @@ impl Job {
                 Completion::Dead,
                 AttemptResult::Dead {
                     error,
-                    max_attempts: self.max_attempts,
+                    max_attempts: self.target.max_attempts,
                 },
             ),
         };
@@ -183,6 +182,9 @@ impl Job {
                 let verdict = classify_status(status, retry_after.as_deref(), SystemTime::now());
                 let error = match verdict {
                     Verdict::Delivered => None,
+                    Verdict::Gone => {
+                        Some(format!("gone: {}", describe_status(status, response).await))
+                    }
                     Verdict::Retry { .. } => Some(describe_status(status, response).await),
                 };
                 Answer {

@@ -384,7 +384,6 @@ impl TargetWorker {
             target: self.target.clone(),
             client: self.client.clone(),
             store: self.store.clone(),
-            max_attempts: self.config.max_attempts,
             retry: self.config.retry.clone(),
             metrics: self.metrics.clone(),
             delivery,

@@ -1,6 +1,7 @@
 //! Retry decisions: pure functions from an attempt's result to what happens next.
 //!
-//! 2xx is delivered; anything else (status, timeout, connection error) is retried on an
+//! 2xx is delivered; 410 Gone is dead at once (the receiver says the endpoint is gone for
+//! good); anything else (status, timeout, connection error) is retried on an
 //! exponential schedule with jitter, honouring `Retry-After` on 429 and 503, until
 //! `max_attempts`, after which the delivery is dead. No I/O and no clock reads here: the
 //! worker passes `now` and a random number in, so every rule is table-tested.
@@ -45,7 +46,11 @@ impl RetryPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Delivered,
-    Retry { retry_after: Option<Duration> },
+    /// 410: the receiver will never take it; no further attempts.
+    Gone,
+    Retry {
+        retry_after: Option<Duration>,
+    },
 }
 
 /// Classifies a received HTTP status. Transport errors and timeouts are
@@ -53,6 +58,7 @@ pub enum Verdict {
 pub fn classify_status(status: u16, retry_after: Option<&str>, now: SystemTime) -> Verdict {
     match status {
         200..=299 => Verdict::Delivered,
+        410 => Verdict::Gone,
         429 | 503 => Verdict::Retry {
             retry_after: retry_after.and_then(|v| parse_retry_after(v, now)),
         },
@@ -89,6 +95,7 @@ pub fn next_step(
 ) -> Next {
     match verdict {
         Verdict::Delivered => Next::Delivered,
+        Verdict::Gone => Next::Dead,
         Verdict::Retry { .. } if attempts_made >= max_attempts => Next::Dead,
         Verdict::Retry { retry_after } => {
             Next::RetryIn(policy.delay(attempts_made, retry_after, random))
@@ -99,6 +106,19 @@ pub fn next_step(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gone_is_dead_at_once_whatever_the_budget() {
+        let now = SystemTime::now();
+        assert_eq!(classify_status(410, None, now), Verdict::Gone);
+        assert_eq!(next_step(Verdict::Gone, 1, 12, &policy(), 0.5), Next::Dead);
+        for other in [400, 404, 409, 500] {
+            assert!(matches!(
+                next_step(classify_status(other, None, now), 1, 12, &policy(), 0.5),
+                Next::RetryIn(_)
+            ));
+        }
+    }
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
@@ -165,7 +185,8 @@ mod tests {
             (299, None, Verdict::Delivered),
             (301, None, Verdict::Retry { retry_after: None }),
             (400, None, Verdict::Retry { retry_after: None }),
-            (410, Some("5"), Verdict::Retry { retry_after: None }),
+            (410, Some("5"), Verdict::Gone),
+            (404, None, Verdict::Retry { retry_after: None }),
             (500, Some("5"), Verdict::Retry { retry_after: None }),
             (
                 429,

@@ -374,3 +374,151 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
     let response = health().await.expect("served once a connection closed");
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn metrics_negotiate_their_format_and_count_dead_deliveries() {
+    let receiver = TestReceiver::start().await;
+    receiver.answer(Reply::status(500));
+    let mut options = Options::with_targets(format!(
+        "[[targets]]\nname = \"crm\"\nurl = \"{}\"",
+        receiver.url("/")
+    ));
+    options.max_attempts = 1;
+    let app = spawn_app_with(options, None).await;
+    assert_eq!(app.post_pathors(&call_ended("s-dead")).await.status(), 202);
+    app.wait_for_deliveries(sessiongate::store::DeliveryStatus::Dead, 1)
+        .await;
+
+    // Store-derived gauges are reused for up to a second; wait for a fresh read.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let text = loop {
+        let text = app.metrics().await;
+        if text.contains(r#"sessiongate_deliveries_dead{target="crm"} 1"#) {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        text.contains("# TYPE sessiongate_dead_total counter"),
+        "{text}"
+    );
+    assert!(text.contains(&format!(
+        r#"sessiongate_build_info{{version="{}"}} 1"#,
+        env!("CARGO_PKG_VERSION")
+    )));
+    assert!(!text.contains("# EOF"));
+
+    let open = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
+    let content_type = open.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let open = open.text().await.unwrap();
+    assert!(open.ends_with("# EOF\n") && open.contains("# TYPE sessiongate_dead counter"));
+}
+
+#[tokio::test]
+async fn deliveries_of_a_removed_target_are_named_at_start_up_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |targets: &str| {
+        let path = dir.path().join("gate.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+shutdown_timeout_ms = 1000
+[storage]
+url = "sqlite://{}"
+[delivery]
+backoff_initial_ms = 600000
+backoff_max_ms = 600000
+[[sources]]
+name = "pathors"
+vendor = "pathors"
+auth = {{ kind = "header", header = "Authorization", value = "env:TEST_PATHORS_TOKEN" }}
+{targets}
+"#,
+                dir.path().join("gate.db").display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let env = [("TEST_PATHORS_TOKEN", PATHORS_TOKEN)];
+    let client = reqwest::Client::new();
+    {
+        // Port 9 refuses: the delivery fails once and waits ten minutes for its retry.
+        let config = write("[[targets]]\nname = \"crm\"\nurl = \"http://127.0.0.1:9/x\"");
+        let gateway = GatewayProcess::start(&config, &env);
+        for session in ["s-1", "s-2"] {
+            let response = client
+                .post(gateway.url("/ingest/pathors"))
+                .header("authorization", PATHORS_TOKEN)
+                .body(call_ended(session))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+        }
+    }
+    let mut gateway = GatewayProcess::start(&write(""), &env);
+    let text = client
+        .get(gateway.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"sessiongate_orphaned_deliveries{target="crm"} 2"#),
+        "{text}"
+    );
+    let warned = gateway.drain_log().iter().any(|line| {
+        let entry: Value = serde_json::from_str(line).unwrap();
+        entry["level"] == "WARN" && entry["target_name"] == "crm" && entry["pending"] == 2
+    });
+    assert!(warned, "{:#?}", gateway.drain_log());
+}
+
+#[tokio::test]
+async fn gone_is_dead_at_once_and_a_target_may_set_its_own_attempt_budget() {
+    let gone = TestReceiver::start().await;
+    gone.answer(Reply::status(410));
+    let failing = TestReceiver::start().await;
+    failing.answer(Reply::status(500));
+    let mut options = Options::with_targets(format!(
+        "[[targets]]\nname = \"gone\"\nurl = \"{}\"\n[[targets]]\nname = \"short\"\nurl = \"{}\"\nmax_attempts = 2",
+        gone.url("/"),
+        failing.url("/")
+    ));
+    options.max_attempts = 5;
+    let app = spawn_app_with(options, None).await;
+    assert_eq!(app.post_pathors(&call_ended("s-gone")).await.status(), 202);
+    let dead = app
+        .wait_for_deliveries(sessiongate::store::DeliveryStatus::Dead, 2)
+        .await;
+    let of = |target: &str| dead.iter().find(|d| d.target == target).unwrap().clone();
+    assert_eq!(of("gone").attempts, 1, "no attempt after 410");
+    assert!(
+        of("gone").last_error.unwrap().starts_with("gone"),
+        "{:?}",
+        of("gone")
+    );
+    assert_eq!(of("short").attempts, 2, "the target's own max_attempts");
+    assert_eq!((gone.received().len(), failing.received().len()), (1, 2));
+}
