@@ -747,7 +747,8 @@ fn parse_storage_url(url: &str, raw: &RawStorage) -> Result<StorageConfig, Confi
         });
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        if let Err(e) = url.parse::<tokio_postgres::Config>() {
+        let (rest, _) = crate::store::pg_tls::split(url).map_err(|e| invalid("storage.url", e))?;
+        if let Err(e) = rest.parse::<tokio_postgres::Config>() {
             return Err(invalid(
                 "storage.url",
                 format!("not a valid PostgreSQL URL: {e}"),

@@ -11,6 +11,7 @@
 //!
 //! Implementations: [`sqlite`] (embedded, the default) and [`postgres`] (shared by replicas).
 
+pub mod pg_tls;
 pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]

@@ -26,8 +26,9 @@ use anyhow::Context;
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row, Statement};
+use tokio_postgres::{Row, Statement};
 
+use super::pg_tls;
 use super::{
     Accept, AcceptPlan, AttemptInfo, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion,
     DeliveryFilter, DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handed, Ignored,
@@ -111,6 +112,57 @@ fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
+/// Whether an operation failed because its pooled connection was dead (the server
+/// restarted, or terminated the backend) rather than because of the operation: worth one
+/// more try on a fresh connection before a vendor is answered 503.
+fn connection_lost(e: &StoreError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = match e {
+        StoreError::Backend(e) => Some(e.as_ref()),
+        StoreError::Closed => None,
+    };
+    while let Some(e) = cause {
+        if let Some(pg) = e.downcast_ref::<tokio_postgres::Error>() {
+            let code = pg.code().map(|c| c.code());
+            // 08: connection exceptions; 57P01-3: admin / crash shutdown, cannot connect now.
+            if pg.is_closed()
+                || code.is_some_and(|c| {
+                    c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")
+                })
+            {
+                return true;
+            }
+        }
+        if e.downcast_ref::<std::io::Error>().is_some() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Runs `$body` with a pooled connection bound to `$client`; if that connection turns out
+/// to be dead, runs it once more on a fresh one. Only for operations that are safe to repeat
+/// (reads, and writes whose repeat is recognised: an ingest that did commit reads back as a
+/// duplicate of itself).
+macro_rules! on_connection {
+    ($store:expr, |$client:ident| $body:expr) => {{
+        let mut retried = false;
+        loop {
+            let $client = $store.client().await?;
+            match $body {
+                Err(e) if !retried && connection_lost(&e) => {
+                    tracing::warn!(
+                        error = %crate::error::chain(&e),
+                        "A pooled PostgreSQL connection was dead; trying once more on another"
+                    );
+                    retried = true;
+                }
+                result => break result,
+            }
+        }
+    }};
+}
+
 /// A statement prepared once per connection and cached: without it every query would pay
 /// an extra round trip and a server-side parse.
 async fn prepared(client: &impl GenericClient, sql: &str) -> Result<Statement, StoreError> {
@@ -119,10 +171,13 @@ async fn prepared(client: &impl GenericClient, sql: &str) -> Result<Statement, S
 
 impl PgStore {
     pub async fn open(url: &str, pool_size: usize) -> anyhow::Result<PgStore> {
-        let config: tokio_postgres::Config = url.parse().context("Invalid PostgreSQL URL")?;
+        let (url, tls) =
+            pg_tls::split(url).map_err(|e| anyhow::anyhow!("Invalid PostgreSQL URL: {e}"))?;
+        let mut config: tokio_postgres::Config = url.parse().context("Invalid PostgreSQL URL")?;
+        config.ssl_mode(tls.mode.negotiation());
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls.connector()?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -136,7 +191,10 @@ impl PgStore {
             .build()
             .context("Failed to build the PostgreSQL pool")?;
         let store = PgStore { pool };
-        store.migrate().await?;
+        store
+            .migrate()
+            .await
+            .with_context(|| format!("PostgreSQL with sslmode={}", tls.mode.as_str()))?;
         Ok(store)
     }
 
@@ -195,11 +253,12 @@ impl PgStore {
     }
 
     async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(&prepared(&client, sql).await?, params)
-            .await
-            .map_err(backend)
+        on_connection!(self, |client| {
+            match prepared(&client, sql).await {
+                Ok(statement) => client.execute(&statement, params).await.map_err(backend),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     async fn query(
@@ -207,11 +266,12 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
-        let client = self.client().await?;
-        client
-            .query(&prepared(&client, sql).await?, params)
-            .await
-            .map_err(backend)
+        on_connection!(self, |client| {
+            match prepared(&client, sql).await {
+                Ok(statement) => client.query(&statement, params).await.map_err(backend),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     async fn query_one(
@@ -219,11 +279,12 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, StoreError> {
-        let client = self.client().await?;
-        client
-            .query_one(&prepared(&client, sql).await?, params)
-            .await
-            .map_err(backend)
+        on_connection!(self, |client| {
+            match prepared(&client, sql).await {
+                Ok(statement) => client.query_one(&statement, params).await.map_err(backend),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     async fn query_opt(
@@ -231,11 +292,12 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, StoreError> {
-        let client = self.client().await?;
-        client
-            .query_opt(&prepared(&client, sql).await?, params)
-            .await
-            .map_err(backend)
+        on_connection!(self, |client| {
+            match prepared(&client, sql).await {
+                Ok(statement) => client.query_opt(&statement, params).await.map_err(backend),
+                Err(e) => Err(e),
+            }
+        })
     }
 }
 
@@ -415,79 +477,87 @@ const EVENT_COLUMNS: &str = "e.seq, e.id, e.source, e.session_id, e.type, e.body
 const DELIVERY_COLUMNS: &str = "seq, id, event_id, target, status, attempts, next_attempt_at, \
                                 last_status, last_error, created_at, updated_at";
 
+/// One ingest on one connection: read the session, merge, write with a compare-and-set,
+/// and read again when another request changed the session meanwhile.
+async fn accept_on(
+    client: &deadpool_postgres::Object,
+    accept: &Accept,
+) -> Result<IngestOutcome, StoreError> {
+    let read = prepared(client, READ_SESSION).await?;
+    let primary = &accept.events[0];
+    for _ in 0..MAX_SESSION_RACES {
+        let row = client
+            .query_one(
+                &read,
+                &[&accept.vendor, &accept.session_id, &primary.id.as_str()],
+            )
+            .await
+            .map_err(backend)?;
+        if row.get::<_, bool>(3) {
+            return Ok(IngestOutcome::Duplicate {
+                id: primary.id.clone(),
+            });
+        }
+        let version: Option<String> = row.get(2);
+        let (record, finalized) = match row.get::<_, Option<&str>>(0) {
+            Some(json) => (
+                serde_json::from_str::<SessionRecord>(json).map_err(backend)?,
+                row.get::<_, Option<String>>(1).map(EventId::from_stored),
+            ),
+            None => (SessionRecord::default(), None),
+        };
+        let saved = match plan_accept(accept, record, finalized).map_err(backend)? {
+            AcceptPlan::AlreadyFinalized { record, first } => {
+                let saved = client
+                    .query_one(
+                        &prepared(client, &SAVE_SESSION_ONLY).await?,
+                        &[
+                            &accept.vendor,
+                            &accept.session_id,
+                            &serde_json::to_string(&record).map_err(backend)?,
+                            &first.as_str(),
+                            &now_ms(),
+                            &version,
+                        ],
+                    )
+                    .await
+                    .map_err(backend)?;
+                if saved.get::<_, i64>(0) == 1 {
+                    return Ok(IngestOutcome::Duplicate { id: first });
+                }
+                None
+            }
+            AcceptPlan::Store {
+                record,
+                finalized,
+                events,
+            } => {
+                write_accept(
+                    client,
+                    accept,
+                    &record,
+                    finalized.as_ref(),
+                    &events,
+                    version,
+                )
+                .await?
+            }
+        };
+        if let Some(outcome) = saved {
+            return Ok(outcome);
+        }
+        // Another request changed the session since it was read: read it again.
+    }
+    Err(backend(std::io::Error::other(format!(
+        "session {} changed under {MAX_SESSION_RACES} attempts in a row to commit an event",
+        accept.session_id
+    ))))
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn accept(&self, accept: Accept) -> Result<IngestOutcome, StoreError> {
-        let client = self.client().await?;
-        let read = prepared(&client, READ_SESSION).await?;
-        let primary = &accept.events[0];
-        for _ in 0..MAX_SESSION_RACES {
-            let row = client
-                .query_one(
-                    &read,
-                    &[&accept.vendor, &accept.session_id, &primary.id.as_str()],
-                )
-                .await
-                .map_err(backend)?;
-            if row.get::<_, bool>(3) {
-                return Ok(IngestOutcome::Duplicate {
-                    id: primary.id.clone(),
-                });
-            }
-            let version: Option<String> = row.get(2);
-            let (record, finalized) = match row.get::<_, Option<&str>>(0) {
-                Some(json) => (
-                    serde_json::from_str::<SessionRecord>(json).map_err(backend)?,
-                    row.get::<_, Option<String>>(1).map(EventId::from_stored),
-                ),
-                None => (SessionRecord::default(), None),
-            };
-            let saved = match plan_accept(&accept, record, finalized).map_err(backend)? {
-                AcceptPlan::AlreadyFinalized { record, first } => {
-                    let saved = client
-                        .query_one(
-                            &prepared(&client, &SAVE_SESSION_ONLY).await?,
-                            &[
-                                &accept.vendor,
-                                &accept.session_id,
-                                &serde_json::to_string(&record).map_err(backend)?,
-                                &first.as_str(),
-                                &now_ms(),
-                                &version,
-                            ],
-                        )
-                        .await
-                        .map_err(backend)?;
-                    if saved.get::<_, i64>(0) == 1 {
-                        return Ok(IngestOutcome::Duplicate { id: first });
-                    }
-                    None
-                }
-                AcceptPlan::Store {
-                    record,
-                    finalized,
-                    events,
-                } => {
-                    write_accept(
-                        &client,
-                        &accept,
-                        &record,
-                        finalized.as_ref(),
-                        &events,
-                        version,
-                    )
-                    .await?
-                }
-            };
-            if let Some(outcome) = saved {
-                return Ok(outcome);
-            }
-            // Another request changed the session since it was read: read it again.
-        }
-        Err(backend(std::io::Error::other(format!(
-            "session {} changed under {MAX_SESSION_RACES} attempts in a row to commit an event",
-            accept.session_id
-        ))))
+        on_connection!(self, |client| accept_on(&client, &accept).await)
     }
 
     async fn record_ignored(&self, ignored: Ignored) -> Result<(), StoreError> {
@@ -848,5 +918,105 @@ mod tests {
             .unwrap();
         assert_eq!(versions.len(), 1);
         assert_eq!(versions[0].get::<_, i32>(0), MIGRATIONS.len() as i32);
+    }
+
+    async fn encrypted(store: &PgStore) -> bool {
+        store
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// The local server has `ssl = on` with Debian's snakeoil certificate (CN and SAN
+    /// `localhost`, self-signed): each mode is tried against it.
+    #[tokio::test]
+    async fn each_sslmode_does_what_it_promises() {
+        let Some(url) = postgres_schema_url().await else {
+            return;
+        };
+        let with = |url: &str, params: &str| format!("{url}&{params}");
+        let plain = PgStore::open(&with(&url, "sslmode=disable"), 1)
+            .await
+            .unwrap();
+        assert!(!encrypted(&plain).await, "disable: plain TCP");
+        let cert: String = plain
+            .query_one("SHOW ssl_cert_file", &[])
+            .await
+            .unwrap()
+            .get(0);
+        for mode in ["prefer", "require"] {
+            let store = PgStore::open(&with(&url, &format!("sslmode={mode}")), 1)
+                .await
+                .unwrap();
+            assert!(encrypted(&store).await, "{mode}: TLS");
+        }
+        let root = format!("sslrootcert={cert}");
+        let store = PgStore::open(&with(&url, &format!("sslmode=verify-ca&{root}")), 1)
+            .await
+            .expect("verify-ca: the chain leads to the root given");
+        assert!(encrypted(&store).await);
+        let by_name = url.replace("127.0.0.1", "localhost");
+        let store = PgStore::open(&with(&by_name, &format!("sslmode=verify-full&{root}")), 1)
+            .await
+            .expect("verify-full: the certificate names localhost");
+        assert!(encrypted(&store).await);
+
+        // The certificate does not name 127.0.0.1; and it chains to none of the public roots.
+        for (params, says) in [
+            (format!("sslmode=verify-full&{root}"), "sslmode=verify-full"),
+            (
+                "sslmode=verify-ca&sslrootcert=/etc/ssl/certs/ca-certificates.crt".to_owned(),
+                "sslmode=verify-ca",
+            ),
+        ] {
+            let url = with(&url, &params);
+            let e = match PgStore::open(&url, 1).await {
+                Ok(_) => panic!("{params} must refuse this server"),
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(
+                e.contains(says) && e.to_lowercase().contains("certificate"),
+                "{e}"
+            );
+        }
+    }
+
+    /// A backend that dies under a pooled connection (a server restart, an operator's
+    /// pg_terminate_backend) costs no ingest a 503: the operation runs once more on a fresh
+    /// connection.
+    #[tokio::test]
+    async fn a_dead_pooled_connection_is_replaced_not_answered_503() {
+        let Some(url) = postgres_schema_url().await else {
+            return;
+        };
+        let name = format!("sg_dead_{:08x}", rand::random::<u32>());
+        let store = PgStore::open(&format!("{url}&application_name={name}"), 4)
+            .await
+            .unwrap();
+        let killer = PgStore::open(&url, 1).await.unwrap();
+        for round in 0..5 {
+            // Warm the pool, then end every backend behind it.
+            store.ping().await.unwrap();
+            let ended = killer
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                    &[&name],
+                )
+                .await
+                .unwrap();
+            assert!(!ended.is_empty());
+            let outcome = store
+                .accept(crate::store::suite::accept(
+                    &format!("s{round}"),
+                    &[crate::event::EventType::SessionEnded],
+                    &["t"],
+                ))
+                .await;
+            assert!(outcome.is_ok(), "round {round}: {outcome:?}");
+        }
     }
 }

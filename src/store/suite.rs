@@ -150,7 +150,7 @@ fn accept_from(source: &str, session: &str, types: &[EventType], targets: &[&str
     }
 }
 
-fn accept(session: &str, types: &[EventType], targets: &[&str]) -> Accept {
+pub(crate) fn accept(session: &str, types: &[EventType], targets: &[&str]) -> Accept {
     accept_from("src", session, types, targets)
 }
 
