@@ -237,34 +237,46 @@ async fn a_full_disk_answers_503_never_2xx_and_recovers_without_a_restart() {
     );
 
     let filler = disk.fill();
-    let mut refused = 0;
-    for i in 0..20 {
+    // "Full" is not exact: pages SQLite already owns (a WAL that starts over, a partly used
+    // tmpfs page) may still take an event. So the rule checked is the one that matters: a
+    // 2xx only for an event that is stored, a 503 only for one that is not, and at least one
+    // 503 once the events written are far more than any such slack.
+    let padded = |session: &str| {
+        let mut body: Value = serde_json::from_slice(&call_ended(session)).unwrap();
         // Big enough that SQLite must grow its files.
-        let mut body: Value = serde_json::from_slice(&call_ended(&format!("full-{i}"))).unwrap();
         body["padding"] = "x".repeat(16 * 1024).into();
-        let response = app.post_pathors(body.to_string().as_bytes()).await;
-        let status = response.status().as_u16();
-        assert_ne!(
-            status / 100,
-            2,
-            "a 2xx for an event that could not be stored"
-        );
-        assert_eq!(status, 503);
-        refused += 1;
+        body.to_string().into_bytes()
+    };
+    let (mut refused, mut stored) = (Vec::new(), Vec::new());
+    for i in 0..20 {
+        let session = format!("full-{i}");
+        let status = app.post_pathors(&padded(&session)).await.status().as_u16();
+        match status {
+            503 => refused.push(session),
+            202 => stored.push(session),
+            other => panic!("{session}: answered {other}; only 202 or 503 can be right"),
+        }
     }
+    assert!(
+        !refused.is_empty(),
+        "320 KiB of events on a full disk: at least one must be refused"
+    );
     drop(filler);
     disk.free();
-    let mut body: Value = serde_json::from_slice(&call_ended("full-0")).unwrap();
-    body["padding"] = "x".repeat(16 * 1024).into();
-    let status = app
-        .post_pathors(body.to_string().as_bytes())
-        .await
-        .status()
-        .as_u16();
-    assert_eq!(
-        status, 202,
-        "accepted after the disk has room again, and not a duplicate"
-    );
+    for session in &refused {
+        let status = app.post_pathors(&padded(session)).await.status().as_u16();
+        assert_eq!(
+            status, 202,
+            "{session}: answered 503 while full, so it was not stored: accepted now, not a duplicate"
+        );
+    }
+    for session in &stored {
+        let status = app.post_pathors(&padded(session)).await.status().as_u16();
+        assert_eq!(
+            status, 200,
+            "{session}: answered 202 while full, so it was stored"
+        );
+    }
     assert_eq!(
         app.post_pathors(&call_ended("before"))
             .await
@@ -272,6 +284,7 @@ async fn a_full_disk_answers_503_never_2xx_and_recovers_without_a_restart() {
             .as_u16(),
         200
     );
+    let refused = refused.len();
     println!("full disk: {refused} requests answered 503, recovered without a restart");
     let _ = app.stop().await;
 }
