@@ -31,6 +31,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Application {
     port: u16,
     server: Server,
+    /// The admin API and `/metrics` on a listener of their own (`server.admin_listen`).
+    admin_server: Option<(u16, Server)>,
     workers: Workers,
     store: Arc<dyn Store>,
     shutdown_timeout: Duration,
@@ -125,16 +127,32 @@ impl Application {
             body_budget: ingest::BodyBudget::new(config.server.max_body_bytes_in_flight),
             body_timeout: config.server.body_timeout,
         });
+        // With `admin_listen`, the admin API and /metrics answer only there (404 on `listen`).
+        let separate_admin = config.server.admin_listen.is_some();
+        let query_errors = || {
+            web::QueryConfig::default().error_handler(|e, _| {
+                ApiError::InvalidRequest(format!("bad query string: {e}")).into()
+            })
+        };
+        let operator_routes = {
+            let (ops, admin) = (ops.clone(), admin.clone());
+            move |config: &mut web::ServiceConfig| {
+                config
+                    .app_data(ops.clone())
+                    .route("/metrics", web::get().to(metrics_text));
+                if let Some(admin) = &admin {
+                    config.app_data(admin.clone()).configure(admin::routes);
+                }
+            }
+        };
+        let ingest_routes = operator_routes.clone();
         let server = HttpServer::new(move || {
             let mut app = App::new()
                 .app_data(ingest_state.clone())
                 .app_data(ops.clone())
-                .app_data(web::QueryConfig::default().error_handler(|e, _| {
-                    ApiError::InvalidRequest(format!("bad query string: {e}")).into()
-                }))
-                .route("/metrics", web::get().to(metrics_text));
-            if let Some(admin) = &admin {
-                app = app.app_data(admin.clone()).configure(admin::routes);
+                .app_data(query_errors());
+            if !separate_admin {
+                app = app.configure(ingest_routes.clone());
             }
             app.service(
                 web::resource("/ingest/{source}")
@@ -161,9 +179,35 @@ impl Application {
         .listen(listener)?
         .run();
 
+        let admin_server = match config.server.admin_listen {
+            None => None,
+            Some(admin_address) => {
+                let listener = TcpListener::bind(admin_address)
+                    .with_context(|| format!("Failed to listen on {admin_address}"))?;
+                let address = listener.local_addr()?;
+                tracing::info!(%address, "Admin API and /metrics listening");
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(query_errors())
+                        .configure(operator_routes.clone())
+                        .route("/healthz", web::get().to(healthz))
+                        .default_service(web::to(no_route))
+                })
+                .workers(1)
+                .max_connections(256)
+                .client_request_timeout(config.server.header_timeout)
+                .disable_signals()
+                .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1))
+                .listen(listener)?
+                .run();
+                Some((address.port(), server))
+            }
+        };
+
         Ok(Application {
             port: address.port(),
             server,
+            admin_server,
             workers,
             store,
             shutdown_timeout: config.server.shutdown_timeout,
@@ -174,31 +218,51 @@ impl Application {
         self.port
     }
 
+    /// The admin listener's port, when `server.admin_listen` is set.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin_server.as_ref().map(|(port, _)| *port)
+    }
+
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let handle = self.server.handle();
-        let mut server = tokio::spawn(self.server);
-        let served = tokio::select! {
-            result = &mut server => Some(result),
+        let mut servers = vec![("The HTTP server", self.server)];
+        servers.extend(self.admin_server.map(|(_, s)| ("The admin HTTP server", s)));
+        let handles: Vec<_> = servers.iter().map(|(_, s)| s.handle()).collect();
+        let mut tasks: Vec<_> = servers
+            .into_iter()
+            .map(|(what, s)| (what, tokio::spawn(s)))
+            .collect();
+        // A server that ends on its own has failed: it stops the other too.
+        let ended = tokio::select! {
+            (result, i, _) = futures_util::future::select_all(tasks.iter_mut().map(|(_, t)| t)) => {
+                Some((i, result))
+            }
             () = shutdown => None,
         };
-        let result = match served {
-            Some(result) => result
-                .context("The HTTP server task failed")?
-                .context("The HTTP server failed"),
-            None => {
-                tracing::info!("Shutting down: finishing requests in flight");
-                handle.stop(true).await;
-                server
-                    .await
-                    .context("The HTTP server task failed")?
-                    .context("The HTTP server failed")
+        if ended.is_none() {
+            tracing::info!("Shutting down: finishing requests in flight");
+        }
+        for handle in &handles {
+            handle.stop(true).await;
+        }
+        let mut ended = ended;
+        let mut result = Ok(());
+        for (i, (what, task)) in tasks.into_iter().enumerate() {
+            let outcome = match ended.take_if(|(done, _)| *done == i) {
+                Some((_, outcome)) => outcome,
+                None => task.await,
+            };
+            let outcome = outcome
+                .with_context(|| format!("{what} task failed"))
+                .and_then(|r| r.with_context(|| format!("{what} failed")));
+            if result.is_ok() {
+                result = outcome;
             }
-        };
+        }
         tracing::info!("Waiting for delivery attempts in flight");
         self.workers.stop(self.shutdown_timeout).await;
         self.store.close().await;

@@ -54,6 +54,8 @@ pub struct Config {
 #[derive(Debug)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Where the admin API and `/metrics` listen when they are kept off `listen`.
+    pub admin_listen: Option<SocketAddr>,
     pub max_body_bytes: usize,
     /// Request body bytes buffered at once across all requests.
     pub max_body_bytes_in_flight: usize,
@@ -223,6 +225,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 struct RawServer {
     listen: String,
+    admin_listen: Option<String>,
     max_body_bytes: usize,
     max_body_bytes_in_flight: usize,
     max_connections: usize,
@@ -237,6 +240,7 @@ impl Default for RawServer {
     fn default() -> Self {
         RawServer {
             listen: "127.0.0.1:8080".into(),
+            admin_listen: None,
             max_body_bytes: 1024 * 1024,
             max_body_bytes_in_flight: 64 * 1024 * 1024,
             max_connections: 2048,
@@ -372,17 +376,18 @@ impl RawConfig {
 
         let server = {
             let s = self.server;
-            let listen = s
-                .listen
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| {
-                    invalid(
-                        "server.listen",
-                        format!("`{}` is not a host:port address", s.listen),
-                    )
-                })?;
+            let listen = socket_address("server.listen", &s.listen)?;
+            let admin_listen = s
+                .admin_listen
+                .as_deref()
+                .map(|a| socket_address("server.admin_listen", a))
+                .transpose()?;
+            if admin_listen.is_some_and(|a| a == listen && a.port() != 0) {
+                return Err(invalid(
+                    "server.admin_listen",
+                    "must differ from server.listen (it keeps the admin API and /metrics off the ingest listener)",
+                ));
+            }
             positive("server.max_body_bytes", s.max_body_bytes as u64)?;
             positive("server.max_connections", s.max_connections as u64)?;
             if s.max_body_bytes_in_flight / 2 < s.max_body_bytes {
@@ -408,6 +413,7 @@ impl RawConfig {
             };
             ServerConfig {
                 listen,
+                admin_listen,
                 max_body_bytes: s.max_body_bytes,
                 max_body_bytes_in_flight: s.max_body_bytes_in_flight,
                 max_connections: s.max_connections,
@@ -681,6 +687,14 @@ fn reference(
         }),
         None => Ok(value.to_owned()),
     }
+}
+
+fn socket_address(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| invalid(key, format!("`{value}` is not a host:port address")))
 }
 
 fn positive(key: &str, value: u64) -> Result<(), ConfigError> {

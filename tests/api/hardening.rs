@@ -522,3 +522,29 @@ async fn gone_is_dead_at_once_and_a_target_may_set_its_own_attempt_budget() {
     assert_eq!(of("short").attempts, 2, "the target's own max_attempts");
     assert_eq!((gone.received().len(), failing.received().len()), (1, 2));
 }
+
+#[tokio::test]
+async fn with_admin_listen_the_admin_api_and_metrics_leave_the_ingest_listener() {
+    let mut options = Options::with_targets("");
+    options.server_extra = "admin_listen = \"127.0.0.1:0\"".into();
+    let app = spawn_app_with(options, None).await;
+    assert_ne!(app.admin_address, app.address);
+    for path in ["/metrics", "/admin/events", "/admin/sessions/pathors/x"] {
+        let response = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path} on the ingest listener");
+    }
+    assert!(app.metrics().await.contains("sessiongate_build_info"));
+    let events = app.admin(reqwest::Method::GET, "/admin/events").await;
+    assert_eq!(events.status(), 200);
+    // Ingest and health stay where they were.
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    assert_eq!(app.post_pathors(&call_ended("s-admin")).await.status(), 202);
+    app.stop().await;
+}

@@ -201,6 +201,8 @@ auth = {{ kind = "svix", secrets = ["env:AGNTIX_OLD_SECRET", "env:AGNTIX_SECRET"
 
 pub struct TestApp {
     pub address: String,
+    /// Where the admin API and `/metrics` answer: `address` unless `admin_listen` is set.
+    pub admin_address: String,
     pub store: Arc<dyn Store>,
     pub client: reqwest::Client,
     dir: Option<tempfile::TempDir>,
@@ -221,6 +223,9 @@ pub async fn spawn_app_with(options: Options, dir: Option<tempfile::TempDir>) ->
         .await
         .expect("the gateway starts");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let admin_address = app
+        .admin_port()
+        .map_or(address.clone(), |port| format!("http://127.0.0.1:{port}"));
     let store = app.store();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
@@ -228,6 +233,7 @@ pub async fn spawn_app_with(options: Options, dir: Option<tempfile::TempDir>) ->
     }));
     TestApp {
         address,
+        admin_address,
         store,
         client: reqwest::Client::new(),
         dir: Some(dir),
@@ -277,7 +283,7 @@ impl TestApp {
     /// An admin API call with the right token.
     pub async fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
         self.client
-            .request(method, format!("{}{path}", self.address))
+            .request(method, format!("{}{path}", self.admin_address))
             .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
@@ -294,7 +300,12 @@ impl TestApp {
 
     /// `/metrics` as a Prometheus scraper gets it by default: text format 0.0.4.
     pub async fn metrics(&self) -> String {
-        let response = self.get("/metrics").await;
+        let response = self
+            .client
+            .get(format!("{}/metrics", self.admin_address))
+            .send()
+            .await
+            .expect("the gateway answers");
         let content_type = response.headers()["content-type"].to_str().unwrap();
         assert!(
             content_type.starts_with("text/plain; version=0.0.4"),
