@@ -24,7 +24,7 @@ use crate::delivery::Dispatcher;
 use crate::error::{ApiError, chain};
 use crate::event::{EventId, Timestamp};
 use crate::metrics::{IngestResult, Metrics, UNKNOWN_SOURCE};
-use crate::store::{Accept, Ignored, IngestOutcome, NewEvent, Store, StoreError};
+use crate::store::{Accept, IngestOutcome, NewEvent, Receipt, ReceiptOutcome, Store, StoreError};
 use crate::vendors::{Normalized, Recognized, printable};
 
 /// Body bytes all requests together may buffer at once (`server.max_body_bytes_in_flight`),
@@ -178,7 +178,8 @@ async fn handle(
         Normalized::Ignored { vendor_event_type } => {
             state
                 .store
-                .record_ignored(Ignored {
+                .record_receipt(Receipt {
+                    outcome: ReceiptOutcome::Ignored,
                     source: source.name.clone(),
                     vendor_event_type: vendor_event_type.clone(),
                     message_id,
@@ -190,17 +191,33 @@ async fn handle(
             Ok(Outcome::Ignored(vendor_event_type))
         }
         Normalized::Events(recognized) => {
+            let vendor_event_type = recognized.vendor_event_type.clone();
             let accept = build_accept(
                 source,
                 recognized,
-                message_id,
+                message_id.clone(),
                 received_at,
                 verified.bytes().clone(),
                 &state.targets,
             );
             match commit(state, accept).await? {
                 IngestOutcome::Accepted { id, .. } => Ok(Outcome::Accepted(id)),
-                IngestOutcome::Duplicate { id } => Ok(Outcome::Duplicate(id)),
+                IngestOutcome::Duplicate { id } => {
+                    // The event is stored already, so the vendor hears "duplicate" even if
+                    // this audit row cannot be written.
+                    let receipt = Receipt {
+                        outcome: ReceiptOutcome::Duplicate,
+                        source: source.name.clone(),
+                        vendor_event_type: Some(vendor_event_type),
+                        message_id,
+                        received_at,
+                        raw: verified.bytes().clone(),
+                    };
+                    if let Err(e) = state.store.record_receipt(receipt).await {
+                        tracing::warn!(error = %crate::error::chain(&e), "Cannot keep the receipt of a duplicate");
+                    }
+                    Ok(Outcome::Duplicate(id))
+                }
             }
         }
     }

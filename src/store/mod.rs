@@ -167,15 +167,59 @@ pub(crate) fn plan_accept(
     })
 }
 
-/// An authenticated request of a type no adapter maps; kept for audit.
+/// An authenticated request that stored no event, kept for audit (`GET /admin/receipts`):
+/// a type no adapter maps, or a vendor event seen before.
 #[derive(Debug, Clone)]
-pub struct Ignored {
+pub struct Receipt {
+    pub outcome: ReceiptOutcome,
     pub source: String,
     pub vendor_event_type: Option<String>,
     pub message_id: Option<String>,
     pub received_at: Timestamp,
     pub raw: Bytes,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptOutcome {
+    Ignored,
+    Duplicate,
+}
+
+impl ReceiptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiptOutcome::Ignored => "ignored",
+            ReceiptOutcome::Duplicate => "duplicate",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReceiptFilter {
+    pub source: Option<String>,
+    /// `accepted`, `duplicate` or `ignored`.
+    pub outcome: Option<String>,
+    /// Only receipts older than this one (the page cursor).
+    pub before: Option<i64>,
+    pub limit: usize,
+}
+
+/// A stored receipt: one request a vendor sent, as received.
+#[derive(Debug, Clone)]
+pub struct ReceiptInfo {
+    pub seq: i64,
+    pub source: String,
+    pub outcome: String,
+    pub vendor_event_type: Option<String>,
+    pub message_id: Option<String>,
+    pub received_at: String,
+    pub raw: Bytes,
+}
+
+/// The statements both stores list receipts with (`?`-style placeholders are rewritten for
+/// PostgreSQL by the caller).
+pub(crate) const RECEIPT_COLUMNS: &str =
+    "seq, source, outcome, vendor_event_type, message_id, received_at, raw";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum IngestOutcome {
@@ -424,8 +468,11 @@ pub trait Store: Send + Sync {
     /// once per session. Returns only once the commit is durable.
     async fn accept(&self, accept: Accept) -> Result<IngestOutcome, StoreError>;
 
-    /// Keeps an ignored request for audit. Durable on return.
-    async fn record_ignored(&self, ignored: Ignored) -> Result<(), StoreError>;
+    /// Keeps a request that stored no event for audit. Durable on return.
+    async fn record_receipt(&self, receipt: Receipt) -> Result<(), StoreError>;
+
+    /// What vendors sent (accepted, duplicate and ignored requests), newest first.
+    async fn receipts(&self, filter: ReceiptFilter) -> Result<Vec<ReceiptInfo>, StoreError>;
 
     /// Leases up to `limit` due pending deliveries of `target` for `lease`.
     async fn claim_due(

@@ -31,9 +31,9 @@ use tokio_postgres::{Row, Statement};
 use super::pg_tls;
 use super::{
     Accept, AcceptPlan, AttemptInfo, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion,
-    DeliveryFilter, DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handed, Ignored,
-    IngestOutcome, NewEvent, RetryOutcome, SessionView, Store, StoreError, StoredEvent,
-    TargetCounts, fold_counts, lease_token, now_ms, plan_accept,
+    DeliveryFilter, DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handed, IngestOutcome,
+    NewEvent, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, RetryOutcome, SessionView,
+    Store, StoreError, StoredEvent, TargetCounts, fold_counts, lease_token, now_ms, plan_accept,
 };
 use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
@@ -560,16 +560,48 @@ impl Store for PgStore {
         on_connection!(self, |client| accept_on(&client, &accept).await)
     }
 
-    async fn record_ignored(&self, ignored: Ignored) -> Result<(), StoreError> {
+    async fn receipts(&self, filter: ReceiptFilter) -> Result<Vec<ReceiptInfo>, StoreError> {
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT {RECEIPT_COLUMNS} FROM receipts
+                     WHERE ($1::TEXT IS NULL OR source = $1) AND ($2::TEXT IS NULL OR outcome = $2)
+                       AND ($3::BIGINT IS NULL OR seq < $3)
+                     ORDER BY seq DESC LIMIT $4"
+                ),
+                &[
+                    &filter.source,
+                    &filter.outcome,
+                    &filter.before,
+                    &(filter.limit as i64),
+                ],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ReceiptInfo {
+                seq: r.get(0),
+                source: r.get(1),
+                outcome: r.get(2),
+                vendor_event_type: r.get(3),
+                message_id: r.get(4),
+                received_at: r.get(5),
+                raw: actix_web::web::Bytes::from(r.get::<_, Vec<u8>>(6)),
+            })
+            .collect())
+    }
+
+    async fn record_receipt(&self, receipt: Receipt) -> Result<(), StoreError> {
         self.execute(
                 "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
-                 VALUES ($1, 'ignored', $2, $3, $4, $5)",
+                 VALUES ($1, $6, $2, $3, $4, $5)",
                 &[
-                    &ignored.source,
-                    &ignored.vendor_event_type,
-                    &ignored.message_id,
-                    &ignored.received_at.to_string(),
-                    &&ignored.raw[..],
+                    &receipt.source,
+                    &receipt.vendor_event_type,
+                    &receipt.message_id,
+                    &receipt.received_at.to_string(),
+                    &&receipt.raw[..],
+                    &receipt.outcome.as_str(),
                 ],
             ).await?;
         Ok(())

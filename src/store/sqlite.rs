@@ -25,9 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Accept, AcceptPlan, AttemptInfo, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion,
-    DeliveryFilter, DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handed, Ignored,
-    IngestOutcome, RetryOutcome, SessionView, Store, StoreError, StoredEvent, TargetCounts,
-    fold_counts, lease_token, now_ms, plan_accept,
+    DeliveryFilter, DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handed, IngestOutcome,
+    RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, RetryOutcome, SessionView, Store,
+    StoreError, StoredEvent, TargetCounts, fold_counts, lease_token, now_ms, plan_accept,
 };
 use crate::config::Synchronous;
 use crate::event::{EventId, Timestamp};
@@ -800,18 +800,51 @@ impl Store for SqliteStore {
         self.call(move |conn| accept_in(conn, &accept)).await
     }
 
-    async fn record_ignored(&self, ignored: Ignored) -> Result<(), StoreError> {
+    async fn receipts(&self, filter: ReceiptFilter) -> Result<Vec<ReceiptInfo>, StoreError> {
+        self.call(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {RECEIPT_COLUMNS} FROM receipts
+                 WHERE (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR outcome = ?2)
+                   AND (?3 IS NULL OR seq < ?3)
+                 ORDER BY seq DESC LIMIT ?4"
+            ))?
+            .query_map(
+                params![
+                    filter.source,
+                    filter.outcome,
+                    filter.before,
+                    filter.limit as i64
+                ],
+                |r| {
+                    Ok(ReceiptInfo {
+                        seq: r.get(0)?,
+                        source: r.get(1)?,
+                        outcome: r.get(2)?,
+                        vendor_event_type: r.get(3)?,
+                        message_id: r.get(4)?,
+                        received_at: r.get(5)?,
+                        raw: actix_web::web::Bytes::from(r.get::<_, Vec<u8>>(6)?),
+                    })
+                },
+            )?
+            .collect()
+        })
+        .await
+    }
+
+    async fn record_receipt(&self, ignored: Receipt) -> Result<(), StoreError> {
         self.call(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
-                 VALUES (?1, 'ignored', ?2, ?3, ?4, ?5)",
+                 VALUES (?1, ?6, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![
                 ignored.source,
                 ignored.vendor_event_type,
                 ignored.message_id,
                 ignored.received_at.to_string(),
-                &ignored.raw[..]
+                &ignored.raw[..],
+                ignored.outcome.as_str()
             ])?;
             Ok(())
         })

@@ -642,7 +642,8 @@ async fn events_and_deliveries_page_newest_first(s: Arc<dyn Store>) {
 }
 
 async fn ignored_requests_are_kept_and_ping_answers(s: Arc<dyn Store>) {
-    s.record_ignored(Ignored {
+    s.record_receipt(Receipt {
+        outcome: ReceiptOutcome::Ignored,
         source: "src".into(),
         vendor_event_type: Some("message.added".into()),
         message_id: Some("msg_1".into()),
@@ -653,4 +654,28 @@ async fn ignored_requests_are_kept_and_ping_answers(s: Arc<dyn Store>) {
     .unwrap();
     s.ping().await.unwrap();
     assert!(s.deliveries(all()).await.unwrap().is_empty());
+    s.accept(accept("s1", &[EventType::SessionEnded], &["t"]))
+        .await
+        .unwrap();
+    let listed = s
+        .receipts(ReceiptFilter {
+            limit: 10,
+            ..ReceiptFilter::default()
+        })
+        .await
+        .unwrap();
+    let outcomes: Vec<_> = listed.iter().map(|r| r.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["accepted", "ignored"], "newest first");
+    assert_eq!(&listed[1].raw[..], b"{}");
+    assert_eq!(listed[1].message_id.as_deref(), Some("msg_1"));
+    let ignored = s
+        .receipts(ReceiptFilter {
+            outcome: Some("ignored".into()),
+            before: Some(listed[0].seq),
+            limit: 10,
+            ..ReceiptFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ignored.len(), 1);
 }

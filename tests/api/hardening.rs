@@ -548,3 +548,50 @@ async fn with_admin_listen_the_admin_api_and_metrics_leave_the_ingest_listener()
     assert_eq!(app.post_pathors(&call_ended("s-admin")).await.status(), 202);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn receipts_show_what_vendors_sent_even_when_it_made_no_event() {
+    let app = spawn_app("").await;
+    let ended = fixture("pathors", "session-ended.json");
+    assert_eq!(app.post_pathors(&ended).await.status(), 202);
+    assert_eq!(app.post_pathors(&ended).await.status(), 200);
+    let ignored = br#"{"event": "transcript.ready", "sessionId": "s-r"}"#;
+    assert_eq!(app.post_pathors(ignored).await.status(), 202);
+
+    let page: Value = app
+        .admin(reqwest::Method::GET, "/admin/receipts?source=pathors")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let statuses: Vec<_> = page["receipts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["ignored", "duplicate", "accepted"], "{page}");
+    let first = &page["receipts"][0];
+    assert_eq!(first["vendorEventType"], "transcript.ready");
+    assert_eq!(first["raw"]["sessionId"], "s-r", "the body as sent");
+
+    let one: Value = app
+        .admin(
+            reqwest::Method::GET,
+            "/admin/receipts?status=duplicate&limit=1",
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["receipts"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        one["receipts"][0]["raw"],
+        serde_json::from_slice::<Value>(&ended).unwrap()
+    );
+    assert!(one["nextCursor"].is_string());
+    let bad = app
+        .admin(reqwest::Method::GET, "/admin/receipts?status=lost")
+        .await;
+    assert_eq!(bad.status(), 400);
+}
