@@ -78,6 +78,9 @@ pub enum StorageConfig {
         /// May carry a password, so it is kept secret.
         url: SecretString,
         pool_size: usize,
+        /// The schema the tables live in (created if missing); `None` = the connection's
+        /// default search path.
+        schema: Option<String>,
     },
 }
 
@@ -259,6 +262,7 @@ struct RawStorage {
     url: String,
     synchronous: Synchronous,
     pool_size: usize,
+    schema: Option<String>,
 }
 
 impl Default for RawStorage {
@@ -267,6 +271,7 @@ impl Default for RawStorage {
             url: "sqlite://data/sessiongate.db".into(),
             synchronous: Synchronous::Full,
             pool_size: 16,
+            schema: None,
         }
     }
 }
@@ -749,6 +754,12 @@ const DEFAULT_LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 fn parse_storage_url(url: &str, raw: &RawStorage) -> Result<StorageConfig, ConfigError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
+        if raw.schema.is_some() {
+            return Err(invalid(
+                "storage.schema",
+                "is for PostgreSQL only; a SQLite store is one file",
+            ));
+        }
         if path.is_empty() {
             return Err(invalid(
                 "storage.url",
@@ -769,9 +780,25 @@ fn parse_storage_url(url: &str, raw: &RawStorage) -> Result<StorageConfig, Confi
             ));
         }
         positive("storage.pool_size", raw.pool_size as u64)?;
+        if let Some(schema) = &raw.schema {
+            let ok = schema.len() <= 63
+                && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && schema
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !ok {
+                return Err(invalid(
+                    "storage.schema",
+                    format!(
+                        "`{schema}` must be 1 to 63 lowercase letters, digits or '_', not starting with a digit"
+                    ),
+                ));
+            }
+        }
         return Ok(StorageConfig::Postgres {
             url: SecretString::from(url.to_owned()),
             pool_size: raw.pool_size,
+            schema: raw.schema.clone(),
         });
     }
     Err(invalid(
@@ -1073,6 +1100,11 @@ mod tests {
                 "storage.url",
             ),
             ("[storage]\nurl = \"env:NOPE_PG\"", "NOPE_PG"),
+            (
+                "[storage]\nurl = \"postgres://a@h/d\"\nschema = \"Bad-Name\"",
+                "storage.schema",
+            ),
+            ("[storage]\nschema = \"gw\"", "storage.schema"),
             (
                 "[delivery]\nlease_ms = 5000\n[[targets]]\nname = \"t\"\nurl = \"http://x\"",
                 "delivery.lease_ms",

@@ -157,8 +157,15 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 path.display()
             )
         }
-        config::StorageConfig::Postgres { pool_size, .. } => {
-            println!("storage: postgres (pool of {pool_size} connections)")
+        config::StorageConfig::Postgres {
+            pool_size, schema, ..
+        } => {
+            println!(
+                "storage: postgres (pool of {pool_size} connections, schema {})",
+                schema
+                    .as_deref()
+                    .unwrap_or("of the connection's search_path")
+            )
         }
     }
     println!("sources ({}):", config.sources.len());

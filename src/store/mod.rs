@@ -533,8 +533,14 @@ pub async fn open(config: &StorageConfig) -> anyhow::Result<std::sync::Arc<dyn S
             let store = sqlite::SqliteStore::open(path, *synchronous).await?;
             Ok(std::sync::Arc::new(store))
         }
-        StorageConfig::Postgres { url, pool_size } => {
-            let store = postgres::PgStore::open(url.expose_secret(), *pool_size).await?;
+        StorageConfig::Postgres {
+            url,
+            pool_size,
+            schema,
+        } => {
+            let store =
+                postgres::PgStore::open_in(url.expose_secret(), *pool_size, schema.as_deref())
+                    .await?;
             Ok(std::sync::Arc::new(store))
         }
     }

@@ -171,10 +171,29 @@ async fn prepared(client: &impl GenericClient, sql: &str) -> Result<Statement, S
 
 impl PgStore {
     pub async fn open(url: &str, pool_size: usize) -> anyhow::Result<PgStore> {
+        Self::open_in(url, pool_size, None).await
+    }
+
+    /// Opens the store with its tables in `schema` (created if missing), else in the
+    /// connection's default search path.
+    pub async fn open_in(
+        url: &str,
+        pool_size: usize,
+        schema: Option<&str>,
+    ) -> anyhow::Result<PgStore> {
         let (url, tls) =
             pg_tls::split(url).map_err(|e| anyhow::anyhow!("Invalid PostgreSQL URL: {e}"))?;
         let mut config: tokio_postgres::Config = url.parse().context("Invalid PostgreSQL URL")?;
         config.ssl_mode(tls.mode.negotiation());
+        if let Some(schema) = schema {
+            // Every pooled connection starts with the schema first in its search path (the
+            // name is checked to be a plain lowercase identifier at configuration time).
+            let options = match config.get_options() {
+                Some(given) => format!("{given} -csearch_path={schema}"),
+                None => format!("-csearch_path={schema}"),
+            };
+            config.options(&options);
+        }
         let manager = Manager::from_config(
             config,
             tls.connector()?,
@@ -192,13 +211,13 @@ impl PgStore {
             .context("Failed to build the PostgreSQL pool")?;
         let store = PgStore { pool };
         store
-            .migrate()
+            .migrate(schema)
             .await
             .with_context(|| format!("PostgreSQL with sslmode={}", tls.mode.as_str()))?;
         Ok(store)
     }
 
-    async fn migrate(&self) -> anyhow::Result<()> {
+    async fn migrate(&self, schema: Option<&str>) -> anyhow::Result<()> {
         let mut client = self
             .pool
             .get()
@@ -211,6 +230,11 @@ impl PgStore {
         )
         .await
         .context("Failed to take the migration lock")?;
+        if let Some(schema) = schema {
+            tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await
+                .with_context(|| format!("Failed to create the schema `{schema}`"))?;
+        }
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS sessiongate_schema (version INTEGER NOT NULL)",
         )
@@ -1050,5 +1074,34 @@ mod tests {
                 .await;
             assert!(outcome.is_ok(), "round {round}: {outcome:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn storage_schema_holds_the_tables_and_is_created_if_missing() {
+        // A schema of its own within the test schema's database; the URL's own search path
+        // (the test schema) comes after it.
+        let Some(url) = postgres_schema_url().await else {
+            return;
+        };
+        let schema = format!("sg_own_{:08x}", rand::random::<u32>());
+        let store = PgStore::open_in(&url, 1, Some(&schema)).await.unwrap();
+        store
+            .accept(crate::store::suite::accept(
+                "s1",
+                &[crate::event::EventType::SessionEnded],
+                &["t"],
+            ))
+            .await
+            .unwrap();
+        let other = PgStore::open(&url, 1).await.unwrap();
+        let count: i64 = other
+            .query_one(&format!("SELECT count(*) FROM {schema}.events"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(count, 1);
+        // Opening again finds the schema and its tables.
+        let again = PgStore::open_in(&url, 1, Some(&schema)).await.unwrap();
+        assert_eq!(again.delivery_counts().await.unwrap()[0].pending, 1);
     }
 }
