@@ -30,6 +30,9 @@ pub enum ConfigError {
     Load(String),
     #[error("invalid configuration at `{key}`: {message}")]
     Invalid { key: String, message: String },
+    /// Every problem found in one reading, so an operator fixes them in one go.
+    #[error("{} problems:\n{}", .0.len(), .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfigError>),
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -195,15 +198,64 @@ impl Config {
         Self::build(builder, env)
     }
 
+    /// Reads the layers and reports every problem found: each unknown key, each missing
+    /// environment variable, and the first other validation error.
     fn build(
         builder: config::ConfigBuilder<config::builder::DefaultState>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let raw: RawConfig = builder
+        let mut tree: config::Value = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError::Load(e.to_string()))?;
-        raw.validate(env)
+        let mut problems = Vec::new();
+        // Each unknown key fails deserialisation on its own: note it, drop it, read again.
+        let raw = loop {
+            match tree.clone().try_deserialize::<RawConfig>() {
+                Ok(raw) => break Some(raw),
+                Err(e) => {
+                    let message = e.to_string();
+                    match unknown_key(&message) {
+                        Some(path) if remove_key(&mut tree, &path) => {
+                            problems.push(invalid(path, "unknown key"));
+                        }
+                        _ => {
+                            problems.push(ConfigError::Load(message));
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
+        let mut missing = Vec::new();
+        missing_variables(&tree, String::new(), env, &mut missing);
+        let missing_keys: Vec<String> = missing
+            .iter()
+            .filter_map(|e| match e {
+                ConfigError::Invalid { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        problems.extend(missing);
+        if raw.as_ref().is_some_and(|raw| raw.sources.is_empty()) {
+            problems.push(invalid(
+                "sources",
+                "no [[sources]] are configured, so nothing could be received: add one per vendor endpoint",
+            ));
+        }
+        if let Some(raw) = raw {
+            match raw.validate(env) {
+                Ok(config) if problems.is_empty() => return Ok(config),
+                Ok(_) => {}
+                // A missing variable it stopped at is listed already.
+                Err(ConfigError::Invalid { key, .. }) if missing_keys.contains(&key) => {}
+                Err(e) => problems.push(e),
+            }
+        }
+        match problems.len() {
+            1 => Err(problems.remove(0)),
+            _ => Err(ConfigError::Many(problems)),
+        }
     }
 }
 
@@ -676,6 +728,90 @@ impl RawConfig {
     }
 }
 
+/// The dotted key of an "unknown field" error of the `config` crate
+/// (``unknown field `x`, expected … for key `targets[0]` `` → `targets[0].x`).
+fn unknown_key(message: &str) -> Option<String> {
+    let field = message.strip_prefix("unknown field `")?.split('`').next()?;
+    match message.rsplit_once(" for key `") {
+        Some((_, key)) => Some(format!("{}.{field}", key.trim_end_matches('`'))),
+        None => Some(field.to_owned()),
+    }
+}
+
+/// Removes `path` (`a.b[0].c`) from a configuration tree; false if it is not there.
+fn remove_key(tree: &mut config::Value, path: &str) -> bool {
+    let mut node = tree;
+    let mut segments: Vec<&str> = path.split('.').collect();
+    let Some(last) = segments.pop() else {
+        return false;
+    };
+    for segment in segments {
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let config::ValueKind::Table(table) = &mut node.kind else {
+            return false;
+        };
+        let Some(child) = table.get_mut(name) else {
+            return false;
+        };
+        node = match index {
+            None => child,
+            Some(i) => match &mut child.kind {
+                config::ValueKind::Array(items) => match items.get_mut(i) {
+                    Some(item) => item,
+                    None => return false,
+                },
+                _ => return false,
+            },
+        };
+    }
+    match &mut node.kind {
+        config::ValueKind::Table(table) => table.remove(last).is_some(),
+        _ => false,
+    }
+}
+
+/// Every `env:VAR` anywhere in the configuration whose variable is unset or empty.
+fn missing_variables(
+    value: &config::Value,
+    key: String,
+    env: &dyn Fn(&str) -> Option<String>,
+    out: &mut Vec<ConfigError>,
+) {
+    match &value.kind {
+        config::ValueKind::String(s) => {
+            if let Some(var) = s.strip_prefix("env:")
+                && env(var).is_none_or(|v| v.is_empty())
+            {
+                out.push(invalid(
+                    key,
+                    format!("environment variable {var} is not set or empty"),
+                ));
+            }
+        }
+        config::ValueKind::Table(table) => {
+            let mut entries: Vec<_> = table.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            for (name, child) in entries {
+                let key = if key.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{key}.{name}")
+                };
+                missing_variables(child, key, env, out);
+            }
+        }
+        config::ValueKind::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                missing_variables(child, format!("{key}[{i}]"), env, out);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// A value that may be written `env:VAR`: the variable's value (an error naming it when
 /// unset or empty), else the value as written.
 fn reference(
@@ -847,6 +983,8 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    /// A source, for configurations a test is not about sources in (one is required).
+    const SOURCE: &str = "\n[[sources]]\nname = \"s\"\nvendor = \"pathors\"\nauth = { kind = \"header\", header = \"X-T\", value = \"env:PATHORS_TOKEN\" }\n";
 
     fn env(name: &str) -> Option<String> {
         match name {
@@ -914,10 +1052,13 @@ mod tests {
 
     #[test]
     fn postgres_urls_are_secrets_and_leases_default_past_the_timeout() {
-        let env =
-            |name: &str| (name == "PG_URL").then(|| "postgres://gate:pw@db/sessions".to_owned());
+        let env = |name: &str| {
+            (name == "PG_URL")
+                .then(|| "postgres://gate:pw@db/sessions".to_owned())
+                .or_else(|| env(name))
+        };
         let c = Config::from_toml(
-            "[storage]\nurl = \"env:PG_URL\"\npool_size = 4\n[[targets]]\nname = \"t\"\nurl = \"http://x\"\ntimeout_ms = 2000",
+            &format!("[storage]\nurl = \"env:PG_URL\"\npool_size = 4\n[[targets]]\nname = \"t\"\nurl = \"http://x\"\ntimeout_ms = 2000{SOURCE}"),
             &env,
         )
         .unwrap();
@@ -932,27 +1073,30 @@ mod tests {
         assert!(c.warnings.is_empty());
         assert_eq!(c.targets[0].lease, Duration::from_secs(32));
 
-        let inline = parse("[storage]\nurl = \"postgres://gate:pw@db/sessions\"").unwrap();
+        let inline = parse(&format!(
+            "[storage]\nurl = \"postgres://gate:pw@db/sessions\"{SOURCE}"
+        ))
+        .unwrap();
         assert!(
             inline.warnings[0].contains("storage.url"),
             "{:?}",
             inline.warnings
         );
         assert!(
-            parse("[storage]\nurl = \"postgres://gate@db/sessions\"")
-                .unwrap()
-                .warnings
-                .is_empty()
+            parse(&format!(
+                "[storage]\nurl = \"postgres://gate@db/sessions\"{SOURCE}"
+            ))
+            .unwrap()
+            .warnings
+            .is_empty()
         );
     }
 
     #[test]
     fn omitted_filters_accept_everything() {
-        let c = parse(
-            r#"[[targets]]
-               name = "all"
-               url = "http://127.0.0.1:9/x""#,
-        )
+        let c = parse(&format!(
+            "[[targets]]\nname = \"all\"\nurl = \"http://127.0.0.1:9/x\"{SOURCE}"
+        ))
         .unwrap();
         for t in EventType::ALL {
             assert!(c.targets[0].accepts("anything", t));
@@ -983,10 +1127,10 @@ mod tests {
         let env = |name: &str| match name {
             "CRM_URL" => Some("https://crm.example.com/hooks?key=k".to_owned()),
             "CRM_TOKEN" => Some("Bearer crm-token".to_owned()),
-            _ => None,
+            other => env(other),
         };
         let c = Config::from_toml(
-            "[delivery]\nmax_attempts = 12\n[[targets]]\nname = \"crm\"\nurl = \"env:CRM_URL\"\nheaders = { \"Authorization\" = \"env:CRM_TOKEN\" }\nmax_attempts = 20\ntimeout_ms = 5000\n[[targets]]\nname = \"other\"\nurl = \"http://x\"",
+            &format!("[delivery]\nmax_attempts = 12\n[[targets]]\nname = \"crm\"\nurl = \"env:CRM_URL\"\nheaders = {{ \"Authorization\" = \"env:CRM_TOKEN\" }}\nmax_attempts = 20\ntimeout_ms = 5000\n[[targets]]\nname = \"other\"\nurl = \"http://x\"{SOURCE}"),
             &env,
         )
         .unwrap();
@@ -1024,9 +1168,10 @@ mod tests {
         assert_eq!(redact_url("http://u@h/p"), "http://u@h/p");
         assert_eq!(redact_url("http://h/p"), "http://h/p");
         assert_eq!(redact_url("not a url?key=1"), "not a url?***");
-        let c =
-            parse("[[targets]]\nname = \"t\"\nurl = \"https://u:pw0rd@h.example/x?api_key=k3y\"")
-                .unwrap();
+        let c = parse(&format!(
+            "[[targets]]\nname = \"t\"\nurl = \"https://u:pw0rd@h.example/x?api_key=k3y\"{SOURCE}"
+        ))
+        .unwrap();
         let shown = format!("{:?}", c.targets[0]);
         assert!(
             !shown.contains("pw0rd") && !shown.contains("k3y"),
@@ -1071,7 +1216,7 @@ mod tests {
     fn environment_overrides_keep_strings_as_strings() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[delivery]\nmax_attempts = 3").unwrap();
+        std::fs::write(&path, format!("[delivery]\nmax_attempts = 3{SOURCE}")).unwrap();
         let vars = [
             ("SESSIONGATE__SERVER__ADMIN_TOKEN", "000123456789"),
             ("SESSIONGATE__DELIVERY__MAX_ATTEMPTS", "20"),
@@ -1088,6 +1233,26 @@ mod tests {
         );
         assert_eq!(c.delivery.max_attempts, 20);
         assert_eq!(c.delivery.retry.jitter, 0.5);
+    }
+
+    #[test]
+    fn every_unknown_key_and_missing_variable_is_reported_at_once() {
+        let e = parse(
+            "[server]\nlisen = 1\nadmin_token = \"env:NOPE_A\"\n[delivery]\nmax_atempts = 3\n[[targets]]\nname = \"t\"\nurl = \"env:NOPE_B\"\ncolour = 1",
+        )
+        .unwrap_err()
+        .to_string();
+        for part in [
+            "server.lisen",
+            "delivery.max_atempts",
+            "targets[0].colour",
+            "NOPE_A",
+            "NOPE_B",
+            "no [[sources]]",
+        ] {
+            assert!(e.contains(part), "missing {part} in {e}");
+        }
+        assert!(e.starts_with("6 problems:"), "{e}");
     }
 
     #[test]

@@ -141,21 +141,25 @@ fn connection_lost(e: &StoreError) -> bool {
 }
 
 /// Runs `$body` with a pooled connection bound to `$client`; if that connection turns out
-/// to be dead, runs it once more on a fresh one. Only for operations that are safe to repeat
-/// (reads, and writes whose repeat is recognised: an ingest that did commit reads back as a
-/// duplicate of itself).
+/// to be dead, runs it again on another, until one is alive: after a server restart every
+/// pooled connection may be dead, and each dead one fails at once. Only for operations that
+/// are safe to repeat (reads, and writes whose repeat is recognised: an ingest that did
+/// commit reads back as a duplicate of itself).
 macro_rules! on_connection {
     ($store:expr, |$client:ident| $body:expr) => {{
-        let mut retried = false;
+        // One more than the pool holds: by then a connection was made afresh.
+        let mut tries_left = $store.pool.status().max_size + 1;
         loop {
             let $client = $store.client().await?;
             match $body {
-                Err(e) if !retried && connection_lost(&e) => {
+                Err(e) if tries_left > 0 && connection_lost(&e) => {
+                    tries_left -= 1;
                     tracing::warn!(
                         error = %crate::error::chain(&e),
-                        "A pooled PostgreSQL connection was dead; trying once more on another"
+                        "A pooled PostgreSQL connection was dead; trying another"
                     );
-                    retried = true;
+                    // Not back into the pool: it is of no use to anyone.
+                    let _dead = deadpool_postgres::Object::take($client);
                 }
                 result => break result,
             }
@@ -1055,8 +1059,14 @@ mod tests {
             .unwrap();
         let killer = PgStore::open(&url, 1).await.unwrap();
         for round in 0..5 {
-            // Warm the pool, then end every backend behind it.
-            store.ping().await.unwrap();
+            // Fill the pool, then end every backend behind it: all four pooled
+            // connections are dead at once, as after a server restart.
+            let clients: Vec<_> = futures_util::future::join_all((0..4).map(|_| store.client()))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+            drop(clients);
             let ended = killer
                 .query(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
