@@ -29,6 +29,8 @@ use crate::store::{self, Store};
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Application {
+    /// Deletes old finished work on `[retention]`'s schedule; stopped at shutdown.
+    pruner: Option<tokio::task::JoinHandle<()>>,
     port: u16,
     server: Server,
     /// The admin API and `/metrics` on a listener of their own (`server.admin_listen`).
@@ -122,7 +124,7 @@ impl Application {
             targets,
             store: store.clone(),
             dispatcher,
-            metrics,
+            metrics: metrics.clone(),
             max_body_bytes: config.server.max_body_bytes,
             body_budget: ingest::BodyBudget::new(config.server.max_body_bytes_in_flight),
             body_timeout: config.server.body_timeout,
@@ -204,7 +206,12 @@ impl Application {
             }
         };
 
+        let pruner = config.retention.map(|retention| {
+            tokio::spawn(prune_forever(store.clone(), metrics.clone(), retention))
+        });
+
         Ok(Application {
+            pruner,
             port: address.port(),
             server,
             admin_server,
@@ -263,11 +270,37 @@ impl Application {
                 result = outcome;
             }
         }
+        if let Some(pruner) = &self.pruner {
+            // Each batch is its own transaction: stopping between two loses nothing.
+            pruner.abort();
+        }
         tracing::info!("Waiting for delivery attempts in flight");
         self.workers.stop(self.shutdown_timeout).await;
         self.store.close().await;
         tracing::info!("Stopped");
         result
+    }
+}
+
+/// Runs retention now and then every `interval`; a failed run is logged and tried again at
+/// the next one.
+async fn prune_forever(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    retention: crate::config::RetentionConfig,
+) {
+    let mut ticks = tokio::time::interval(retention.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let cutoff = crate::event::Timestamp::now().minus(retention.max_age);
+        let started = std::time::Instant::now();
+        match store.prune(cutoff).await {
+            Ok(pruned) => metrics.pruned(pruned, started.elapsed()),
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "Retention could not prune; it tries again next interval")
+            }
+        }
     }
 }
 

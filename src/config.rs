@@ -48,6 +48,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub delivery: DeliveryConfig,
+    /// `None` = keep everything.
+    pub retention: Option<RetentionConfig>,
     pub sources: Vec<Source>,
     pub targets: Vec<Target>,
     /// Things an operator should hear about at start-up (inline secrets, `auth = none`).
@@ -93,6 +95,13 @@ pub enum StorageConfig {
 pub enum Synchronous {
     Full,
     Normal,
+}
+
+/// What is pruned, and how often (`[retention]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    pub max_age: Duration,
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -270,6 +279,7 @@ struct RawConfig {
     storage: RawStorage,
     #[serde(default)]
     delivery: RawDelivery,
+    retention: Option<RawRetention>,
     #[serde(default)]
     sources: Vec<RawSource>,
     #[serde(default)]
@@ -354,6 +364,18 @@ impl Default for RawDelivery {
             lease_ms: None,
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    max_age: String,
+    #[serde(default = "default_retention_interval")]
+    interval: String,
+}
+
+fn default_retention_interval() -> String {
+    "1h".into()
 }
 
 #[derive(Deserialize)]
@@ -528,6 +550,23 @@ impl RawConfig {
                     jitter: d.jitter,
                 },
                 max_in_flight: d.max_in_flight,
+            }
+        };
+
+        let retention = match self.retention {
+            None => None,
+            Some(r) => {
+                let max_age = parse_duration("retention.max_age", &r.max_age)?;
+                let interval = parse_duration("retention.interval", &r.interval)?;
+                if max_age < Duration::from_secs(48 * 3600) {
+                    warnings.push(format!(
+                        "retention.max_age = \"{}\" is under 2 days: Agntix retries for 24 h, and a \
+                         retry that arrives after its first delivery was pruned is accepted and \
+                         forwarded again",
+                        r.max_age
+                    ));
+                }
+                Some(RetentionConfig { max_age, interval })
             }
         };
 
@@ -721,6 +760,7 @@ impl RawConfig {
             server,
             storage,
             delivery,
+            retention,
             sources,
             targets,
             warnings: inline_secrets,
@@ -827,6 +867,31 @@ fn reference(
             )
         }),
         None => Ok(value.to_owned()),
+    }
+}
+
+/// A duration written as a whole number and a unit: `90s`, `15m`, `12h`, `30d`.
+pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    let bad = || {
+        invalid(
+            key,
+            format!("`{value}` is not a duration such as \"90s\", \"15m\", \"12h\" or \"30d\""),
+        )
+    };
+    let unit_at = value.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = value.split_at(unit_at);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(seconds) {
+        Some(0) => Err(invalid(key, "must be greater than 0")),
+        Some(s) => Ok(Duration::from_secs(s)),
+        None => Err(bad()),
     }
 }
 
@@ -1253,6 +1318,45 @@ mod tests {
             assert!(e.contains(part), "missing {part} in {e}");
         }
         assert!(e.starts_with("6 problems:"), "{e}");
+    }
+
+    #[test]
+    fn retention_durations_parse_and_a_short_max_age_warns() {
+        for (text, secs) in [
+            ("90s", 90),
+            ("15m", 900),
+            ("12h", 43_200),
+            ("30d", 2_592_000),
+        ] {
+            assert_eq!(
+                parse_duration("k", text).unwrap(),
+                Duration::from_secs(secs)
+            );
+        }
+        for bad in ["", "30", "d", "1.5h", "-1d", "0s", "3w", "1 h"] {
+            assert!(parse_duration("k", bad).is_err(), "{bad}");
+        }
+        let c = parse(&format!("[retention]\nmax_age = \"30d\"{SOURCE}")).unwrap();
+        assert_eq!(
+            c.retention,
+            Some(RetentionConfig {
+                max_age: Duration::from_secs(30 * 86_400),
+                interval: Duration::from_secs(3600)
+            })
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let short = parse(&format!(
+            "[retention]\nmax_age = \"1h\"\ninterval = \"5m\"{SOURCE}"
+        ))
+        .unwrap();
+        assert!(
+            short.warnings[0].contains("retention.max_age"),
+            "{:?}",
+            short.warnings
+        );
+        assert!(parse(SOURCE).unwrap().retention.is_none());
+        let e = error_of(&format!("[retention]\nmax_age = \"soon\"{SOURCE}"));
+        assert!(e.contains("retention.max_age"), "{e}");
     }
 
     #[test]

@@ -131,6 +131,19 @@ impl Timestamp {
         )
     }
 
+    /// This instant less `d`, staying within the years RFC 3339 can write.
+    pub fn minus(self, d: std::time::Duration) -> Timestamp {
+        let earliest = DateTime::parse_from_rfc3339("0000-01-01T00:00:00Z")
+            .expect("a valid timestamp")
+            .with_timezone(&Utc);
+        Timestamp(
+            chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| self.0.checked_sub_signed(d))
+                .map_or(earliest, |t| t.max(earliest)),
+        )
+    }
+
     pub fn unix_millis(self) -> i64 {
         self.0.timestamp_millis()
     }

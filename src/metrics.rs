@@ -18,7 +18,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::event::{EventId, Timestamp};
-use crate::store::TargetCounts;
+use crate::store::{Pruned, TargetCounts};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
@@ -34,6 +34,11 @@ struct RejectLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabels {
     target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,6 +106,7 @@ pub struct Metrics {
     queue_depth: Family<TargetLabels, Gauge>,
     deliveries_dead: Family<TargetLabels, Gauge>,
     orphaned: Family<TargetLabels, Gauge>,
+    pruned: Family<KindLabels, Counter>,
     claims: Family<TargetLabels, Counter>,
     handed_over: Family<TargetLabels, Counter>,
     attempt_seconds: Histograms<TargetLabels>,
@@ -129,6 +135,7 @@ impl Metrics {
             queue_depth: Family::default(),
             deliveries_dead: Family::default(),
             orphaned: Family::default(),
+            pruned: Family::default(),
             claims: Family::default(),
             handed_over: Family::default(),
             attempt_seconds: Family::new_with_constructor(attempt_buckets),
@@ -194,6 +201,11 @@ impl Metrics {
             "orphaned_deliveries",
             "Pending deliveries of a target no longer configured; delivered once it is again",
             m.orphaned.clone(),
+        );
+        registry.register(
+            "retention_pruned",
+            "Rows deleted by retention, by kind (events, receipts, deliveries, attempts)",
+            m.pruned.clone(),
         );
         let build_info: Family<VersionLabels, Gauge> = Family::default();
         build_info
@@ -347,6 +359,30 @@ impl Metrics {
                 target: target.to_owned(),
             })
             .inc();
+    }
+
+    /// Records one retention run: logs it and counts what it deleted.
+    pub fn pruned(&self, pruned: Pruned, took: Duration) {
+        for (kind, n) in [
+            ("events", pruned.events),
+            ("receipts", pruned.receipts),
+            ("deliveries", pruned.deliveries),
+            ("attempts", pruned.attempts),
+        ] {
+            self.pruned
+                .get_or_create(&KindLabels {
+                    kind: kind.to_owned(),
+                })
+                .inc_by(n);
+        }
+        tracing::info!(
+            events = pruned.events,
+            receipts = pruned.receipts,
+            deliveries = pruned.deliveries,
+            attempts = pruned.attempts,
+            took_ms = took.as_millis() as u64,
+            "Retention pruned what is older than max_age"
+        );
     }
 
     /// Sets the store-derived gauges: queue depth and dead deliveries of every configured

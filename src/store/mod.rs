@@ -332,6 +332,18 @@ impl DeliveryStatus {
 }
 
 /// A delivery as the store knows it.
+/// What one pruning run deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub events: u64,
+    pub receipts: u64,
+    pub deliveries: u64,
+    pub attempts: u64,
+}
+
+/// Rows one pruning batch looks at.
+pub(crate) const PRUNE_BATCH: i64 = 500;
+
 /// How many deliveries of one target wait, and how many are dead.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TargetCounts {
@@ -518,6 +530,13 @@ pub trait Store: Send + Sync {
     /// Pending and dead deliveries per target, read off the write path (gauges are read on
     /// every scrape and must never hold up ingest).
     async fn delivery_counts(&self) -> Result<Vec<TargetCounts>, StoreError>;
+
+    /// Deletes what is older than `cutoff` and no longer needed (`[retention]`): events
+    /// (with their raw bodies) and their deliveries and attempts once none of the event's
+    /// deliveries is pending, and receipts no kept event refers to. Pending work is never
+    /// pruned. Session records are kept. Works in small batches, each its own transaction,
+    /// so ingest never waits long behind it.
+    async fn prune(&self, cutoff: Timestamp) -> Result<Pruned, StoreError>;
 
     /// Succeeds while the store can serve requests.
     async fn ping(&self) -> Result<(), StoreError>;

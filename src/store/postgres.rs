@@ -32,8 +32,9 @@ use super::pg_tls;
 use super::{
     Accept, AcceptPlan, AttemptInfo, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion,
     DeliveryFilter, DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handed, IngestOutcome,
-    NewEvent, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, RetryOutcome, SessionView,
-    Store, StoreError, StoredEvent, TargetCounts, fold_counts, lease_token, now_ms, plan_accept,
+    NewEvent, PRUNE_BATCH, Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo,
+    RetryOutcome, SessionView, Store, StoreError, StoredEvent, TargetCounts, fold_counts,
+    lease_token, now_ms, plan_accept,
 };
 use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
@@ -43,7 +44,8 @@ const MIGRATION_LOCK: i64 = 0x5e55_1047_6a7e;
 /// How long a request waits for a pooled connection or a new one before failing.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE receipts (
     seq BIGSERIAL PRIMARY KEY,
     source TEXT NOT NULL,
@@ -102,7 +104,12 @@ CREATE TABLE sessions (
     updated_at BIGINT NOT NULL,
     PRIMARY KEY (vendor, session_id)
 );
-"#];
+"#,
+    // Retention deletes a receipt only when no event refers to it.
+    r#"
+CREATE INDEX events_by_receipt ON events(receipt_seq);
+"#,
+];
 
 pub struct PgStore {
     pool: Pool,
@@ -935,6 +942,57 @@ impl Store for PgStore {
             rows.iter()
                 .map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2) as u64)),
         ))
+    }
+
+    async fn prune(&self, cutoff: Timestamp) -> Result<Pruned, StoreError> {
+        let cutoff = cutoff.to_string();
+        let mut pruned = Pruned::default();
+        // An event goes with all its deliveries and their attempts, in one statement (the
+        // foreign keys hold at its end), once none of its deliveries is pending.
+        loop {
+            let row = self
+                .query_one(
+                    "WITH doomed AS (
+                         SELECT e.seq, e.id FROM events e
+                         WHERE e.received_at < $1 AND NOT EXISTS (
+                             SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status = 'pending')
+                         ORDER BY e.seq LIMIT $2),
+                     gone_deliveries AS (
+                         DELETE FROM deliveries d USING doomed WHERE d.event_id = doomed.id RETURNING d.id),
+                     gone_attempts AS (
+                         DELETE FROM attempts a USING gone_deliveries g WHERE a.delivery_id = g.id RETURNING 1),
+                     gone_events AS (
+                         DELETE FROM events e USING doomed WHERE e.seq = doomed.seq RETURNING 1)
+                     SELECT (SELECT count(*) FROM gone_events), (SELECT count(*) FROM gone_deliveries),
+                            (SELECT count(*) FROM gone_attempts)",
+                    &[&cutoff, &PRUNE_BATCH],
+                )
+                .await?;
+            let events = row.get::<_, i64>(0) as u64;
+            pruned.events += events;
+            pruned.deliveries += row.get::<_, i64>(1) as u64;
+            pruned.attempts += row.get::<_, i64>(2) as u64;
+            if events < PRUNE_BATCH as u64 {
+                break;
+            }
+        }
+        loop {
+            let gone = self
+                .execute(
+                    "DELETE FROM receipts WHERE seq IN (
+                         SELECT r.seq FROM receipts r
+                         WHERE r.received_at < $1
+                           AND NOT EXISTS (SELECT 1 FROM events e WHERE e.receipt_seq = r.seq)
+                         ORDER BY r.seq LIMIT $2)",
+                    &[&cutoff, &PRUNE_BATCH],
+                )
+                .await?;
+            pruned.receipts += gone;
+            if gone < PRUNE_BATCH as u64 {
+                break;
+            }
+        }
+        Ok(pruned)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

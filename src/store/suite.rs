@@ -121,6 +121,7 @@ suite!(
     retry_requeues_only_dead_deliveries_and_replay_adds_deliveries,
     events_and_deliveries_page_newest_first,
     ignored_requests_are_kept_and_ping_answers,
+    pruning_deletes_finished_work_and_never_pending_work,
 );
 
 fn accept_from(source: &str, session: &str, types: &[EventType], targets: &[&str]) -> Accept {
@@ -678,4 +679,94 @@ async fn ignored_requests_are_kept_and_ping_answers(s: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(ignored.len(), 1);
+}
+
+async fn pruning_deletes_finished_work_and_never_pending_work(s: Arc<dyn Store>) {
+    let lease = Duration::from_secs(60);
+    for session in ["delivered", "pending", "dead"] {
+        s.accept(accept(session, &[EventType::SessionEnded], &["t"]))
+            .await
+            .unwrap();
+    }
+    s.record_receipt(Receipt {
+        outcome: ReceiptOutcome::Ignored,
+        source: "src".into(),
+        vendor_event_type: Some("other".into()),
+        message_id: None,
+        received_at: Timestamp::now(),
+        raw: b"{}".to_vec().into(),
+    })
+    .await
+    .unwrap();
+    let claimed = s.claim_due("t", 10, lease).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let session_of = |c: &ClaimedDelivery| c.event_id.clone();
+    for c in &claimed {
+        let next = if session_of(c)
+            == EventId::derive("src", "delivered", "x", EventType::SessionEnded)
+        {
+            Completion::Delivered
+        } else if session_of(c) == EventId::derive("src", "dead", "x", EventType::SessionEnded) {
+            Completion::Dead
+        } else {
+            Completion::RetryAt {
+                unix_ms: now_ms() + 60_000,
+            }
+        };
+        s.finish_attempt(attempt(c, next)).await.unwrap();
+    }
+
+    // Nothing is old yet: nothing goes.
+    let nothing = s
+        .prune(Timestamp::from_unix_millis(now_ms() - 3_600_000))
+        .await
+        .unwrap();
+    assert_eq!(nothing, Pruned::default());
+
+    // Everything is old: what is finished goes, the pending delivery and its event stay.
+    let pruned = s
+        .prune(Timestamp::from_unix_millis(now_ms() + 60_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            pruned.events,
+            pruned.deliveries,
+            pruned.attempts,
+            pruned.receipts
+        ),
+        (2, 2, 2, 3),
+        "{pruned:?}"
+    );
+    let events = s
+        .events(EventFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].session_id, "pending");
+    let deliveries = s.deliveries(all()).await.unwrap();
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].status, DeliveryStatus::Pending);
+    assert_eq!(deliveries[0].attempts, 1);
+    let receipts = s
+        .receipts(ReceiptFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(receipts.len(), 1, "the pending event's receipt stays");
+    assert!(
+        s.session("pathors", "delivered").await.unwrap().is_some(),
+        "records stay"
+    );
+    // A second run finds nothing more.
+    let again = s
+        .prune(Timestamp::from_unix_millis(now_ms() + 60_000))
+        .await
+        .unwrap();
+    assert_eq!(again, Pruned::default());
 }

@@ -595,3 +595,46 @@ async fn receipts_show_what_vendors_sent_even_when_it_made_no_event() {
         .await;
     assert_eq!(bad.status(), 400);
 }
+
+#[tokio::test]
+async fn retention_prunes_delivered_events_on_its_schedule_and_counts_them() {
+    let receiver = TestReceiver::start().await;
+    let mut options = Options::with_targets(format!(
+        "[[targets]]\nname = \"crm\"\nurl = \"{}\"\n[retention]\nmax_age = \"1s\"\ninterval = \"1s\"",
+        receiver.url("/")
+    ));
+    options.admin_api = true;
+    let app = spawn_app_with(options, None).await;
+    assert_eq!(app.post_pathors(&call_ended("s-old")).await.status(), 202);
+    app.wait_for_deliveries(sessiongate::store::DeliveryStatus::Delivered, 1)
+        .await;
+    // Within a few intervals the delivered event is older than max_age and pruned.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let page: Value = app
+            .admin(reqwest::Method::GET, "/admin/events")
+            .await
+            .json()
+            .await
+            .unwrap();
+        if page["events"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never pruned: {page}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(app.deliveries(None).await.is_empty());
+    let text = app.metrics().await;
+    assert!(
+        text.contains(r#"sessiongate_retention_pruned_total{kind="events"} 1"#),
+        "{text}"
+    );
+    // The session record stays: a late duplicate is still recognised as the same session.
+    let record = app
+        .admin(reqwest::Method::GET, "/admin/sessions/pathors/s-old")
+        .await;
+    assert_eq!(record.status(), 200);
+}
