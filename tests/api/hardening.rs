@@ -638,3 +638,36 @@ async fn retention_prunes_delivered_events_on_its_schedule_and_counts_them() {
         .await;
     assert_eq!(record.status(), 200);
 }
+
+#[test]
+fn check_config_shows_no_url_credentials_nor_query_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = process_config(
+        dir.path(),
+        &format!(
+            "url = \"sqlite://{}\"",
+            dir.path().join("gate.db").display()
+        ),
+        "",
+        "https://hook-user:hunter2-password@crm.example.com/hooks?api_key=k3y-secret",
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .env("TEST_PATHORS_TOKEN", PATHORS_TOKEN)
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{printed}");
+    assert!(
+        printed.contains("https://hook-user:***@crm.example.com/hooks?***"),
+        "{printed}"
+    );
+    for secret in ["hunter2-password", "k3y-secret", PATHORS_TOKEN] {
+        assert!(!printed.contains(secret), "{secret} printed: {printed}");
+    }
+}
