@@ -42,7 +42,15 @@ const QUEUE_DEPTH: usize = 8192;
 
 /// Runs on the writer thread inside the batch transaction; returns whether it succeeded
 /// and how to answer its caller once the batch's fate is known.
-type Work = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+/// One operation for the writer: `run` it in the open transaction (its reply is answered
+/// after the commit), or `refuse` it unrun when no transaction or savepoint can hold it.
+struct Work {
+    run: Run,
+    refuse: Box<dyn FnOnce(String) + Send>,
+}
+
+/// Runs an operation: whether it succeeded (its writes stay), and how to answer its caller.
+type Run = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 enum Msg {
@@ -246,19 +254,34 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let (done, answer) = oneshot::channel::<Result<T, StoreError>>();
-        let work: Work = Box::new(move |conn| {
-            let result = f(conn);
-            let ok = result.is_ok();
-            let reply: Reply = Box::new(move |committed| {
-                let outcome = match (committed, result) {
-                    (Ok(()), Ok(value)) => Ok(value),
-                    (_, Err(e)) => Err(StoreError::Backend(Box::new(e))),
-                    (Err(e), Ok(_)) => Err(StoreError::Backend(e.into())),
-                };
-                let _ = done.send(outcome);
-            });
-            (ok, reply)
-        });
+        // Exactly one of `run` and `refuse` is called; both may answer.
+        let done = Arc::new(std::sync::Mutex::new(Some(done)));
+        let answer_with = |done: &std::sync::Mutex<Option<_>>, outcome| {
+            let sender = done.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(sender) = sender {
+                // The caller may have gone (it hung up): nobody is left to tell.
+                let _: Result<(), _> = oneshot::Sender::send(sender, outcome);
+            }
+        };
+        let refused = done.clone();
+        let work = Work {
+            run: Box::new(move |conn| {
+                let result = f(conn);
+                let ok = result.is_ok();
+                let reply: Reply = Box::new(move |committed| {
+                    let outcome = match (committed, result) {
+                        (Ok(()), Ok(value)) => Ok(value),
+                        (_, Err(e)) => Err(StoreError::Backend(Box::new(e))),
+                        (Err(e), Ok(_)) => Err(StoreError::Backend(e.into())),
+                    };
+                    answer_with(&done, outcome);
+                });
+                (ok, reply)
+            }),
+            refuse: Box::new(move |why| {
+                answer_with(&refused, Err(StoreError::Backend(why.into())));
+            }),
+        };
         self.tx
             .send(Msg::Work(work))
             .await
@@ -340,7 +363,9 @@ fn checkpointer(path: PathBuf, wal: Arc<WalState>, stop: std::sync::mpsc::Receiv
             return;
         }
     };
-    let _ = conn.execute_batch("PRAGMA busy_timeout = 1000;");
+    if let Err(e) = conn.execute_batch("PRAGMA busy_timeout = 1000;") {
+        tracing::warn!(error = %e, "The SQLite checkpointer runs without a busy timeout");
+    }
     let mut wait = CHECKPOINT_EVERY;
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(wait) {
         wait = CHECKPOINT_EVERY;
@@ -503,7 +528,10 @@ impl Writer {
         // Let the syncer make the last batches durable and answer them.
         if let Some((to_syncer, thread)) = syncer {
             drop(to_syncer);
-            let _ = thread.join();
+            if thread.join().is_err() {
+                // Its batches' callers were answered with an error when their replies dropped.
+                tracing::error!("The SQLite sync thread panicked");
+            }
         }
         drop(stop_checkpoints);
         if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
@@ -525,34 +553,49 @@ impl Writer {
         let step = |sql: &str| conn.prepare_cached(sql).and_then(|mut st| st.execute([]));
         if open.is_none() {
             if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-                tracing::error!(error = %e, "Store transaction failed to begin; answering with an error");
-                // A reply exists only once the work has run: run it in a savepoint (which
-                // opens a transaction of its own), undo it, and answer with the failure.
-                let _ = conn.execute_batch("SAVEPOINT op");
-                let (_, reply) = work(conn);
-                let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
-                reply(Err(format!("cannot begin a transaction: {e}")));
+                // Run outside a transaction, its writes would commit one by one whatever
+                // its answer: refuse it unrun.
+                tracing::error!(error = %e, "Store transaction failed to begin; refusing the operation");
+                (work.refuse)(format!("cannot begin a transaction: {e}"));
                 return;
             }
             *open = Some(Open {
                 replies: Vec::with_capacity(64),
             });
         }
-        let batch = open.as_mut().expect("opened above");
-        let _ = step("SAVEPOINT op");
-        let (ok, reply) = work(conn);
-        if !ok {
-            let _ = step("ROLLBACK TO op");
+        if let Err(e) = step("SAVEPOINT op") {
+            tracing::error!(error = %e, "Store savepoint failed; refusing the operation");
+            (work.refuse)(format!("cannot open a savepoint: {e}"));
+            return;
         }
-        let _ = step("RELEASE op");
+        let (ok, reply) = (work.run)(conn);
+        let undone = if ok { Ok(0) } else { step("ROLLBACK TO op") };
+        let released = step("RELEASE op");
+        let batch = open.as_mut().expect("opened above");
         batch.replies.push(reply);
+        if let Err(e) = undone.and(released) {
+            // A failed operation's writes may still be in the transaction, where they would
+            // commit with the batch: undo the whole transaction and fail every caller in it
+            // (each will retry), rather than commit what was answered as failed.
+            tracing::error!(error = %e, "Store savepoint could not be undone; rolling the batch back");
+            let batch = open.take().expect("opened above");
+            if let Err(e) = conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "Store rollback failed");
+            }
+            let why = format!("cannot undo a failed operation: {e}");
+            for reply in batch.replies {
+                reply(Err(why.clone()));
+            }
+        }
     }
 
     /// Commits the open transaction and has its callers answered once it is durable.
     fn commit(&self, batch: Open) {
         let committed = self.conn.execute_batch("COMMIT").map_err(|e| {
             tracing::error!(error = %e, "Store commit failed; answering every caller in the batch with an error");
-            let _ = self.conn.execute_batch("ROLLBACK");
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "Store rollback after a failed commit failed");
+            }
             format!("commit failed: {e}")
         });
         self.answer(batch.replies, committed);
@@ -1480,5 +1523,45 @@ mod tests {
         assert_eq!(counts[0].pending, 1);
         release.send(()).unwrap();
         blocked.await.unwrap().unwrap();
+    }
+
+    /// An operation that failed must leave nothing behind, even when its savepoint cannot
+    /// be rolled back: then the whole batch is undone and every caller in it told so,
+    /// rather than the failed operation's writes committing with the others.
+    #[tokio::test]
+    async fn a_failed_operation_whose_savepoint_cannot_be_undone_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db"), Synchronous::Full)
+            .await
+            .unwrap();
+        let insert = |conn: &Connection, source: &str| {
+            conn.execute(
+                "INSERT INTO receipts (source, outcome, received_at, raw) VALUES (?1, 'ignored', 'x', X'')",
+                [source],
+            )
+        };
+        // Releases its own savepoint before writing, then fails: ROLLBACK TO has nothing
+        // to roll back to, which is how a failed ROLLBACK TO looks to the writer.
+        let failed = store
+            .call(move |conn| {
+                conn.execute_batch("RELEASE op")?;
+                insert(conn, "failed")?;
+                Err::<(), _>(rusqlite::Error::InvalidQuery)
+            })
+            .await;
+        assert!(failed.is_err());
+        let count = store
+            .call(|conn| {
+                conn.query_row(
+                    "SELECT count(*) FROM receipts WHERE source = 'failed'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(count, 0, "a failed operation's write was committed");
+        // The writer goes on.
+        store.call(move |conn| insert(conn, "later")).await.unwrap();
     }
 }
