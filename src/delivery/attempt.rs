@@ -134,7 +134,7 @@ impl Job {
             },
             Err(e) => {
                 // The lease expires and the delivery is attempted again: a repeat, not a loss.
-                tracing::error!(error = %e, "Failed to record a delivery attempt; it will be repeated");
+                tracing::error!(error = %chain(&e), "Failed to record a delivery attempt; it will be repeated");
                 Some(now_ms() + self.target.lease.as_millis() as i64)
             }
         }

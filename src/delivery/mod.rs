@@ -345,7 +345,7 @@ impl TargetWorker {
                             }
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "Failed to claim deliveries; will ask the store again");
+                            tracing::warn!(error = %crate::error::chain(&e), "Failed to claim deliveries; will ask the store again");
                             claim = false;
                             look_again = look_again.min(Instant::now() + STORE_RETRY);
                         }
