@@ -17,7 +17,7 @@ use svix::webhooks::Webhook;
 
 use crate::delivery::retry::RetryPolicy;
 use crate::event::EventType;
-use crate::ingest::auth::SourceAuth;
+use crate::auth::SourceAuth;
 use crate::vendors::Vendor;
 
 /// Where the configuration is read from when `--config` is not given.

@@ -7,7 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-use crate::ingest::auth::AuthFailure;
+use crate::auth::AuthFailure;
 use crate::store::StoreError;
 use crate::vendors::PayloadError;
 

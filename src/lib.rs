@@ -9,8 +9,10 @@
 //! The modules follow the path a webhook takes:
 //!
 //! - [`config`]: the TOML configuration, parsed once at start-up into validated types.
-//! - [`ingest`]: the HTTP side: `POST /ingest/{source}`, body limits, source authentication
-//!   ([`ingest::auth`]) and the answers of the contract.
+//! - [`auth`]: source authentication, a leaf every other room may use: the only way to
+//!   obtain a [`auth::Verified`] body, which is all a vendor adapter accepts.
+//! - [`ingest`]: the HTTP side: `POST /ingest/{source}`, body limits, the checks made
+//!   before a body is read, and the answers of the README's table.
 //! - [`vendors`]: one file per vendor, only parsing and mapping verified bytes to events.
 //! - [`event`]: the canonical session event (schema v1) and its identifiers.
 //! - [`sessions`]: the session record every event of a session is merged into.
@@ -25,6 +27,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod delivery;
 pub mod demo;

@@ -1,4 +1,4 @@
-//! The admin API (CONTRACT 4.2): sessions, events and deliveries, behind a Bearer token.
+//! The admin API (README, "Admin API"): sessions, events and deliveries, behind a Bearer token.
 //!
 //! Mounted only when `server.admin_token` is set. Every handler takes [`AdminAuth`], so no
 //! route can be added without the token check. Lists are newest first and paginate with an
@@ -13,9 +13,8 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
+use crate::auth::constant_time_eq;
 use crate::config::Target;
 use crate::delivery::Dispatcher;
 use crate::error::ApiError;
@@ -71,9 +70,7 @@ impl FromRequest for AdminAuth {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         let expected = state.token.expose_secret().as_bytes();
-        let matches: bool = Sha256::digest(presented.as_bytes())
-            .ct_eq(&Sha256::digest(expected))
-            .into();
+        let matches = constant_time_eq(presented.as_bytes(), expected);
         std::future::ready(if matches && !presented.is_empty() {
             Ok(AdminAuth)
         } else {

@@ -1,11 +1,10 @@
 //! `POST /ingest/{source}`: receive, authenticate, normalise, commit, answer.
 //!
 //! Everything shared by all vendors lives here: the source lookup, the body limit and read
-//! timeout, authentication ([`auth`]), ids and receive times, target matching, and the
-//! answers of CONTRACT 4.1. The answer is sent only after the store has durably committed
-//! the event and its deliveries. Vendor specifics stay in [`crate::vendors`].
-
-pub mod auth;
+//! timeout, authentication ([`crate::auth`]), ids and receive times, target matching, and the
+//! answers of the README's "Answers" table. The answer is sent only after the store has
+//! durably committed the event and its deliveries. Vendor specifics stay in
+//! [`crate::vendors`].
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -18,7 +18,7 @@ use serde::Deserialize;
 pub use fields::{PayloadError, printable};
 
 use crate::event::{EventType, Session, Timestamp};
-use crate::ingest::auth::Verified;
+use crate::auth::Verified;
 
 /// The vendors sessiongate understands, as written in `[[sources]] vendor = "…"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -85,7 +85,7 @@ pub(crate) mod test_support {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::ingest::auth::SourceAuth;
+    use crate::auth::SourceAuth;
 
     pub fn fixture(vendor: &str, name: &str) -> Vec<u8> {
         let path: PathBuf = [

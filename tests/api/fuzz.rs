@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use sessiongate::config::{Config, Source};
 use sessiongate::event::{Session, Timestamp};
-use sessiongate::ingest::auth::SourceAuth;
+use sessiongate::auth::SourceAuth;
 use sessiongate::ingest::build_accept;
 use sessiongate::vendors::{Normalized, Vendor};
 use svix::webhooks::Webhook;
