@@ -2,7 +2,8 @@
 //!
 //! Both events of one session share the top-level `id` (the session UUID); the kind is in
 //! `eventType`. Agntix's announced envelope (`{id, type, createdAt, data}`, no `eventType`)
-//! is recognised and ignored. The mapping is CONTRACT section 5, "from Agntix".
+//! is recognised and ignored. The mapping fills the canonical schema
+//! (`schema/session-event.v1.json`) from Agntix fields.
 
 use serde_json::{Map, Value};
 

@@ -1,7 +1,8 @@
 //! Pathors: `postSessionWebhook` events, a union on the top-level `event` field.
 //!
 //! Pathors signs nothing and never retries (authentication is a custom header, handled by
-//! [`crate::ingest::auth`]). The mapping is CONTRACT section 5, "from Pathors".
+//! [`crate::auth`]). The mapping fills the canonical schema
+//! (`schema/session-event.v1.json`) from Pathors fields.
 
 use serde_json::{Map, Value};
 
@@ -98,7 +99,7 @@ fn read_call(f: &Fields<'_>) -> Result<Option<Call>, PayloadError> {
     }))
 }
 
-/// CONTRACT section 5, `call`: Pathors `callStatus` to outcome and who ended the call.
+/// The canonical `call` block: Pathors `callStatus` to outcome and who ended the call.
 pub(crate) fn call_outcome(status: &str) -> (CallOutcome, Option<Party>) {
     use CallOutcome::*;
     match status {

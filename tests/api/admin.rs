@@ -1,4 +1,4 @@
-//! The admin API (CONTRACT 4.2) and `/metrics`.
+//! The admin API (README, "Admin API") and `/metrics`.
 
 use reqwest::Method;
 use serde_json::Value;

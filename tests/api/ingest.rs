@@ -1,4 +1,4 @@
-//! Every answer of CONTRACT 4.1, the authentication cases, and health.
+//! Every answer of the README's "Answers" table, the authentication cases, and health.
 
 use std::io::{Read, Write};
 
