@@ -15,9 +15,9 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use svix::webhooks::Webhook;
 
+use crate::auth::SourceAuth;
 use crate::delivery::retry::RetryPolicy;
 use crate::event::EventType;
-use crate::auth::SourceAuth;
 use crate::vendors::Vendor;
 
 /// Where the configuration is read from when `--config` is not given.

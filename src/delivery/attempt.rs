@@ -1,37 +1,21 @@
-//! One delivery attempt: build the request, send it, record what happened.
+//! One delivery attempt: hand the message to the target's output, record what happened.
 //!
-//! The request is the canonical event as JSON (with `raw` when the target wants it), the
-//! target's static headers, and Standard Webhooks signature headers when the target has a
-//! secret (`webhook-id` is the event id, so a receiver can de-duplicate retries). What the
-//! answer means is decided by the pure rules in [`super::retry`].
+//! The message is the canonical event as JSON (with `raw` when the target wants it); how it
+//! travels is the output's business ([`super::outputs`]). What the answer means for the
+//! delivery is decided by the pure rules in [`super::retry`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::retry::{Next, RetryPolicy, Verdict, classify_status, next_step};
+use super::outputs::{Outbound, Output};
+use super::retry::{Next, RetryPolicy, next_step};
 use crate::config::Target;
 use crate::error::chain;
 use crate::event::with_raw;
 use crate::metrics::{AttemptResult, Metrics};
 use crate::store::{AttemptRecord, ClaimedDelivery, Completion, Store, now_ms};
-
-/// How much of an error response body is kept in `last_error`.
-const ERROR_BODY_BYTES: usize = 256;
-
-/// The one HTTP client all targets share (connection pools are per host inside it).
-pub fn client() -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .user_agent(format!("sessiongate/{}", crate::VERSION))
-        // A redirect is not an acknowledgement; it is retried like any non-2xx.
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(64)
-        .build()
-        .context("Failed to build the delivery HTTP client")
-}
 
 /// The body a target receives for a delivery.
 pub fn body_for(target: &Target, delivery: &ClaimedDelivery) -> Vec<u8> {
@@ -44,18 +28,11 @@ pub fn body_for(target: &Target, delivery: &ClaimedDelivery) -> Vec<u8> {
 
 pub(super) struct Job {
     pub target: Arc<Target>,
-    pub client: reqwest::Client,
+    pub output: Arc<dyn Output>,
     pub store: Arc<dyn Store>,
     pub retry: RetryPolicy,
     pub metrics: Arc<Metrics>,
     pub delivery: ClaimedDelivery,
-}
-
-/// What the receiver answered, as far as the retry rules and the record care.
-struct Answer {
-    verdict: Verdict,
-    status: Option<u16>,
-    error: Option<String>,
 }
 
 impl Job {
@@ -79,7 +56,13 @@ impl Job {
         let attempt = self.delivery.attempts + 1;
         let started_at_ms = now_ms();
         let clock = Instant::now();
-        let answer = self.send().await;
+        let answer = self
+            .output
+            .send(Outbound {
+                event_id: &self.delivery.event_id,
+                body: body_for(&self.target, &self.delivery),
+            })
+            .await;
         let duration_ms = clock.elapsed().as_millis() as i64;
         drop(slot);
 
@@ -138,98 +121,5 @@ impl Job {
                 Some(now_ms() + self.target.lease.as_millis() as i64)
             }
         }
-    }
-
-    async fn send(&self) -> Answer {
-        let body = body_for(&self.target, &self.delivery);
-        let mut request = self
-            .client
-            .post(self.target.url.clone())
-            .timeout(self.target.timeout)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        for (name, value) in &self.target.headers {
-            request = request.header(name, value);
-        }
-        if let Some(signer) = &self.target.signer {
-            let timestamp = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
-            match signer.sign(self.delivery.event_id.as_str(), timestamp, &body) {
-                Ok(signature) => {
-                    request = request
-                        .header("webhook-id", self.delivery.event_id.as_str())
-                        .header("webhook-timestamp", timestamp.to_string())
-                        .header("webhook-signature", signature);
-                }
-                Err(e) => {
-                    // Bodies are JSON we serialised, so always UTF-8; never send unsigned.
-                    return Answer {
-                        verdict: Verdict::Retry { retry_after: None },
-                        status: None,
-                        error: Some(format!("could not sign the request: {e}")),
-                    };
-                }
-            }
-        }
-        match request.body(body).send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let verdict = classify_status(status, retry_after.as_deref(), SystemTime::now());
-                let error = match verdict {
-                    Verdict::Delivered => None,
-                    Verdict::Gone => {
-                        Some(format!("gone: {}", describe_status(status, response).await))
-                    }
-                    Verdict::Retry { .. } => Some(describe_status(status, response).await),
-                };
-                Answer {
-                    verdict,
-                    status: Some(status),
-                    error,
-                }
-            }
-            Err(e) => Answer {
-                verdict: Verdict::Retry { retry_after: None },
-                status: None,
-                error: Some(describe_error(&e)),
-            },
-        }
-    }
-}
-
-async fn describe_status(status: u16, mut response: reqwest::Response) -> String {
-    let mut snippet = Vec::new();
-    while snippet.len() < ERROR_BODY_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => snippet.extend_from_slice(&chunk),
-            _ => break,
-        }
-    }
-    snippet.truncate(ERROR_BODY_BYTES);
-    let text = String::from_utf8_lossy(&snippet);
-    let text = text.trim();
-    if text.is_empty() {
-        format!("HTTP {status}")
-    } else {
-        format!("HTTP {status}: {text}")
-    }
-}
-
-fn describe_error(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    match std::error::Error::source(e) {
-        Some(cause) => format!("{kind}: {}", chain(cause)),
-        None => kind.to_owned(),
     }
 }

@@ -16,6 +16,7 @@
 //! the attempt's result is committed, and the event id (`webhook-id`) stays the same.
 
 pub mod attempt;
+pub mod outputs;
 pub mod retry;
 
 use std::collections::{HashMap, VecDeque};
@@ -157,7 +158,7 @@ impl Workers {
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<(Dispatcher, Workers)> {
-        let client = attempt::client()?;
+        let client = outputs::http::client()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut handles = HashMap::new();
         let mut tasks = JoinSet::new();
@@ -179,11 +180,12 @@ impl Workers {
                 },
             );
             let slots = Arc::new(Semaphore::new(target.max_in_flight));
+            let output = outputs::for_target(&target, &client)?;
             let worker = TargetWorker {
                 target,
                 config: config.clone(),
                 store: store.clone(),
-                client: client.clone(),
+                output,
                 metrics: metrics.clone(),
                 waker,
                 slots,
@@ -270,7 +272,7 @@ struct TargetWorker {
     target: Arc<Target>,
     config: DeliveryConfig,
     store: Arc<dyn Store>,
-    client: reqwest::Client,
+    output: Arc<dyn outputs::Output>,
     metrics: Arc<Metrics>,
     waker: Arc<Notify>,
     /// One permit per attempt waiting for the target's answer.
@@ -382,7 +384,7 @@ impl TargetWorker {
     ) {
         let job = attempt::Job {
             target: self.target.clone(),
-            client: self.client.clone(),
+            output: self.output.clone(),
             store: self.store.clone(),
             retry: self.config.retry.clone(),
             metrics: self.metrics.clone(),

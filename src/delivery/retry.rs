@@ -1,12 +1,12 @@
-//! Retry decisions: pure functions from an attempt's result to what happens next.
+//! Retry decisions: pure functions from an attempt's [`Verdict`] to what happens next.
 //!
-//! 2xx is delivered; 410 Gone is dead at once (the receiver says the endpoint is gone for
-//! good); anything else (status, timeout, connection error) is retried on an
-//! exponential schedule with jitter, honouring `Retry-After` on 429 and 503, until
-//! `max_attempts`, after which the delivery is dead. No I/O and no clock reads here: the
+//! A verdict says nothing of how the output speaks (each output maps its own answers, e.g.
+//! HTTP statuses in [`super::outputs::http`]): delivered; gone, which is dead at once; or
+//! retry, on an exponential schedule with jitter, honouring the receiver's "retry after",
+//! until `max_attempts`, after which the delivery is dead. No I/O and no clock reads here: the
 //! worker passes `now` and a random number in, so every rule is table-tested.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// The backoff schedule between attempts.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,30 +53,6 @@ pub enum Verdict {
     },
 }
 
-/// Classifies a received HTTP status. Transport errors and timeouts are
-/// `Verdict::Retry { retry_after: None }`.
-pub fn classify_status(status: u16, retry_after: Option<&str>, now: SystemTime) -> Verdict {
-    match status {
-        200..=299 => Verdict::Delivered,
-        410 => Verdict::Gone,
-        429 | 503 => Verdict::Retry {
-            retry_after: retry_after.and_then(|v| parse_retry_after(v, now)),
-        },
-        _ => Verdict::Retry { retry_after: None },
-    }
-}
-
-/// `Retry-After`: delta-seconds or an HTTP-date (RFC 9110 section 10.2.3).
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let at = SystemTime::from(date.with_timezone(&chrono::Utc));
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
 /// Where a delivery goes after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Next {
@@ -109,15 +85,12 @@ mod tests {
 
     #[test]
     fn gone_is_dead_at_once_whatever_the_budget() {
-        let now = SystemTime::now();
-        assert_eq!(classify_status(410, None, now), Verdict::Gone);
         assert_eq!(next_step(Verdict::Gone, 1, 12, &policy(), 0.5), Next::Dead);
-        for other in [400, 404, 409, 500] {
-            assert!(matches!(
-                next_step(classify_status(other, None, now), 1, 12, &policy(), 0.5),
-                Next::RetryIn(_)
-            ));
-        }
+        let retry = Verdict::Retry { retry_after: None };
+        assert!(matches!(
+            next_step(retry, 1, 12, &policy(), 0.5),
+            Next::RetryIn(_)
+        ));
     }
 
     fn policy() -> RetryPolicy {
@@ -173,52 +146,6 @@ mod tests {
         assert_eq!(
             p.delay(1, Some(Duration::from_secs(86_400)), 0.5),
             Duration::from_secs(3600)
-        );
-    }
-
-    #[test]
-    fn statuses_are_classified() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let table = [
-            (200, None, Verdict::Delivered),
-            (204, None, Verdict::Delivered),
-            (299, None, Verdict::Delivered),
-            (301, None, Verdict::Retry { retry_after: None }),
-            (400, None, Verdict::Retry { retry_after: None }),
-            (410, Some("5"), Verdict::Gone),
-            (404, None, Verdict::Retry { retry_after: None }),
-            (500, Some("5"), Verdict::Retry { retry_after: None }),
-            (
-                429,
-                Some("7"),
-                Verdict::Retry {
-                    retry_after: Some(Duration::from_secs(7)),
-                },
-            ),
-            (503, Some("nonsense"), Verdict::Retry { retry_after: None }),
-            (503, None, Verdict::Retry { retry_after: None }),
-        ];
-        for (status, header, verdict) in table {
-            assert_eq!(
-                classify_status(status, header, now),
-                verdict,
-                "{status} {header:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn retry_after_accepts_http_dates() {
-        let now =
-            SystemTime::from(chrono::DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z").unwrap());
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
-            Some(Duration::ZERO),
-            "a date in the past means now"
         );
     }
 

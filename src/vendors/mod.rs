@@ -17,8 +17,8 @@ use serde::Deserialize;
 
 pub use fields::{PayloadError, printable};
 
-use crate::event::{EventType, Session, Timestamp};
 use crate::auth::Verified;
+use crate::event::{EventType, Session, Timestamp};
 
 /// The vendors sessiongate understands, as written in `[[sources]] vendor = "…"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
