@@ -1,0 +1,555 @@
+//! The embedded SQLite store, with group commit.
+//!
+//! One writer thread owns the connection. Every operation is a closure sent to it; the
+//! thread runs operations as they come, all in one open transaction (each in its own
+//! savepoint, so one failure does not undo the others), and commits when the syncer is free.
+//! Under `synchronous = "full"` the syncer thread then fsyncs the WAL — one fsync for every
+//! batch committed since the last — and only then answers the callers, while the writer
+//! already runs the next batch. Concurrent ingests therefore share commits and fsyncs
+//! instead of queueing one each, and no caller hears back before its data is on disk.
+//!
+//! The database file is locked for the life of the store: one gateway process per file.
+//! That makes every lease left in the file at start-up stale, so opening releases them and
+//! pending deliveries resume at once after a restart.
+
+mod prune;
+mod queries;
+mod schema;
+mod wal;
+mod writer;
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Synchronous;
+use crate::event::{EventId, Timestamp};
+use crate::sessions::SessionRecord;
+use crate::store::{
+    Accept, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion, DeliveryFilter,
+    DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, IngestOutcome, Pruned, RECEIPT_COLUMNS,
+    Receipt, ReceiptFilter, ReceiptInfo, RetryOutcome, SessionView, Store, StoreError, StoredEvent,
+    TargetCounts, fold_counts, lease_token, now_ms,
+};
+use queries::*;
+use schema::{configure, migrate};
+use wal::{WalState, checkpointer};
+use writer::{Handover, Msg, QUEUE_DEPTH, Reply, Work, Writer, syncer};
+
+pub struct SqliteStore {
+    tx: mpsc::Sender<Msg>,
+    /// A read-only connection for reads that must not wait for, nor hold up, the writer.
+    reader: Arc<std::sync::Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path, synchronous: Synchronous) -> anyhow::Result<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("Failed to create the store directory {}", dir.display())
+            })?;
+        }
+        let lock = lock_file(path)?;
+        let mut conn = Connection::open(path)
+            .with_context(|| format!("Failed to open the SQLite store {}", path.display()))?;
+        configure(&conn)?;
+        migrate(&mut conn)?;
+        let released = conn
+            .execute(
+                "UPDATE deliveries SET lease_until = NULL, lease_token = NULL
+                 WHERE status = 'pending' AND lease_until IS NOT NULL",
+                [],
+            )
+            .context("Failed to release stale delivery leases")?;
+        if released > 0 {
+            tracing::info!(released, "Released leases left by a previous run");
+        }
+
+        let reader = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|conn| {
+            conn.execute_batch("PRAGMA busy_timeout = 5000;")
+                .map(|()| conn)
+        })
+        .with_context(|| {
+            format!(
+                "Failed to open a reader on the SQLite store {}",
+                path.display()
+            )
+        })?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let unsynced = Arc::new(AtomicUsize::new(0));
+        let syncer = match synchronous {
+            Synchronous::Full => {
+                let mut wal_path = path.as_os_str().to_owned();
+                wal_path.push("-wal");
+                let wal = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&wal_path)
+                    .with_context(|| {
+                        format!(
+                            "Failed to open the SQLite WAL {}",
+                            Path::new(&wal_path).display()
+                        )
+                    })?;
+                let (to_syncer, batches) = std::sync::mpsc::channel();
+                let handover = Handover {
+                    unsynced: unsynced.clone(),
+                    wake: tx.downgrade(),
+                };
+                let thread = std::thread::Builder::new()
+                    .name("sqlite-sync".into())
+                    .spawn(move || syncer(wal, batches, handover))
+                    .context("Failed to start the SQLite sync thread")?;
+                Some((to_syncer, thread))
+            }
+            Synchronous::Normal => None,
+        };
+        let (stop_checkpoints, checkpoints_stopped) = std::sync::mpsc::channel();
+        let checkpoint_path = path.to_owned();
+        let wal = Arc::new(WalState::default());
+        let checkpoint_wal = wal.clone();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpointer(checkpoint_path, checkpoint_wal, checkpoints_stopped))
+            .context("Failed to start the SQLite checkpointer thread")?;
+        let writer = Writer {
+            conn,
+            lock,
+            wal,
+            stop_checkpoints,
+            syncer,
+            unsynced,
+        };
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer.run(rx))
+            .context("Failed to start the SQLite writer thread")?;
+        Ok(SqliteStore {
+            tx,
+            reader: Arc::new(std::sync::Mutex::new(reader)),
+        })
+    }
+
+    /// Runs `f` on the writer thread inside the next batch; answers after the commit.
+    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (done, answer) = oneshot::channel::<Result<T, StoreError>>();
+        // Exactly one of `run` and `refuse` is called; both may answer.
+        let done = Arc::new(std::sync::Mutex::new(Some(done)));
+        let answer_with = |done: &std::sync::Mutex<Option<_>>, outcome| {
+            let sender = done.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(sender) = sender {
+                // The caller may have gone (it hung up): nobody is left to tell.
+                let _: Result<(), _> = oneshot::Sender::send(sender, outcome);
+            }
+        };
+        let refused = done.clone();
+        let work = Work {
+            run: Box::new(move |conn| {
+                let result = f(conn);
+                let ok = result.is_ok();
+                let reply: Reply = Box::new(move |committed| {
+                    let outcome = match (committed, result) {
+                        (Ok(()), Ok(value)) => Ok(value),
+                        (_, Err(e)) => Err(StoreError::Backend(Box::new(e))),
+                        (Err(e), Ok(_)) => Err(StoreError::Backend(e.into())),
+                    };
+                    answer_with(&done, outcome);
+                });
+                (ok, reply)
+            }),
+            refuse: Box::new(move |why| {
+                answer_with(&refused, Err(StoreError::Backend(why.into())));
+            }),
+        };
+        self.tx
+            .send(Msg::Work(work))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn lock_file(path: &Path) -> anyhow::Result<File> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let file = File::create(&lock_path).with_context(|| {
+        format!(
+            "Failed to create the lock file {}",
+            Path::new(&lock_path).display()
+        )
+    })?;
+    file.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "The SQLite store {} is in use by another sessiongate process; \
+             run one process per SQLite file (use PostgreSQL for several replicas)",
+            path.display()
+        )
+    })?;
+    Ok(file)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn accept(&self, accept: Accept) -> Result<IngestOutcome, StoreError> {
+        self.call(move |conn| accept_in(conn, &accept)).await
+    }
+
+    async fn receipts(&self, filter: ReceiptFilter) -> Result<Vec<ReceiptInfo>, StoreError> {
+        self.call(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {RECEIPT_COLUMNS} FROM receipts
+                 WHERE (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR outcome = ?2)
+                   AND (?3 IS NULL OR seq < ?3)
+                 ORDER BY seq DESC LIMIT ?4"
+            ))?
+            .query_map(
+                params![
+                    filter.source,
+                    filter.outcome,
+                    filter.before,
+                    filter.limit as i64
+                ],
+                |r| {
+                    Ok(ReceiptInfo {
+                        seq: r.get(0)?,
+                        source: r.get(1)?,
+                        outcome: r.get(2)?,
+                        vendor_event_type: r.get(3)?,
+                        message_id: r.get(4)?,
+                        received_at: r.get(5)?,
+                        raw: actix_web::web::Bytes::from(r.get::<_, Vec<u8>>(6)?),
+                    })
+                },
+            )?
+            .collect()
+        })
+        .await
+    }
+
+    async fn record_receipt(&self, ignored: Receipt) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
+                 VALUES (?1, ?6, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                ignored.source,
+                ignored.vendor_event_type,
+                ignored.message_id,
+                ignored.received_at.to_string(),
+                &ignored.raw[..],
+                ignored.outcome.as_str()
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim_due(
+        &self,
+        target: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let target = target.to_owned();
+        self.call(move |conn| {
+            let now = now_ms();
+            let token = lease_token();
+            let leased: Vec<(String, String, u32)> = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET lease_until = ?1, lease_token = ?5
+                     WHERE seq IN (
+                         SELECT seq FROM deliveries
+                         WHERE target = ?2 AND status = 'pending' AND next_attempt_at <= ?3
+                           AND (lease_until IS NULL OR lease_until <= ?3)
+                         ORDER BY next_attempt_at LIMIT ?4)
+                     RETURNING id, event_id, attempts",
+                )?
+                .query_map(
+                    params![now + lease.as_millis() as i64, target, now, limit as i64, token],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut load = conn.prepare_cached(
+                "SELECT e.body, r.raw, e.occurred_at FROM events e JOIN receipts r ON r.seq = e.receipt_seq WHERE e.id = ?1",
+            )?;
+            leased
+                .into_iter()
+                .map(|(id, event_id, attempts)| {
+                    let (body, raw, occurred_at): (String, Vec<u8>, String) =
+                        load.query_row([&event_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                    Ok(ClaimedDelivery {
+                        id: DeliveryId::from_stored(id),
+                        event_id: EventId::from_stored(event_id),
+                        attempts,
+                        lease_token: token,
+                        occurred_at: Timestamp::parse(&occurred_at),
+                        body,
+                        raw: raw.into(),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn finish_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            let now = now_ms();
+            let (status, next_attempt_at) = match record.next {
+                Completion::Delivered => (DeliveryStatus::Delivered, None),
+                Completion::RetryAt { unix_ms } => (DeliveryStatus::Pending, Some(unix_ms)),
+                Completion::Dead => (DeliveryStatus::Dead, None),
+            };
+            let updated = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET status = ?2, attempts = ?3,
+                         next_attempt_at = COALESCE(?4, next_attempt_at), lease_until = NULL,
+                         lease_token = NULL, last_status = ?5, last_error = ?6, updated_at = ?7
+                     WHERE id = ?1 AND lease_token = ?8",
+                )?
+                .execute(params![
+                    record.delivery_id.as_str(),
+                    status.as_str(),
+                    record.attempt,
+                    next_attempt_at,
+                    record.status_code,
+                    record.error,
+                    now,
+                    record.lease_token
+                ])?;
+            if updated == 0 {
+                tracing::warn!(delivery_id = %record.delivery_id, "Attempt result arrived after its lease passed on; dropped");
+                return Ok(());
+            }
+            conn.prepare_cached(
+                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                record.delivery_id.as_str(),
+                record.attempt,
+                record.started_at_ms,
+                record.duration_ms,
+                record.status_code,
+                record.error
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn next_due_at(&self, target: &str) -> Result<Option<i64>, StoreError> {
+        let target = target.to_owned();
+        self.call(move |conn| {
+            conn.prepare_cached(
+                "SELECT MIN(next_attempt_at) FROM deliveries
+                 WHERE target = ?1 AND status = 'pending' AND (lease_until IS NULL OR lease_until <= ?2)",
+            )?
+            .query_row(params![target, now_ms()], |r| r.get(0))
+            .optional()
+            .map(Option::flatten)
+        })
+        .await
+    }
+
+    async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryInfo>, StoreError> {
+        self.call(move |conn| {
+            let mut found: Vec<DeliveryInfo> = conn
+                .prepare_cached(&format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                     WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR target = ?2)
+                       AND (?3 IS NULL OR event_id = ?3) AND (?4 IS NULL OR seq < ?4)
+                       AND (?5 = 0 OR attempts > 0)
+                     ORDER BY seq DESC LIMIT ?6"
+                ))?
+                .query_map(
+                    params![
+                        filter.status.map(DeliveryStatus::as_str),
+                        filter.target,
+                        filter.event_id,
+                        filter.before,
+                        filter.failing,
+                        filter.limit as i64
+                    ],
+                    delivery_row,
+                )?
+                .collect::<rusqlite::Result<_>>()?;
+            if filter.with_attempts {
+                for delivery in &mut found {
+                    delivery.attempt_log = Some(attempt_log(conn, delivery.id.as_str())?);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn retry_delivery(&self, id: &str) -> Result<RetryOutcome, StoreError> {
+        let id = id.to_owned();
+        self.call(move |conn| {
+            let requeued: Option<String> = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?2,
+                         lease_until = NULL, lease_token = NULL, updated_at = ?2
+                     WHERE id = ?1 AND status = 'dead'
+                     RETURNING target",
+                )?
+                .query_row(params![id, now_ms()], |r| r.get(0))
+                .optional()?;
+            if let Some(target) = requeued {
+                return Ok(RetryOutcome::Requeued { target });
+            }
+            let status: Option<String> = conn
+                .prepare_cached("SELECT status FROM deliveries WHERE id = ?1")?
+                .query_row([&id], |r| r.get(0))
+                .optional()?;
+            Ok(match status.as_deref().and_then(DeliveryStatus::parse) {
+                Some(status) => RetryOutcome::NotDead(status),
+                None => RetryOutcome::NotFound,
+            })
+        })
+        .await
+    }
+
+    async fn replay(
+        &self,
+        event_id: &str,
+        targets: Vec<String>,
+    ) -> Result<Option<Vec<DeliveryId>>, StoreError> {
+        let event_id = event_id.to_owned();
+        self.call(move |conn| {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM events WHERE id = ?1")?
+                .exists([&event_id])?;
+            if !exists {
+                return Ok(None);
+            }
+            let now = now_ms();
+            targets
+                .iter()
+                .map(|target| insert_delivery(conn, &event_id, target, now, None))
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map(Some)
+        })
+        .await
+    }
+
+    async fn events(&self, filter: EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
+        self.call(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events e JOIN receipts r ON r.seq = e.receipt_seq
+                 WHERE (?1 IS NULL OR e.source = ?1) AND (?2 IS NULL OR e.session_id = ?2)
+                   AND (?3 IS NULL OR e.type = ?3) AND (?4 IS NULL OR e.seq < ?4)
+                 ORDER BY e.seq DESC LIMIT ?5"
+            ))?
+            .query_map(
+                params![
+                    filter.source,
+                    filter.session_id,
+                    filter.event_type,
+                    filter.before,
+                    filter.limit as i64
+                ],
+                stored_event,
+            )?
+            .collect()
+        })
+        .await
+    }
+
+    async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let id = id.to_owned();
+        self.call(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events e JOIN receipts r ON r.seq = e.receipt_seq WHERE e.id = ?1"
+            ))?
+            .query_row([&id], stored_event)
+            .optional()
+        })
+        .await
+    }
+
+    async fn session(
+        &self,
+        vendor: &str,
+        session_id: &str,
+    ) -> Result<Option<SessionView>, StoreError> {
+        let (vendor, session_id) = (vendor.to_owned(), session_id.to_owned());
+        self.call(move |conn| {
+            let row: Option<(String, Option<String>, i64)> = conn
+                .prepare_cached(
+                    "SELECT record, finalized_event_id, updated_at FROM sessions WHERE vendor = ?1 AND session_id = ?2",
+                )?
+                .query_row([&vendor, &session_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((record, finalized, updated_at)) = row else {
+                return Ok(None);
+            };
+            let record: SessionRecord = serde_json::from_str(&record).map_err(json_error)?;
+            Ok(Some(SessionView {
+                session: record.session(&session_id).map_err(json_error)?,
+                vendor,
+                finalized_event_id: finalized.map(EventId::from_stored),
+                updated_at: Timestamp::from_unix_millis(updated_at),
+            }))
+        })
+        .await
+    }
+
+    async fn delivery_counts(&self) -> Result<Vec<TargetCounts>, StoreError> {
+        // On the reader connection, never the writer: a count over a million pending
+        // deliveries takes ~0.1 s, which on the writer thread every ingest would wait for.
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            conn.prepare_cached(COUNT_DELIVERIES)?
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map(fold_counts)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(Box::new(e)))?
+        .map_err(|e| StoreError::Backend(Box::new(e)))
+    }
+
+    async fn prune(&self, cutoff: Timestamp) -> Result<Pruned, StoreError> {
+        prune::prune(self, cutoff).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.call(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+    }
+
+    async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.tx.send(Msg::Close(done)).await.is_ok() {
+            let _ = closed.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,211 @@
+//! The statements an ingest runs, and the rows the store reads back.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::event::{EventId, Timestamp};
+use crate::sessions::SessionRecord;
+use crate::store::{
+    Accept, AcceptPlan, AttemptInfo, DeliveryId, DeliveryInfo, DeliveryStatus, Handed,
+    IngestOutcome, StoredEvent, lease_token, now_ms, plan_accept,
+};
+
+/// Lets JSON (de)serialisation failures travel as SQLite errors inside a store call.
+pub(super) fn json_error(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
+pub(super) const DELIVERY_COLUMNS: &str = "seq, id, event_id, target, status, attempts, next_attempt_at, last_status, last_error, created_at, updated_at";
+
+pub(super) fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
+    let status: String = r.get(4)?;
+    let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
+    Ok(DeliveryInfo {
+        seq: r.get(0)?,
+        id: DeliveryId::from_stored(r.get(1)?),
+        event_id: EventId::from_stored(r.get(2)?),
+        target: r.get(3)?,
+        status,
+        attempts: r.get(5)?,
+        next_attempt_at: (status == DeliveryStatus::Pending)
+            .then(|| r.get(6).map(Timestamp::from_unix_millis))
+            .transpose()?,
+        last_status: r.get(7)?,
+        last_error: r.get(8)?,
+        created_at: Timestamp::from_unix_millis(r.get(9)?),
+        updated_at: Timestamp::from_unix_millis(r.get(10)?),
+        attempt_log: None,
+    })
+}
+
+pub(super) fn attempt_log(
+    conn: &Connection,
+    delivery_id: &str,
+) -> rusqlite::Result<Vec<AttemptInfo>> {
+    conn.prepare_cached(
+        "SELECT attempt, started_at, duration_ms, status_code, error FROM attempts
+         WHERE delivery_id = ?1 ORDER BY seq",
+    )?
+    .query_map([delivery_id], |r| {
+        Ok(AttemptInfo {
+            attempt: r.get(0)?,
+            started_at: Timestamp::from_unix_millis(r.get(1)?),
+            duration_ms: r.get(2)?,
+            status_code: r.get(3)?,
+            error: r.get(4)?,
+        })
+    })?
+    .collect()
+}
+
+/// Inserts a pending delivery, leased until `lease` (unix ms, with its token) if given.
+pub(super) fn insert_delivery(
+    conn: &Connection,
+    event_id: &str,
+    target: &str,
+    now: i64,
+    lease: Option<(i64, i64)>,
+) -> rusqlite::Result<DeliveryId> {
+    let id = DeliveryId::generate();
+    conn.prepare_cached(
+        "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at,
+             lease_until, lease_token, created_at, updated_at)
+         VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?5, ?6, ?4, ?4)",
+    )?
+    .execute(params![
+        id.as_str(),
+        event_id,
+        target,
+        now,
+        lease.map(|l| l.0),
+        lease.map(|l| l.1)
+    ])?;
+    Ok(id)
+}
+
+pub(super) fn accept_in(conn: &Connection, accept: &Accept) -> rusqlite::Result<IngestOutcome> {
+    let primary = &accept.events[0];
+    let seen = conn
+        .prepare_cached("SELECT 1 FROM events WHERE id = ?1")?
+        .exists([primary.id.as_str()])?;
+    if seen {
+        return Ok(IngestOutcome::Duplicate {
+            id: primary.id.clone(),
+        });
+    }
+    // The single writer thread is this store's session lock.
+    let now = now_ms();
+    let stored: Option<(String, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT record, finalized_event_id FROM sessions WHERE vendor = ?1 AND session_id = ?2",
+        )?
+        .query_row([&accept.vendor, &accept.session_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let (record, finalized) = match stored {
+        Some((json, finalized)) => (
+            serde_json::from_str::<SessionRecord>(&json).map_err(json_error)?,
+            finalized.map(EventId::from_stored),
+        ),
+        None => (SessionRecord::default(), None),
+    };
+    let save_record = |record: &SessionRecord,
+                       finalized: Option<&EventId>|
+     -> rusqlite::Result<()> {
+        conn.prepare_cached(
+            "INSERT INTO sessions (vendor, session_id, record, finalized_event_id, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+             ON CONFLICT (vendor, session_id) DO UPDATE SET
+                 record = excluded.record, finalized_event_id = excluded.finalized_event_id,
+                 updated_at = excluded.updated_at",
+        )?
+        .execute(params![
+            accept.vendor,
+            accept.session_id,
+            serde_json::to_string(record).map_err(json_error)?,
+            finalized.map(EventId::as_str),
+            now
+        ])?;
+        Ok(())
+    };
+
+    let (record, finalized, events) =
+        match plan_accept(accept, record, finalized).map_err(json_error)? {
+            AcceptPlan::AlreadyFinalized { record, first } => {
+                save_record(&record, Some(&first))?;
+                return Ok(IngestOutcome::Duplicate { id: first });
+            }
+            AcceptPlan::Store {
+                record,
+                finalized,
+                events,
+            } => (record, finalized, events),
+        };
+
+    let received_at = accept.received_at.to_string();
+    conn.prepare_cached(
+        "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
+         VALUES (?1, 'accepted', ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        accept.source,
+        accept.vendor_event_type,
+        accept.message_id,
+        received_at,
+        &accept.raw[..]
+    ])?;
+    let receipt = conn.last_insert_rowid();
+    let mut insert_event = conn.prepare_cached(
+        "INSERT OR IGNORE INTO events (id, receipt_seq, source, session_id, type, occurred_at, received_at, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut targets = Vec::new();
+    let mut handed = Vec::new();
+    let token = lease_token();
+    for (event, body) in events {
+        let inserted = insert_event.execute(params![
+            event.id.as_str(),
+            receipt,
+            accept.source,
+            accept.session_id,
+            event.event_type.as_str(),
+            event.occurred_at.to_string(),
+            received_at,
+            body,
+        ])?;
+        if inserted == 0 {
+            continue;
+        }
+        for target in &event.targets {
+            let lease = accept
+                .handoff_lease(target)
+                .map(|lease| (now + lease.as_millis() as i64, token));
+            let id = insert_delivery(conn, event.id.as_str(), target, now, lease)?;
+            if lease.is_some() {
+                handed.push(Handed::new(accept, target, id, event, &body, token));
+            } else if !targets.contains(target) {
+                targets.push(target.clone());
+            }
+        }
+    }
+    save_record(&record, finalized.as_ref())?;
+    Ok(IngestOutcome::Accepted {
+        id: primary.id.clone(),
+        targets,
+        handed,
+    })
+}
+
+pub(super) fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        seq: r.get(0)?,
+        id: EventId::from_stored(r.get(1)?),
+        source: r.get(2)?,
+        session_id: r.get(3)?,
+        event_type: r.get(4)?,
+        body: r.get(5)?,
+        raw: r.get::<_, Vec<u8>>(6)?.into(),
+    })
+}
+
+pub(super) const EVENT_COLUMNS: &str = "e.seq, e.id, e.source, e.session_id, e.type, e.body, r.raw";

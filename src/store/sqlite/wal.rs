@@ -1,0 +1,71 @@
+//! The WAL's checkpointer thread, and the hand-over that lets the writer start the WAL over.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+/// How often the checkpointer copies the WAL back into the database file (more often in
+/// tests, whose WAL is to stay small).
+pub(super) const CHECKPOINT_EVERY: Duration =
+    Duration::from_millis(if cfg!(test) { 10 } else { 100 });
+/// WAL frames (pages) past which the writer itself finishes a checkpoint between two
+/// batches, so that its next transaction starts the WAL over (about 32 MiB; 1 MiB in tests,
+/// so that they can show the WAL staying bounded without writing hundreds of megabytes).
+pub(super) const WAL_RESTART_FRAMES: i64 = if cfg!(test) { 256 } else { 8192 };
+/// How often the checkpointer looks whether the writer has taken its turn.
+pub(super) const HANDOVER_POLL: Duration = Duration::from_millis(1);
+
+/// The handover between the checkpointer and the writer.
+#[derive(Default)]
+pub(super) struct WalState {
+    /// Set by the checkpointer when it has copied a long WAL: the writer may now finish the
+    /// checkpoint (only what was committed since) and start the WAL over. Cleared by the
+    /// writer when done; the checkpointer waits meanwhile, so the two never contend.
+    pub(super) restart: AtomicBool,
+}
+
+/// Copies committed WAL frames into the database file from its own connection, with PASSIVE
+/// checkpoints that never block the writer. Under sustained load the writer commits while a
+/// checkpoint runs, so the WAL is never wholly copied and could never start over; once it is
+/// long, the checkpointer hands over to the writer, which alone can find a moment with no
+/// commit in progress (see [`Writer::restart_wal`]). Stops when `stop` is dropped.
+pub(super) fn checkpointer(path: PathBuf, wal: Arc<WalState>, stop: std::sync::mpsc::Receiver<()>) {
+    let conn = match Connection::open(&path) {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::error!(error = %e, "The SQLite checkpointer cannot open the store; the WAL will grow");
+            return;
+        }
+    };
+    if let Err(e) = conn.execute_batch("PRAGMA busy_timeout = 1000;") {
+        tracing::warn!(error = %e, "The SQLite checkpointer runs without a busy timeout");
+    }
+    let mut wait = CHECKPOINT_EVERY;
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(wait) {
+        wait = CHECKPOINT_EVERY;
+        if wal.restart.load(Ordering::Acquire) {
+            // The writer has not taken its turn yet (it does after its next batch).
+            wait = HANDOVER_POLL;
+            continue;
+        }
+        match passive_checkpoint(&conn) {
+            Ok((_, frames, _)) if frames >= WAL_RESTART_FRAMES => {
+                wal.restart.store(true, Ordering::Release);
+                wait = HANDOVER_POLL;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed; will try again"),
+        }
+    }
+}
+
+/// Copies what it can of the WAL into the database file without waiting for anyone.
+/// Returns (busy, frames in the WAL, frames copied).
+pub(super) fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+}
