@@ -181,18 +181,14 @@ struct Requests {
 
 impl Requests {
     fn new(port: u16) -> anyhow::Result<Requests> {
-        let fixture = |p: &str| {
-            std::fs::read_to_string(
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("tests/fixtures")
-                    .join(p),
-            )
+        let fixture = |vendor: &str, name: &str| {
+            String::from_utf8(sessiongate::testing::fixture(vendor, name))
         };
         Ok(Requests {
             agntix: Webhook::new(AGNTIX_SECRET)?,
-            created: fixture("agntix/session-created.json")?,
-            ended: fixture("agntix/session-ended.json")?,
-            pathors: fixture("pathors/call-ended.json")?,
+            created: fixture("agntix", "session-created.json")?,
+            ended: fixture("agntix", "session-ended.json")?,
+            pathors: fixture("pathors", "call-ended.json")?,
             port,
         })
     }
@@ -220,13 +216,11 @@ impl Requests {
                     .replace("2026-04-08T05:00:10.546Z", &stamp);
                 let id = format!("msg_{session}");
                 let ts = now.as_secs() as i64;
-                let signature = self
-                    .agntix
-                    .sign(&id, ts, body.as_bytes())
-                    .expect("UTF-8 body");
-                let headers = format!(
-                    "svix-id: {id}\r\nsvix-timestamp: {ts}\r\nsvix-signature: {signature}\r\n"
-                );
+                let headers =
+                    sessiongate::testing::svix_headers(&self.agntix, &id, ts, body.as_bytes())
+                        .iter()
+                        .map(|(name, value)| format!("{name}: {value}\r\n"))
+                        .collect::<String>();
                 ("/ingest/agntix", body, headers)
             }
             _ => {

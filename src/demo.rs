@@ -220,13 +220,11 @@ include_raw = false
         } else {
             let msg_id = format!("msg_demo{i}");
             let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
-            request = request
-                .header("svix-id", &msg_id)
-                .header("svix-timestamp", now.to_string())
-                .header(
-                    "svix-signature",
-                    signer.sign(&msg_id, now, sent.body.as_bytes())?,
-                );
+            for (name, value) in
+                crate::testing::svix_headers(&signer, &msg_id, now, sent.body.as_bytes())
+            {
+                request = request.header(name, value);
+            }
         }
         let response = request.send().await.context("The gateway did not answer")?;
         let status = response.status().as_u16();

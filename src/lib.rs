@@ -24,6 +24,7 @@
 //! - [`telemetry`]: `tracing` set-up.
 //! - [`demo`]: `sessiongate demo`, the whole pipeline in one command.
 //! - [`error`]: the one API error type and its JSON body.
+//! - [`testing`]: fixtures, Svix signing and PostgreSQL schemas for tests, demo and bench.
 
 pub mod admin;
 pub mod app;
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod sessions;
 pub mod store;
 pub mod telemetry;
+pub mod testing;
 pub mod vendors;
 
 /// The version sent in outbound `user-agent` headers.

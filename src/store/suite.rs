@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::event::{EventType, Session, Timestamp};
-
-pub(crate) const POSTGRES_URL_VAR: &str = "SESSIONGATE_TEST_POSTGRES_URL";
+pub(crate) use crate::testing::postgres_schema_url;
 
 pub(crate) struct TestStore {
     pub store: Arc<dyn Store>,
@@ -29,52 +28,6 @@ pub(crate) async fn sqlite() -> TestStore {
         store: Arc::new(store),
         _dir: Some(dir),
     }
-}
-
-/// A URL to a fresh, empty schema of the test database, or `None` (with the reason printed)
-/// when no test database is configured.
-pub(crate) async fn postgres_schema_url() -> Option<String> {
-    let Ok(base) = std::env::var(POSTGRES_URL_VAR) else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{POSTGRES_URL_VAR} must be set in CI: the PostgreSQL store tests may not be skipped"
-        );
-        println!("skipped: {POSTGRES_URL_VAR} is not set, so the PostgreSQL half does not run");
-        return None;
-    };
-    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach the test database {base}: {e}"));
-    tokio::spawn(connection);
-    let now = now_ms() / 1000;
-    // Schemas are named after their creation time; drop those left by runs over an hour ago.
-    for row in client
-        .query(
-            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'sg_test_%'",
-            &[],
-        )
-        .await
-        .unwrap()
-    {
-        let name: String = row.get(0);
-        let created = name
-            .split('_')
-            .nth(2)
-            .and_then(|t| t.parse::<i64>().ok())
-            .unwrap_or(0);
-        if created < now - 3600 {
-            let _ = client
-                .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                .await;
-        }
-    }
-    let schema = format!("sg_test_{now}_{:08x}", rand::random::<u32>());
-    client
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .unwrap();
-    let separator = if base.contains('?') { '&' } else { '?' };
-    Some(format!("{base}{separator}options=-csearch_path%3D{schema}"))
 }
 
 pub(crate) async fn postgres() -> Option<TestStore> {

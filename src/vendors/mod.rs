@@ -82,23 +82,10 @@ pub struct Draft {
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    use std::path::PathBuf;
-
     use super::*;
     use crate::auth::SourceAuth;
 
-    pub fn fixture(vendor: &str, name: &str) -> Vec<u8> {
-        let path: PathBuf = [
-            env!("CARGO_MANIFEST_DIR"),
-            "tests",
-            "fixtures",
-            vendor,
-            name,
-        ]
-        .iter()
-        .collect();
-        std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-    }
+    pub use crate::testing::fixture;
 
     pub fn normalize(vendor: Vendor, body: &[u8]) -> Result<Normalized, PayloadError> {
         let verified = SourceAuth::None

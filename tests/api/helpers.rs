@@ -34,18 +34,7 @@ fn secret_env(name: &str) -> Option<String> {
     }
 }
 
-pub fn fixture(vendor: &str, name: &str) -> Vec<u8> {
-    let path: PathBuf = [
-        env!("CARGO_MANIFEST_DIR"),
-        "tests",
-        "fixtures",
-        vendor,
-        name,
-    ]
-    .iter()
-    .collect();
-    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
+pub use sessiongate::testing::{fixture, postgres_schema_url};
 
 /// The documented Pathors call.ended, for a session of the caller's choosing.
 pub fn call_ended(session: &str) -> Vec<u8> {
@@ -103,15 +92,8 @@ pub fn svix_headers(
     timestamp: i64,
     body: &[u8],
 ) -> Vec<(&'static str, String)> {
-    let signature = Webhook::new(secret)
-        .unwrap()
-        .sign(msg_id, timestamp, body)
-        .unwrap();
-    vec![
-        ("svix-id", msg_id.to_owned()),
-        ("svix-timestamp", timestamp.to_string()),
-        ("svix-signature", signature),
-    ]
+    sessiongate::testing::svix_headers(&Webhook::new(secret).unwrap(), msg_id, timestamp, body)
+        .into()
 }
 
 /// What the gateway under test is started with.
@@ -597,32 +579,6 @@ impl Drop for GatewayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A fresh schema in the test database (`SESSIONGATE_TEST_POSTGRES_URL`) and a URL that
-/// uses it; `None`, with the reason printed, when no test database is configured. Under
-/// `CI=true` a missing database is a failure, not a skip.
-pub async fn postgres_schema_url() -> Option<String> {
-    const VAR: &str = "SESSIONGATE_TEST_POSTGRES_URL";
-    let Ok(base) = std::env::var(VAR) else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{VAR} must be set in CI"
-        );
-        println!("skipped: {VAR} is not set, so this PostgreSQL test does not run");
-        return None;
-    };
-    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach the test database {base}: {e}"));
-    tokio::spawn(connection);
-    let schema = format!("sg_test_{}_{:08x}", unix_now(), rand::random::<u32>());
-    client
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .unwrap();
-    let separator = if base.contains('?') { '&' } else { '?' };
-    Some(format!("{base}{separator}options=-csearch_path%3D{schema}"))
 }
 
 /// Points a PostgreSQL URL at another `host:port`.

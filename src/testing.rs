@@ -1,0 +1,85 @@
+//! What the tests, the demo and the benchmark share: the vendors' documented example
+//! payloads, requests signed the way Agntix's Svix signs them, and a PostgreSQL schema of
+//! one's own. Not used by the gateway itself.
+
+use svix::webhooks::Webhook;
+
+/// Tests that need PostgreSQL read its URL here; under `CI=true` its absence is a failure.
+pub const POSTGRES_URL_VAR: &str = "SESSIONGATE_TEST_POSTGRES_URL";
+
+/// A documented example payload from `tests/fixtures/{vendor}/{name}`.
+pub fn fixture(vendor: &str, name: &str) -> Vec<u8> {
+    let path: std::path::PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "tests",
+        "fixtures",
+        vendor,
+        name,
+    ]
+    .iter()
+    .collect();
+    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// The Svix headers for `body`, signed by the `svix` crate as Agntix's sender does.
+pub fn svix_headers(
+    signer: &Webhook,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> [(&'static str, String); 3] {
+    let signature = signer
+        .sign(msg_id, timestamp, body)
+        .expect("signing bytes cannot fail");
+    [
+        ("svix-id", msg_id.to_owned()),
+        ("svix-timestamp", timestamp.to_string()),
+        ("svix-signature", signature),
+    ]
+}
+
+/// A URL to a fresh, empty schema of the test database, or `None` (with the reason printed)
+/// when no test database is configured.
+pub async fn postgres_schema_url() -> Option<String> {
+    let Ok(base) = std::env::var(POSTGRES_URL_VAR) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{POSTGRES_URL_VAR} must be set in CI: the PostgreSQL store tests may not be skipped"
+        );
+        println!("skipped: {POSTGRES_URL_VAR} is not set, so the PostgreSQL half does not run");
+        return None;
+    };
+    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test database {base}: {e}"));
+    tokio::spawn(connection);
+    let now = crate::store::now_ms() / 1000;
+    // Schemas are named after their creation time; drop those left by runs over an hour ago.
+    for row in client
+        .query(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'sg_test_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        let name: String = row.get(0);
+        let created = name
+            .split('_')
+            .nth(2)
+            .and_then(|t| t.parse::<i64>().ok())
+            .unwrap_or(0);
+        if created < now - 3600 {
+            let _ = client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                .await;
+        }
+    }
+    let schema = format!("sg_test_{now}_{:08x}", rand::random::<u32>());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let separator = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{separator}options=-csearch_path%3D{schema}"))
+}
