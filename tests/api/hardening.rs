@@ -119,12 +119,7 @@ fn serve_with_text_logs(
     dir: &std::path::Path,
 ) -> (KillOnDrop, String, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
-    let config = process_config(
-        dir,
-        &format!("url = \"sqlite://{}\"", dir.join("gate.db").display()),
-        "",
-        "http://127.0.0.1:9/x",
-    );
+    let config = process_config(dir, &sqlite_in(dir), "", "http://127.0.0.1:9/x");
     let mut child = std::process::Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&config)
@@ -272,29 +267,7 @@ async fn hold_a_body(address: &str, head: String) -> tokio::task::JoinHandle<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_bodies_cannot_exhaust_memory_nor_starve_a_vendor() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-workers = 2
-[storage]
-url = "sqlite://{}"
-[[sources]]
-name = "pathors"
-vendor = "pathors"
-auth = {{ kind = "header", header = "Authorization", value = "env:TEST_PATHORS_TOKEN" }}
-[[sources]]
-name = "agntix"
-vendor = "agntix"
-auth = {{ kind = "svix", secrets = ["env:TEST_AGNTIX_SECRET"] }}
-"#,
-            dir.path().join("gate.db").display()
-        ),
-    )
-    .unwrap();
+    let config = gateway_config(dir.path(), &sqlite_in(dir.path()), AGNTIX_SOURCE);
     let gateway = GatewayProcess::start(
         &config,
         &[
@@ -432,31 +405,11 @@ async fn metrics_negotiate_their_format_and_count_dead_deliveries() {
 async fn deliveries_of_a_removed_target_are_named_at_start_up_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let write = |targets: &str| {
-        let path = dir.path().join("gate.toml");
-        std::fs::write(
-            &path,
-            format!(
-                r#"
-[server]
-listen = "127.0.0.1:0"
-workers = 1
-shutdown_timeout_ms = 1000
-[storage]
-url = "sqlite://{}"
-[delivery]
-backoff_initial_ms = 600000
-backoff_max_ms = 600000
-[[sources]]
-name = "pathors"
-vendor = "pathors"
-auth = {{ kind = "header", header = "Authorization", value = "env:TEST_PATHORS_TOKEN" }}
-{targets}
-"#,
-                dir.path().join("gate.db").display()
-            ),
+        gateway_config(
+            dir.path(),
+            &sqlite_in(dir.path()),
+            &format!("[delivery]\nbackoff_initial_ms = 600000\nbackoff_max_ms = 600000\n{targets}"),
         )
-        .unwrap();
-        path
     };
     let env = [("TEST_PATHORS_TOKEN", PATHORS_TOKEN)];
     let client = reqwest::Client::new();

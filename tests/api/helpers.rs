@@ -51,6 +51,17 @@ pub fn process_config(
     delivery: &str,
     target_url: &str,
 ) -> PathBuf {
+    gateway_config(
+        dir,
+        storage,
+        &format!("[delivery]\n{delivery}\n[[targets]]\nname = \"crm\"\nurl = \"{target_url}\""),
+    )
+}
+
+/// Writes `dir/gate.toml` for a gateway process: port 0, the given `[storage]` keys, a
+/// Pathors source (token from `TEST_PATHORS_TOKEN`), then `extra` TOML (`[delivery]`,
+/// `[[targets]]`, [`AGNTIX_SOURCE`], …).
+pub fn gateway_config(dir: &std::path::Path, storage: &str, extra: &str) -> PathBuf {
     let path = dir.join("gate.toml");
     std::fs::write(
         &path,
@@ -62,20 +73,24 @@ workers = 2
 shutdown_timeout_ms = 1000
 [storage]
 {storage}
-[delivery]
-{delivery}
 [[sources]]
 name = "pathors"
 vendor = "pathors"
 auth = {{ kind = "header", header = "Authorization", value = "env:TEST_PATHORS_TOKEN" }}
-[[targets]]
-name = "crm"
-url = "{target_url}"
+{extra}
 "#
         ),
     )
     .unwrap();
     path
+}
+
+/// An Agntix source for [`gateway_config`], its secret from `TEST_AGNTIX_SECRET`.
+pub const AGNTIX_SOURCE: &str = "[[sources]]\nname = \"agntix\"\nvendor = \"agntix\"\nauth = { kind = \"svix\", secrets = [\"env:TEST_AGNTIX_SECRET\"] }";
+
+/// `[storage]` keys for a SQLite store in `dir`.
+pub fn sqlite_in(dir: &std::path::Path) -> String {
+    format!("url = \"sqlite://{}\"", dir.join("gate.db").display())
 }
 
 pub fn unix_now() -> i64 {
