@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::config::{DeliveryConfig, Target};
 use crate::metrics::Metrics;
-use crate::store::{Accept, ClaimedDelivery, Handed, Store, now_ms};
+use crate::store::{Accept, ClaimedDelivery, Handed, Handoff, Store, now_ms};
 
 /// How long a worker sleeps at most when nothing is due, to notice leases that expired.
 const IDLE_POLL: Duration = Duration::from_secs(5);
@@ -80,11 +80,11 @@ impl Dispatcher {
     }
 
     /// For each target whose worker has room for every delivery `accept` would create,
-    /// reserves it and names the target in [`Accept::handoff`]. The store then commits
+    /// reserves it and names the target in the [`Handoff`] the store is given. It commits
     /// those deliveries leased to this process and returns them, and
     /// [`Dispatcher::hand_over`] queues them for their workers: nobody claims them back from
     /// the store. Targets without room get their deliveries the usual way.
-    pub fn reserve(&self, accept: &mut Accept) -> Reservation {
+    pub fn reserve(&self, accept: &Accept) -> (Reservation, Handoff) {
         let mut wanted: Vec<(&str, u32)> = Vec::new();
         for target in accept.events.iter().flat_map(|e| &e.targets) {
             match wanted.iter_mut().find(|(t, _)| t == target) {
@@ -107,12 +107,14 @@ impl Dispatcher {
                 reservation.room.push((target.to_owned(), room));
             }
         }
-        accept.handoff = reservation
-            .room
-            .iter()
-            .map(|(target, _)| (target.clone(), self.targets[target].lease))
-            .collect();
-        reservation
+        let handoff = Handoff::new(
+            reservation
+                .room
+                .iter()
+                .map(|(target, _)| (target.clone(), self.targets[target].lease))
+                .collect(),
+        );
+        (reservation, handoff)
     }
 
     /// Queues each delivery committed leased to this process for its worker, in the room

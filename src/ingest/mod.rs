@@ -225,12 +225,12 @@ async fn handle(
 /// Commits an accepted request and passes its deliveries to their workers, in a task of its
 /// own: if the vendor hangs up meanwhile, the commit still hands its deliveries over (left
 /// behind, they would wait for their lease to end before a worker claims them).
-async fn commit(state: &IngestState, mut accept: Accept) -> Result<IngestOutcome, ApiError> {
+async fn commit(state: &IngestState, accept: Accept) -> Result<IngestOutcome, ApiError> {
     let store = state.store.clone();
     let dispatcher = state.dispatcher.clone();
     actix_web::rt::spawn(async move {
-        let slots = dispatcher.reserve(&mut accept);
-        let mut outcome = store.accept(accept).await?;
+        let (slots, handoff) = dispatcher.reserve(&accept);
+        let mut outcome = store.accept_handing_over(accept, handoff).await?;
         if let IngestOutcome::Accepted {
             targets, handed, ..
         } = &mut outcome
@@ -287,7 +287,6 @@ pub fn build_accept(
         received_at,
         raw,
         events,
-        handoff: Vec::new(),
     }
 }
 

@@ -71,10 +71,34 @@ pub struct Accept {
     pub raw: Bytes,
     /// In emission order. The first event's id is the request's duplicate key.
     pub events: Vec<NewEvent>,
-    /// Targets whose worker has a free slot for each of this request's deliveries, with
-    /// their lease: those deliveries are committed already leased to this process and come
-    /// back in [`IngestOutcome::Accepted`]'s `handed`, so nobody claims them back.
-    pub handoff: Vec<(String, Duration)>,
+}
+
+/// The targets whose worker has room for each of a request's deliveries, with their lease
+/// (delivery's [`crate::delivery::Dispatcher::reserve`] decides). Those deliveries are
+/// committed already leased to this process and come back in
+/// [`IngestOutcome::Accepted`]'s `handed`, so nobody claims them back.
+#[derive(Debug, Clone, Default)]
+pub struct Handoff {
+    leases: Vec<(String, Duration)>,
+}
+
+impl Handoff {
+    /// No delivery handed over: every one waits in the store to be claimed.
+    pub fn none() -> Handoff {
+        Handoff::default()
+    }
+
+    pub fn new(leases: Vec<(String, Duration)>) -> Handoff {
+        Handoff { leases }
+    }
+
+    /// The lease a new delivery to `target` is committed with, if it is handed over.
+    pub fn lease(&self, target: &str) -> Option<Duration> {
+        self.leases
+            .iter()
+            .find(|(name, _)| name == target)
+            .map(|(_, lease)| *lease)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -89,14 +113,6 @@ pub struct NewEvent {
 }
 
 impl Accept {
-    /// The lease a new delivery to `target` is committed with, if it is handed over.
-    pub fn handoff_lease(&self, target: &str) -> Option<Duration> {
-        self.handoff
-            .iter()
-            .find(|(name, _)| name == target)
-            .map(|(_, lease)| *lease)
-    }
-
     /// Serialises one of this request's events (without `raw`) around the merged session.
     pub fn render(&self, event: &NewEvent, session: &Session) -> String {
         serde_json::to_string(&CanonicalEvent {
@@ -224,7 +240,7 @@ pub(crate) const RECEIPT_COLUMNS: &str =
 #[derive(Debug, Clone, PartialEq)]
 pub enum IngestOutcome {
     /// Stored. `targets` have new deliveries waiting in the store to be claimed; `handed`
-    /// are the deliveries committed leased to this process (see [`Accept::handoff`]).
+    /// are the deliveries committed leased to this process (see [`Handoff`]).
     Accepted {
         id: EventId,
         targets: Vec<String>,
@@ -478,7 +494,16 @@ pub trait Store: Send + Sync {
     /// (each carrying the merged record as of that event) and their deliveries — or nothing
     /// new if its first event id is already stored. A `session.finalized` is stored at most
     /// once per session. Returns only once the commit is durable.
-    async fn accept(&self, accept: Accept) -> Result<IngestOutcome, StoreError>;
+    async fn accept_handing_over(
+        &self,
+        accept: Accept,
+        handoff: Handoff,
+    ) -> Result<IngestOutcome, StoreError>;
+
+    /// [`Store::accept_handing_over`] with nothing handed over.
+    async fn accept(&self, accept: Accept) -> Result<IngestOutcome, StoreError> {
+        self.accept_handing_over(accept, Handoff::none()).await
+    }
 
     /// Keeps a request that stored no event for audit. Durable on return.
     async fn record_receipt(&self, receipt: Receipt) -> Result<(), StoreError>;

@@ -31,10 +31,10 @@ use tokio_postgres::{Row, Statement};
 use super::pg_tls;
 use super::{
     Accept, AcceptPlan, AttemptInfo, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion,
-    DeliveryFilter, DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handed, IngestOutcome,
-    NewEvent, PRUNE_BATCH, Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo,
-    RetryOutcome, SessionView, Store, StoreError, StoredEvent, TargetCounts, fold_counts,
-    lease_token, now_ms, plan_accept,
+    DeliveryFilter, DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handed, Handoff,
+    IngestOutcome, NewEvent, PRUNE_BATCH, Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter,
+    ReceiptInfo, RetryOutcome, SessionView, Store, StoreError, StoredEvent, TargetCounts,
+    fold_counts, lease_token, now_ms, plan_accept,
 };
 use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
@@ -394,6 +394,7 @@ static WRITE_ACCEPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 async fn write_accept(
     client: &deadpool_postgres::Object,
     accept: &Accept,
+    handoff: &Handoff,
     record: &SessionRecord,
     finalized: Option<&EventId>,
     events: &[(&NewEvent, String)],
@@ -405,8 +406,8 @@ async fn write_accept(
     let mut deliveries = Vec::new();
     for (event, body) in events {
         for target in &event.targets {
-            let lease_until = accept
-                .handoff_lease(target)
+            let lease_until = handoff
+                .lease(target)
                 .map(|lease| now + lease.as_millis() as i64);
             deliveries.push((DeliveryId::generate(), *event, body, target, lease_until));
         }
@@ -517,6 +518,7 @@ const DELIVERY_COLUMNS: &str = "seq, id, event_id, target, status, attempts, nex
 async fn accept_on(
     client: &deadpool_postgres::Object,
     accept: &Accept,
+    handoff: &Handoff,
 ) -> Result<IngestOutcome, StoreError> {
     let read = prepared(client, READ_SESSION).await?;
     let primary = &accept.events[0];
@@ -570,6 +572,7 @@ async fn accept_on(
                 write_accept(
                     client,
                     accept,
+                    handoff,
                     &record,
                     finalized.as_ref(),
                     &events,
@@ -591,8 +594,12 @@ async fn accept_on(
 
 #[async_trait]
 impl Store for PgStore {
-    async fn accept(&self, accept: Accept) -> Result<IngestOutcome, StoreError> {
-        on_connection!(self, |client| accept_on(&client, &accept).await)
+    async fn accept_handing_over(
+        &self,
+        accept: Accept,
+        handoff: Handoff,
+    ) -> Result<IngestOutcome, StoreError> {
+        on_connection!(self, |client| accept_on(&client, &accept, &handoff).await)
     }
 
     async fn receipts(&self, filter: ReceiptFilter) -> Result<Vec<ReceiptInfo>, StoreError> {

@@ -100,7 +100,6 @@ fn accept_from(source: &str, session: &str, types: &[EventType], targets: &[&str
                 targets: targets.iter().map(|s| s.to_string()).collect(),
             })
             .collect(),
-        handoff: Vec::new(),
     }
 }
 
@@ -349,15 +348,18 @@ async fn claims_lease_and_finishing_moves_deliveries_on(s: Arc<dyn Store>) {
 
 async fn handed_over_deliveries_are_committed_leased(s: Arc<dyn Store>) {
     let lease = Duration::from_secs(60);
-    let mut both = accept(
+    let both = accept(
         "s1",
         &[EventType::SessionEnded, EventType::SessionFinalized],
         &["t", "u"],
     );
-    both.handoff = vec![("t".into(), lease)];
+    let to_t = Handoff::new(vec![("t".into(), lease)]);
     let IngestOutcome::Accepted {
         targets, handed, ..
-    } = s.accept(both.clone()).await.unwrap()
+    } = s
+        .accept_handing_over(both.clone(), to_t.clone())
+        .await
+        .unwrap()
     else {
         panic!("accepted")
     };
@@ -410,10 +412,9 @@ async fn handed_over_deliveries_are_committed_leased(s: Arc<dyn Store>) {
     assert_eq!(retried[0].attempts, 1);
 
     // A duplicate hands nothing over.
-    let mut again = accept("s1", &[EventType::SessionEnded], &["t"]);
-    again.handoff = vec![("t".into(), lease)];
+    let again = accept("s1", &[EventType::SessionEnded], &["t"]);
     assert!(matches!(
-        s.accept(again).await.unwrap(),
+        s.accept_handing_over(again, to_t).await.unwrap(),
         IngestOutcome::Duplicate { .. }
     ));
 }

@@ -34,9 +34,9 @@ use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
 use crate::store::{
     Accept, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion, DeliveryFilter,
-    DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, IngestOutcome, Pruned, RECEIPT_COLUMNS,
-    Receipt, ReceiptFilter, ReceiptInfo, RetryOutcome, SessionView, Store, StoreError, StoredEvent,
-    TargetCounts, fold_counts, lease_token, now_ms,
+    DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handoff, IngestOutcome, Pruned,
+    RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, RetryOutcome, SessionView, Store,
+    StoreError, StoredEvent, TargetCounts, fold_counts, lease_token, now_ms,
 };
 use queries::*;
 use schema::{configure, migrate};
@@ -207,8 +207,13 @@ fn lock_file(path: &Path) -> anyhow::Result<File> {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn accept(&self, accept: Accept) -> Result<IngestOutcome, StoreError> {
-        self.call(move |conn| accept_in(conn, &accept)).await
+    async fn accept_handing_over(
+        &self,
+        accept: Accept,
+        handoff: Handoff,
+    ) -> Result<IngestOutcome, StoreError> {
+        self.call(move |conn| accept_in(conn, &accept, &handoff))
+            .await
     }
 
     async fn receipts(&self, filter: ReceiptFilter) -> Result<Vec<ReceiptInfo>, StoreError> {

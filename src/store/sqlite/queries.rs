@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
 use crate::store::{
-    Accept, AcceptPlan, AttemptInfo, DeliveryId, DeliveryInfo, DeliveryStatus, Handed,
+    Accept, AcceptPlan, AttemptInfo, DeliveryId, DeliveryInfo, DeliveryStatus, Handed, Handoff,
     IngestOutcome, StoredEvent, lease_token, now_ms, plan_accept,
 };
 
@@ -82,7 +82,11 @@ pub(super) fn insert_delivery(
     Ok(id)
 }
 
-pub(super) fn accept_in(conn: &Connection, accept: &Accept) -> rusqlite::Result<IngestOutcome> {
+pub(super) fn accept_in(
+    conn: &Connection,
+    accept: &Accept,
+    handoff: &Handoff,
+) -> rusqlite::Result<IngestOutcome> {
     let primary = &accept.events[0];
     let seen = conn
         .prepare_cached("SELECT 1 FROM events WHERE id = ?1")?
@@ -177,8 +181,8 @@ pub(super) fn accept_in(conn: &Connection, accept: &Accept) -> rusqlite::Result<
             continue;
         }
         for target in &event.targets {
-            let lease = accept
-                .handoff_lease(target)
+            let lease = handoff
+                .lease(target)
                 .map(|lease| (now + lease.as_millis() as i64, token));
             let id = insert_delivery(conn, event.id.as_str(), target, now, lease)?;
             if lease.is_some() {

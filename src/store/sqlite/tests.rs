@@ -25,7 +25,6 @@ fn accept(session: &str) -> Accept {
             },
             targets: vec!["t".into()],
         }],
-        handoff: Vec::new(),
     }
 }
 
