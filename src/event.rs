@@ -121,27 +121,34 @@ impl Timestamp {
 
     /// Adds seconds, staying within the years RFC 3339 can write.
     pub fn plus_seconds(self, seconds: i64) -> Timestamp {
-        let latest = DateTime::parse_from_rfc3339("9999-12-31T23:59:59.999Z")
-            .expect("a valid timestamp")
-            .with_timezone(&Utc);
-        Timestamp(
+        Timestamp::writable(
             self.0
                 .checked_add_signed(chrono::Duration::seconds(seconds))
-                .map_or(latest, |t| t.min(latest)),
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
         )
     }
 
     /// This instant less `d`, staying within the years RFC 3339 can write.
     pub fn minus(self, d: std::time::Duration) -> Timestamp {
-        let earliest = DateTime::parse_from_rfc3339("0000-01-01T00:00:00Z")
-            .expect("a valid timestamp")
-            .with_timezone(&Utc);
-        Timestamp(
+        Timestamp::writable(
             chrono::Duration::from_std(d)
                 .ok()
                 .and_then(|d| self.0.checked_sub_signed(d))
-                .map_or(earliest, |t| t.max(earliest)),
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
         )
+    }
+
+    /// `t`, clamped to 0000-01-01T00:00:00Z ..= 9999-12-31T23:59:59.999Z.
+    fn writable(t: DateTime<Utc>) -> Timestamp {
+        /// The bounds in unix milliseconds (0000-01-01 and the last millisecond of 9999).
+        const EARLIEST_MS: i64 = -62_167_219_200_000;
+        const LATEST_MS: i64 = 253_402_300_799_999;
+        let ms = t.timestamp_millis().clamp(EARLIEST_MS, LATEST_MS);
+        if ms == t.timestamp_millis() {
+            Timestamp(t)
+        } else {
+            Timestamp::from_unix_millis(ms)
+        }
     }
 
     pub fn unix_millis(self) -> i64 {
