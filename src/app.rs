@@ -287,7 +287,7 @@ impl Application {
 async fn prune_forever(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    retention: crate::config::RetentionConfig,
+    retention: crate::store::settings::RetentionConfig,
 ) {
     let mut ticks = tokio::time::interval(retention.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -306,7 +306,7 @@ async fn prune_forever(
 
 /// Pending deliveries of a target that is no longer configured wait, listed and retryable,
 /// until it is configured again; say so at start-up, naming each target and its count.
-async fn warn_of_orphans(store: &dyn Store, targets: &[crate::config::Target]) {
+async fn warn_of_orphans(store: &dyn Store, targets: &[crate::delivery::target::Target]) {
     match store.delivery_counts().await {
         Ok(counts) => {
             for c in counts

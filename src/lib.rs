@@ -8,7 +8,8 @@
 //! # Layout
 //! The modules follow the path a webhook takes:
 //!
-//! - [`config`]: the TOML configuration, parsed once at start-up into validated types.
+//! - [`settings`]: the configuration's layers (compiled-in defaults, file, environment) and
+//!   the pieces each room parses its own settings with; [`config`] puts the parts together.
 //! - [`auth`]: source authentication, a leaf every other room may use: the only way to
 //!   obtain a [`auth::Verified`] body, which is all a vendor adapter accepts.
 //! - [`ingest`]: the HTTP side: `POST /ingest/{source}`, body limits, the checks made
@@ -37,6 +38,7 @@ pub mod event;
 pub mod ingest;
 pub mod metrics;
 pub mod sessions;
+pub mod settings;
 pub mod store;
 pub mod telemetry;
 pub mod testing;

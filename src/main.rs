@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sessiongate::app::Application;
 use sessiongate::config::{self, Config};
+use sessiongate::store::settings::StorageConfig;
 use sessiongate::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -151,13 +152,13 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     println!("configuration {}: OK", path.display());
     println!("listen: {}", config.server.listen);
     match &config.storage {
-        config::StorageConfig::Sqlite { path, synchronous } => {
+        StorageConfig::Sqlite { path, synchronous } => {
             println!(
                 "storage: sqlite {} (synchronous = {synchronous:?})",
                 path.display()
             )
         }
-        config::StorageConfig::Postgres {
+        StorageConfig::Postgres {
             pool_size, schema, ..
         } => {
             println!(
@@ -190,7 +191,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         println!(
             "  {:<16} {}  events: {events}; sources: {sources}; {}; raw {}",
             t.name,
-            config::redact_url(t.url.as_str()),
+            sessiongate::settings::redact_url(t.url.as_str()),
             if t.signer.is_some() {
                 "signed"
             } else {

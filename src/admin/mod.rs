@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::auth::constant_time_eq;
-use crate::config::Target;
 use crate::delivery::Dispatcher;
+use crate::delivery::target::Target;
 use crate::error::ApiError;
 use crate::event::{EventType, with_raw};
 use crate::store::{

@@ -11,7 +11,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::outputs::{Outbound, Output};
 use super::retry::{Next, RetryPolicy, next_step};
-use crate::config::Target;
+use crate::delivery::target::Target;
 use crate::error::chain;
 use crate::event::with_raw;
 use crate::metrics::{AttemptResult, Metrics};

@@ -18,6 +18,8 @@
 pub mod attempt;
 pub mod outputs;
 pub mod retry;
+pub mod settings;
+pub mod target;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -28,7 +30,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::config::{DeliveryConfig, Target};
+use self::settings::DeliveryConfig;
+use self::target::Target;
 use crate::metrics::Metrics;
 use crate::store::{Accept, ClaimedDelivery, Handed, Handoff, Store, now_ms};
 

@@ -6,6 +6,8 @@
 //! durably committed the event and its deliveries. Vendor specifics stay in
 //! [`crate::vendors`].
 
+pub mod settings;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,8 +20,9 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::Instrument;
 
-use crate::config::{Source, Target};
+use self::settings::Source;
 use crate::delivery::Dispatcher;
+use crate::delivery::target::Target;
 use crate::error::{ApiError, chain};
 use crate::event::{EventId, Timestamp};
 use crate::metrics::{IngestResult, Metrics, UNKNOWN_SOURCE};

@@ -13,6 +13,7 @@
 
 pub mod pg_tls;
 pub mod postgres;
+pub mod settings;
 pub mod sqlite;
 #[cfg(test)]
 mod suite;
@@ -26,7 +27,7 @@ use serde::Serialize;
 
 use secrecy::ExposeSecret;
 
-use crate::config::StorageConfig;
+use self::settings::StorageConfig;
 use crate::event::{
     CanonicalEvent, EventId, EventType, SPEC_VERSION, Session, SourceRef, Timestamp,
 };

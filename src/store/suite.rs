@@ -20,10 +20,12 @@ pub(crate) struct TestStore {
 
 pub(crate) async fn sqlite() -> TestStore {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        sqlite::SqliteStore::open(&dir.path().join("s.db"), crate::config::Synchronous::Full)
-            .await
-            .unwrap();
+    let store = sqlite::SqliteStore::open(
+        &dir.path().join("s.db"),
+        crate::store::settings::Synchronous::Full,
+    )
+    .await
+    .unwrap();
     TestStore {
         store: Arc::new(store),
         _dir: Some(dir),

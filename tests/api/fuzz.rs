@@ -12,9 +12,10 @@ use actix_web::web::Bytes;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use sessiongate::auth::SourceAuth;
-use sessiongate::config::{Config, Source};
+use sessiongate::config::Config;
 use sessiongate::event::{Session, Timestamp};
 use sessiongate::ingest::build_accept;
+use sessiongate::ingest::settings::Source;
 use sessiongate::vendors::{Normalized, Vendor};
 use svix::webhooks::Webhook;
 

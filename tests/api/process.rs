@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use sessiongate::config::Synchronous;
+use sessiongate::store::settings::Synchronous;
 use sessiongate::store::sqlite::SqliteStore;
 use sessiongate::store::{DeliveryFilter, DeliveryStatus, Store};
 

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
 use super::{Outbound, Output, OutputAnswer};
-use crate::config::Target;
 use crate::delivery::retry::Verdict;
+use crate::delivery::target::Target;
 use crate::error::chain;
 
 /// How much of an error response body is kept in `last_error`.

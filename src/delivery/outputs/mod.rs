@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::retry::Verdict;
-use crate::config::Target;
+use crate::delivery::target::Target;
 use crate::event::EventId;
 
 /// One message for a target: the body it receives (the canonical event, with `raw` when

@@ -1,0 +1,450 @@
+use super::*;
+use std::time::Duration;
+
+use crate::event::EventType;
+use crate::settings::{parse_duration, redact_url};
+use crate::store::settings::Synchronous;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// A source, for configurations a test is not about sources in (one is required).
+const SOURCE: &str = "\n[[sources]]\nname = \"s\"\nvendor = \"pathors\"\nauth = { kind = \"header\", header = \"X-T\", value = \"env:PATHORS_TOKEN\" }\n";
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "AGNTIX_SECRET" => Some(SECRET.into()),
+        "PATHORS_TOKEN" => Some("Bearer t0ken".into()),
+        _ => None,
+    }
+}
+
+const FULL: &str = r#"
+    [server]
+    listen = "127.0.0.1:0"
+    [storage]
+    url = "sqlite://data/x.db"
+    [delivery]
+    max_attempts = 3
+    [[sources]]
+    name = "pathors"
+    vendor = "pathors"
+    auth = { kind = "header", header = "Authorization", value = "env:PATHORS_TOKEN" }
+    [[sources]]
+    name = "agntix"
+    vendor = "agntix"
+    auth = { kind = "svix", secrets = ["env:AGNTIX_SECRET"] }
+    [[targets]]
+    name = "crm"
+    url = "https://crm.example.com/hooks"
+    events = ["session.finalized"]
+    sources = ["agntix"]
+    secret = "env:AGNTIX_SECRET"
+    headers = { "X-Tenant" = "acme" }
+    include_raw = false
+"#;
+
+fn parse(toml: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(toml, &env)
+}
+
+fn error_of(toml: &str) -> String {
+    parse(toml).unwrap_err().to_string()
+}
+
+#[test]
+fn a_full_config_parses_with_env_secrets_and_no_warnings() {
+    let c = parse(FULL).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(c.sources.len(), 2);
+    assert_eq!(c.delivery.max_attempts, 3);
+    assert_eq!(c.delivery.timeout, Duration::from_secs(10));
+    let t = &c.targets[0];
+    assert!(t.accepts("agntix", EventType::SessionFinalized));
+    assert!(!t.accepts("pathors", EventType::SessionFinalized));
+    assert!(!t.accepts("agntix", EventType::SessionEnded));
+    assert!(!t.include_raw);
+    assert!(t.signer.is_some());
+    assert_eq!(t.headers[0].0.as_str(), "x-tenant");
+    assert!(matches!(
+        c.storage,
+        StorageConfig::Sqlite {
+            synchronous: Synchronous::Full,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn postgres_urls_are_secrets_and_leases_default_past_the_timeout() {
+    let env = |name: &str| {
+        (name == "PG_URL")
+            .then(|| "postgres://gate:pw@db/sessions".to_owned())
+            .or_else(|| env(name))
+    };
+    let c = Config::from_toml(
+        &format!("[storage]\nurl = \"env:PG_URL\"\npool_size = 4\n[[targets]]\nname = \"t\"\nurl = \"http://x\"\ntimeout_ms = 2000{SOURCE}"),
+        &env,
+    )
+    .unwrap();
+    assert!(matches!(
+        c.storage,
+        StorageConfig::Postgres { pool_size: 4, .. }
+    ));
+    assert!(
+        !format!("{:?}", c.storage).contains("pw"),
+        "the URL's password never prints"
+    );
+    assert!(c.warnings.is_empty());
+    assert_eq!(c.targets[0].lease, Duration::from_secs(32));
+
+    let inline = parse(&format!(
+        "[storage]\nurl = \"postgres://gate:pw@db/sessions\"{SOURCE}"
+    ))
+    .unwrap();
+    assert!(
+        inline.warnings[0].contains("storage.url"),
+        "{:?}",
+        inline.warnings
+    );
+    assert!(
+        parse(&format!(
+            "[storage]\nurl = \"postgres://gate@db/sessions\"{SOURCE}"
+        ))
+        .unwrap()
+        .warnings
+        .is_empty()
+    );
+}
+
+#[test]
+fn omitted_filters_accept_everything() {
+    let c = parse(&format!(
+        "[[targets]]\nname = \"all\"\nurl = \"http://127.0.0.1:9/x\"{SOURCE}"
+    ))
+    .unwrap();
+    for t in EventType::ALL {
+        assert!(c.targets[0].accepts("anything", t));
+    }
+    assert!(c.targets[0].include_raw, "include_raw defaults to true");
+}
+
+#[test]
+fn inline_secrets_and_auth_none_warn() {
+    let c = parse(
+        r#"[[sources]]
+           name = "p"
+           vendor = "pathors"
+           auth = { kind = "header", header = "X-Token", value = "inline" }
+           [[sources]]
+           name = "open"
+           vendor = "agntix"
+           auth = { kind = "none" }"#,
+    )
+    .unwrap();
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("sources[0].auth.value"));
+    assert!(c.warnings[1].contains("`open`"));
+}
+
+#[test]
+fn target_urls_and_headers_may_come_from_the_environment_and_override_attempts() {
+    let env = |name: &str| match name {
+        "CRM_URL" => Some("https://crm.example.com/hooks?key=k".to_owned()),
+        "CRM_TOKEN" => Some("Bearer crm-token".to_owned()),
+        other => env(other),
+    };
+    let c = Config::from_toml(
+        &format!("[delivery]\nmax_attempts = 12\n[[targets]]\nname = \"crm\"\nurl = \"env:CRM_URL\"\nheaders = {{ \"Authorization\" = \"env:CRM_TOKEN\" }}\nmax_attempts = 20\ntimeout_ms = 5000\n[[targets]]\nname = \"other\"\nurl = \"http://x\"{SOURCE}"),
+        &env,
+    )
+    .unwrap();
+    let t = &c.targets[0];
+    assert_eq!(t.url.as_str(), "https://crm.example.com/hooks?key=k");
+    assert_eq!(t.headers[0].1, "Bearer crm-token");
+    assert!(t.headers[0].1.is_sensitive());
+    assert_eq!((t.max_attempts, t.timeout), (20, Duration::from_secs(5)));
+    assert_eq!(c.targets[1].max_attempts, 12);
+    for (toml, key) in [
+        (
+            "[[targets]]\nname = \"t\"\nurl = \"env:NOPE_URL\"",
+            "NOPE_URL",
+        ),
+        (
+            "[[targets]]\nname = \"t\"\nurl = \"http://x\"\nheaders = { \"X-A\" = \"env:NOPE_H\" }",
+            "targets[0].headers.X-A",
+        ),
+        (
+            "[[targets]]\nname = \"t\"\nurl = \"http://x\"\nmax_attempts = 0",
+            "targets[0].max_attempts",
+        ),
+    ] {
+        let err = Config::from_toml(toml, &env).unwrap_err().to_string();
+        assert!(err.contains(key), "{err}");
+    }
+}
+
+#[test]
+fn urls_shown_carry_no_password_nor_query() {
+    assert_eq!(
+        redact_url("https://user:s3cret@crm.example.com:8443/hooks?token=abc#x"),
+        "https://user:***@crm.example.com:8443/hooks?***"
+    );
+    assert_eq!(redact_url("http://u@h/p"), "http://u@h/p");
+    assert_eq!(redact_url("http://h/p"), "http://h/p");
+    assert_eq!(redact_url("not a url?key=1"), "not a url?***");
+    let c = parse(&format!(
+        "[[targets]]\nname = \"t\"\nurl = \"https://u:pw0rd@h.example/x?api_key=k3y\"{SOURCE}"
+    ))
+    .unwrap();
+    let shown = format!("{:?}", c.targets[0]);
+    assert!(
+        !shown.contains("pw0rd") && !shown.contains("k3y"),
+        "{shown}"
+    );
+    let e = error_of("[[targets]]\nname = \"t\"\nurl = \"ftp://u:pw0rd@h/?k3y\"");
+    assert!(!e.contains("pw0rd") && !e.contains("k3y"), "{e}");
+}
+
+#[test]
+fn empty_and_short_secrets_are_refused_wherever_they_come_from() {
+    let cases = [
+        (
+            "[[sources]]\nname = \"p\"\nvendor = \"pathors\"\nauth = { kind = \"header\", header = \"X-T\", value = \"\" }",
+            "sources[0].auth.value",
+        ),
+        ("[server]\nadmin_token = \"\"", "server.admin_token"),
+        (
+            "[[sources]]\nname = \"a\"\nvendor = \"agntix\"\nauth = { kind = \"svix\", secrets = [\"whsec_eA==\"] }",
+            "sources[0].auth.secrets[0]",
+        ),
+        (
+            "[[sources]]\nname = \"a\"\nvendor = \"agntix\"\nauth = { kind = \"svix\", secrets = [\"env:SHORT\"] }",
+            "sources[0].auth.secrets[0]",
+        ),
+        (
+            "[[targets]]\nname = \"t\"\nurl = \"http://x\"\nsecret = \"env:SHORT\"",
+            "targets[0].secret",
+        ),
+    ];
+    // 23 bytes: one short of the Standard Webhooks minimum.
+    let short =
+        |name: &str| (name == "SHORT").then(|| "whsec_YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE=".to_owned());
+    for (toml, key) in cases {
+        let err = Config::from_toml(toml, &short).unwrap_err().to_string();
+        assert!(err.contains(key), "{toml}: {err}");
+    }
+}
+
+#[test]
+fn environment_overrides_keep_strings_as_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, format!("[delivery]\nmax_attempts = 3{SOURCE}")).unwrap();
+    let vars = [
+        ("SESSIONGATE__SERVER__ADMIN_TOKEN", "000123456789"),
+        ("SESSIONGATE__DELIVERY__MAX_ATTEMPTS", "20"),
+        ("SESSIONGATE__DELIVERY__JITTER", "0.5"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let c = Config::load_with_env(&path, vars, &env).unwrap();
+    use secrecy::ExposeSecret;
+    assert_eq!(
+        c.server.admin_token.unwrap().expose_secret(),
+        "000123456789"
+    );
+    assert_eq!(c.delivery.max_attempts, 20);
+    assert_eq!(c.delivery.retry.jitter, 0.5);
+}
+
+#[test]
+fn every_unknown_key_and_missing_variable_is_reported_at_once() {
+    let e = parse(
+        "[server]\nlisen = 1\nadmin_token = \"env:NOPE_A\"\n[delivery]\nmax_atempts = 3\n[[targets]]\nname = \"t\"\nurl = \"env:NOPE_B\"\ncolour = 1",
+    )
+    .unwrap_err()
+    .to_string();
+    for part in [
+        "server.lisen",
+        "delivery.max_atempts",
+        "targets[0].colour",
+        "NOPE_A",
+        "NOPE_B",
+        "no [[sources]]",
+    ] {
+        assert!(e.contains(part), "missing {part} in {e}");
+    }
+    assert!(e.starts_with("6 problems:"), "{e}");
+}
+
+#[test]
+fn retention_durations_parse_and_a_short_max_age_warns() {
+    for (text, secs) in [
+        ("90s", 90),
+        ("15m", 900),
+        ("12h", 43_200),
+        ("30d", 2_592_000),
+    ] {
+        assert_eq!(
+            parse_duration("k", text).unwrap(),
+            Duration::from_secs(secs)
+        );
+    }
+    for bad in ["", "30", "d", "1.5h", "-1d", "0s", "3w", "1 h"] {
+        assert!(parse_duration("k", bad).is_err(), "{bad}");
+    }
+    let c = parse(&format!("[retention]\nmax_age = \"30d\"{SOURCE}")).unwrap();
+    assert_eq!(
+        c.retention,
+        Some(RetentionConfig {
+            max_age: Duration::from_secs(30 * 86_400),
+            interval: Duration::from_secs(3600)
+        })
+    );
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let short = parse(&format!(
+        "[retention]\nmax_age = \"1h\"\ninterval = \"5m\"{SOURCE}"
+    ))
+    .unwrap();
+    assert!(
+        short.warnings[0].contains("retention.max_age"),
+        "{:?}",
+        short.warnings
+    );
+    assert!(parse(SOURCE).unwrap().retention.is_none());
+    let e = error_of(&format!("[retention]\nmax_age = \"soon\"{SOURCE}"));
+    assert!(e.contains("retention.max_age"), "{e}");
+}
+
+#[test]
+fn errors_name_the_key() {
+    let cases = [
+        ("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1", "lisen"),
+        ("[storage]\nurl = \"mysql://x\"", "storage.url"),
+        (
+            "[storage]\nurl = \"postgres://a@h/d?sslmode=sometimes\"",
+            "storage.url",
+        ),
+        ("[storage]\nurl = \"env:NOPE_PG\"", "NOPE_PG"),
+        (
+            "[storage]\nurl = \"postgres://a@h/d\"\nschema = \"Bad-Name\"",
+            "storage.schema",
+        ),
+        ("[storage]\nschema = \"gw\"", "storage.schema"),
+        (
+            "[delivery]\nlease_ms = 5000\n[[targets]]\nname = \"t\"\nurl = \"http://x\"",
+            "delivery.lease_ms",
+        ),
+        ("[delivery]\nmax_attempts = 0", "delivery.max_attempts"),
+        ("[delivery]\njitter = 2.0", "delivery.jitter"),
+        (
+            "[[sources]]\nname = \"a\"\nvendor = \"agntix\"\nauth = { kind = \"svix\", secrets = [\"env:NOPE\"] }",
+            "sources[0].auth.secrets[0]",
+        ),
+        (
+            "[[sources]]\nname = \"a\"\nvendor = \"agntix\"\nauth = { kind = \"svix\", secrets = [\"whsec_!!!\"] }",
+            "sources[0].auth.secrets[0]",
+        ),
+        (
+            "[[sources]]\nname = \"a\"\nvendor = \"agntix\"\nauth = { kind = \"svix\", secrets = [\"MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"] }",
+            "sources[0].auth.secrets[0]",
+        ),
+        (
+            "[[sources]]\nname = \"a\"\nvendor = \"pathors\"\nauth = { kind = \"none\" }\n[[sources]]\nname = \"a\"\nvendor = \"agntix\"\nauth = { kind = \"none\" }",
+            "sources[1].name",
+        ),
+        (
+            "[[sources]]\nname = \"a b\"\nvendor = \"pathors\"\nauth = { kind = \"none\" }",
+            "sources[0].name",
+        ),
+        (
+            "[[targets]]\nname = \"t\"\nurl = \"ftp://x\"",
+            "targets[0].url",
+        ),
+        (
+            "[[targets]]\nname = \"t\"\nurl = \"http://x\"\nevents = [\"session.created\"]",
+            "targets[0].events[0]",
+        ),
+        (
+            "[[targets]]\nname = \"t\"\nurl = \"http://x\"\nsources = [\"ghost\"]",
+            "targets[0].sources[0]",
+        ),
+        (
+            "[[targets]]\nname = \"t\"\nurl = \"http://x\"\n[[targets]]\nname = \"t\"\nurl = \"http://y\"",
+            "targets[1].name",
+        ),
+        (
+            "[[targets]]\nname = \"t\"\nurl = \"http://x\"\nsecret = \"notwhsec\"",
+            "targets[0].secret",
+        ),
+        (
+            "[[targets]]\nname = \"t\"\nurl = \"http://x\"\nheaders = { \"webhook-id\" = \"x\" }",
+            "targets[0].headers.webhook-id",
+        ),
+        (
+            "[[targets]]\nname = \"t\"\nurl = \"http://x\"\ncolour = 1",
+            "colour",
+        ),
+        (
+            "[[sources]]\nname = \"a\"\nvendor = \"zoom\"\nauth = { kind = \"none\" }",
+            "zoom",
+        ),
+    ];
+    for (toml, key) in cases {
+        let err = error_of(toml);
+        assert!(
+            err.contains(key),
+            "error for {toml:?} should name {key}: {err}"
+        );
+    }
+}
+
+#[test]
+fn defaults_come_from_the_compiled_in_file_alone() {
+    // Only a source is written: every other value is config/defaults.toml's.
+    let c = parse(SOURCE).unwrap();
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.server.max_body_bytes, 1_048_576);
+    assert_eq!(c.server.max_body_bytes_in_flight, 64 * 1024 * 1024);
+    assert_eq!(c.server.max_connections, 2048);
+    assert_eq!(c.server.body_timeout, Duration::from_secs(15));
+    assert!(c.server.admin_listen.is_none() && c.server.admin_token.is_none());
+    assert!(matches!(
+        &c.storage,
+        StorageConfig::Sqlite { path, synchronous: Synchronous::Full } if path.to_str() == Some("data/sessiongate.db")
+    ));
+    assert_eq!(c.delivery.max_attempts, 12);
+    assert_eq!(c.delivery.retry.initial, Duration::from_secs(10));
+    assert_eq!(c.delivery.retry.max, Duration::from_secs(7200));
+    assert_eq!(c.delivery.max_in_flight, 32);
+    assert!(c.delivery.lease.is_none() && c.retention.is_none());
+    // The file is the only place: the parsed sections take no defaults of their own, so a
+    // defaults layer without a key is a missing field, not a silent second default.
+    let read = crate::settings::read::<RawConfig>(
+        config::Config::builder()
+            .add_source(config::File::from_str(SOURCE, config::FileFormat::Toml)),
+        &env,
+    )
+    .unwrap();
+    assert!(read.raw.is_none(), "sections parsed without the defaults layer");
+}
+
+#[test]
+fn the_shipped_configurations_parse() {
+    let env = |name: &str| match name {
+        "AGNTIX_WEBHOOK_SECRET" | "CRM_SIGNING_SECRET" | "WAREHOUSE_SIGNING_SECRET" => {
+            Some(SECRET.to_owned())
+        }
+        _ => Some("a-value-long-enough-for-any-secret".to_owned()),
+    };
+    for file in ["sessiongate.toml", "dev.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(file);
+        let c = Config::load_with_env(&path, Default::default(), &env)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(!c.sources.is_empty(), "{file}");
+    }
+    let prod = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sessiongate.toml");
+    let c = Config::load_with_env(&prod, Default::default(), &env).unwrap();
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(c.delivery.max_attempts, 12, "a default the file does not restate");
+}

@@ -1,0 +1,228 @@
+//! A downstream receiver (`[[targets]]`): where events go, which ones, and how.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde::Deserialize;
+use svix::webhooks::Webhook;
+
+use super::settings::DeliveryConfig;
+use crate::event::EventType;
+use crate::settings::{
+    ConfigError, Context, check_name, invalid, parse_whsec, positive, redact_url,
+};
+
+/// A downstream receiver and what it wants.
+pub struct Target {
+    pub name: String,
+    pub url: reqwest::Url,
+    /// `None` = every event type.
+    pub events: Option<Vec<EventType>>,
+    /// `None` = every source.
+    pub sources: Option<Vec<String>>,
+    pub signer: Option<Webhook>,
+    pub headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
+    pub include_raw: bool,
+    pub timeout: Duration,
+    /// Attempts before a delivery is dead (`[delivery] max_attempts` unless the target says).
+    pub max_attempts: u32,
+    /// How long a claimed or handed-over delivery stays leased to one worker; after that
+    /// another worker (on any replica) may take it over.
+    pub lease: Duration,
+    pub max_in_flight: usize,
+}
+
+impl Target {
+    /// The routing rule: whether an event of `event_type` from `source` goes to this target.
+    pub fn accepts(&self, source: &str, event_type: EventType) -> bool {
+        self.events.as_ref().is_none_or(|e| e.contains(&event_type))
+            && self
+                .sources
+                .as_ref()
+                .is_none_or(|s| s.iter().any(|s| s == source))
+    }
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("name", &self.name)
+            .field("url", &redact_url(self.url.as_str()))
+            .field("events", &self.events)
+            .field("sources", &self.sources)
+            .field("signed", &self.signer.is_some())
+            .field("include_raw", &self.include_raw)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    name: String,
+    url: String,
+    events: Option<Vec<String>>,
+    sources: Option<Vec<String>>,
+    secret: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default = "yes")]
+    include_raw: bool,
+    timeout_ms: Option<u64>,
+    max_attempts: Option<u32>,
+    max_in_flight: Option<usize>,
+}
+
+/// Array entries take no defaults from the defaults layer, so this one is written here.
+fn yes() -> bool {
+    true
+}
+
+/// Headers a target may not set: the gateway owns them.
+const RESERVED_HEADERS: [&str; 6] = [
+    "content-type",
+    "content-length",
+    "host",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+/// By default a lease outlives the attempt's timeout by this much.
+const DEFAULT_LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+impl Target {
+    /// Every `[[targets]]` entry; names are unique and `sources` name configured sources.
+    pub fn parse_all(
+        raw: Vec<RawTarget>,
+        delivery: &DeliveryConfig,
+        source_names: &HashSet<&str>,
+        cx: &mut Context,
+    ) -> Result<Vec<Target>, ConfigError> {
+        let mut targets = Vec::with_capacity(raw.len());
+        let mut names = HashSet::new();
+        for (i, t) in raw.into_iter().enumerate() {
+            let key = format!("targets[{i}]");
+            check_name(&format!("{key}.name"), &t.name)?;
+            if !names.insert(t.name.clone()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("target name `{}` is used twice", t.name),
+                ));
+            }
+            targets.push(Target::parse(&key, t, delivery, source_names, cx)?);
+        }
+        Ok(targets)
+    }
+
+    fn parse(
+        key: &str,
+        t: RawTarget,
+        delivery: &DeliveryConfig,
+        source_names: &HashSet<&str>,
+        cx: &mut Context,
+    ) -> Result<Target, ConfigError> {
+        // Any url and header value may be `env:VAR` (a URL or header can carry a token).
+        let t_url = cx.reference(&format!("{key}.url"), &t.url)?;
+        let url = reqwest::Url::parse(&t_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| {
+                invalid(
+                    format!("{key}.url"),
+                    format!("`{}` is not an http(s) URL", redact_url(&t_url)),
+                )
+            })?;
+        let events = t
+            .events
+            .map(|events| {
+                events
+                    .iter()
+                    .enumerate()
+                    .map(|(j, e)| {
+                        EventType::parse(e).ok_or_else(|| {
+                            invalid(
+                                format!("{key}.events[{j}]"),
+                                format!(
+                                    "unknown event type `{e}` (known: {})",
+                                    EventType::ALL.map(EventType::as_str).join(", ")
+                                ),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        if let Some(names) = &t.sources {
+            for (j, name) in names.iter().enumerate() {
+                if !source_names.contains(name.as_str()) {
+                    return Err(invalid(
+                        format!("{key}.sources[{j}]"),
+                        format!("no source named `{name}` is configured"),
+                    ));
+                }
+            }
+        }
+        let signer = t
+            .secret
+            .map(|s| {
+                let k = format!("{key}.secret");
+                parse_whsec(&k, &cx.secret(&k, &s)?)
+            })
+            .transpose()?;
+        let mut headers = Vec::with_capacity(t.headers.len());
+        for (name, value) in &t.headers {
+            let k = format!("{key}.headers.{name}");
+            let header = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(&k, "is not a valid header name"))?;
+            if RESERVED_HEADERS.contains(&header.as_str()) {
+                return Err(invalid(
+                    &k,
+                    "is set by the gateway and cannot be overridden",
+                ));
+            }
+            let value = cx.reference(&k, value)?;
+            let mut value = reqwest::header::HeaderValue::from_str(&value)
+                .map_err(|_| invalid(&k, "is not a valid header value"))?;
+            value.set_sensitive(true);
+            headers.push((header, value));
+        }
+        if let Some(ms) = t.timeout_ms {
+            positive(&format!("{key}.timeout_ms"), ms)?;
+        }
+        if let Some(n) = t.max_in_flight {
+            positive(&format!("{key}.max_in_flight"), n as u64)?;
+        }
+        if let Some(n) = t.max_attempts {
+            positive(&format!("{key}.max_attempts"), n.into())?;
+        }
+        let timeout = t.timeout_ms.map_or(delivery.timeout, Duration::from_millis);
+        let lease = match delivery.lease {
+            Some(lease) if lease <= timeout => {
+                return Err(invalid(
+                    "delivery.lease_ms",
+                    format!(
+                        "must be longer than every attempt timeout (target `{}` allows {} ms)",
+                        t.name,
+                        timeout.as_millis()
+                    ),
+                ));
+            }
+            Some(lease) => lease,
+            None => timeout + DEFAULT_LEASE_MARGIN,
+        };
+        Ok(Target {
+            name: t.name,
+            url,
+            events,
+            sources: t.sources,
+            signer,
+            headers,
+            include_raw: t.include_raw,
+            timeout,
+            max_attempts: t.max_attempts.unwrap_or(delivery.max_attempts),
+            lease,
+            max_in_flight: t.max_in_flight.unwrap_or(delivery.max_in_flight),
+        })
+    }
+}

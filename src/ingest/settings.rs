@@ -1,0 +1,223 @@
+//! `[server]` and `[[sources]]`: where ingest listens, its limits, and who may post to it.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix_web::http::header::{HeaderName, HeaderValue};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::auth::SourceAuth;
+use crate::settings::{
+    ConfigError, Context, check_name, invalid, parse_whsec, positive, socket_address,
+};
+use crate::vendors::Vendor;
+
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Where the admin API and `/metrics` listen when they are kept off `listen`.
+    pub admin_listen: Option<SocketAddr>,
+    pub max_body_bytes: usize,
+    /// Request body bytes buffered at once across all requests.
+    pub max_body_bytes_in_flight: usize,
+    /// Open connections across all HTTP workers.
+    pub max_connections: usize,
+    pub admin_token: Option<SecretString>,
+    pub workers: usize,
+    pub body_timeout: Duration,
+    pub header_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+/// `[server]` as written (the defaults layer gives every key that has a default).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    listen: String,
+    admin_listen: Option<String>,
+    max_body_bytes: usize,
+    max_body_bytes_in_flight: usize,
+    max_connections: usize,
+    admin_token: Option<String>,
+    workers: Option<usize>,
+    body_timeout_ms: u64,
+    header_timeout_ms: u64,
+    shutdown_timeout_ms: u64,
+}
+
+impl ServerConfig {
+    pub fn parse(s: RawServer, cx: &mut Context) -> Result<ServerConfig, ConfigError> {
+        let listen = socket_address("server.listen", &s.listen)?;
+        let admin_listen = s
+            .admin_listen
+            .as_deref()
+            .map(|a| socket_address("server.admin_listen", a))
+            .transpose()?;
+        if admin_listen.is_some_and(|a| a == listen && a.port() != 0) {
+            return Err(invalid(
+                "server.admin_listen",
+                "must differ from server.listen (it keeps the admin API and /metrics off the ingest listener)",
+            ));
+        }
+        positive("server.max_body_bytes", s.max_body_bytes as u64)?;
+        positive("server.max_connections", s.max_connections as u64)?;
+        if s.max_body_bytes_in_flight / 2 < s.max_body_bytes {
+            return Err(invalid(
+                "server.max_body_bytes_in_flight",
+                "must be at least twice server.max_body_bytes (half is for requests a header \
+                 authenticates, half for signed ones), or a body of the largest size allowed \
+                 could not be read",
+            ));
+        }
+        if s.max_body_bytes_in_flight > u32::MAX as usize {
+            return Err(invalid(
+                "server.max_body_bytes_in_flight",
+                format!("must be at most {} bytes", u32::MAX),
+            ));
+        }
+        positive("server.body_timeout_ms", s.body_timeout_ms)?;
+        positive("server.header_timeout_ms", s.header_timeout_ms)?;
+        let workers = match s.workers {
+            Some(0) => return Err(invalid("server.workers", "must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        };
+        Ok(ServerConfig {
+            listen,
+            admin_listen,
+            max_body_bytes: s.max_body_bytes,
+            max_body_bytes_in_flight: s.max_body_bytes_in_flight,
+            max_connections: s.max_connections,
+            admin_token: s
+                .admin_token
+                .map(|t| cx.secret("server.admin_token", &t).map(SecretString::from))
+                .transpose()?,
+            workers,
+            body_timeout: Duration::from_millis(s.body_timeout_ms),
+            header_timeout: Duration::from_millis(s.header_timeout_ms),
+            shutdown_timeout: Duration::from_millis(s.shutdown_timeout_ms),
+        })
+    }
+}
+
+/// A vendor endpoint: `POST /ingest/{name}`.
+#[derive(Debug)]
+pub struct Source {
+    pub name: String,
+    pub vendor: Vendor,
+    pub auth: SourceAuth,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    name: String,
+    vendor: Vendor,
+    auth: RawAuth,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum RawAuth {
+    Svix {
+        secrets: Vec<String>,
+        #[serde(default = "default_tolerance")]
+        tolerance_seconds: u64,
+    },
+    Header {
+        header: String,
+        value: String,
+    },
+    None,
+}
+
+/// Array entries take no defaults from the defaults layer, so this one is written here.
+fn default_tolerance() -> u64 {
+    300
+}
+
+impl Source {
+    /// Every `[[sources]]` entry; names are unique.
+    pub fn parse_all(raw: Vec<RawSource>, cx: &mut Context) -> Result<Vec<Source>, ConfigError> {
+        let mut sources = Vec::with_capacity(raw.len());
+        let mut names = HashSet::new();
+        for (i, s) in raw.into_iter().enumerate() {
+            let key = format!("sources[{i}]");
+            check_name(&format!("{key}.name"), &s.name)?;
+            if !names.insert(s.name.clone()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("source name `{}` is used twice", s.name),
+                ));
+            }
+            let auth = parse_auth(&key, &s.name, s.auth, cx)?;
+            sources.push(Source {
+                name: s.name,
+                vendor: s.vendor,
+                auth,
+            });
+        }
+        Ok(sources)
+    }
+}
+
+fn parse_auth(
+    key: &str,
+    name: &str,
+    auth: RawAuth,
+    cx: &mut Context,
+) -> Result<SourceAuth, ConfigError> {
+    Ok(match auth {
+        RawAuth::Svix {
+            secrets,
+            tolerance_seconds,
+        } => {
+            if secrets.is_empty() {
+                return Err(invalid(
+                    format!("{key}.auth.secrets"),
+                    "needs at least one whsec_ secret",
+                ));
+            }
+            let secrets = secrets
+                .iter()
+                .enumerate()
+                .map(|(j, value)| {
+                    let k = format!("{key}.auth.secrets[{j}]");
+                    parse_whsec(&k, &cx.secret(&k, value)?)
+                })
+                .collect::<Result<_, _>>()?;
+            positive(&format!("{key}.auth.tolerance_seconds"), tolerance_seconds)?;
+            SourceAuth::Svix {
+                secrets,
+                tolerance: Duration::from_secs(tolerance_seconds),
+            }
+        }
+        RawAuth::Header { header, value } => {
+            let header_name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                invalid(
+                    format!("{key}.auth.header"),
+                    format!("`{header}` is not a valid header name"),
+                )
+            })?;
+            let value = cx.secret(&format!("{key}.auth.value"), &value)?;
+            if HeaderValue::from_str(&value).is_err() {
+                return Err(invalid(
+                    format!("{key}.auth.value"),
+                    "is not a valid header value",
+                ));
+            }
+            SourceAuth::Header {
+                name: header_name,
+                value: SecretString::from(value),
+            }
+        }
+        RawAuth::None => {
+            cx.warn(format!(
+                "source `{name}` accepts unauthenticated requests (auth kind = \"none\")"
+            ));
+            SourceAuth::None
+        }
+    })
+}

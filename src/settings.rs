@@ -1,0 +1,400 @@
+//! Settings: the layers a configuration is read from, and the pieces every room parses
+//! its own part with.
+//!
+//! Layers, later wins: the compiled-in defaults (`config/defaults.toml`, which also documents
+//! every key), the file, then `SESSIONGATE__SECTION__KEY` environment variables. Unknown keys
+//! are errors. Secrets may be written `env:VAR_NAME` and are resolved at start-up; a missing
+//! variable is an error naming it. Every error names the key at fault.
+//!
+//! This module knows no room: [`crate::config`] puts the rooms' parts together.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use svix::webhooks::Webhook;
+
+/// Every key with its default, and what it means: the first layer of every configuration.
+pub const DEFAULTS: &str = include_str!("../config/defaults.toml");
+const ENV_PREFIX: &str = "SESSIONGATE";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(String),
+    #[error("invalid configuration at `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    /// Every problem found in one reading, so an operator fixes them in one go.
+    #[error("{} problems:\n{}", .0.len(), .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfigError>),
+}
+
+impl ConfigError {
+    /// One error, or all of them.
+    pub fn of(mut problems: Vec<ConfigError>) -> ConfigError {
+        match problems.len() {
+            1 => problems.remove(0),
+            _ => ConfigError::Many(problems),
+        }
+    }
+}
+
+pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// What a room parses its part with: `env:` references resolved through `env`, and the
+/// warnings an operator should hear at start-up.
+pub struct Context<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    inline_secrets: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(env: &'a dyn Fn(&str) -> Option<String>) -> Context<'a> {
+        Context {
+            env,
+            inline_secrets: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// A secret: `env:VAR` resolved, or the value written inline (which is warned of).
+    pub fn secret(&mut self, key: &str, value: &str) -> Result<String, ConfigError> {
+        match value.strip_prefix("env:") {
+            Some(_) => reference(key, value, self.env),
+            None if value.is_empty() => Err(invalid(key, "must not be empty")),
+            None => {
+                self.inline_secrets.push(format!(
+                    "secret `{key}` is written inline in the configuration; use env:VAR in production"
+                ));
+                Ok(value.to_owned())
+            }
+        }
+    }
+
+    /// A value that may be written `env:VAR` (not a secret when inline).
+    pub fn reference(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        reference(key, value, self.env)
+    }
+
+    pub fn warn(&mut self, warning: String) {
+        self.warnings.push(warning);
+    }
+
+    /// The warnings, inline secrets first.
+    pub fn into_warnings(mut self) -> Vec<String> {
+        self.inline_secrets.append(&mut self.warnings);
+        self.inline_secrets
+    }
+}
+
+/// The layers of a configuration file: defaults, the file, then `SESSIONGATE__…` variables.
+pub fn file_layers(
+    path: &Path,
+    vars: std::collections::HashMap<String, String>,
+) -> Result<config::ConfigBuilder<config::builder::DefaultState>, ConfigError> {
+    if !path.is_file() {
+        return Err(ConfigError::Load(format!(
+            "no configuration file at {} (pass --config FILE or set SESSIONGATE_CONFIG)",
+            path.display()
+        )));
+    }
+    Ok(defaults()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(
+            // No `try_parsing`: it would turn a secret such as `000123456789` into the
+            // number 123456789. Values stay strings, and numeric keys parse them.
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(vars.into_iter().collect())),
+        ))
+}
+
+/// The defaults, then one TOML document (no environment overrides).
+pub fn toml_layers(toml: &str) -> config::ConfigBuilder<config::builder::DefaultState> {
+    defaults().add_source(config::File::from_str(toml, config::FileFormat::Toml))
+}
+
+fn defaults() -> config::ConfigBuilder<config::builder::DefaultState> {
+    config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+}
+
+/// The layers merged into the file's shape `T`, with every problem found on the way.
+pub struct Read<T> {
+    /// `None` when the tree could not take the shape even without its unknown keys.
+    pub raw: Option<T>,
+    /// Each unknown key and each missing environment variable.
+    pub problems: Vec<ConfigError>,
+    /// The keys of the missing variables, so a room's error at one is not listed twice.
+    pub missing_keys: Vec<String>,
+}
+
+/// Merges the layers and reads them as `T`, noting each unknown key (and dropping it, to
+/// read on) and each `env:VAR` whose variable is unset.
+pub fn read<T: DeserializeOwned>(
+    layers: config::ConfigBuilder<config::builder::DefaultState>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Read<T>, ConfigError> {
+    let mut tree: config::Value = layers
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| ConfigError::Load(e.to_string()))?;
+    let mut problems = Vec::new();
+    // Each unknown key fails deserialisation on its own: note it, drop it, read again.
+    let raw = loop {
+        match tree.clone().try_deserialize::<T>() {
+            Ok(raw) => break Some(raw),
+            Err(e) => {
+                let message = e.to_string();
+                match unknown_key(&message) {
+                    Some(path) if remove_key(&mut tree, &path) => {
+                        problems.push(invalid(path, "unknown key"));
+                    }
+                    _ => {
+                        problems.push(ConfigError::Load(message));
+                        break None;
+                    }
+                }
+            }
+        }
+    };
+    let mut missing = Vec::new();
+    missing_variables(&tree, String::new(), env, &mut missing);
+    let missing_keys = missing
+        .iter()
+        .filter_map(|e| match e {
+            ConfigError::Invalid { key, .. } => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
+    problems.extend(missing);
+    Ok(Read {
+        raw,
+        problems,
+        missing_keys,
+    })
+}
+
+/// The dotted key of an "unknown field" error of the `config` crate
+/// (``unknown field `x`, expected … for key `targets[0]` `` → `targets[0].x`).
+fn unknown_key(message: &str) -> Option<String> {
+    let field = message.strip_prefix("unknown field `")?.split('`').next()?;
+    match message.rsplit_once(" for key `") {
+        Some((_, key)) => Some(format!("{}.{field}", key.trim_end_matches('`'))),
+        None => Some(field.to_owned()),
+    }
+}
+
+/// Removes `path` (`a.b[0].c`) from a configuration tree; false if it is not there.
+fn remove_key(tree: &mut config::Value, path: &str) -> bool {
+    let mut node = tree;
+    let mut segments: Vec<&str> = path.split('.').collect();
+    let Some(last) = segments.pop() else {
+        return false;
+    };
+    for segment in segments {
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let config::ValueKind::Table(table) = &mut node.kind else {
+            return false;
+        };
+        let Some(child) = table.get_mut(name) else {
+            return false;
+        };
+        node = match index {
+            None => child,
+            Some(i) => match &mut child.kind {
+                config::ValueKind::Array(items) => match items.get_mut(i) {
+                    Some(item) => item,
+                    None => return false,
+                },
+                _ => return false,
+            },
+        };
+    }
+    match &mut node.kind {
+        config::ValueKind::Table(table) => table.remove(last).is_some(),
+        _ => false,
+    }
+}
+
+/// Every `env:VAR` anywhere in the configuration whose variable is unset or empty.
+fn missing_variables(
+    value: &config::Value,
+    key: String,
+    env: &dyn Fn(&str) -> Option<String>,
+    out: &mut Vec<ConfigError>,
+) {
+    match &value.kind {
+        config::ValueKind::String(s) => {
+            if let Some(var) = s.strip_prefix("env:")
+                && env(var).is_none_or(|v| v.is_empty())
+            {
+                out.push(invalid(
+                    key,
+                    format!("environment variable {var} is not set or empty"),
+                ));
+            }
+        }
+        config::ValueKind::Table(table) => {
+            let mut entries: Vec<_> = table.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            for (name, child) in entries {
+                let key = if key.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{key}.{name}")
+                };
+                missing_variables(child, key, env, out);
+            }
+        }
+        config::ValueKind::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                missing_variables(child, format!("{key}[{i}]"), env, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A value that may be written `env:VAR`: the variable's value (an error naming it when
+/// unset or empty), else the value as written.
+pub fn reference(
+    key: &str,
+    value: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    match value.strip_prefix("env:") {
+        Some(var) => env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+            invalid(
+                key,
+                format!("environment variable {var} is not set or empty"),
+            )
+        }),
+        None => Ok(value.to_owned()),
+    }
+}
+
+/// A duration written as a whole number and a unit: `90s`, `15m`, `12h`, `30d`.
+pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    let bad = || {
+        invalid(
+            key,
+            format!("`{value}` is not a duration such as \"90s\", \"15m\", \"12h\" or \"30d\""),
+        )
+    };
+    let unit_at = value.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = value.split_at(unit_at);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(seconds) {
+        Some(0) => Err(invalid(key, "must be greater than 0")),
+        Some(s) => Ok(Duration::from_secs(s)),
+        None => Err(bad()),
+    }
+}
+
+pub fn socket_address(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| invalid(key, format!("`{value}` is not a host:port address")))
+}
+
+pub fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+/// Source and target names appear in URLs, metrics labels and the store.
+pub fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(invalid(
+            key,
+            format!("`{name}` must be 1 to 64 characters of letters, digits, '-' or '_'"),
+        ));
+    }
+    Ok(())
+}
+
+/// The shortest signing key Standard Webhooks allows (its secrets are 24 to 64 bytes).
+const MIN_SECRET_BYTES: usize = 24;
+
+pub fn parse_whsec(key: &str, value: &str) -> Result<Webhook, ConfigError> {
+    let Some(encoded) = value.strip_prefix("whsec_") else {
+        return Err(invalid(key, "must start with `whsec_` followed by base64"));
+    };
+    use base64::Engine as _;
+    match base64::engine::general_purpose::STANDARD.decode(encoded) {
+        Ok(bytes) if bytes.len() >= MIN_SECRET_BYTES => {
+            Webhook::new(value).map_err(|_| invalid(key, "is not a valid whsec_ secret"))
+        }
+        Ok(bytes) => Err(invalid(
+            key,
+            format!(
+                "the key is {} bytes; Standard Webhooks requires at least {MIN_SECRET_BYTES} \
+                 (whsec_ followed by the base64 of 24 to 64 random bytes)",
+                bytes.len()
+            ),
+        )),
+        Err(_) => Err(invalid(key, "the part after `whsec_` must be base64")),
+    }
+}
+
+/// A URL as it may be shown (logs, `check-config`, `Debug`): a password in the user-info
+/// becomes `***` and the query string `?***`, since either may carry a credential.
+pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, _)) => (base, "?***"),
+        None => (url, ""),
+    };
+    let (base, fragment) = match base.split_once('#') {
+        Some((base, _)) => (base, "#***"),
+        None => (base, ""),
+    };
+    let shown = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+                    let password = if userinfo.contains(':') { ":***" } else { "" };
+                    format!("{scheme}://{user}{password}@{host}{path}")
+                }
+                None => base.to_owned(),
+            }
+        }
+        None => base.to_owned(),
+    };
+    format!("{shown}{query}{fragment}")
+}
+
+/// Whether a URL's user-info part carries a password (`scheme://user:password@host`).
+pub fn has_password(url: &str) -> bool {
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}

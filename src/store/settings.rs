@@ -1,0 +1,149 @@
+//! `[storage]` and `[retention]`: which store, and what it keeps.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::settings::{ConfigError, Context, has_password, invalid, parse_duration, positive};
+
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    Sqlite {
+        path: PathBuf,
+        synchronous: Synchronous,
+    },
+    Postgres {
+        /// May carry a password, so it is kept secret.
+        url: SecretString,
+        pool_size: usize,
+        /// The schema the tables live in (created if missing); `None` = the connection's
+        /// default search path.
+        schema: Option<String>,
+    },
+}
+
+/// SQLite's `synchronous` setting. `full` makes every acknowledged event survive power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    url: String,
+    synchronous: Synchronous,
+    pool_size: usize,
+    schema: Option<String>,
+}
+
+impl StorageConfig {
+    pub fn parse(raw: RawStorage, cx: &mut Context) -> Result<StorageConfig, ConfigError> {
+        let url = match raw.url.strip_prefix("env:") {
+            Some(_) => cx.secret("storage.url", &raw.url)?,
+            None => raw.url.clone(),
+        };
+        let storage = parse_url(&url, &raw)?;
+        if !raw.url.starts_with("env:") && has_password(&url) {
+            cx.warn(
+                "`storage.url` carries a password inline; use env:VAR in production".to_owned(),
+            );
+        }
+        Ok(storage)
+    }
+}
+
+/// What is pruned, and how often (`[retention]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    pub max_age: Duration,
+    pub interval: Duration,
+}
+
+/// `[retention]`; the table's presence turns pruning on, so it has no defaults layer.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    max_age: String,
+    #[serde(default = "default_retention_interval")]
+    interval: String,
+}
+
+fn default_retention_interval() -> String {
+    "1h".into()
+}
+
+impl RetentionConfig {
+    pub fn parse(r: RawRetention, cx: &mut Context) -> Result<RetentionConfig, ConfigError> {
+        let max_age = parse_duration("retention.max_age", &r.max_age)?;
+        let interval = parse_duration("retention.interval", &r.interval)?;
+        if max_age < Duration::from_secs(48 * 3600) {
+            cx.warn(format!(
+                "retention.max_age = \"{}\" is under 2 days: Agntix retries for 24 h, and a \
+                 retry that arrives after its first delivery was pruned is accepted and \
+                 forwarded again",
+                r.max_age
+            ));
+        }
+        Ok(RetentionConfig { max_age, interval })
+    }
+}
+
+fn parse_url(url: &str, raw: &RawStorage) -> Result<StorageConfig, ConfigError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if raw.schema.is_some() {
+            return Err(invalid(
+                "storage.schema",
+                "is for PostgreSQL only; a SQLite store is one file",
+            ));
+        }
+        if path.is_empty() {
+            return Err(invalid(
+                "storage.url",
+                "sqlite:// needs a file path, e.g. sqlite://data/sessiongate.db",
+            ));
+        }
+        return Ok(StorageConfig::Sqlite {
+            path: PathBuf::from(path),
+            synchronous: raw.synchronous,
+        });
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let (rest, _) = super::pg_tls::split(url).map_err(|e| invalid("storage.url", e))?;
+        if let Err(e) = rest.parse::<tokio_postgres::Config>() {
+            return Err(invalid(
+                "storage.url",
+                format!("not a valid PostgreSQL URL: {e}"),
+            ));
+        }
+        positive("storage.pool_size", raw.pool_size as u64)?;
+        if let Some(schema) = &raw.schema {
+            let ok = schema.len() <= 63
+                && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && schema
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !ok {
+                return Err(invalid(
+                    "storage.schema",
+                    format!(
+                        "`{schema}` must be 1 to 63 lowercase letters, digits or '_', not starting with a digit"
+                    ),
+                ));
+            }
+        }
+        return Ok(StorageConfig::Postgres {
+            url: SecretString::from(url.to_owned()),
+            pool_size: raw.pool_size,
+            schema: raw.schema.clone(),
+        });
+    }
+    Err(invalid(
+        "storage.url",
+        "must be sqlite://PATH or postgres://USER@HOST/DATABASE",
+    ))
+}
