@@ -426,7 +426,10 @@ fn defaults_come_from_the_compiled_in_file_alone() {
         &env,
     )
     .unwrap();
-    assert!(read.raw.is_none(), "sections parsed without the defaults layer");
+    assert!(
+        read.raw.is_none(),
+        "sections parsed without the defaults layer"
+    );
 }
 
 #[test]
@@ -438,7 +441,9 @@ fn the_shipped_configurations_parse() {
         _ => Some("a-value-long-enough-for-any-secret".to_owned()),
     };
     for file in ["sessiongate.toml", "dev.toml"] {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(file);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("config")
+            .join(file);
         let c = Config::load_with_env(&path, Default::default(), &env)
             .unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(!c.sources.is_empty(), "{file}");
@@ -446,5 +451,8 @@ fn the_shipped_configurations_parse() {
     let prod = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sessiongate.toml");
     let c = Config::load_with_env(&prod, Default::default(), &env).unwrap();
     assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
-    assert_eq!(c.delivery.max_attempts, 12, "a default the file does not restate");
+    assert_eq!(
+        c.delivery.max_attempts, 12,
+        "a default the file does not restate"
+    );
 }

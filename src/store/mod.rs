@@ -11,8 +11,8 @@
 //!
 //! Implementations: [`sqlite`] (embedded, the default) and [`postgres`] (shared by replicas).
 
-pub mod pg_tls;
 pub mod postgres;
+pub mod schema;
 pub mod settings;
 pub mod sqlite;
 #[cfg(test)]

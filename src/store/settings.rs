@@ -113,7 +113,7 @@ fn parse_url(url: &str, raw: &RawStorage) -> Result<StorageConfig, ConfigError> 
         });
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let (rest, _) = super::pg_tls::split(url).map_err(|e| invalid("storage.url", e))?;
+        let (rest, _) = super::postgres::tls::split(url).map_err(|e| invalid("storage.url", e))?;
         if let Err(e) = rest.parse::<tokio_postgres::Config>() {
             return Err(invalid(
                 "storage.url",

@@ -14,7 +14,7 @@
 
 mod prune;
 mod queries;
-mod schema;
+pub(crate) mod schema;
 mod wal;
 mod writer;
 

@@ -1,9 +1,9 @@
 //! What only the SQLite store does; shared behaviour is in `store::suite`.
 
-use super::schema::MIGRATIONS;
 use super::*;
 use crate::event::{EventType, Session};
 use crate::store::NewEvent;
+use crate::store::schema::{Dialect, MIGRATIONS, migration};
 use actix_web::web::Bytes;
 
 fn accept(session: &str) -> Accept {
@@ -35,7 +35,7 @@ async fn migrating_from_the_first_schema_keeps_sessions_and_events() {
     let path = dir.path().join("s.db");
     {
         let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(&migration(Dialect::Sqlite, 0)).unwrap();
         conn.execute_batch(
             r#"PRAGMA user_version = 1;
             INSERT INTO receipts (source, outcome, received_at, raw)

@@ -1,0 +1,230 @@
+//! An ingest on PostgreSQL: one read, then one data-modifying statement that saves the
+//! session with a compare-and-set on its row version and writes everything else.
+
+use deadpool_postgres::GenericClient;
+
+use super::{backend, prepared};
+use crate::event::EventId;
+use crate::sessions::SessionRecord;
+use crate::store::{
+    Accept, AcceptPlan, DeliveryId, Handed, Handoff, IngestOutcome, NewEvent, StoreError,
+    lease_token, now_ms, plan_accept,
+};
+
+/// How often an ingest reads its session again after losing a race to change it.
+const MAX_SESSION_RACES: usize = 50;
+
+/// An ingest's one read: the session as stored (with its row version, `xmin`) and whether
+/// the request's first event is already stored. Always one row.
+const READ_SESSION: &str = "SELECT s.record, s.finalized_event_id, s.xmin::text,
+        EXISTS (SELECT 1 FROM events WHERE id = $3)
+    FROM (VALUES (1)) AS one (x)
+    LEFT JOIN sessions s ON s.vendor = $1 AND s.session_id = $2";
+
+/// Saves a session record if its row is still the version that was read (`$6`, NULL if
+/// there was none): a compare-and-set, so replicas merging events of one session at once
+/// never lose each other's facts. Returns a row only when it saved.
+const SAVE_SESSION: &str = "INSERT INTO sessions AS t
+        (vendor, session_id, record, finalized_event_id, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $5)
+    ON CONFLICT (vendor, session_id) DO UPDATE SET
+        record = excluded.record, finalized_event_id = excluded.finalized_event_id,
+        updated_at = excluded.updated_at
+    WHERE t.xmin::text = $6
+    RETURNING 1";
+
+/// [`SAVE_SESSION`] alone, answering 1 if it saved and 0 if the session had changed.
+static SAVE_SESSION_ONLY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("WITH s AS ({SAVE_SESSION}) SELECT count(*) FROM s"));
+
+/// An ingest's one write, in one statement (so one round trip, and atomic without a
+/// transaction): the session's compare-and-set, and only if it saved, the receipt, the
+/// events not stored yet and their deliveries. Returns whether the session saved and the
+/// ids of the deliveries inserted.
+static WRITE_ACCEPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH s AS ({SAVE_SESSION}),
+        r AS (INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
+              SELECT $7, 'accepted', $8, $9, $10, $11 FROM s RETURNING seq),
+        e AS (INSERT INTO events (id, receipt_seq, source, session_id, type, occurred_at, received_at, body)
+              SELECT u.id, r.seq, $7, $2, u.type, u.occurred_at, $10, u.body
+              FROM r, unnest($12::text[], $13::text[], $14::text[], $15::text[])
+                  WITH ORDINALITY AS u (id, type, occurred_at, body, n)
+              ORDER BY u.n
+              ON CONFLICT (id) DO NOTHING RETURNING id),
+        d AS (INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at,
+                  lease_until, lease_token, created_at, updated_at)
+              SELECT v.id, v.event_id, v.target, 'pending', 0, $5, v.lease_until, v.lease_token, $5, $5
+              FROM unnest($16::text[], $17::text[], $18::text[], $19::int8[], $20::int8[])
+                  WITH ORDINALITY AS v (id, event_id, target, lease_until, lease_token, n)
+              WHERE v.event_id IN (SELECT id FROM e)
+              ORDER BY v.n
+              RETURNING id)
+        SELECT (SELECT count(*) FROM s), ARRAY(SELECT id FROM d)"
+    )
+});
+
+/// Writes an accepted request's plan if the session is still at `version`; `None` if it
+/// changed meanwhile (nothing was written).
+async fn write_accept(
+    client: &deadpool_postgres::Object,
+    accept: &Accept,
+    handoff: &Handoff,
+    record: &SessionRecord,
+    finalized: Option<&EventId>,
+    events: &[(&NewEvent, String)],
+    version: Option<String>,
+) -> Result<Option<IngestOutcome>, StoreError> {
+    let now = now_ms();
+    let token = lease_token();
+    // (id, event, its body, target, lease end if handed over), in insertion order.
+    let mut deliveries = Vec::new();
+    for (event, body) in events {
+        for target in &event.targets {
+            let lease_until = handoff
+                .lease(target)
+                .map(|lease| now + lease.as_millis() as i64);
+            deliveries.push((DeliveryId::generate(), *event, body, target, lease_until));
+        }
+    }
+    let event_ids: Vec<&str> = events.iter().map(|(e, _)| e.id.as_str()).collect();
+    let event_types: Vec<&str> = events.iter().map(|(e, _)| e.event_type.as_str()).collect();
+    let bodies: Vec<&str> = events.iter().map(|(_, body)| body.as_str()).collect();
+    let received_at = accept.received_at.to_string();
+    let occurred_at: Vec<String> = events
+        .iter()
+        .map(|(e, _)| e.occurred_at.to_string())
+        .collect();
+    let row = client
+        .query_one(
+            &prepared(client, &WRITE_ACCEPT).await?,
+            &[
+                &accept.vendor,
+                &accept.session_id,
+                &serde_json::to_string(record).map_err(backend)?,
+                &finalized.map(EventId::as_str),
+                &now,
+                &version,
+                &accept.source,
+                &accept.vendor_event_type,
+                &accept.message_id,
+                &received_at,
+                &&accept.raw[..],
+                &event_ids,
+                &event_types,
+                &occurred_at,
+                &bodies,
+                &deliveries.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(),
+                &deliveries
+                    .iter()
+                    .map(|d| d.1.id.as_str())
+                    .collect::<Vec<_>>(),
+                &deliveries.iter().map(|d| d.3.as_str()).collect::<Vec<_>>(),
+                &deliveries.iter().map(|d| d.4).collect::<Vec<_>>(),
+                &deliveries
+                    .iter()
+                    .map(|d| d.4.map(|_| token))
+                    .collect::<Vec<_>>(),
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    if row.get::<_, i64>(0) == 0 {
+        return Ok(None);
+    }
+    let inserted: Vec<String> = row.get(1);
+    let mut targets = Vec::new();
+    let mut handed = Vec::new();
+    for (id, event, body, target, lease_until) in deliveries {
+        if !inserted.iter().any(|i| i == id.as_str()) {
+            continue;
+        }
+        if lease_until.is_some() {
+            handed.push(Handed::new(accept, target, id, event, body, token));
+        } else if !targets.contains(target) {
+            targets.push(target.clone());
+        }
+    }
+    Ok(Some(IngestOutcome::Accepted {
+        id: accept.events[0].id.clone(),
+        targets,
+        handed,
+    }))
+}
+
+pub(super) async fn accept_on(
+    client: &deadpool_postgres::Object,
+    accept: &Accept,
+    handoff: &Handoff,
+) -> Result<IngestOutcome, StoreError> {
+    let read = prepared(client, READ_SESSION).await?;
+    let primary = &accept.events[0];
+    for _ in 0..MAX_SESSION_RACES {
+        let row = client
+            .query_one(
+                &read,
+                &[&accept.vendor, &accept.session_id, &primary.id.as_str()],
+            )
+            .await
+            .map_err(backend)?;
+        if row.get::<_, bool>(3) {
+            return Ok(IngestOutcome::Duplicate {
+                id: primary.id.clone(),
+            });
+        }
+        let version: Option<String> = row.get(2);
+        let (record, finalized) = match row.get::<_, Option<&str>>(0) {
+            Some(json) => (
+                serde_json::from_str::<SessionRecord>(json).map_err(backend)?,
+                row.get::<_, Option<String>>(1).map(EventId::from_stored),
+            ),
+            None => (SessionRecord::default(), None),
+        };
+        let saved = match plan_accept(accept, record, finalized).map_err(backend)? {
+            AcceptPlan::AlreadyFinalized { record, first } => {
+                let saved = client
+                    .query_one(
+                        &prepared(client, &SAVE_SESSION_ONLY).await?,
+                        &[
+                            &accept.vendor,
+                            &accept.session_id,
+                            &serde_json::to_string(&record).map_err(backend)?,
+                            &first.as_str(),
+                            &now_ms(),
+                            &version,
+                        ],
+                    )
+                    .await
+                    .map_err(backend)?;
+                if saved.get::<_, i64>(0) == 1 {
+                    return Ok(IngestOutcome::Duplicate { id: first });
+                }
+                None
+            }
+            AcceptPlan::Store {
+                record,
+                finalized,
+                events,
+            } => {
+                write_accept(
+                    client,
+                    accept,
+                    handoff,
+                    &record,
+                    finalized.as_ref(),
+                    &events,
+                    version,
+                )
+                .await?
+            }
+        };
+        if let Some(outcome) = saved {
+            return Ok(outcome);
+        }
+        // Another request changed the session since it was read: read it again.
+    }
+    Err(backend(std::io::Error::other(format!(
+        "session {} changed under {MAX_SESSION_RACES} attempts in a row to commit an event",
+        accept.session_id
+    ))))
+}

@@ -1,0 +1,479 @@
+//! Every other operation of the store, each one statement.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_postgres::Row;
+
+use super::accept::accept_on;
+use super::{PgStore, backend, connection_lost, prepared};
+use crate::event::{EventId, Timestamp};
+use crate::sessions::SessionRecord;
+use crate::store::{
+    Accept, AttemptInfo, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion,
+    DeliveryFilter, DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handoff, IngestOutcome,
+    PRUNE_BATCH, Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, RetryOutcome,
+    SessionView, Store, StoreError, StoredEvent, TargetCounts, fold_counts, lease_token, now_ms,
+};
+
+fn delivery_row(r: &Row) -> DeliveryInfo {
+    let status: String = r.get("status");
+    let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
+    DeliveryInfo {
+        seq: r.get("seq"),
+        id: DeliveryId::from_stored(r.get("id")),
+        event_id: EventId::from_stored(r.get("event_id")),
+        target: r.get("target"),
+        status,
+        attempts: r.get::<_, i32>("attempts") as u32,
+        next_attempt_at: (status == DeliveryStatus::Pending)
+            .then(|| Timestamp::from_unix_millis(r.get("next_attempt_at"))),
+        last_status: r.get::<_, Option<i32>>("last_status").map(|s| s as u16),
+        last_error: r.get("last_error"),
+        created_at: Timestamp::from_unix_millis(r.get("created_at")),
+        updated_at: Timestamp::from_unix_millis(r.get("updated_at")),
+        attempt_log: None,
+    }
+}
+
+fn stored_event(r: &Row) -> StoredEvent {
+    StoredEvent {
+        seq: r.get("seq"),
+        id: EventId::from_stored(r.get("id")),
+        source: r.get("source"),
+        session_id: r.get("session_id"),
+        event_type: r.get("type"),
+        body: r.get("body"),
+        raw: r.get::<_, Vec<u8>>("raw").into(),
+    }
+}
+
+const EVENT_COLUMNS: &str = "e.seq, e.id, e.source, e.session_id, e.type, e.body, r.raw";
+const DELIVERY_COLUMNS: &str = "seq, id, event_id, target, status, attempts, next_attempt_at, \
+                                last_status, last_error, created_at, updated_at";
+
+/// One ingest on one connection: read the session, merge, write with a compare-and-set,
+/// and read again when another request changed the session meanwhile.
+#[async_trait]
+impl Store for PgStore {
+    async fn accept_handing_over(
+        &self,
+        accept: Accept,
+        handoff: Handoff,
+    ) -> Result<IngestOutcome, StoreError> {
+        on_connection!(self, |client| accept_on(&client, &accept, &handoff).await)
+    }
+
+    async fn receipts(&self, filter: ReceiptFilter) -> Result<Vec<ReceiptInfo>, StoreError> {
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT {RECEIPT_COLUMNS} FROM receipts
+                     WHERE ($1::TEXT IS NULL OR source = $1) AND ($2::TEXT IS NULL OR outcome = $2)
+                       AND ($3::BIGINT IS NULL OR seq < $3)
+                     ORDER BY seq DESC LIMIT $4"
+                ),
+                &[
+                    &filter.source,
+                    &filter.outcome,
+                    &filter.before,
+                    &(filter.limit as i64),
+                ],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ReceiptInfo {
+                seq: r.get(0),
+                source: r.get(1),
+                outcome: r.get(2),
+                vendor_event_type: r.get(3),
+                message_id: r.get(4),
+                received_at: r.get(5),
+                raw: actix_web::web::Bytes::from(r.get::<_, Vec<u8>>(6)),
+            })
+            .collect())
+    }
+
+    async fn record_receipt(&self, receipt: Receipt) -> Result<(), StoreError> {
+        self.execute(
+                "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
+                 VALUES ($1, $6, $2, $3, $4, $5)",
+                &[
+                    &receipt.source,
+                    &receipt.vendor_event_type,
+                    &receipt.message_id,
+                    &receipt.received_at.to_string(),
+                    &&receipt.raw[..],
+                    &receipt.outcome.as_str(),
+                ],
+            ).await?;
+        Ok(())
+    }
+
+    async fn claim_due(
+        &self,
+        target: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let client = self.client().await?;
+        let now = now_ms();
+        let token = lease_token();
+        let leased = client
+            .query(
+                &prepared(
+                    &client,
+                    "UPDATE deliveries d SET lease_until = $1, lease_token = $5
+                 FROM (SELECT seq FROM deliveries
+                       WHERE target = $2 AND status = 'pending' AND next_attempt_at <= $3
+                         AND (lease_until IS NULL OR lease_until <= $3)
+                       ORDER BY next_attempt_at LIMIT $4
+                       FOR UPDATE SKIP LOCKED) due
+                 WHERE d.seq = due.seq
+                 RETURNING d.id, d.event_id, d.attempts",
+                )
+                .await?,
+                &[
+                    &(now + lease.as_millis() as i64),
+                    &target,
+                    &now,
+                    &(limit as i64),
+                    &token,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        if leased.is_empty() {
+            return Ok(Vec::new());
+        }
+        let event_ids: Vec<String> = leased.iter().map(|r| r.get(1)).collect();
+        let bodies = client
+            .query(
+                &prepared(
+                    &client,
+                    "SELECT e.id, e.body, r.raw, e.occurred_at FROM events e
+                 JOIN receipts r ON r.seq = e.receipt_seq WHERE e.id = ANY($1)",
+                )
+                .await?,
+                &[&event_ids],
+            )
+            .await
+            .map_err(backend)?;
+        let mut claimed = Vec::with_capacity(leased.len());
+        for row in leased {
+            let event_id: String = row.get(1);
+            let Some(event) = bodies.iter().find(|b| b.get::<_, &str>(0) == event_id) else {
+                continue;
+            };
+            claimed.push(ClaimedDelivery {
+                id: DeliveryId::from_stored(row.get(0)),
+                attempts: row.get::<_, i32>(2) as u32,
+                lease_token: token,
+                occurred_at: Timestamp::parse(event.get(3)),
+                body: event.get(1),
+                raw: event.get::<_, Vec<u8>>(2).into(),
+                event_id: EventId::from_stored(event_id),
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn finish_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
+        let (status, next_attempt_at) = match record.next {
+            Completion::Delivered => (DeliveryStatus::Delivered, None),
+            Completion::RetryAt { unix_ms } => (DeliveryStatus::Pending, Some(unix_ms)),
+            Completion::Dead => (DeliveryStatus::Dead, None),
+        };
+        // One statement, so one round trip and atomic: the attempt is logged only if the
+        // lease was still ours and the delivery moved on.
+        let logged = self
+            .execute(
+                "WITH u AS (
+                     UPDATE deliveries SET status = $2, attempts = $3,
+                         next_attempt_at = COALESCE($4, next_attempt_at), lease_until = NULL,
+                         lease_token = NULL, last_status = $5, last_error = $6, updated_at = $7
+                     WHERE id = $1 AND lease_token = $8
+                     RETURNING id)
+                 INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
+                 SELECT u.id, $3, $9, $10, $5, $6 FROM u",
+                &[
+                    &record.delivery_id.as_str(),
+                    &status.as_str(),
+                    &(record.attempt as i32),
+                    &next_attempt_at,
+                    &record.status_code.map(i32::from),
+                    &record.error,
+                    &now_ms(),
+                    &record.lease_token,
+                    &record.started_at_ms,
+                    &record.duration_ms,
+                ],
+            )
+            .await?;
+        if logged == 0 {
+            tracing::warn!(delivery_id = %record.delivery_id, "Attempt result arrived after its lease passed on; dropped");
+        }
+        Ok(())
+    }
+
+    async fn next_due_at(&self, target: &str) -> Result<Option<i64>, StoreError> {
+        let row = self.query_one(
+                "SELECT MIN(next_attempt_at) FROM deliveries
+                 WHERE target = $1 AND status = 'pending' AND (lease_until IS NULL OR lease_until <= $2)",
+                &[&target, &now_ms()],
+            ).await?;
+        Ok(row.get(0))
+    }
+
+    async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryInfo>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &prepared(
+                    &client,
+                    &format!(
+                        "SELECT {DELIVERY_COLUMNS} FROM deliveries
+                     WHERE ($1::TEXT IS NULL OR status = $1) AND ($2::TEXT IS NULL OR target = $2)
+                       AND ($3::TEXT IS NULL OR event_id = $3) AND ($4::BIGINT IS NULL OR seq < $4)
+                       AND (NOT $5 OR attempts > 0)
+                     ORDER BY seq DESC LIMIT $6"
+                    ),
+                )
+                .await?,
+                &[
+                    &filter.status.map(DeliveryStatus::as_str),
+                    &filter.target,
+                    &filter.event_id,
+                    &filter.before,
+                    &filter.failing,
+                    &(filter.limit as i64),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        let mut found: Vec<DeliveryInfo> = rows.iter().map(delivery_row).collect();
+        if filter.with_attempts && !found.is_empty() {
+            let ids: Vec<&str> = found.iter().map(|d| d.id.as_str()).collect();
+            let attempts = client
+                .query(
+                    &prepared(
+                        &client,
+                        "SELECT delivery_id, attempt, started_at, duration_ms, status_code, error
+                     FROM attempts WHERE delivery_id = ANY($1) ORDER BY seq",
+                    )
+                    .await?,
+                    &[&ids],
+                )
+                .await
+                .map_err(backend)?;
+            for delivery in &mut found {
+                delivery.attempt_log = Some(
+                    attempts
+                        .iter()
+                        .filter(|a| a.get::<_, &str>(0) == delivery.id.as_str())
+                        .map(|a| AttemptInfo {
+                            attempt: a.get::<_, i32>(1) as u32,
+                            started_at: Timestamp::from_unix_millis(a.get(2)),
+                            duration_ms: a.get(3),
+                            status_code: a.get::<_, Option<i32>>(4).map(|s| s as u16),
+                            error: a.get(5),
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    async fn retry_delivery(&self, id: &str) -> Result<RetryOutcome, StoreError> {
+        let client = self.client().await?;
+        let requeued = client
+            .query_opt(
+                &prepared(
+                    &client,
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $2,
+                     lease_until = NULL, lease_token = NULL, updated_at = $2
+                 WHERE id = $1 AND status = 'dead' RETURNING target",
+                )
+                .await?,
+                &[&id, &now_ms()],
+            )
+            .await
+            .map_err(backend)?;
+        if let Some(row) = requeued {
+            return Ok(RetryOutcome::Requeued { target: row.get(0) });
+        }
+        let status = client
+            .query_opt(
+                &prepared(&client, "SELECT status FROM deliveries WHERE id = $1").await?,
+                &[&id],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(match status.and_then(|r| DeliveryStatus::parse(r.get(0))) {
+            Some(status) => RetryOutcome::NotDead(status),
+            None => RetryOutcome::NotFound,
+        })
+    }
+
+    async fn replay(
+        &self,
+        event_id: &str,
+        targets: Vec<String>,
+    ) -> Result<Option<Vec<DeliveryId>>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let exists = tx
+            .query_opt(
+                &prepared(&tx, "SELECT 1 FROM events WHERE id = $1").await?,
+                &[&event_id],
+            )
+            .await
+            .map_err(backend)?
+            .is_some();
+        if !exists {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let mut created = Vec::with_capacity(targets.len());
+        for target in &targets {
+            let id = DeliveryId::generate();
+            tx.execute(
+                &prepared(&tx, "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4)").await?,
+                &[&id.as_str(), &event_id, target, &now],
+            )
+            .await
+            .map_err(backend)?;
+            created.push(id);
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(Some(created))
+    }
+
+    async fn events(&self, filter: EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = self.query(
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM events e JOIN receipts r ON r.seq = e.receipt_seq
+                     WHERE ($1::TEXT IS NULL OR e.source = $1) AND ($2::TEXT IS NULL OR e.session_id = $2)
+                       AND ($3::TEXT IS NULL OR e.type = $3) AND ($4::BIGINT IS NULL OR e.seq < $4)
+                     ORDER BY e.seq DESC LIMIT $5"
+                ),
+                &[
+                    &filter.source,
+                    &filter.session_id,
+                    &filter.event_type,
+                    &filter.before,
+                    &(filter.limit as i64),
+                ],
+            ).await?;
+        Ok(rows.iter().map(stored_event).collect())
+    }
+
+    async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let row = self.query_opt(
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM events e JOIN receipts r ON r.seq = e.receipt_seq WHERE e.id = $1"
+                ),
+                &[&id],
+            ).await?;
+        Ok(row.as_ref().map(stored_event))
+    }
+
+    async fn session(
+        &self,
+        vendor: &str,
+        session_id: &str,
+    ) -> Result<Option<SessionView>, StoreError> {
+        let row = self
+            .query_opt(
+                "SELECT record, finalized_event_id, updated_at FROM sessions
+                 WHERE vendor = $1 AND session_id = $2",
+                &[&vendor, &session_id],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let record: SessionRecord = serde_json::from_str(row.get(0)).map_err(backend)?;
+        Ok(Some(SessionView {
+            vendor: vendor.to_owned(),
+            session: record.session(session_id).map_err(backend)?,
+            finalized_event_id: row.get::<_, Option<String>>(1).map(EventId::from_stored),
+            updated_at: Timestamp::from_unix_millis(row.get(2)),
+        }))
+    }
+
+    async fn delivery_counts(&self) -> Result<Vec<TargetCounts>, StoreError> {
+        let rows = self.query(COUNT_DELIVERIES, &[]).await?;
+        Ok(fold_counts(
+            rows.iter()
+                .map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2) as u64)),
+        ))
+    }
+
+    async fn prune(&self, cutoff: Timestamp) -> Result<Pruned, StoreError> {
+        let cutoff = cutoff.to_string();
+        let mut pruned = Pruned::default();
+        // An event goes with all its deliveries and their attempts, in one statement (the
+        // foreign keys hold at its end), once none of its deliveries is pending.
+        loop {
+            let row = self
+                .query_one(
+                    "WITH doomed AS (
+                         SELECT e.seq, e.id FROM events e
+                         WHERE e.received_at < $1 AND NOT EXISTS (
+                             SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status = 'pending')
+                         ORDER BY e.seq LIMIT $2),
+                     gone_deliveries AS (
+                         DELETE FROM deliveries d USING doomed WHERE d.event_id = doomed.id RETURNING d.id),
+                     gone_attempts AS (
+                         DELETE FROM attempts a USING gone_deliveries g WHERE a.delivery_id = g.id RETURNING 1),
+                     gone_events AS (
+                         DELETE FROM events e USING doomed WHERE e.seq = doomed.seq RETURNING 1)
+                     SELECT (SELECT count(*) FROM gone_events), (SELECT count(*) FROM gone_deliveries),
+                            (SELECT count(*) FROM gone_attempts)",
+                    &[&cutoff, &PRUNE_BATCH],
+                )
+                .await?;
+            let events = row.get::<_, i64>(0) as u64;
+            pruned.events += events;
+            pruned.deliveries += row.get::<_, i64>(1) as u64;
+            pruned.attempts += row.get::<_, i64>(2) as u64;
+            if events < PRUNE_BATCH as u64 {
+                break;
+            }
+        }
+        loop {
+            let gone = self
+                .execute(
+                    "DELETE FROM receipts WHERE seq IN (
+                         SELECT r.seq FROM receipts r
+                         WHERE r.received_at < $1
+                           AND NOT EXISTS (SELECT 1 FROM events e WHERE e.receipt_seq = r.seq)
+                         ORDER BY r.seq LIMIT $2)",
+                    &[&cutoff, &PRUNE_BATCH],
+                )
+                .await?;
+            pruned.receipts += gone;
+            if gone < PRUNE_BATCH as u64 {
+                break;
+            }
+        }
+        Ok(pruned)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .simple_query("SELECT 1")
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close();
+    }
+}
