@@ -18,6 +18,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::admin::{self, AdminState};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::{WorkerHealth, Workers};
 use crate::error::{ApiError, chain, error_response};
@@ -76,7 +77,9 @@ impl Application {
         for warning in &config.warnings {
             tracing::warn!(warning = %warning, "Configuration warning");
         }
-        let store = store::open(&config.storage).await?;
+        // One clock for the store, ingest and delivery.
+        let clock = Clock::system();
+        let store = store::open(&config.storage, clock.clone()).await?;
         warn_of_orphans(store.as_ref(), &config.targets).await;
         let metrics = Arc::new(Metrics::new());
         let targets: Vec<_> = config.targets.into_iter().map(Arc::new).collect();
@@ -85,6 +88,7 @@ impl Application {
             &config.delivery,
             store.clone(),
             metrics.clone(),
+            clock.clone(),
         )?;
 
         let listener = TcpListener::bind(config.server.listen)
@@ -128,6 +132,7 @@ impl Application {
             max_body_bytes: config.server.max_body_bytes,
             body_budget: ingest::BodyBudget::new(config.server.max_body_bytes_in_flight),
             body_timeout: config.server.body_timeout,
+            clock,
         });
         // With `admin_listen`, the admin API and /metrics answer only there (404 on `listen`).
         let separate_admin = config.server.admin_listen.is_some();

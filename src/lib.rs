@@ -10,6 +10,7 @@
 //!
 //! - [`settings`]: the configuration's layers (compiled-in defaults, file, environment) and
 //!   the pieces each room parses its own settings with; [`config`] puts the parts together.
+//! - [`clock`]: the one clock (wall time and tokio instants), manual in tests.
 //! - [`auth`]: source authentication, a leaf every other room may use: the only way to
 //!   obtain a [`auth::Verified`] body, which is all a vendor adapter accepts.
 //! - [`ingest`]: the HTTP side: `POST /ingest/{source}`, body limits, the checks made
@@ -30,6 +31,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod demo;

@@ -53,7 +53,7 @@ pub async fn postgres_schema_url() -> Option<String> {
         .await
         .unwrap_or_else(|e| panic!("cannot reach the test database {base}: {e}"));
     tokio::spawn(connection);
-    let now = crate::store::now_ms() / 1000;
+    let now = crate::clock::Clock::system().now_ms() / 1000;
     // Schemas are named after their creation time; drop those left by runs over an hour ago.
     for row in client
         .query(

@@ -11,11 +11,12 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::outputs::{Outbound, Output};
 use super::retry::{Next, RetryPolicy, next_step};
+use crate::clock::Clock;
 use crate::delivery::target::Target;
 use crate::error::chain;
 use crate::event::with_raw;
 use crate::metrics::{AttemptResult, Metrics};
-use crate::store::{AttemptRecord, ClaimedDelivery, Completion, Store, now_ms};
+use crate::store::{AttemptRecord, ClaimedDelivery, Completion, Store};
 
 /// The body a target receives for a delivery.
 pub fn body_for(target: &Target, delivery: &ClaimedDelivery) -> Vec<u8> {
@@ -32,6 +33,7 @@ pub(super) struct Job {
     pub store: Arc<dyn Store>,
     pub retry: RetryPolicy,
     pub metrics: Arc<Metrics>,
+    pub clock: Clock,
     pub delivery: ClaimedDelivery,
 }
 
@@ -54,8 +56,8 @@ impl Job {
     /// keeps the delivery from being claimed again meanwhile).
     pub async fn run(self, slot: OwnedSemaphorePermit) -> Option<i64> {
         let attempt = self.delivery.attempts + 1;
-        let started_at_ms = now_ms();
-        let clock = Instant::now();
+        let started_at_ms = self.clock.now_ms();
+        let started = Instant::now();
         let answer = self
             .output
             .send(Outbound {
@@ -63,7 +65,7 @@ impl Job {
                 body: body_for(&self.target, &self.delivery),
             })
             .await;
-        let duration_ms = clock.elapsed().as_millis() as i64;
+        let duration_ms = started.elapsed().as_millis() as i64;
         drop(slot);
 
         let next = next_step(
@@ -78,7 +80,7 @@ impl Job {
             Next::Delivered => (Completion::Delivered, AttemptResult::Delivered),
             Next::RetryIn(delay) => (
                 Completion::RetryAt {
-                    unix_ms: now_ms() + delay.as_millis() as i64,
+                    unix_ms: self.clock.now_ms() + delay.as_millis() as i64,
                 },
                 AttemptResult::Retry {
                     retry_in: delay,
@@ -118,7 +120,7 @@ impl Job {
             Err(e) => {
                 // The lease expires and the delivery is attempted again: a repeat, not a loss.
                 tracing::error!(error = %chain(&e), "Failed to record a delivery attempt; it will be repeated");
-                Some(now_ms() + self.target.lease.as_millis() as i64)
+                Some(self.clock.now_ms() + self.target.lease.as_millis() as i64)
             }
         }
     }

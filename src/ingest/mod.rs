@@ -21,6 +21,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::Instrument;
 
 use self::settings::Source;
+use crate::clock::Clock;
 use crate::delivery::Dispatcher;
 use crate::delivery::target::Target;
 use crate::error::{ApiError, chain};
@@ -66,6 +67,7 @@ pub struct IngestState {
     pub max_body_bytes: usize,
     pub body_budget: BodyBudget,
     pub body_timeout: Duration,
+    pub clock: Clock,
 }
 
 #[derive(Serialize)]
@@ -172,7 +174,7 @@ async fn handle(
     source.auth.check_head(request.headers())?;
     let budget = state.body_budget.for_source(source);
     let (body, _reserved) = read_body(request, payload, budget, state).await?;
-    let received_at = Timestamp::now();
+    let received_at = Timestamp::from_unix_millis(state.clock.now_ms());
     let verified = source.auth.verify(request.headers(), body)?;
     let message_id = verified.message_id().map(str::to_owned);
 

@@ -16,10 +16,10 @@ pub mod schema;
 pub mod settings;
 pub mod sqlite;
 #[cfg(test)]
-mod suite;
+pub(crate) mod suite;
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix_web::web::Bytes;
 use async_trait::async_trait;
@@ -28,6 +28,7 @@ use serde::Serialize;
 use secrecy::ExposeSecret;
 
 use self::settings::StorageConfig;
+use crate::clock::Clock;
 use crate::event::{
     CanonicalEvent, EventId, EventType, SPEC_VERSION, Session, SourceRef, Timestamp,
 };
@@ -75,7 +76,7 @@ pub struct Accept {
 }
 
 /// The targets whose worker has room for each of a request's deliveries, with their lease
-/// (delivery's [`crate::delivery::Dispatcher::reserve`] decides). Those deliveries are
+/// (the hand-over, [`crate::delivery::handoff`], decides). Those deliveries are
 /// committed already leased to this process and come back in
 /// [`IngestOutcome::Accepted`]'s `handed`, so nobody claims them back.
 #[derive(Debug, Clone, Default)]
@@ -93,12 +94,13 @@ impl Handoff {
         Handoff { leases }
     }
 
-    /// The lease a new delivery to `target` is committed with, if it is handed over.
-    pub fn lease(&self, target: &str) -> Option<Duration> {
+    /// When the lease of a new delivery to `target` committed at `now_ms` ends, if it is
+    /// handed over (else it is committed unleased, for a claim).
+    pub fn lease_until(&self, target: &str, now_ms: i64) -> Option<i64> {
         self.leases
             .iter()
             .find(|(name, _)| name == target)
-            .map(|(_, lease)| *lease)
+            .map(|(_, lease)| now_ms + lease.as_millis() as i64)
     }
 }
 
@@ -572,10 +574,15 @@ pub trait Store: Send + Sync {
 }
 
 /// Opens the store a configuration names, running migrations.
-pub async fn open(config: &StorageConfig) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+pub async fn open(
+    config: &StorageConfig,
+    clock: Clock,
+) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     match config {
         StorageConfig::Sqlite { path, synchronous } => {
-            let store = sqlite::SqliteStore::open(path, *synchronous).await?;
+            let store = sqlite::SqliteStore::open(path, *synchronous)
+                .await?
+                .with_clock(clock);
             Ok(std::sync::Arc::new(store))
         }
         StorageConfig::Postgres {
@@ -585,7 +592,8 @@ pub async fn open(config: &StorageConfig) -> anyhow::Result<std::sync::Arc<dyn S
         } => {
             let store =
                 postgres::PgStore::open_in(url.expose_secret(), *pool_size, schema.as_deref())
-                    .await?;
+                    .await?
+                    .with_clock(clock);
             Ok(std::sync::Arc::new(store))
         }
     }
@@ -594,10 +602,4 @@ pub async fn open(config: &StorageConfig) -> anyhow::Result<std::sync::Arc<dyn S
 /// A fresh lease token for a claim.
 pub(crate) fn lease_token() -> i64 {
     rand::random::<i64>()
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

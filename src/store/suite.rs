@@ -13,19 +13,29 @@ use super::*;
 use crate::event::{EventType, Session, Timestamp};
 pub(crate) use crate::testing::postgres_schema_url;
 
+fn now_ms() -> i64 {
+    crate::clock::Clock::system().now_ms()
+}
+
 pub(crate) struct TestStore {
     pub store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
 }
 
 pub(crate) async fn sqlite() -> TestStore {
+    sqlite_on(crate::clock::Clock::system()).await
+}
+
+/// A SQLite store in a temporary directory that reads `clock`.
+pub(crate) async fn sqlite_on(clock: crate::clock::Clock) -> TestStore {
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite::SqliteStore::open(
         &dir.path().join("s.db"),
         crate::store::settings::Synchronous::Full,
     )
     .await
-    .unwrap();
+    .unwrap()
+    .with_clock(clock);
     TestStore {
         store: Arc::new(store),
         _dir: Some(dir),

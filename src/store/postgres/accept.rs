@@ -4,11 +4,12 @@
 use deadpool_postgres::GenericClient;
 
 use super::{backend, prepared};
+use crate::clock::Clock;
 use crate::event::EventId;
 use crate::sessions::SessionRecord;
 use crate::store::{
     Accept, AcceptPlan, DeliveryId, Handed, Handoff, IngestOutcome, NewEvent, StoreError,
-    lease_token, now_ms, plan_accept,
+    lease_token, plan_accept,
 };
 
 /// How often an ingest reads its session again after losing a race to change it.
@@ -64,26 +65,34 @@ static WRITE_ACCEPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// What [`plan_accept`] decided to store.
+struct Planned<'a> {
+    record: &'a SessionRecord,
+    finalized: Option<&'a EventId>,
+    events: &'a [(&'a NewEvent, String)],
+}
+
 /// Writes an accepted request's plan if the session is still at `version`; `None` if it
 /// changed meanwhile (nothing was written).
 async fn write_accept(
     client: &deadpool_postgres::Object,
     accept: &Accept,
     handoff: &Handoff,
-    record: &SessionRecord,
-    finalized: Option<&EventId>,
-    events: &[(&NewEvent, String)],
+    planned: Planned<'_>,
     version: Option<String>,
+    now: i64,
 ) -> Result<Option<IngestOutcome>, StoreError> {
-    let now = now_ms();
+    let Planned {
+        record,
+        finalized,
+        events,
+    } = planned;
     let token = lease_token();
     // (id, event, its body, target, lease end if handed over), in insertion order.
     let mut deliveries = Vec::new();
     for (event, body) in events {
         for target in &event.targets {
-            let lease_until = handoff
-                .lease(target)
-                .map(|lease| now + lease.as_millis() as i64);
+            let lease_until = handoff.lease_until(target, now);
             deliveries.push((DeliveryId::generate(), *event, body, target, lease_until));
         }
     }
@@ -152,10 +161,13 @@ async fn write_accept(
     }))
 }
 
+/// One ingest on one connection: read the session, merge, write with a compare-and-set,
+/// and read again when another request changed the session meanwhile.
 pub(super) async fn accept_on(
     client: &deadpool_postgres::Object,
     accept: &Accept,
     handoff: &Handoff,
+    clock: &Clock,
 ) -> Result<IngestOutcome, StoreError> {
     let read = prepared(client, READ_SESSION).await?;
     let primary = &accept.events[0];
@@ -190,7 +202,7 @@ pub(super) async fn accept_on(
                             &accept.session_id,
                             &serde_json::to_string(&record).map_err(backend)?,
                             &first.as_str(),
-                            &now_ms(),
+                            &clock.now_ms(),
                             &version,
                         ],
                     )
@@ -210,10 +222,13 @@ pub(super) async fn accept_on(
                     client,
                     accept,
                     handoff,
-                    &record,
-                    finalized.as_ref(),
-                    &events,
+                    Planned {
+                        record: &record,
+                        finalized: finalized.as_ref(),
+                        events: &events,
+                    },
                     version,
+                    clock.now_ms(),
                 )
                 .await?
             }

@@ -31,12 +31,15 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
 
 use super::StoreError;
+use crate::clock::Clock;
 
 /// How long a request waits for a pooled connection or a new one before failing.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PgStore {
     pool: Pool,
+    /// Reads "now" for leases and due times (tests: a manual clock).
+    clock: Clock,
 }
 
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -152,11 +155,20 @@ impl PgStore {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .context("Failed to build the PostgreSQL pool")?;
-        let store = PgStore { pool };
+        let store = PgStore {
+            pool,
+            clock: Clock::system(),
+        };
         schema::migrate(&store.pool, schema)
             .await
             .with_context(|| format!("PostgreSQL with sslmode={}", tls.mode.as_str()))?;
         Ok(store)
+    }
+
+    /// The same store reading `clock` for leases and due times (tests: a manual clock).
+    pub fn with_clock(mut self, clock: Clock) -> PgStore {
+        self.clock = clock;
+        self
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {

@@ -13,7 +13,7 @@ use crate::store::{
     Accept, AttemptInfo, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion,
     DeliveryFilter, DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handoff, IngestOutcome,
     PRUNE_BATCH, Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, RetryOutcome,
-    SessionView, Store, StoreError, StoredEvent, TargetCounts, fold_counts, lease_token, now_ms,
+    SessionView, Store, StoreError, StoredEvent, TargetCounts, fold_counts, lease_token,
 };
 
 fn delivery_row(r: &Row) -> DeliveryInfo {
@@ -52,8 +52,6 @@ const EVENT_COLUMNS: &str = "e.seq, e.id, e.source, e.session_id, e.type, e.body
 const DELIVERY_COLUMNS: &str = "seq, id, event_id, target, status, attempts, next_attempt_at, \
                                 last_status, last_error, created_at, updated_at";
 
-/// One ingest on one connection: read the session, merge, write with a compare-and-set,
-/// and read again when another request changed the session meanwhile.
 #[async_trait]
 impl Store for PgStore {
     async fn accept_handing_over(
@@ -61,7 +59,9 @@ impl Store for PgStore {
         accept: Accept,
         handoff: Handoff,
     ) -> Result<IngestOutcome, StoreError> {
-        on_connection!(self, |client| accept_on(&client, &accept, &handoff).await)
+        on_connection!(self, |client| {
+            accept_on(&client, &accept, &handoff, &self.clock).await
+        })
     }
 
     async fn receipts(&self, filter: ReceiptFilter) -> Result<Vec<ReceiptInfo>, StoreError> {
@@ -118,7 +118,7 @@ impl Store for PgStore {
         lease: Duration,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         let client = self.client().await?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let token = lease_token();
         let leased = client
             .query(
@@ -204,7 +204,7 @@ impl Store for PgStore {
                     &next_attempt_at,
                     &record.status_code.map(i32::from),
                     &record.error,
-                    &now_ms(),
+                    &self.clock.now_ms(),
                     &record.lease_token,
                     &record.started_at_ms,
                     &record.duration_ms,
@@ -221,7 +221,7 @@ impl Store for PgStore {
         let row = self.query_one(
                 "SELECT MIN(next_attempt_at) FROM deliveries
                  WHERE target = $1 AND status = 'pending' AND (lease_until IS NULL OR lease_until <= $2)",
-                &[&target, &now_ms()],
+                &[&target, &self.clock.now_ms()],
             ).await?;
         Ok(row.get(0))
     }
@@ -297,7 +297,7 @@ impl Store for PgStore {
                  WHERE id = $1 AND status = 'dead' RETURNING target",
                 )
                 .await?,
-                &[&id, &now_ms()],
+                &[&id, &self.clock.now_ms()],
             )
             .await
             .map_err(backend)?;
@@ -335,7 +335,7 @@ impl Store for PgStore {
         if !exists {
             return Ok(None);
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut created = Vec::with_capacity(targets.len());
         for target in &targets {
             let id = DeliveryId::generate();

@@ -30,13 +30,14 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::settings::Synchronous;
+use crate::clock::Clock;
 use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
 use crate::store::{
     Accept, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion, DeliveryFilter,
     DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handoff, IngestOutcome, Pruned,
     RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, RetryOutcome, SessionView, Store,
-    StoreError, StoredEvent, TargetCounts, fold_counts, lease_token, now_ms,
+    StoreError, StoredEvent, TargetCounts, fold_counts, lease_token,
 };
 use queries::*;
 use schema::{configure, migrate};
@@ -47,6 +48,8 @@ pub struct SqliteStore {
     tx: mpsc::Sender<Msg>,
     /// A read-only connection for reads that must not wait for, nor hold up, the writer.
     reader: Arc<std::sync::Mutex<Connection>>,
+    /// Reads "now" for leases and due times, outside the writer (tests use a manual one).
+    clock: Clock,
 }
 
 impl SqliteStore {
@@ -140,7 +143,14 @@ impl SqliteStore {
         Ok(SqliteStore {
             tx,
             reader: Arc::new(std::sync::Mutex::new(reader)),
+            clock: Clock::system(),
         })
+    }
+
+    /// The same store reading `clock` for leases and due times (tests: a manual clock).
+    pub fn with_clock(mut self, clock: Clock) -> SqliteStore {
+        self.clock = clock;
+        self
     }
 
     /// Runs `f` on the writer thread inside the next batch; answers after the commit.
@@ -212,7 +222,8 @@ impl Store for SqliteStore {
         accept: Accept,
         handoff: Handoff,
     ) -> Result<IngestOutcome, StoreError> {
-        self.call(move |conn| accept_in(conn, &accept, &handoff))
+        let now = self.clock.now_ms();
+        self.call(move |conn| accept_in(conn, &accept, &handoff, now))
             .await
     }
 
@@ -274,8 +285,8 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         let target = target.to_owned();
+        let now = self.clock.now_ms();
         self.call(move |conn| {
-            let now = now_ms();
             let token = lease_token();
             let leased: Vec<(String, String, u32)> = conn
                 .prepare_cached(
@@ -316,8 +327,8 @@ impl Store for SqliteStore {
     }
 
     async fn finish_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
         self.call(move |conn| {
-            let now = now_ms();
             let (status, next_attempt_at) = match record.next {
                 Completion::Delivered => (DeliveryStatus::Delivered, None),
                 Completion::RetryAt { unix_ms } => (DeliveryStatus::Pending, Some(unix_ms)),
@@ -363,12 +374,13 @@ impl Store for SqliteStore {
 
     async fn next_due_at(&self, target: &str) -> Result<Option<i64>, StoreError> {
         let target = target.to_owned();
+        let now = self.clock.now_ms();
         self.call(move |conn| {
             conn.prepare_cached(
                 "SELECT MIN(next_attempt_at) FROM deliveries
                  WHERE target = ?1 AND status = 'pending' AND (lease_until IS NULL OR lease_until <= ?2)",
             )?
-            .query_row(params![target, now_ms()], |r| r.get(0))
+            .query_row(params![target, now], |r| r.get(0))
             .optional()
             .map(Option::flatten)
         })
@@ -409,6 +421,7 @@ impl Store for SqliteStore {
 
     async fn retry_delivery(&self, id: &str) -> Result<RetryOutcome, StoreError> {
         let id = id.to_owned();
+        let now = self.clock.now_ms();
         self.call(move |conn| {
             let requeued: Option<String> = conn
                 .prepare_cached(
@@ -417,7 +430,7 @@ impl Store for SqliteStore {
                      WHERE id = ?1 AND status = 'dead'
                      RETURNING target",
                 )?
-                .query_row(params![id, now_ms()], |r| r.get(0))
+                .query_row(params![id, now], |r| r.get(0))
                 .optional()?;
             if let Some(target) = requeued {
                 return Ok(RetryOutcome::Requeued { target });
@@ -440,6 +453,7 @@ impl Store for SqliteStore {
         targets: Vec<String>,
     ) -> Result<Option<Vec<DeliveryId>>, StoreError> {
         let event_id = event_id.to_owned();
+        let now = self.clock.now_ms();
         self.call(move |conn| {
             let exists = conn
                 .prepare_cached("SELECT 1 FROM events WHERE id = ?1")?
@@ -447,7 +461,6 @@ impl Store for SqliteStore {
             if !exists {
                 return Ok(None);
             }
-            let now = now_ms();
             targets
                 .iter()
                 .map(|target| insert_delivery(conn, &event_id, target, now, None))

@@ -6,7 +6,7 @@ use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
 use crate::store::{
     Accept, AcceptPlan, AttemptInfo, DeliveryId, DeliveryInfo, DeliveryStatus, Handed, Handoff,
-    IngestOutcome, StoredEvent, lease_token, now_ms, plan_accept,
+    IngestOutcome, StoredEvent, lease_token, plan_accept,
 };
 
 /// Lets JSON (de)serialisation failures travel as SQLite errors inside a store call.
@@ -86,6 +86,7 @@ pub(super) fn accept_in(
     conn: &Connection,
     accept: &Accept,
     handoff: &Handoff,
+    now: i64,
 ) -> rusqlite::Result<IngestOutcome> {
     let primary = &accept.events[0];
     let seen = conn
@@ -97,7 +98,6 @@ pub(super) fn accept_in(
         });
     }
     // The single writer thread is this store's session lock.
-    let now = now_ms();
     let stored: Option<(String, Option<String>)> = conn
         .prepare_cached(
             "SELECT record, finalized_event_id FROM sessions WHERE vendor = ?1 AND session_id = ?2",
@@ -181,9 +181,7 @@ pub(super) fn accept_in(
             continue;
         }
         for target in &event.targets {
-            let lease = handoff
-                .lease(target)
-                .map(|lease| (now + lease.as_millis() as i64, token));
+            let lease = handoff.lease_until(target, now).map(|until| (until, token));
             let id = insert_delivery(conn, event.id.as_str(), target, now, lease)?;
             if lease.is_some() {
                 handed.push(Handed::new(accept, target, id, event, &body, token));
