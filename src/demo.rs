@@ -187,7 +187,8 @@ include_raw = false
     let gateway = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = oneshot::channel::<()>();
     let running = tokio::spawn(app.run_until_stopped(async {
-        let _ = stopped.await;
+        // Sent or dropped, either way the demo is over.
+        stopped.await.unwrap_or(());
     }));
 
     writeln!(
@@ -264,7 +265,8 @@ include_raw = false
             );
         }
     }
-    let _ = stop.send(());
+    // The gateway task may have ended on its own; its result is read next.
+    stop.send(()).unwrap_or(());
     running.await.context("The gateway task failed")??;
     receiver_handle.stop(true).await;
 

@@ -132,13 +132,21 @@ async fn shutdown_signal() {
                     _ = terminate.recv() => {}
                 }
             }
-            Err(_) => {
-                let _ = interrupt.await;
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot listen for SIGTERM; only Ctrl-C stops the gateway");
+                interrupted(interrupt.await);
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
+    interrupted(interrupt.await);
+}
+
+/// Without a Ctrl-C listener the gateway cannot wait for one: it stops, saying why.
+fn interrupted(result: std::io::Result<()>) {
+    if let Err(e) = result {
+        tracing::error!(error = %e, "Cannot listen for Ctrl-C; shutting down");
+    }
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {

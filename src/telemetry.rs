@@ -23,7 +23,8 @@ pub fn init(format: LogFormat, default_level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let _ = match format {
+    // Fails only when a subscriber is set already (tests start several gateways): keep it.
+    let _already_set = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder
             .json()

@@ -4,10 +4,10 @@
 //! 1. Before the commit, ingest asks [`Dispatcher::reserve`] for room in each target
 //!    worker's queue; the [`Handoff`] names the targets that have room, with their lease.
 //! 2. The store commits those deliveries already leased to this process
-//!    ([`Handoff::lease_until`]) and returns them, bodies included ([`Handed`]).
+//!    ([`Handoff::lease_until`]) and returns them, bodies included ([`Leased`]).
 //! 3. [`Dispatcher::hand_over`] queues each for its worker in the room reserved for it.
 //! 4. The worker starts it when a slot frees, unless too little of its lease is left to
-//!    finish within it ([`HandedOver::startable`]); then it is left to a claim once the
+//!    finish within it ([`Queued::startable`]); then it is left to a claim once the
 //!    lease ends, so it is never sent twice at once.
 //!
 //! Targets without room, and everything not handed over (retries, restarts, other
@@ -22,7 +22,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use super::target::Target;
-use crate::store::{Accept, ClaimedDelivery, Handed, Handoff};
+use crate::store::{ClaimedDelivery, Handoff, Inbound, Leased};
 
 /// How many handed-over deliveries may wait for an attempt slot, per slot.
 const QUEUE_PER_SLOT: usize = 4;
@@ -39,18 +39,18 @@ struct TargetHandle {
     /// Room in the worker's queue of handed-over deliveries; ingest reserves it first.
     room: Arc<Semaphore>,
     lease: Duration,
-    handed: mpsc::UnboundedSender<HandedOver>,
+    handed: mpsc::UnboundedSender<Queued>,
     stopping: watch::Receiver<bool>,
 }
 
 /// A worker's end of the hand-over: its wake-ups and its queue.
 pub(super) struct Inbox {
     pub waker: Arc<Notify>,
-    pub handed: mpsc::UnboundedReceiver<HandedOver>,
+    pub handed: mpsc::UnboundedReceiver<Queued>,
 }
 
 /// A delivery committed leased to this process, on its way to its worker.
-pub(super) struct HandedOver {
+pub(super) struct Queued {
     pub delivery: ClaimedDelivery,
     /// No later than the end of its lease (counted from before the commit).
     pub lease_ends: Instant,
@@ -58,7 +58,7 @@ pub(super) struct HandedOver {
     _room: OwnedSemaphorePermit,
 }
 
-impl HandedOver {
+impl Queued {
     /// Whether an attempt started at `now` ends within the lease, whatever the target takes.
     pub fn startable(&self, now: Instant, timeout: Duration) -> bool {
         self.lease_ends > now + timeout
@@ -116,7 +116,7 @@ impl Dispatcher {
     /// For each target whose worker has room for every delivery `accept` would create,
     /// reserves it and names the target in the [`Handoff`] the store is given. Targets
     /// without room get their deliveries the usual way (a claim).
-    pub fn reserve(&self, accept: &Accept) -> (Reservation, Handoff) {
+    pub fn reserve(&self, accept: &Inbound) -> (Reservation, Handoff) {
         let mut wanted: Vec<(&str, u32)> = Vec::new();
         for target in accept.events.iter().flat_map(|e| &e.targets) {
             match wanted.iter_mut().find(|(t, _)| t == target) {
@@ -151,8 +151,8 @@ impl Dispatcher {
 
     /// Queues each delivery committed leased to this process for its worker, in the room
     /// reserved for it. Unused room is given back.
-    pub fn hand_over(&self, mut reservation: Reservation, handed: Vec<Handed>) {
-        for Handed { target, delivery } in handed {
+    pub fn hand_over(&self, mut reservation: Reservation, handed: Vec<Leased>) {
+        for Leased { target, delivery } in handed {
             let room = reservation
                 .room
                 .iter_mut()
@@ -162,7 +162,7 @@ impl Dispatcher {
                 tracing::warn!(%target, delivery_id = %delivery.id, "A delivery was handed over without reserved room; it is attempted when its lease ends");
                 continue;
             };
-            let handed = HandedOver {
+            let handed = Queued {
                 delivery,
                 lease_ends: reservation.at + handle.lease,
                 _room: room,

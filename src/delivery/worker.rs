@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::attempt;
-use super::handoff::{HandedOver, Inbox};
+use super::handoff::{Inbox, Queued};
 use super::outputs::Output;
 use super::retry::RetryPolicy;
 use super::target::Target;
@@ -49,7 +49,7 @@ pub(super) struct TargetWorker {
     shutdown: watch::Receiver<bool>,
     in_flight: InFlight,
     /// Handed-over deliveries waiting for a slot, oldest first.
-    ready: VecDeque<HandedOver>,
+    ready: VecDeque<Queued>,
     /// Whether the store may hold due work that was not handed over.
     claim: bool,
     /// When the next turn is due at the latest.

@@ -27,7 +27,7 @@ use crate::delivery::target::Target;
 use crate::error::{ApiError, chain};
 use crate::event::{EventId, Timestamp};
 use crate::metrics::{IngestResult, Metrics, UNKNOWN_SOURCE};
-use crate::store::{Accept, IngestOutcome, NewEvent, Receipt, ReceiptOutcome, Store, StoreError};
+use crate::store::{Inbound, IngestOutcome, NewEvent, Receipt, ReceiptOutcome, Store, StoreError};
 use crate::vendors::{Normalized, Recognized, printable};
 
 /// Body bytes all requests together may buffer at once (`server.max_body_bytes_in_flight`),
@@ -70,8 +70,9 @@ pub struct IngestState {
     pub clock: Clock,
 }
 
+/// The JSON body ingest answers a vendor with.
 #[derive(Serialize)]
-struct Answer<'a> {
+struct IngestReply<'a> {
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a EventId>,
@@ -116,7 +117,7 @@ async fn ingest_as(
             state
                 .metrics
                 .ingested(source, IngestResult::Accepted(&id), elapsed);
-            Ok(HttpResponse::Accepted().json(Answer {
+            Ok(HttpResponse::Accepted().json(IngestReply {
                 status: "accepted",
                 id: Some(&id),
             }))
@@ -125,7 +126,7 @@ async fn ingest_as(
             state
                 .metrics
                 .ingested(source, IngestResult::Duplicate(&id), elapsed);
-            Ok(HttpResponse::Ok().json(Answer {
+            Ok(HttpResponse::Ok().json(IngestReply {
                 status: "duplicate",
                 id: Some(&id),
             }))
@@ -136,7 +137,7 @@ async fn ingest_as(
                 IngestResult::Ignored(vendor_event_type.as_deref()),
                 elapsed,
             );
-            Ok(HttpResponse::Accepted().json(Answer {
+            Ok(HttpResponse::Accepted().json(IngestReply {
                 status: "ignored",
                 id: None,
             }))
@@ -230,7 +231,7 @@ async fn handle(
 /// Commits an accepted request and passes its deliveries to their workers, in a task of its
 /// own: if the vendor hangs up meanwhile, the commit still hands its deliveries over (left
 /// behind, they would wait for their lease to end before a worker claims them).
-async fn commit(state: &IngestState, accept: Accept) -> Result<IngestOutcome, ApiError> {
+async fn commit(state: &IngestState, accept: Inbound) -> Result<IngestOutcome, ApiError> {
     let store = state.store.clone();
     let dispatcher = state.dispatcher.clone();
     actix_web::rt::spawn(async move {
@@ -262,7 +263,7 @@ pub fn build_accept(
     received_at: Timestamp,
     raw: Bytes,
     targets: &[Arc<Target>],
-) -> Accept {
+) -> Inbound {
     let events = recognized
         .events
         .into_iter()
@@ -283,7 +284,7 @@ pub fn build_accept(
                 .collect(),
         })
         .collect();
-    Accept {
+    Inbound {
         source: source.name.clone(),
         vendor: source.vendor.as_str().to_owned(),
         session_id: recognized.session_id,

@@ -61,7 +61,7 @@ impl fmt::Display for DeliveryId {
 
 /// An authenticated vendor request that produced canonical events, ready to commit.
 #[derive(Debug, Clone)]
-pub struct Accept {
+pub struct Inbound {
     pub source: String,
     pub vendor: String,
     /// The vendor's session id; with `vendor` it names the session record.
@@ -115,7 +115,7 @@ pub struct NewEvent {
     pub targets: Vec<String>,
 }
 
-impl Accept {
+impl Inbound {
     /// Serialises one of this request's events (without `raw`) around the merged session.
     pub fn render(&self, event: &NewEvent, session: &Session) -> String {
         serde_json::to_string(&CanonicalEvent {
@@ -136,7 +136,7 @@ impl Accept {
     }
 }
 
-/// What committing an [`Accept`] writes, given the session as stored.
+/// What committing an [`Inbound`] writes, given the session as stored.
 pub(crate) enum AcceptPlan<'a> {
     /// A `session.finalized` for a session that is already finalized (say, from a second
     /// source of the same vendor): its facts join the record, nothing is emitted.
@@ -156,7 +156,7 @@ pub(crate) enum AcceptPlan<'a> {
 /// session as stored, checked that the request is not a duplicate, and writes the plan only
 /// if the session has not changed since.
 pub(crate) fn plan_accept(
-    accept: &Accept,
+    accept: &Inbound,
     mut record: SessionRecord,
     mut finalized: Option<EventId>,
 ) -> Result<AcceptPlan<'_>, serde_json::Error> {
@@ -247,7 +247,7 @@ pub enum IngestOutcome {
     Accepted {
         id: EventId,
         targets: Vec<String>,
-        handed: Vec<Handed>,
+        handed: Vec<Leased>,
     },
     /// The same vendor event was stored before; nothing was written.
     Duplicate { id: EventId },
@@ -255,22 +255,22 @@ pub enum IngestOutcome {
 
 /// A delivery committed already leased to this process, with what its first attempt needs.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Handed {
+pub struct Leased {
     pub target: String,
     pub delivery: ClaimedDelivery,
 }
 
-impl Handed {
+impl Leased {
     /// The first attempt of a delivery of `event` (rendered as `body`) just committed.
     pub(crate) fn new(
-        accept: &Accept,
+        accept: &Inbound,
         target: &str,
         id: DeliveryId,
         event: &NewEvent,
         body: &str,
         lease_token: i64,
-    ) -> Handed {
-        Handed {
+    ) -> Leased {
+        Leased {
             target: target.to_owned(),
             delivery: ClaimedDelivery {
                 id,
@@ -499,12 +499,12 @@ pub trait Store: Send + Sync {
     /// once per session. Returns only once the commit is durable.
     async fn accept_handing_over(
         &self,
-        accept: Accept,
+        accept: Inbound,
         handoff: Handoff,
     ) -> Result<IngestOutcome, StoreError>;
 
     /// [`Store::accept_handing_over`] with nothing handed over.
-    async fn accept(&self, accept: Accept) -> Result<IngestOutcome, StoreError> {
+    async fn accept(&self, accept: Inbound) -> Result<IngestOutcome, StoreError> {
         self.accept_handing_over(accept, Handoff::none()).await
     }
 

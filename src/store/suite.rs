@@ -89,8 +89,8 @@ suite!(
     pruning_deletes_finished_work_and_never_pending_work,
 );
 
-fn accept_from(source: &str, session: &str, types: &[EventType], targets: &[&str]) -> Accept {
-    Accept {
+fn accept_from(source: &str, session: &str, types: &[EventType], targets: &[&str]) -> Inbound {
+    Inbound {
         source: source.into(),
         vendor: "pathors".into(),
         session_id: session.into(),
@@ -115,7 +115,7 @@ fn accept_from(source: &str, session: &str, types: &[EventType], targets: &[&str
     }
 }
 
-pub(crate) fn accept(session: &str, types: &[EventType], targets: &[&str]) -> Accept {
+pub(crate) fn accept(session: &str, types: &[EventType], targets: &[&str]) -> Inbound {
     accept_from("src", session, types, targets)
 }
 

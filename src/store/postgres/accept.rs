@@ -8,7 +8,7 @@ use crate::clock::Clock;
 use crate::event::EventId;
 use crate::sessions::SessionRecord;
 use crate::store::{
-    Accept, AcceptPlan, DeliveryId, Handed, Handoff, IngestOutcome, NewEvent, StoreError,
+    AcceptPlan, DeliveryId, Handoff, Inbound, IngestOutcome, Leased, NewEvent, StoreError,
     lease_token, plan_accept,
 };
 
@@ -76,7 +76,7 @@ struct Planned<'a> {
 /// changed meanwhile (nothing was written).
 async fn write_accept(
     client: &deadpool_postgres::Object,
-    accept: &Accept,
+    accept: &Inbound,
     handoff: &Handoff,
     planned: Planned<'_>,
     version: Option<String>,
@@ -149,7 +149,7 @@ async fn write_accept(
             continue;
         }
         if lease_until.is_some() {
-            handed.push(Handed::new(accept, target, id, event, body, token));
+            handed.push(Leased::new(accept, target, id, event, body, token));
         } else if !targets.contains(target) {
             targets.push(target.clone());
         }
@@ -165,7 +165,7 @@ async fn write_accept(
 /// and read again when another request changed the session meanwhile.
 pub(super) async fn accept_on(
     client: &deadpool_postgres::Object,
-    accept: &Accept,
+    accept: &Inbound,
     handoff: &Handoff,
     clock: &Clock,
 ) -> Result<IngestOutcome, StoreError> {

@@ -10,8 +10,8 @@ use super::{PgStore, backend, connection_lost, prepared};
 use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
 use crate::store::{
-    Accept, AttemptInfo, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion,
-    DeliveryFilter, DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handoff, IngestOutcome,
+    AttemptInfo, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion, DeliveryFilter,
+    DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handoff, Inbound, IngestOutcome,
     PRUNE_BATCH, Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, RetryOutcome,
     SessionView, Store, StoreError, StoredEvent, TargetCounts, fold_counts, lease_token,
 };
@@ -56,7 +56,7 @@ const DELIVERY_COLUMNS: &str = "seq, id, event_id, target, status, attempts, nex
 impl Store for PgStore {
     async fn accept_handing_over(
         &self,
-        accept: Accept,
+        accept: Inbound,
         handoff: Handoff,
     ) -> Result<IngestOutcome, StoreError> {
         on_connection!(self, |client| {

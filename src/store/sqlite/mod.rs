@@ -34,8 +34,8 @@ use crate::clock::Clock;
 use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
 use crate::store::{
-    Accept, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion, DeliveryFilter,
-    DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handoff, IngestOutcome, Pruned,
+    AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion, DeliveryFilter, DeliveryId,
+    DeliveryInfo, DeliveryStatus, EventFilter, Handoff, Inbound, IngestOutcome, Pruned,
     RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, RetryOutcome, SessionView, Store,
     StoreError, StoredEvent, TargetCounts, fold_counts, lease_token,
 };
@@ -219,7 +219,7 @@ fn lock_file(path: &Path) -> anyhow::Result<File> {
 impl Store for SqliteStore {
     async fn accept_handing_over(
         &self,
-        accept: Accept,
+        accept: Inbound,
         handoff: Handoff,
     ) -> Result<IngestOutcome, StoreError> {
         let now = self.clock.now_ms();
@@ -564,7 +564,8 @@ impl Store for SqliteStore {
     async fn close(&self) {
         let (done, closed) = oneshot::channel();
         if self.tx.send(Msg::Close(done)).await.is_ok() {
-            let _ = closed.await;
+            // Answered once the writer has finished; dropped if it had stopped already.
+            closed.await.unwrap_or(());
         }
     }
 }

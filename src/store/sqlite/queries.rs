@@ -5,8 +5,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
 use crate::store::{
-    Accept, AcceptPlan, AttemptInfo, DeliveryId, DeliveryInfo, DeliveryStatus, Handed, Handoff,
-    IngestOutcome, StoredEvent, lease_token, plan_accept,
+    AcceptPlan, AttemptInfo, DeliveryId, DeliveryInfo, DeliveryStatus, Handoff, Inbound,
+    IngestOutcome, Leased, StoredEvent, lease_token, plan_accept,
 };
 
 /// Lets JSON (de)serialisation failures travel as SQLite errors inside a store call.
@@ -84,7 +84,7 @@ pub(super) fn insert_delivery(
 
 pub(super) fn accept_in(
     conn: &Connection,
-    accept: &Accept,
+    accept: &Inbound,
     handoff: &Handoff,
     now: i64,
 ) -> rusqlite::Result<IngestOutcome> {
@@ -184,7 +184,7 @@ pub(super) fn accept_in(
             let lease = handoff.lease_until(target, now).map(|until| (until, token));
             let id = insert_delivery(conn, event.id.as_str(), target, now, lease)?;
             if lease.is_some() {
-                handed.push(Handed::new(accept, target, id, event, &body, token));
+                handed.push(Leased::new(accept, target, id, event, &body, token));
             } else if !targets.contains(target) {
                 targets.push(target.clone());
             }

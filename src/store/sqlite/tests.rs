@@ -6,8 +6,8 @@ use crate::store::NewEvent;
 use crate::store::schema::{Dialect, MIGRATIONS, migration};
 use actix_web::web::Bytes;
 
-fn accept(session: &str) -> Accept {
-    Accept {
+fn accept(session: &str) -> Inbound {
+    Inbound {
         source: "src".into(),
         vendor: "pathors".into(),
         session_id: session.into(),

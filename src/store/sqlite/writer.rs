@@ -54,7 +54,7 @@ pub(super) fn syncer(wal: File, batches: std::sync::mpsc::Receiver<Synced>, writ
         let mut pending = vec![first];
         pending.extend(batches.try_iter());
         let synced = wal.sync_data().map_err(|e| {
-            tracing::error!(error = %e, "Failed to fsync the SQLite WAL; answering the batch with an error");
+            tracing::error!(error = %crate::error::chain(&e), "Failed to fsync the SQLite WAL; answering the batch with an error");
             format!("fsync failed: {e}")
         });
         let count = pending.len();
@@ -67,7 +67,8 @@ pub(super) fn syncer(wal: File, batches: std::sync::mpsc::Receiver<Synced>, writ
         if writer.unsynced.fetch_sub(count, Ordering::AcqRel) == count {
             // A full queue means the writer has work to wake it anyway.
             if let Some(tx) = writer.wake.upgrade() {
-                let _ = tx.try_send(Msg::Synced);
+                // Full: the writer has work that wakes it anyway; closed: it has stopped.
+                tx.try_send(Msg::Synced).unwrap_or(());
             }
         }
     }
@@ -140,8 +141,11 @@ impl Writer {
         // Refuse whatever is still queued, so no caller waits forever.
         rx.close();
         while let Ok(msg) = rx.try_recv() {
-            if let Msg::Close(done) = msg {
-                let _ = done.send(());
+            match msg {
+                Msg::Work(work) => (work.refuse)("the store is closing".to_owned()),
+                // A closer that has gone needs no answer.
+                Msg::Close(done) => done.send(()).unwrap_or(()),
+                Msg::Synced => {}
             }
         }
         let Writer {
@@ -167,7 +171,8 @@ impl Writer {
         // Release the file before answering `close`, so the caller may reopen it at once.
         drop(lock);
         if let Some(done) = closing {
-            let _ = done.send(());
+            // A closer that has gone needs no answer.
+            done.send(()).unwrap_or(());
         }
     }
 
