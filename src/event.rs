@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use actix_web::web::Bytes;
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Number, Value};
@@ -374,6 +375,56 @@ pub fn with_raw(event: &str, raw: &[u8]) -> Vec<u8> {
     out.extend_from_slice(raw);
     out.push(b'}');
     out
+}
+
+/// An authenticated vendor request that produced canonical events, ready to commit.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub source: String,
+    pub vendor: String,
+    /// The vendor's session id; with `vendor` it names the session record.
+    pub session_id: String,
+    pub vendor_event_type: String,
+    pub message_id: Option<String>,
+    pub received_at: Timestamp,
+    /// The vendor's body exactly as received.
+    pub raw: Bytes,
+    /// In emission order. The first event's id is the request's duplicate key.
+    pub events: Vec<NewEvent>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: EventId,
+    pub event_type: EventType,
+    pub occurred_at: Timestamp,
+    /// What this event alone says about the session; merged into the record on commit.
+    pub facts: Session,
+    /// Targets to deliver to: one pending delivery each, created in the same transaction.
+    pub targets: Vec<String>,
+}
+
+impl Inbound {
+    /// The canonical event one of this request's events becomes around the merged
+    /// `session`, serialised: the one place a canonical event is built and rendered. It
+    /// is stored without `raw`, which [`with_raw`] adds per target.
+    pub fn render(&self, event: &NewEvent, session: &Session) -> String {
+        serde_json::to_string(&CanonicalEvent {
+            spec_version: SPEC_VERSION,
+            id: &event.id,
+            event_type: event.event_type,
+            occurred_at: event.occurred_at,
+            received_at: self.received_at,
+            source: SourceRef {
+                name: &self.source,
+                vendor: &self.vendor,
+                event_type: &self.vendor_event_type,
+                message_id: self.message_id.as_deref(),
+            },
+            session,
+        })
+        .expect("canonical events always serialise")
+    }
 }
 
 #[cfg(test)]

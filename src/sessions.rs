@@ -11,14 +11,15 @@
 //! - between two values of the same rank, the later event time wins;
 //! - null or absent fields are never offered, so they never erase a value.
 //!
-//! This module is pure: storage decides *when* to merge (inside its transaction).
+//! This module is pure: storage decides *when* to merge (inside its transaction), and
+//! [`plan_accept`] what a request does to its session.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::event::{Session, Timestamp};
+use crate::event::{EventId, EventType, Inbound, NewEvent, Session, Timestamp};
 
 /// Fields merged key by key rather than as a whole.
 const KEYED_FIELDS: [&str; 2] = ["variables", "extracted"];
@@ -116,6 +117,56 @@ impl SessionRecord {
         }
         serde_json::from_value(Value::Object(object))
     }
+}
+
+/// What committing an [`Inbound`] writes, given the session as stored.
+pub enum AcceptPlan<'a> {
+    /// A `session.finalized` for a session that is already finalized (say, from a second
+    /// source of the same vendor): its facts join the record, nothing is emitted.
+    AlreadyFinalized {
+        record: SessionRecord,
+        first: EventId,
+    },
+    Store {
+        record: SessionRecord,
+        finalized: Option<EventId>,
+        /// Events to insert, each rendered with the record as of that event.
+        events: Vec<(&'a NewEvent, String)>,
+    },
+}
+
+/// Decides what an accepted request does to its session. Pure; the caller has read the
+/// session as stored, checked that the request is not a duplicate, and writes the plan only
+/// if the session has not changed since.
+pub fn plan_accept(
+    accept: &Inbound,
+    mut record: SessionRecord,
+    mut finalized: Option<EventId>,
+) -> Result<AcceptPlan<'_>, serde_json::Error> {
+    let primary = &accept.events[0];
+    if primary.event_type == EventType::SessionFinalized
+        && let Some(first) = finalized
+    {
+        record.merge(&primary.facts, primary.occurred_at);
+        return Ok(AcceptPlan::AlreadyFinalized { record, first });
+    }
+    let mut events = Vec::with_capacity(accept.events.len());
+    for event in &accept.events {
+        record.merge(&event.facts, event.occurred_at);
+        if event.event_type == EventType::SessionFinalized {
+            if finalized.is_some() {
+                continue;
+            }
+            finalized = Some(event.id.clone());
+        }
+        let session = record.session(&accept.session_id)?;
+        events.push((event, accept.render(event, &session)));
+    }
+    Ok(AcceptPlan::Store {
+        record,
+        finalized,
+        events,
+    })
 }
 
 #[cfg(test)]

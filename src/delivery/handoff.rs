@@ -22,7 +22,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use super::target::Target;
-use crate::store::{ClaimedDelivery, Handoff, Inbound, Leased};
+use crate::event::Inbound;
+use crate::store::{ClaimedDelivery, Handoff, Leased};
 
 /// How many handed-over deliveries may wait for an attempt slot, per slot.
 const QUEUE_PER_SLOT: usize = 4;

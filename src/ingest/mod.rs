@@ -25,9 +25,9 @@ use crate::clock::Clock;
 use crate::delivery::Dispatcher;
 use crate::delivery::target::Target;
 use crate::error::{ApiError, chain};
-use crate::event::{EventId, Timestamp};
+use crate::event::{EventId, Inbound, NewEvent, Timestamp};
 use crate::metrics::{IngestResult, Metrics, UNKNOWN_SOURCE};
-use crate::store::{Inbound, IngestOutcome, NewEvent, Receipt, ReceiptOutcome, Store, StoreError};
+use crate::store::{IngestOutcome, Receipt, ReceiptOutcome, Store, StoreError};
 use crate::vendors::{Normalized, Recognized, printable};
 
 /// Body bytes all requests together may buffer at once (`server.max_body_bytes_in_flight`),

@@ -29,10 +29,7 @@ use secrecy::ExposeSecret;
 
 use self::settings::StorageConfig;
 use crate::clock::Clock;
-use crate::event::{
-    CanonicalEvent, EventId, EventType, SPEC_VERSION, Session, SourceRef, Timestamp,
-};
-use crate::sessions::SessionRecord;
+use crate::event::{EventId, Inbound, NewEvent, Session, Timestamp};
 
 /// A delivery id, `dlv_` followed by a time-ordered UUID in hex.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -57,22 +54,6 @@ impl fmt::Display for DeliveryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// An authenticated vendor request that produced canonical events, ready to commit.
-#[derive(Debug, Clone)]
-pub struct Inbound {
-    pub source: String,
-    pub vendor: String,
-    /// The vendor's session id; with `vendor` it names the session record.
-    pub session_id: String,
-    pub vendor_event_type: String,
-    pub message_id: Option<String>,
-    pub received_at: Timestamp,
-    /// The vendor's body exactly as received.
-    pub raw: Bytes,
-    /// In emission order. The first event's id is the request's duplicate key.
-    pub events: Vec<NewEvent>,
 }
 
 /// The targets whose worker has room for each of a request's deliveries, with their lease
@@ -102,88 +83,6 @@ impl Handoff {
             .find(|(name, _)| name == target)
             .map(|(_, lease)| now_ms + lease.as_millis() as i64)
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub id: EventId,
-    pub event_type: EventType,
-    pub occurred_at: Timestamp,
-    /// What this event alone says about the session; merged into the record on commit.
-    pub facts: Session,
-    /// Targets to deliver to: one pending delivery each, created in the same transaction.
-    pub targets: Vec<String>,
-}
-
-impl Inbound {
-    /// Serialises one of this request's events (without `raw`) around the merged session.
-    pub fn render(&self, event: &NewEvent, session: &Session) -> String {
-        serde_json::to_string(&CanonicalEvent {
-            spec_version: SPEC_VERSION,
-            id: &event.id,
-            event_type: event.event_type,
-            occurred_at: event.occurred_at,
-            received_at: self.received_at,
-            source: SourceRef {
-                name: &self.source,
-                vendor: &self.vendor,
-                event_type: &self.vendor_event_type,
-                message_id: self.message_id.as_deref(),
-            },
-            session,
-        })
-        .expect("canonical events always serialise")
-    }
-}
-
-/// What committing an [`Inbound`] writes, given the session as stored.
-pub(crate) enum AcceptPlan<'a> {
-    /// A `session.finalized` for a session that is already finalized (say, from a second
-    /// source of the same vendor): its facts join the record, nothing is emitted.
-    AlreadyFinalized {
-        record: SessionRecord,
-        first: EventId,
-    },
-    Store {
-        record: SessionRecord,
-        finalized: Option<EventId>,
-        /// Events to insert, each rendered with the record as of that event.
-        events: Vec<(&'a NewEvent, String)>,
-    },
-}
-
-/// Decides what an accepted request does to its session. Pure; the caller has read the
-/// session as stored, checked that the request is not a duplicate, and writes the plan only
-/// if the session has not changed since.
-pub(crate) fn plan_accept(
-    accept: &Inbound,
-    mut record: SessionRecord,
-    mut finalized: Option<EventId>,
-) -> Result<AcceptPlan<'_>, serde_json::Error> {
-    let primary = &accept.events[0];
-    if primary.event_type == EventType::SessionFinalized
-        && let Some(first) = finalized
-    {
-        record.merge(&primary.facts, primary.occurred_at);
-        return Ok(AcceptPlan::AlreadyFinalized { record, first });
-    }
-    let mut events = Vec::with_capacity(accept.events.len());
-    for event in &accept.events {
-        record.merge(&event.facts, event.occurred_at);
-        if event.event_type == EventType::SessionFinalized {
-            if finalized.is_some() {
-                continue;
-            }
-            finalized = Some(event.id.clone());
-        }
-        let session = record.session(&accept.session_id)?;
-        events.push((event, accept.render(event, &session)));
-    }
-    Ok(AcceptPlan::Store {
-        record,
-        finalized,
-        events,
-    })
 }
 
 /// An authenticated request that stored no event, kept for audit (`GET /admin/receipts`):

@@ -5,12 +5,10 @@ use deadpool_postgres::GenericClient;
 
 use super::{backend, prepared};
 use crate::clock::Clock;
-use crate::event::EventId;
+use crate::event::{EventId, Inbound, NewEvent};
 use crate::sessions::SessionRecord;
-use crate::store::{
-    AcceptPlan, DeliveryId, Handoff, Inbound, IngestOutcome, Leased, NewEvent, StoreError,
-    lease_token, plan_accept,
-};
+use crate::sessions::{AcceptPlan, plan_accept};
+use crate::store::{DeliveryId, Handoff, IngestOutcome, Leased, StoreError, lease_token};
 
 /// How often an ingest reads its session again after losing a race to change it.
 const MAX_SESSION_RACES: usize = 50;

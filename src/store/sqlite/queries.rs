@@ -2,11 +2,12 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::event::{EventId, Timestamp};
+use crate::event::{EventId, Inbound, Timestamp};
 use crate::sessions::SessionRecord;
+use crate::sessions::{AcceptPlan, plan_accept};
 use crate::store::{
-    AcceptPlan, AttemptInfo, DeliveryId, DeliveryInfo, DeliveryStatus, Handoff, Inbound,
-    IngestOutcome, Leased, StoredEvent, lease_token, plan_accept,
+    AttemptInfo, DeliveryId, DeliveryInfo, DeliveryStatus, Handoff, IngestOutcome, Leased,
+    StoredEvent, lease_token,
 };
 
 /// Lets JSON (de)serialisation failures travel as SQLite errors inside a store call.

@@ -1,8 +1,8 @@
 //! What only the SQLite store does; shared behaviour is in `store::suite`.
 
 use super::*;
+use crate::event::NewEvent;
 use crate::event::{EventType, Session};
-use crate::store::NewEvent;
 use crate::store::schema::{Dialect, MIGRATIONS, migration};
 use actix_web::web::Bytes;
 
