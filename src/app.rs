@@ -21,10 +21,11 @@ use crate::admin::{self, AdminState};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::{WorkerHealth, Workers};
-use crate::error::{ApiError, chain, error_response};
+use crate::error::{ApiError, error_response};
 use crate::ingest::{self, IngestState};
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
+use crate::telemetry::chain;
 
 /// How long `/readyz` waits for the store before calling it unreachable.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);

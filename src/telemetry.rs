@@ -34,3 +34,15 @@ pub fn init(format: LogFormat, default_level: &str) {
             .try_init(),
     };
 }
+
+/// Formats an error with its chain of causes, for logs.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

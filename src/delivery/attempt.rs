@@ -13,10 +13,10 @@ use super::outputs::{Outbound, Output};
 use super::retry::{Next, RetryPolicy, next_step};
 use crate::clock::Clock;
 use crate::delivery::target::Target;
-use crate::error::chain;
 use crate::event::with_raw;
 use crate::metrics::{AttemptResult, Metrics};
 use crate::store::{AttemptRecord, ClaimedDelivery, Completion, Store};
+use crate::telemetry::chain;
 
 /// The body a target receives for a delivery.
 pub fn body_for(target: &Target, delivery: &ClaimedDelivery) -> Vec<u8> {

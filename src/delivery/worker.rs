@@ -153,7 +153,7 @@ impl TargetWorker {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %crate::error::chain(&e), "Failed to claim deliveries; will ask the store again");
+                tracing::warn!(error = %crate::telemetry::chain(&e), "Failed to claim deliveries; will ask the store again");
                 self.claim = false;
                 self.look_again = self.look_again.min(now + STORE_RETRY);
             }

@@ -24,10 +24,11 @@ use self::settings::Source;
 use crate::clock::Clock;
 use crate::delivery::Dispatcher;
 use crate::delivery::target::Target;
-use crate::error::{ApiError, chain};
+use crate::error::ApiError;
 use crate::event::{EventId, Inbound, NewEvent, Timestamp};
 use crate::metrics::{IngestResult, Metrics, UNKNOWN_SOURCE};
 use crate::store::{IngestOutcome, Receipt, ReceiptOutcome, Store, StoreError};
+use crate::telemetry::chain;
 use crate::vendors::{Normalized, Recognized, printable};
 
 /// Body bytes all requests together may buffer at once (`server.max_body_bytes_in_flight`),
@@ -219,7 +220,7 @@ async fn handle(
                         raw: verified.bytes().clone(),
                     };
                     if let Err(e) = state.store.record_receipt(receipt).await {
-                        tracing::warn!(error = %crate::error::chain(&e), "Cannot keep the receipt of a duplicate");
+                        tracing::warn!(error = %crate::telemetry::chain(&e), "Cannot keep the receipt of a duplicate");
                     }
                     Ok(Outcome::Duplicate(id))
                 }

@@ -15,7 +15,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use super::{Outbound, Output, OutputAnswer};
 use crate::delivery::retry::Verdict;
 use crate::delivery::target::Target;
-use crate::error::chain;
+use crate::telemetry::chain;
 
 /// How much of an error response body is kept in `last_error`.
 const ERROR_BODY_BYTES: usize = 256;

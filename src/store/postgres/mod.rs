@@ -89,7 +89,7 @@ macro_rules! on_connection {
                 Err(e) if tries_left > 0 && connection_lost(&e) => {
                     tries_left -= 1;
                     tracing::warn!(
-                        error = %crate::error::chain(&e),
+                        error = %crate::telemetry::chain(&e),
                         "A pooled PostgreSQL connection was dead; trying another"
                     );
                     // Not back into the pool: it is of no use to anyone.

@@ -36,12 +36,12 @@ pub(super) fn checkpointer(path: PathBuf, wal: Arc<WalState>, stop: std::sync::m
     let conn = match Connection::open(&path) {
         Ok(conn) => conn,
         Err(e) => {
-            tracing::error!(error = %crate::error::chain(&e), "The SQLite checkpointer cannot open the store; the WAL will grow");
+            tracing::error!(error = %crate::telemetry::chain(&e), "The SQLite checkpointer cannot open the store; the WAL will grow");
             return;
         }
     };
     if let Err(e) = conn.execute_batch("PRAGMA busy_timeout = 1000;") {
-        tracing::warn!(error = %crate::error::chain(&e), "The SQLite checkpointer runs without a busy timeout");
+        tracing::warn!(error = %crate::telemetry::chain(&e), "The SQLite checkpointer runs without a busy timeout");
     }
     let mut wait = CHECKPOINT_EVERY;
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(wait) {
@@ -58,7 +58,7 @@ pub(super) fn checkpointer(path: PathBuf, wal: Arc<WalState>, stop: std::sync::m
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %crate::error::chain(&e), "SQLite checkpoint failed; will try again")
+                tracing::warn!(error = %crate::telemetry::chain(&e), "SQLite checkpoint failed; will try again")
             }
         }
     }

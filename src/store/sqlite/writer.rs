@@ -54,7 +54,7 @@ pub(super) fn syncer(wal: File, batches: std::sync::mpsc::Receiver<Synced>, writ
         let mut pending = vec![first];
         pending.extend(batches.try_iter());
         let synced = wal.sync_data().map_err(|e| {
-            tracing::error!(error = %crate::error::chain(&e), "Failed to fsync the SQLite WAL; answering the batch with an error");
+            tracing::error!(error = %crate::telemetry::chain(&e), "Failed to fsync the SQLite WAL; answering the batch with an error");
             format!("fsync failed: {e}")
         });
         let count = pending.len();
