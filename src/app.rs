@@ -236,6 +236,11 @@ impl Application {
         self.admin_server.as_ref().map(|(port, _)| *port)
     }
 
+    /// Changes each time a delivery attempt's result is committed to the store.
+    pub fn results_recorded(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.workers.results_recorded()
+    }
+
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
     }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::outputs::{Outbound, Output};
 use super::retry::{Next, RetryPolicy, next_step};
@@ -34,6 +34,8 @@ pub(super) struct Job {
     pub retry: RetryPolicy,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
+    /// Counts results recorded, for whoever waits on them.
+    pub recorded: Arc<watch::Sender<u64>>,
     pub delivery: ClaimedDelivery,
 }
 
@@ -113,10 +115,13 @@ impl Job {
             next: completion,
         };
         match self.store.finish_attempt(record).await {
-            Ok(()) => match completion {
-                Completion::RetryAt { unix_ms } => Some(unix_ms),
-                Completion::Delivered | Completion::Dead => None,
-            },
+            Ok(()) => {
+                self.recorded.send_modify(|n| *n += 1);
+                match completion {
+                    Completion::RetryAt { unix_ms } => Some(unix_ms),
+                    Completion::Delivered | Completion::Dead => None,
+                }
+            }
             Err(e) => {
                 // The lease expires and the delivery is attempted again: a repeat, not a loss.
                 tracing::error!(error = %chain(&e), "Failed to record a delivery attempt; it will be repeated");

@@ -44,6 +44,7 @@ use crate::store::Store;
 /// The running workers.
 pub struct Workers {
     shutdown: watch::Sender<bool>,
+    recorded: Arc<watch::Sender<u64>>,
     tasks: JoinSet<()>,
     started: usize,
     alive: Arc<AtomicUsize>,
@@ -64,6 +65,7 @@ impl Workers {
         let mut tasks = JoinSet::new();
         let alive = Arc::new(AtomicUsize::new(0));
         let started = targets.len();
+        let recorded = Arc::new(watch::channel(0).0);
         for (target, inbox) in targets.into_iter().zip(inboxes) {
             let parts = Parts {
                 retry: config.retry.clone(),
@@ -71,6 +73,7 @@ impl Workers {
                 output: outputs::for_target(&target, &client)?,
                 metrics: metrics.clone(),
                 clock: clock.clone(),
+                recorded: recorded.clone(),
             };
             let worker = TargetWorker::new(target, parts, inbox, shutdown_rx.clone());
             let alive = Alive::new(alive.clone());
@@ -83,11 +86,18 @@ impl Workers {
             dispatcher,
             Workers {
                 shutdown,
+                recorded,
                 tasks,
                 started,
                 alive,
             },
         ))
+    }
+
+    /// How many attempt results the workers have recorded in the store; it changes after
+    /// each one is committed (tests wait on it instead of polling the store).
+    pub fn results_recorded(&self) -> watch::Receiver<u64> {
+        self.recorded.subscribe()
     }
 
     /// A handle that answers [`WorkerHealth::running`] without owning the workers.

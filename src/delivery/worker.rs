@@ -38,6 +38,8 @@ pub(super) struct Parts {
     pub output: Arc<dyn Output>,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
+    /// Counts attempt results recorded in the store.
+    pub recorded: Arc<watch::Sender<u64>>,
 }
 
 pub(super) struct TargetWorker {
@@ -206,6 +208,7 @@ impl TargetWorker {
             retry: self.parts.retry.clone(),
             metrics: self.parts.metrics.clone(),
             clock: self.parts.clock.clone(),
+            recorded: self.parts.recorded.clone(),
             delivery,
         };
         self.in_flight.spawn(job.run(slot));
@@ -312,6 +315,7 @@ mod tests {
             output: output.clone(),
             metrics: Arc::new(Metrics::new()),
             clock: clock.clone(),
+            recorded: Arc::new(watch::channel(0).0),
         };
         let worker = TargetWorker::new(target, parts, inboxes.remove(0), shutdown.subscribe());
         Rig {

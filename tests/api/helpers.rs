@@ -202,6 +202,8 @@ pub struct TestApp {
     pub admin_address: String,
     pub store: Arc<dyn Store>,
     pub client: reqwest::Client,
+    /// Changes after each delivery attempt's result is committed.
+    recorded: tokio::sync::watch::Receiver<u64>,
     dir: Option<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -224,6 +226,7 @@ pub async fn spawn_app_with(options: Options, dir: Option<tempfile::TempDir>) ->
         .admin_port()
         .map_or(address.clone(), |port| format!("http://127.0.0.1:{port}"));
     let store = app.store();
+    let recorded = app.results_recorded();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -233,6 +236,7 @@ pub async fn spawn_app_with(options: Options, dir: Option<tempfile::TempDir>) ->
         admin_address,
         store,
         client: reqwest::Client::new(),
+        recorded,
         dir: Some(dir),
         shutdown: Some(shutdown),
         task: Some(task),
@@ -323,19 +327,26 @@ impl TestApp {
     }
 
     /// Waits until `n` deliveries have `status`.
+    /// Reads the store again only after another attempt result was committed.
     pub async fn wait_for_deliveries(&self, status: DeliveryStatus, n: usize) -> Vec<DeliveryInfo> {
         let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut recorded = self.recorded.clone();
         loop {
+            recorded.mark_unchanged();
             let found = self.deliveries(Some(status)).await;
             if found.len() >= n {
                 return found;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "expected {n} {status:?} deliveries, have {:?}",
-                self.deliveries(None).await
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            match tokio::time::timeout_at(deadline, recorded.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    panic!("the gateway stopped while waiting for {n} {status:?} deliveries")
+                }
+                Err(_) => panic!(
+                    "expected {n} {status:?} deliveries, have {:?}",
+                    self.deliveries(None).await
+                ),
+            }
         }
     }
 
