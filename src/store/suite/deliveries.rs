@@ -1,291 +1,12 @@
-//! One behaviour suite for every store backend.
-//!
-//! Each test is written once against `&dyn Store` and generated for SQLite (a file in a
-//! temporary directory) and for PostgreSQL (a schema of its own in the database named by
-//! `SESSIONGATE_TEST_POSTGRES_URL`, so tests run in parallel). Without that variable the
-//! PostgreSQL half skips with a printed reason — except under `CI=true`, where a skipped
-//! half is a failure.
+//! The suite's cases about deliveries: claims, leases, hand-over, results, retries,
+//! replays, listings and retention.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::event::{EventType, Session, Timestamp};
-pub(crate) use crate::testing::postgres_schema_url;
 
-fn now_ms() -> i64 {
-    crate::clock::Clock::system().now_ms()
-}
-
-pub(crate) struct TestStore {
-    pub store: Arc<dyn Store>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-pub(crate) async fn sqlite() -> TestStore {
-    sqlite_on(crate::clock::Clock::system()).await
-}
-
-/// A SQLite store in a temporary directory that reads `clock`.
-pub(crate) async fn sqlite_on(clock: crate::clock::Clock) -> TestStore {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite::SqliteStore::open(
-        &dir.path().join("s.db"),
-        crate::store::settings::Synchronous::Full,
-    )
-    .await
-    .unwrap()
-    .with_clock(clock);
-    TestStore {
-        store: Arc::new(store),
-        _dir: Some(dir),
-    }
-}
-
-pub(crate) async fn postgres() -> Option<TestStore> {
-    let url = postgres_schema_url().await?;
-    let store = postgres::PgStore::open(&url, 8).await.unwrap();
-    Some(TestStore {
-        store: Arc::new(store),
-        _dir: None,
-    })
-}
-
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod on_sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let s = super::sqlite().await;
-                    super::$name(s.store.clone()).await;
-                }
-            )*
-        }
-        mod on_postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(s) = super::postgres().await else { return };
-                    super::$name(s.store.clone()).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
-    a_second_accept_of_the_same_event_is_a_duplicate,
-    concurrent_duplicates_are_accepted_once,
-    a_session_is_finalized_once_even_from_two_sources,
-    events_merge_into_the_session_record_in_any_order,
-    claims_lease_and_finishing_moves_deliveries_on,
-    handed_over_deliveries_are_committed_leased,
-    concurrent_events_of_one_session_all_merge,
-    a_result_after_the_lease_passed_on_is_dropped,
-    retry_requeues_only_dead_deliveries_and_replay_adds_deliveries,
-    events_and_deliveries_page_newest_first,
-    ignored_requests_are_kept_and_ping_answers,
-    pruning_deletes_finished_work_and_never_pending_work,
-);
-
-fn accept_from(source: &str, session: &str, types: &[EventType], targets: &[&str]) -> Inbound {
-    Inbound {
-        source: source.into(),
-        vendor: "pathors".into(),
-        session_id: session.into(),
-        vendor_event_type: "x".into(),
-        message_id: None,
-        received_at: Timestamp::now(),
-        raw: br#"{"raw":true}"#.to_vec().into(),
-        events: types
-            .iter()
-            .map(|&t| NewEvent {
-                id: EventId::derive(source, session, "x", t),
-                event_type: t,
-                occurred_at: Timestamp::now(),
-                facts: Session {
-                    id: session.into(),
-                    message_count: Some(3),
-                    ..Session::default()
-                },
-                targets: targets.iter().map(|s| s.to_string()).collect(),
-            })
-            .collect(),
-    }
-}
-
-pub(crate) fn accept(session: &str, types: &[EventType], targets: &[&str]) -> Inbound {
-    accept_from("src", session, types, targets)
-}
-
-fn all() -> DeliveryFilter {
-    DeliveryFilter {
-        limit: 1000,
-        ..Default::default()
-    }
-}
-
-fn attempt(c: &ClaimedDelivery, next: Completion) -> AttemptRecord {
-    AttemptRecord {
-        delivery_id: c.id.clone(),
-        lease_token: c.lease_token,
-        attempt: c.attempts + 1,
-        started_at_ms: now_ms(),
-        duration_ms: 1,
-        status_code: Some(500),
-        error: Some("HTTP 500".into()),
-        next,
-    }
-}
-
-async fn a_second_accept_of_the_same_event_is_a_duplicate(s: Arc<dyn Store>) {
-    let first = s
-        .accept(accept("s1", &[EventType::SessionEnded], &["t"]))
-        .await
-        .unwrap();
-    let again = s
-        .accept(accept("s1", &[EventType::SessionEnded], &["t"]))
-        .await
-        .unwrap();
-    let IngestOutcome::Accepted {
-        id,
-        targets,
-        handed,
-    } = first
-    else {
-        panic!("{first:?}")
-    };
-    assert_eq!(targets, ["t"]);
-    assert!(handed.is_empty(), "nothing was asked to be handed over");
-    assert_eq!(again, IngestOutcome::Duplicate { id });
-    assert_eq!(
-        s.deliveries(all()).await.unwrap().len(),
-        1,
-        "a duplicate creates no deliveries"
-    );
-}
-
-async fn concurrent_duplicates_are_accepted_once(s: Arc<dyn Store>) {
-    let tasks: Vec<_> = (0..40)
-        .map(|_| {
-            let s = s.clone();
-            tokio::spawn(async move {
-                s.accept(accept(
-                    "s1",
-                    &[EventType::SessionEnded, EventType::SessionFinalized],
-                    &["a", "b"],
-                ))
-                .await
-                .unwrap()
-            })
-        })
-        .collect();
-    let mut accepted = 0;
-    for t in tasks {
-        if matches!(t.await.unwrap(), IngestOutcome::Accepted { .. }) {
-            accepted += 1;
-        }
-    }
-    assert_eq!(accepted, 1);
-    assert_eq!(
-        s.deliveries(all()).await.unwrap().len(),
-        4,
-        "two events times two targets"
-    );
-}
-
-async fn a_session_is_finalized_once_even_from_two_sources(s: Arc<dyn Store>) {
-    let first = s
-        .accept(accept_from(
-            "a",
-            "s1",
-            &[EventType::SessionFinalized],
-            &["t"],
-        ))
-        .await
-        .unwrap();
-    let IngestOutcome::Accepted { id, .. } = first else {
-        panic!("{first:?}")
-    };
-    // Concurrently, from other sources: still the first one.
-    let tasks: Vec<_> = (0..10)
-        .map(|i| {
-            let s = s.clone();
-            tokio::spawn(async move {
-                s.accept(accept_from(
-                    &format!("b{i}"),
-                    "s1",
-                    &[EventType::SessionFinalized],
-                    &["t"],
-                ))
-                .await
-                .unwrap()
-            })
-        })
-        .collect();
-    for t in tasks {
-        assert_eq!(
-            t.await.unwrap(),
-            IngestOutcome::Duplicate { id: id.clone() }
-        );
-    }
-    let view = s.session("pathors", "s1").await.unwrap().unwrap();
-    assert_eq!(view.finalized_event_id, Some(id));
-    assert_eq!(view.session.message_count, Some(3));
-    assert_eq!(
-        s.events(EventFilter {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .len(),
-        1
-    );
-}
-
-async fn events_merge_into_the_session_record_in_any_order(s: Arc<dyn Store>) {
-    let at = |secs: i64| {
-        Timestamp::parse("2026-05-03T08:00:00Z")
-            .unwrap()
-            .plus_seconds(secs)
-    };
-    let mut late = accept("s1", &[EventType::SessionFinalized], &[]);
-    late.events[0].occurred_at = at(10);
-    late.events[0].facts.message_count = Some(8);
-    let mut early = accept("s1", &[EventType::SessionEnded], &[]);
-    early.events[0].occurred_at = at(1);
-    early.events[0].facts.current_node_id = Some("end".into());
-    s.accept(late).await.unwrap();
-    s.accept(early).await.unwrap();
-    let view = s.session("pathors", "s1").await.unwrap().unwrap();
-    assert_eq!(
-        view.session.message_count,
-        Some(8),
-        "the later event's value stays"
-    );
-    assert_eq!(
-        view.session.current_node_id.as_deref(),
-        Some("end"),
-        "absent never erases"
-    );
-    // The second event's stored body carries the record as of that event.
-    let ended = s
-        .events(EventFilter {
-            event_type: Some("session.ended".into()),
-            limit: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let body: serde_json::Value = serde_json::from_str(&ended[0].body).unwrap();
-    assert_eq!(body["session"]["messageCount"], 8);
-    assert_eq!(body["session"]["currentNodeId"], "end");
-    assert!(s.session("pathors", "nope").await.unwrap().is_none());
-}
-
-async fn claims_lease_and_finishing_moves_deliveries_on(s: Arc<dyn Store>) {
+pub(super) async fn claims_lease_and_finishing_moves_deliveries_on(s: Arc<dyn Store>) {
     s.accept(accept("s1", &[EventType::SessionEnded], &["t"]))
         .await
         .unwrap();
@@ -358,7 +79,7 @@ async fn claims_lease_and_finishing_moves_deliveries_on(s: Arc<dyn Store>) {
     );
 }
 
-async fn handed_over_deliveries_are_committed_leased(s: Arc<dyn Store>) {
+pub(super) async fn handed_over_deliveries_are_committed_leased(s: Arc<dyn Store>) {
     let lease = Duration::from_secs(60);
     let both = accept(
         "s1",
@@ -431,7 +152,7 @@ async fn handed_over_deliveries_are_committed_leased(s: Arc<dyn Store>) {
     ));
 }
 
-async fn concurrent_events_of_one_session_all_merge(s: Arc<dyn Store>) {
+pub(super) async fn concurrent_events_of_one_session_all_merge(s: Arc<dyn Store>) {
     // Distinct events of one session committed at once (on PostgreSQL, racing to change
     // the same row): each one's facts must survive in the record.
     let tasks: Vec<_> = (0..12)
@@ -459,7 +180,7 @@ async fn concurrent_events_of_one_session_all_merge(s: Arc<dyn Store>) {
     assert_eq!(s.deliveries(all()).await.unwrap().len(), 12);
 }
 
-async fn a_result_after_the_lease_passed_on_is_dropped(s: Arc<dyn Store>) {
+pub(super) async fn a_result_after_the_lease_passed_on_is_dropped(s: Arc<dyn Store>) {
     s.accept(accept("s1", &[EventType::SessionEnded], &["t"]))
         .await
         .unwrap();
@@ -492,7 +213,9 @@ async fn a_result_after_the_lease_passed_on_is_dropped(s: Arc<dyn Store>) {
     );
 }
 
-async fn retry_requeues_only_dead_deliveries_and_replay_adds_deliveries(s: Arc<dyn Store>) {
+pub(super) async fn retry_requeues_only_dead_deliveries_and_replay_adds_deliveries(
+    s: Arc<dyn Store>,
+) {
     let IngestOutcome::Accepted { id, .. } = s
         .accept(accept("s1", &[EventType::SessionEnded], &["t"]))
         .await
@@ -553,7 +276,7 @@ async fn retry_requeues_only_dead_deliveries_and_replay_adds_deliveries(s: Arc<d
     assert_eq!(depth, [("t".to_owned(), 2), ("u".to_owned(), 1)]);
 }
 
-async fn events_and_deliveries_page_newest_first(s: Arc<dyn Store>) {
+pub(super) async fn events_and_deliveries_page_newest_first(s: Arc<dyn Store>) {
     for i in 0..5 {
         s.accept(accept(&format!("s{i}"), &[EventType::SessionEnded], &["t"]))
             .await
@@ -608,7 +331,7 @@ async fn events_and_deliveries_page_newest_first(s: Arc<dyn Store>) {
     assert!(page[0].seq > page[2].seq && rest[0].seq < page[2].seq);
 }
 
-async fn ignored_requests_are_kept_and_ping_answers(s: Arc<dyn Store>) {
+pub(super) async fn ignored_requests_are_kept_and_ping_answers(s: Arc<dyn Store>) {
     s.record_receipt(Receipt {
         outcome: ReceiptOutcome::Ignored,
         source: "src".into(),
@@ -647,7 +370,7 @@ async fn ignored_requests_are_kept_and_ping_answers(s: Arc<dyn Store>) {
     assert_eq!(ignored.len(), 1);
 }
 
-async fn pruning_deletes_finished_work_and_never_pending_work(s: Arc<dyn Store>) {
+pub(super) async fn pruning_deletes_finished_work_and_never_pending_work(s: Arc<dyn Store>) {
     let lease = Duration::from_secs(60);
     for session in ["delivered", "pending", "dead"] {
         s.accept(accept(session, &[EventType::SessionEnded], &["t"]))
