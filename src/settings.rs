@@ -324,6 +324,24 @@ pub fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A `[[sources]]` or `[[targets]]` entry's name (`key` is the entry's): well formed, and
+/// not used by an earlier entry (`seen`).
+pub fn unique_name(
+    key: &str,
+    what: &str,
+    name: &str,
+    seen: &mut std::collections::HashSet<String>,
+) -> Result<(), ConfigError> {
+    check_name(&format!("{key}.name"), name)?;
+    if !seen.insert(name.to_owned()) {
+        return Err(invalid(
+            format!("{key}.name"),
+            format!("{what} name `{name}` is used twice"),
+        ));
+    }
+    Ok(())
+}
+
 /// Source and target names appear in URLs, metrics labels and the store.
 pub fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()

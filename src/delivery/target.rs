@@ -9,7 +9,7 @@ use svix::webhooks::Webhook;
 use super::settings::DeliveryConfig;
 use crate::event::EventType;
 use crate::settings::{
-    ConfigError, Context, check_name, invalid, parse_whsec, positive, redact_url,
+    ConfigError, Context, invalid, parse_whsec, positive, redact_url, unique_name,
 };
 
 /// A downstream receiver and what it wants.
@@ -103,13 +103,7 @@ impl Target {
         let mut names = HashSet::new();
         for (i, t) in raw.into_iter().enumerate() {
             let key = format!("targets[{i}]");
-            check_name(&format!("{key}.name"), &t.name)?;
-            if !names.insert(t.name.clone()) {
-                return Err(invalid(
-                    format!("{key}.name"),
-                    format!("target name `{}` is used twice", t.name),
-                ));
-            }
+            unique_name(&key, "target", &t.name, &mut names)?;
             targets.push(Target::parse(&key, t, delivery, source_names, cx)?);
         }
         Ok(targets)

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::auth::SourceAuth;
 use crate::settings::{
-    ConfigError, Context, check_name, invalid, parse_whsec, positive, socket_address,
+    ConfigError, Context, invalid, parse_whsec, positive, socket_address, unique_name,
 };
 use crate::vendors::Vendor;
 
@@ -145,13 +145,7 @@ impl Source {
         let mut names = HashSet::new();
         for (i, s) in raw.into_iter().enumerate() {
             let key = format!("sources[{i}]");
-            check_name(&format!("{key}.name"), &s.name)?;
-            if !names.insert(s.name.clone()) {
-                return Err(invalid(
-                    format!("{key}.name"),
-                    format!("source name `{}` is used twice", s.name),
-                ));
-            }
+            unique_name(&key, "source", &s.name, &mut names)?;
             let auth = parse_auth(&key, &s.name, s.auth, cx)?;
             sources.push(Source {
                 name: s.name,

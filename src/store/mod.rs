@@ -222,6 +222,17 @@ pub enum Completion {
     Dead,
 }
 
+impl Completion {
+    /// The delivery's status afterwards, and its next attempt time if that changes.
+    pub(crate) fn status(self) -> (DeliveryStatus, Option<i64>) {
+        match self {
+            Completion::Delivered => (DeliveryStatus::Delivered, None),
+            Completion::RetryAt { unix_ms } => (DeliveryStatus::Pending, Some(unix_ms)),
+            Completion::Dead => (DeliveryStatus::Dead, None),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {

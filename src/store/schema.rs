@@ -1,7 +1,7 @@
 //! The store's schema, written once for both SQL dialects.
 //!
-//! One list of migrations: a step is either shared, with `{key}`, `{int}` and `{bytes}`
-//! standing for the types the dialects spell differently, or belongs to one dialect, with
+//! One list of migrations: a step is either shared, with `{key}`, `{int}`, `{bytes}` and
+//! `{without_rowid}` standing for what the dialects spell differently, or belongs to one dialect, with
 //! a comment saying why it differs. Each backend applies the steps of its dialect, in order,
 //! recording the number of migrations applied, so the two cannot drift apart unnoticed: a
 //! test compares the tables and columns both end with.
@@ -78,33 +78,19 @@ CREATE TABLE attempts (
 CREATE INDEX attempts_by_delivery ON attempts(delivery_id, seq);
 "#,
         ),
-        // SQLite first kept session records in a WITHOUT ROWID table (migration 2 undoes it).
-        Only(
-            Sqlite,
-            r#"
-CREATE TABLE sessions (
-    vendor TEXT NOT NULL,
-    session_id TEXT NOT NULL,
-    record TEXT NOT NULL,
-    finalized_event_id TEXT,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    PRIMARY KEY (vendor, session_id)
-) WITHOUT ROWID;
-"#,
-        ),
-        Only(
-            Postgres,
+        // SQLite first kept session records in a WITHOUT ROWID table ({without_rowid});
+        // migration 2 undoes it.
+        Shared(
             r#"
 CREATE TABLE sessions (
     vendor TEXT NOT NULL,
     session_id TEXT NOT NULL,
     record TEXT NOT NULL,              -- JSON of sessions::SessionRecord
     finalized_event_id TEXT,           -- set once: exactly one session.finalized per session
-    created_at BIGINT NOT NULL,
-    updated_at BIGINT NOT NULL,
+    created_at {int} NOT NULL,
+    updated_at {int} NOT NULL,
     PRIMARY KEY (vendor, session_id)
-);
+){without_rowid};
 "#,
         ),
     ],
@@ -146,11 +132,22 @@ ALTER TABLE sessions_by_rowid RENAME TO sessions;
     ],
 ];
 
+/// Refuses a store migrated by a newer sessiongate: an older binary must not write to it.
+pub fn check_version(version: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        version <= MIGRATIONS.len(),
+        "The store's schema version {version} is newer than this sessiongate knows ({}); \
+         refusing to run an older binary on it",
+        MIGRATIONS.len()
+    );
+    Ok(())
+}
+
 /// Migration `index` (0-based) as `dialect` runs it.
 pub fn migration(dialect: Dialect, index: usize) -> String {
-    let (key, int, bytes) = match dialect {
-        Sqlite => ("INTEGER PRIMARY KEY", "INTEGER", "BLOB"),
-        Postgres => ("BIGSERIAL PRIMARY KEY", "BIGINT", "BYTEA"),
+    let (key, int, bytes, without_rowid) = match dialect {
+        Sqlite => ("INTEGER PRIMARY KEY", "INTEGER", "BLOB", " WITHOUT ROWID"),
+        Postgres => ("BIGSERIAL PRIMARY KEY", "BIGINT", "BYTEA", ""),
     };
     MIGRATIONS[index]
         .iter()
@@ -163,6 +160,7 @@ pub fn migration(dialect: Dialect, index: usize) -> String {
             sql.replace("{key}", key)
                 .replace("{int}", int)
                 .replace("{bytes}", bytes)
+                .replace("{without_rowid}", without_rowid)
         })
         .collect::<Vec<_>>()
         .join("\n")

@@ -101,6 +101,17 @@ macro_rules! on_connection {
     }};
 }
 
+/// `$method` (`execute`, `query`, `query_one`, `query_opt`) of `$sql`, prepared and cached,
+/// on a live pooled connection.
+macro_rules! statement {
+    ($store:expr, $method:ident, $sql:expr, $params:expr) => {
+        on_connection!($store, |client| match prepared(&client, $sql).await {
+            Ok(statement) => client.$method(&statement, $params).await.map_err(backend),
+            Err(e) => Err(e),
+        })
+    };
+}
+
 /// A statement prepared once per connection and cached: without it every query would pay
 /// an extra round trip and a server-side parse.
 async fn prepared(client: &impl GenericClient, sql: &str) -> Result<Statement, StoreError> {
@@ -176,12 +187,7 @@ impl PgStore {
     }
 
     async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
-        on_connection!(self, |client| {
-            match prepared(&client, sql).await {
-                Ok(statement) => client.execute(&statement, params).await.map_err(backend),
-                Err(e) => Err(e),
-            }
-        })
+        statement!(self, execute, sql, params)
     }
 
     async fn query(
@@ -189,12 +195,7 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
-        on_connection!(self, |client| {
-            match prepared(&client, sql).await {
-                Ok(statement) => client.query(&statement, params).await.map_err(backend),
-                Err(e) => Err(e),
-            }
-        })
+        statement!(self, query, sql, params)
     }
 
     async fn query_one(
@@ -202,12 +203,7 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, StoreError> {
-        on_connection!(self, |client| {
-            match prepared(&client, sql).await {
-                Ok(statement) => client.query_one(&statement, params).await.map_err(backend),
-                Err(e) => Err(e),
-            }
-        })
+        statement!(self, query_one, sql, params)
     }
 
     async fn query_opt(
@@ -215,11 +211,6 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, StoreError> {
-        on_connection!(self, |client| {
-            match prepared(&client, sql).await {
-                Ok(statement) => client.query_opt(&statement, params).await.map_err(backend),
-                Err(e) => Err(e),
-            }
-        })
+        statement!(self, query_opt, sql, params)
     }
 }

@@ -10,10 +10,10 @@ use super::{PgStore, backend, connection_lost, prepared};
 use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
 use crate::store::{
-    AttemptInfo, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion, DeliveryFilter,
-    DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handoff, Inbound, IngestOutcome,
-    PRUNE_BATCH, Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, RetryOutcome,
-    SessionView, Store, StoreError, StoredEvent, TargetCounts, fold_counts, lease_token,
+    AttemptInfo, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, DeliveryFilter, DeliveryId,
+    DeliveryInfo, DeliveryStatus, EventFilter, Handoff, Inbound, IngestOutcome, PRUNE_BATCH,
+    Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, RetryOutcome, SessionView, Store,
+    StoreError, StoredEvent, TargetCounts, fold_counts, lease_token,
 };
 
 fn delivery_row(r: &Row) -> DeliveryInfo {
@@ -180,11 +180,7 @@ impl Store for PgStore {
     }
 
     async fn finish_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
-        let (status, next_attempt_at) = match record.next {
-            Completion::Delivered => (DeliveryStatus::Delivered, None),
-            Completion::RetryAt { unix_ms } => (DeliveryStatus::Pending, Some(unix_ms)),
-            Completion::Dead => (DeliveryStatus::Dead, None),
-        };
+        let (status, next_attempt_at) = record.next.status();
         // One statement, so one round trip and atomic: the attempt is logged only if the
         // lease was still ours and the delivery moved on.
         let logged = self

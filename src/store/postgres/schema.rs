@@ -5,7 +5,7 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 
 use super::prepared;
-use crate::store::schema::{Dialect, MIGRATIONS, migration};
+use crate::store::schema::{Dialect, MIGRATIONS, check_version, migration};
 
 /// Serialises migrations across replicas (an arbitrary, fixed advisory lock key).
 const MIGRATION_LOCK: i64 = 0x5e55_1047_6a7e;
@@ -36,12 +36,7 @@ pub(super) async fn migrate(pool: &Pool, schema: Option<&str>) -> anyhow::Result
         .await?
         .map_or(0, |r| r.get(0));
     let version = version as usize;
-    anyhow::ensure!(
-        version <= MIGRATIONS.len(),
-        "The database's schema version {version} is newer than this sessiongate knows ({}); \
-         refusing to run an older binary on it",
-        MIGRATIONS.len()
-    );
+    check_version(version)?;
     for i in version..MIGRATIONS.len() {
         tx.batch_execute(&migration(Dialect::Postgres, i))
             .await

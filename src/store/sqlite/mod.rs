@@ -34,10 +34,10 @@ use crate::clock::Clock;
 use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
 use crate::store::{
-    AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, Completion, DeliveryFilter, DeliveryId,
-    DeliveryInfo, DeliveryStatus, EventFilter, Handoff, Inbound, IngestOutcome, Pruned,
-    RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, RetryOutcome, SessionView, Store,
-    StoreError, StoredEvent, TargetCounts, fold_counts, lease_token,
+    AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, DeliveryFilter, DeliveryId, DeliveryInfo,
+    DeliveryStatus, EventFilter, Handoff, Inbound, IngestOutcome, Pruned, RECEIPT_COLUMNS, Receipt,
+    ReceiptFilter, ReceiptInfo, RetryOutcome, SessionView, Store, StoreError, StoredEvent,
+    TargetCounts, fold_counts, lease_token,
 };
 use queries::*;
 use schema::{configure, migrate};
@@ -329,11 +329,7 @@ impl Store for SqliteStore {
     async fn finish_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
         self.call(move |conn| {
-            let (status, next_attempt_at) = match record.next {
-                Completion::Delivered => (DeliveryStatus::Delivered, None),
-                Completion::RetryAt { unix_ms } => (DeliveryStatus::Pending, Some(unix_ms)),
-                Completion::Dead => (DeliveryStatus::Dead, None),
-            };
+            let (status, next_attempt_at) = record.next.status();
             let updated = conn
                 .prepare_cached(
                     "UPDATE deliveries SET status = ?2, attempts = ?3,

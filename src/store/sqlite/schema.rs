@@ -4,7 +4,7 @@
 use anyhow::Context;
 use rusqlite::Connection;
 
-use crate::store::schema::{Dialect, MIGRATIONS, migration};
+use crate::store::schema::{Dialect, MIGRATIONS, check_version, migration};
 
 pub(super) fn configure(conn: &Connection) -> anyhow::Result<()> {
     let mode: String = conn
@@ -32,12 +32,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     let version: usize = conn
         .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
         .context("Failed to read the store's schema version")? as usize;
-    anyhow::ensure!(
-        version <= MIGRATIONS.len(),
-        "The store's schema version {version} is newer than this sessiongate knows ({}); \
-         refusing to run an older binary on it",
-        MIGRATIONS.len()
-    );
+    check_version(version)?;
     for i in version..MIGRATIONS.len() {
         let tx = conn.transaction()?;
         tx.execute_batch(&migration(Dialect::Sqlite, i))
