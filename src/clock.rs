@@ -45,7 +45,7 @@ impl Clock {
         Instant::now() + Duration::from_millis((unix_ms - self.now_ms()).max(0) as u64)
     }
 
-    /// Moves a manual clock forward (tests move tokio's paused time with it: [`advance`]).
+    /// Moves a manual clock forward (tests move tokio's paused time with it, `clock::advance`).
     ///
     /// # Panics
     /// On the system clock, which no one moves.

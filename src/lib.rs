@@ -6,27 +6,33 @@
 //! forwards every event with retries, signing and dead letters.
 //!
 //! # Layout
-//! The modules follow the path a webhook takes:
+//! The modules follow the path a webhook takes; ARCHITECTURE.md draws it. Leaves first
+//! (they import no other room), then the rooms, then what wires them:
 //!
+//! - [`event`]: the canonical session event (schema v1), its ids, and [`event::Inbound`]
+//!   (what one vendor request produced); the one place a canonical event is rendered.
+//! - [`auth`]: source authentication, the only way to obtain an [`auth::Verified`] body,
+//!   which is all a vendor adapter accepts.
 //! - [`settings`]: the configuration's layers (compiled-in defaults, file, environment) and
-//!   the pieces each room parses its own settings with; [`config`] puts the parts together.
+//!   the pieces each room parses its own settings with.
 //! - [`clock`]: the one clock (wall time and tokio instants), manual in tests.
-//! - [`auth`]: source authentication, a leaf every other room may use: the only way to
-//!   obtain a [`auth::Verified`] body, which is all a vendor adapter accepts.
+//! - [`telemetry`]: `tracing` set-up, and [`telemetry::chain`] for errors with their causes.
+//! - [`testing`]: fixtures, Svix signing and PostgreSQL schemas for tests, demo and bench.
+//! - [`vendors`]: one file per vendor, only parsing and mapping verified bytes to events.
+//! - [`sessions`]: the session record every event of a session is merged into, and the
+//!   accept plan (merge, finalize once, render), pure.
+//! - [`store`]: the durable store trait, its outbox types and schema, and its SQLite and
+//!   PostgreSQL backends; it decides duplicates.
+//! - [`metrics`]: Prometheus metrics; each telemetry event logs and counts together.
+//! - [`delivery`]: targets and routing, the hand-over, per-target workers, attempts, the
+//!   retry rules, and the output seam.
 //! - [`ingest`]: the HTTP side: `POST /ingest/{source}`, body limits, the checks made
 //!   before a body is read, and the answers of the README's table.
-//! - [`vendors`]: one file per vendor, only parsing and mapping verified bytes to events.
-//! - [`event`]: the canonical session event (schema v1) and its identifiers.
-//! - [`sessions`]: the session record every event of a session is merged into.
-//! - [`store`]: the durable store trait and its SQLite implementation; it decides duplicates.
-//! - [`delivery`]: per-target workers, the retry policy and outbound signing.
-//! - [`admin`]: the admin API (sessions, events, deliveries; retry and replay).
-//! - [`app`]: wires everything into one [`app::Application`] that tests can start on port 0.
-//! - [`metrics`]: Prometheus metrics; each telemetry event logs and counts together.
-//! - [`telemetry`]: `tracing` set-up.
-//! - [`demo`]: `sessiongate demo`, the whole pipeline in one command.
+//! - [`admin`]: the admin API, one file per resource.
 //! - [`error`]: the one API error type and its JSON body.
-//! - [`testing`]: fixtures, Svix signing and PostgreSQL schemas for tests, demo and bench.
+//! - [`config`]: each room's settings put together from one reading.
+//! - [`app`]: wires everything into one [`app::Application`] that tests can start on port 0.
+//! - [`demo`]: `sessiongate demo`, the whole pipeline in one command.
 
 pub mod admin;
 pub mod app;

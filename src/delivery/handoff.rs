@@ -7,7 +7,7 @@
 //!    ([`Handoff::lease_until`]) and returns them, bodies included ([`Leased`]).
 //! 3. [`Dispatcher::hand_over`] queues each for its worker in the room reserved for it.
 //! 4. The worker starts it when a slot frees, unless too little of its lease is left to
-//!    finish within it ([`Queued::startable`]); then it is left to a claim once the
+//!    finish within it (`Queued::startable`); then it is left to a claim once the
 //!    lease ends, so it is never sent twice at once.
 //!
 //! Targets without room, and everything not handed over (retries, restarts, other

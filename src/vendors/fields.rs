@@ -20,7 +20,7 @@ pub enum PayloadError {
         field: String,
         expected: &'static str,
     },
-    /// An object or array nested deeper than [`MAX_DEPTH`] levels, under `field`.
+    /// An object or array nested deeper than `MAX_DEPTH` levels, under `field`.
     TooDeep {
         field: String,
     },

@@ -17,8 +17,8 @@
 //! - a connection failure answers [`StoreError`] (ingest says 503) and the pool reconnects on
 //!   its own once PostgreSQL is back.
 //!
-//! Here: the pool, its connection handling and error mapping; [`accept`] the ingest path;
-//! [`queries`] every other operation; [`schema`] the migrations; [`tls`] `sslmode`.
+//! Here: the pool, its connection handling and error mapping; `accept` the ingest path;
+//! `queries` every other operation; `schema` the migrations; [`tls`] `sslmode`.
 //!
 //! PostgreSQL commits concurrent statements with its own group commit, so each request uses
 //! its own statements on a pooled connection; every write is one statement (one round trip).
