@@ -456,3 +456,17 @@ fn the_shipped_configurations_parse() {
         "a default the file does not restate"
     );
 }
+
+#[test]
+fn a_target_url_must_name_a_scheme_some_output_sends_to() {
+    let e = error_of(&format!(
+        "{SOURCE}[[targets]]\nname = \"q\"\nurl = \"ftp://files.example.com/x\"\n"
+    ));
+    assert!(e.contains("targets[0].url"), "{e}");
+    assert!(e.contains("schemes: http, https"), "{e}");
+    let c = parse(&format!(
+        "{SOURCE}[[targets]]\nname = \"q\"\nurl = \"https://files.example.com/x\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.targets[0].url.scheme(), "https");
+}

@@ -59,7 +59,7 @@ impl Workers {
         metrics: Arc<Metrics>,
         clock: Clock,
     ) -> anyhow::Result<(Dispatcher, Workers)> {
-        let client = outputs::http::client()?;
+        let shared = outputs::Shared::new()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (dispatcher, inboxes) = Dispatcher::new(&targets, shutdown_rx.clone());
         let mut tasks = JoinSet::new();
@@ -70,7 +70,7 @@ impl Workers {
             let parts = Parts {
                 retry: config.retry.clone(),
                 store: store.clone(),
-                output: outputs::for_target(&target, &client)?,
+                output: outputs::for_target(&target, &shared)?,
                 metrics: metrics.clone(),
                 clock: clock.clone(),
                 recorded: recorded.clone(),

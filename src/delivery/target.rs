@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use svix::webhooks::Webhook;
 
+use super::outputs;
 use super::settings::DeliveryConfig;
 use crate::event::EventType;
 use crate::settings::{
@@ -120,11 +121,15 @@ impl Target {
         let t_url = cx.reference(&format!("{key}.url"), &t.url)?;
         let url = reqwest::Url::parse(&t_url)
             .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .filter(|u| outputs::sends_to(u.scheme()) && u.host().is_some())
             .ok_or_else(|| {
                 invalid(
                     format!("{key}.url"),
-                    format!("`{}` is not an http(s) URL", redact_url(&t_url)),
+                    format!(
+                        "`{}` is not a URL any output sends to (schemes: {})",
+                        redact_url(&t_url),
+                        outputs::schemes().join(", ")
+                    ),
                 )
             })?;
         let events = t

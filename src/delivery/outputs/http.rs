@@ -40,6 +40,14 @@ impl HttpOutput {
     pub fn new(target: Arc<Target>, client: reqwest::Client) -> HttpOutput {
         HttpOutput { target, client }
     }
+
+    /// The output of an `http(s)://` target, on the shared client.
+    pub fn build(target: &Arc<Target>, shared: &super::Shared) -> anyhow::Result<Arc<dyn Output>> {
+        Ok(Arc::new(HttpOutput::new(
+            target.clone(),
+            shared.http.clone(),
+        )))
+    }
 }
 
 #[async_trait]

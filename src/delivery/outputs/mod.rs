@@ -3,7 +3,8 @@
 //! An [`Output`] takes one [`Outbound`] message and says what the receiver made of it, as an
 //! [`OutputAnswer`] whose [`Verdict`] the retry rules read; nothing outside this folder knows
 //! how an output speaks. A target's URL scheme picks its output ([`for_target`]): today
-//! `http`/`https` ([`http`]). Adding one (a broker) is one file here and one arm there.
+//! `http`/`https` ([`http`]). Adding one (a broker) is one file here and one line in
+//! [`OUTPUTS`].
 
 pub mod http;
 
@@ -49,18 +50,49 @@ pub trait Output: Send + Sync {
     async fn send(&self, outbound: Outbound<'_>) -> OutputAnswer;
 }
 
-/// The output a target's URL names (the configuration admits only these schemes).
-pub fn for_target(
-    target: &Arc<Target>,
-    client: &reqwest::Client,
-) -> anyhow::Result<Arc<dyn Output>> {
-    match target.url.scheme() {
-        "http" | "https" => Ok(Arc::new(http::HttpOutput::new(
-            target.clone(),
-            client.clone(),
-        ))),
-        other => anyhow::bail!(
-            "target `{}`: no output sends to `{other}://` URLs",
+/// What outputs share, made once per process (the HTTP client and its connection pools).
+pub struct Shared {
+    pub http: reqwest::Client,
+}
+
+impl Shared {
+    pub fn new() -> anyhow::Result<Shared> {
+        Ok(Shared {
+            http: http::client()?,
+        })
+    }
+}
+
+/// Makes the output of one target.
+type Build = fn(&Arc<Target>, &Shared) -> anyhow::Result<Arc<dyn Output>>;
+
+/// Every output, by the URL schemes it sends to: one line per output. The configuration
+/// admits a target URL only if a line here takes its scheme.
+const OUTPUTS: &[(&[&str], Build)] = &[(&["http", "https"], http::HttpOutput::build)];
+
+/// Whether some output sends to `scheme://` URLs.
+pub fn sends_to(scheme: &str) -> bool {
+    OUTPUTS.iter().any(|(schemes, _)| schemes.contains(&scheme))
+}
+
+/// The URL schemes outputs send to, for error messages.
+pub fn schemes() -> Vec<&'static str> {
+    OUTPUTS
+        .iter()
+        .flat_map(|(schemes, _)| schemes.iter().copied())
+        .collect()
+}
+
+/// The output a target's URL names.
+pub fn for_target(target: &Arc<Target>, shared: &Shared) -> anyhow::Result<Arc<dyn Output>> {
+    let scheme = target.url.scheme();
+    match OUTPUTS
+        .iter()
+        .find(|(schemes, _)| schemes.contains(&scheme))
+    {
+        Some((_, build)) => build(target, shared),
+        None => anyhow::bail!(
+            "target `{}`: no output sends to `{scheme}://` URLs",
             target.name
         ),
     }
