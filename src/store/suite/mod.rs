@@ -53,43 +53,55 @@ pub(crate) async fn postgres() -> Option<TestStore> {
 mod deliveries;
 use deliveries::*;
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod on_sqlite {
+/// Generates every case for one backend: `mod $backend { #[tokio::test] fn $case … }`,
+/// where `$backend()` opens a fresh store of that kind (`None` = skipped, with a reason).
+macro_rules! cases_on {
+    ($backend:ident, [$($case:ident),* $(,)?]) => {
+        mod $backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let s = super::sqlite().await;
-                    super::$name(s.store.clone()).await;
-                }
-            )*
-        }
-        mod on_postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(s) = super::postgres().await else { return };
-                    super::$name(s.store.clone()).await;
+                async fn $case() {
+                    let Some(s) = super::$backend().await else { return };
+                    super::$case(s.store.clone()).await;
                 }
             )*
         }
     };
 }
 
+/// Every case on every backend.
+macro_rules! suite {
+    (backends: [$($backend:ident),* $(,)?], cases: $cases:tt) => {
+        $( cases_on!($backend, $cases); )*
+    };
+}
+
 suite!(
-    a_second_accept_of_the_same_event_is_a_duplicate,
-    concurrent_duplicates_are_accepted_once,
-    a_session_is_finalized_once_even_from_two_sources,
-    events_merge_into_the_session_record_in_any_order,
-    claims_lease_and_finishing_moves_deliveries_on,
-    handed_over_deliveries_are_committed_leased,
-    concurrent_events_of_one_session_all_merge,
-    a_result_after_the_lease_passed_on_is_dropped,
-    retry_requeues_only_dead_deliveries_and_replay_adds_deliveries,
-    events_and_deliveries_page_newest_first,
-    ignored_requests_are_kept_and_ping_answers,
-    pruning_deletes_finished_work_and_never_pending_work,
+    // One line per backend: a function returning `Option<TestStore>`.
+    backends: [on_sqlite, on_postgres],
+    cases: [
+        a_second_accept_of_the_same_event_is_a_duplicate,
+        concurrent_duplicates_are_accepted_once,
+        a_session_is_finalized_once_even_from_two_sources,
+        events_merge_into_the_session_record_in_any_order,
+        claims_lease_and_finishing_moves_deliveries_on,
+        handed_over_deliveries_are_committed_leased,
+        concurrent_events_of_one_session_all_merge,
+        a_result_after_the_lease_passed_on_is_dropped,
+        retry_requeues_only_dead_deliveries_and_replay_adds_deliveries,
+        events_and_deliveries_page_newest_first,
+        ignored_requests_are_kept_and_ping_answers,
+        pruning_deletes_finished_work_and_never_pending_work,
+    ]
 );
+
+async fn on_sqlite() -> Option<TestStore> {
+    Some(sqlite().await)
+}
+
+async fn on_postgres() -> Option<TestStore> {
+    postgres().await
+}
 
 fn accept_from(source: &str, session: &str, types: &[EventType], targets: &[&str]) -> Inbound {
     Inbound {
