@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sessiongate::app::Application;
 use sessiongate::config::{self, Config};
-use sessiongate::store::settings::StorageConfig;
 use sessiongate::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -159,24 +158,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     };
     println!("configuration {}: OK", path.display());
     println!("listen: {}", config.server.listen);
-    match &config.storage {
-        StorageConfig::Sqlite { path, synchronous } => {
-            println!(
-                "storage: sqlite {} (synchronous = {synchronous:?})",
-                path.display()
-            )
-        }
-        StorageConfig::Postgres {
-            pool_size, schema, ..
-        } => {
-            println!(
-                "storage: postgres (pool of {pool_size} connections, schema {})",
-                schema
-                    .as_deref()
-                    .unwrap_or("of the connection's search_path")
-            )
-        }
-    }
+    println!("storage: {}", config.storage);
     println!("sources ({}):", config.sources.len());
     for s in &config.sources {
         println!(

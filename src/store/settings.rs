@@ -24,6 +24,31 @@ pub enum StorageConfig {
     },
 }
 
+/// What `check-config` shows: the kind of store and its settings, never the URL (it may
+/// carry a password).
+impl std::fmt::Display for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageConfig::Sqlite { path, synchronous } => {
+                write!(
+                    f,
+                    "sqlite {} (synchronous = {synchronous:?})",
+                    path.display()
+                )
+            }
+            StorageConfig::Postgres {
+                pool_size, schema, ..
+            } => write!(
+                f,
+                "postgres (pool of {pool_size} connections, schema {})",
+                schema
+                    .as_deref()
+                    .unwrap_or("of the connection's search_path")
+            ),
+        }
+    }
+}
+
 /// SQLite's `synchronous` setting. `full` makes every acknowledged event survive power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
