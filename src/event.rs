@@ -180,6 +180,17 @@ pub enum Channel {
     Chat,
 }
 
+impl Channel {
+    /// How far along a session's life this channel says it is: once any call event was
+    /// seen the session is `voice`, whatever a later chat-only event says.
+    pub fn lifecycle_rank(self) -> u8 {
+        match self {
+            Channel::Voice => 1,
+            Channel::Chat => 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Platform {
@@ -201,6 +212,16 @@ pub enum SessionState {
     Open,
     Closed,
     Expired,
+}
+
+impl SessionState {
+    /// How far along a session's life this state is: an ended session never reopens.
+    pub fn lifecycle_rank(self) -> u8 {
+        match self {
+            SessionState::Open => 0,
+            SessionState::Closed | SessionState::Expired => 1,
+        }
+    }
 }
 
 /// What the session is known to be: the `session` object of every canonical event.

@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::event::{EventId, EventType, Inbound, NewEvent, Session, Timestamp};
+use crate::event::{
+    Channel, EventId, EventType, Inbound, NewEvent, Session, SessionState, Timestamp,
+};
 
 /// Fields merged key by key rather than as a whole.
 const KEYED_FIELDS: [&str; 2] = ["variables", "extracted"];
@@ -48,13 +50,14 @@ impl Stamped {
     }
 }
 
-/// How far along the lifecycle a value is; higher never yields to lower.
-fn lifecycle_rank(field: &str, value: &Value) -> u8 {
-    match (field, value.as_str()) {
-        ("state", Some("closed" | "expired")) => 1,
-        ("channel", Some("voice")) => 1,
-        _ => 0,
-    }
+/// How far along the lifecycle each of an event's facts is, by the field's JSON name;
+/// higher never yields to lower. The ranks are the types' own ([`SessionState`],
+/// [`Channel`]); every other field ranks 0.
+fn lifecycle_ranks(facts: &Session) -> [(&'static str, u8); 2] {
+    [
+        ("state", facts.state.map_or(0, SessionState::lifecycle_rank)),
+        ("channel", facts.channel.map_or(0, Channel::lifecycle_rank)),
+    ]
 }
 
 impl SessionRecord {
@@ -63,6 +66,13 @@ impl SessionRecord {
         let Ok(Value::Object(fields)) = serde_json::to_value(facts) else {
             unreachable!("a Session serialises to an object");
         };
+        let ranks = lifecycle_ranks(facts);
+        let rank_of = |name: &str| {
+            ranks
+                .iter()
+                .find(|(field, _)| *field == name)
+                .map_or(0, |(_, rank)| *rank)
+        };
         for (name, value) in fields {
             if name == "id" {
                 continue;
@@ -70,24 +80,21 @@ impl SessionRecord {
             if KEYED_FIELDS.contains(&name.as_str()) {
                 if let Value::Object(entries) = value {
                     for (key, value) in entries {
-                        self.offer(format!("{name}.{key}"), value, at);
+                        self.offer(format!("{name}.{key}"), value, 0, at);
                     }
                 }
             } else {
-                self.offer(name, value, at);
+                let rank = rank_of(&name);
+                self.offer(name, value, rank, at);
             }
         }
     }
 
-    fn offer(&mut self, path: String, value: Value, at: Timestamp) {
+    fn offer(&mut self, path: String, value: Value, rank: u8, at: Timestamp) {
         if value.is_null() {
             return;
         }
-        let candidate = Stamped {
-            rank: lifecycle_rank(&path, &value),
-            at,
-            value,
-        };
+        let candidate = Stamped { rank, at, value };
         match self.fields.get(&path) {
             Some(current) if !candidate.beats(current) => {}
             _ => {
