@@ -12,7 +12,8 @@ use sessiongate::store::DeliveryStatus;
 
 use crate::helpers::*;
 
-async fn wait_until(what: &str, patience: Duration, mut done: impl FnMut() -> bool) {
+/// Polls a condition of the test's own making (its senders' progress), not the gateway's.
+async fn poll_until(what: &str, patience: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + patience;
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -72,7 +73,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
             })
         })
         .collect();
-    wait_until("load to build up", PATIENCE, || {
+    poll_until("load to build up", PATIENCE, || {
         acknowledged.lock().unwrap().len() >= 300
     })
     .await;
@@ -85,12 +86,13 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
     let delivered_before = receiver.delivered_ids().len();
 
     let _restarted = GatewayProcess::start(&config, &env);
-    wait_until(
-        "every acknowledged event to arrive",
-        Duration::from_secs(60),
-        || acknowledged.is_subset(&receiver.delivered_ids()),
-    )
-    .await;
+    assert!(
+        receiver
+            .wait_until(Duration::from_secs(60), |r| acknowledged
+                .is_subset(&r.delivered_ids()))
+            .await,
+        "timed out waiting for every acknowledged event to arrive"
+    );
     let delivered = receiver.delivered_ids();
     println!(
         "kill -9 under load: sent {}, acknowledged {}, delivered before the kill {delivered_before}, \

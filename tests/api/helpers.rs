@@ -478,6 +478,23 @@ impl TestReceiver {
             .collect()
     }
 
+    /// Waits until the requests received satisfy `done`, looking again at each arrival;
+    /// false if `patience` ran out first.
+    pub async fn wait_until(&self, patience: Duration, done: impl Fn(&Self) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let arrived = self.state.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if done(self) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return done(self);
+            }
+        }
+    }
+
     /// Waits until at least `n` requests arrived and returns them all.
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + PATIENCE;

@@ -76,14 +76,12 @@ async fn two_replicas_lose_nothing_when_one_is_killed_mid_run() {
         }
     }
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let delivered = loop {
-        let delivered = receiver.delivered_ids();
-        if accepted.is_subset(&delivered) || tokio::time::Instant::now() > deadline {
-            break delivered;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    receiver
+        .wait_until(Duration::from_secs(60), |r| {
+            accepted.is_subset(&r.delivered_ids())
+        })
+        .await;
+    let delivered = receiver.delivered_ids();
     let lost = accepted.difference(&delivered).count();
     let requests = receiver.received().len();
     println!(
