@@ -187,7 +187,11 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             } else {
                 "unsigned"
             },
-            if t.include_raw { "included" } else { "omitted" },
+            if t.shape.include_raw {
+                "included"
+            } else {
+                "omitted"
+            },
         );
     }
     for warning in &config.warnings {

@@ -70,8 +70,13 @@ impl Config {
         layers: config::ConfigBuilder<config::builder::DefaultState>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let read = settings::read::<RawConfig>(layers, env)?;
+        let mut read = settings::read::<RawConfig>(layers, env)?;
         let mut problems = read.problems;
+        if let Some(raw) = read.raw.as_mut() {
+            for (i, target) in raw.targets.iter_mut().enumerate() {
+                problems.extend(target.take_unknown(&format!("targets[{i}]")));
+            }
+        }
         if read.raw.as_ref().is_some_and(|raw| raw.sources.is_empty()) {
             problems.push(invalid(
                 "sources",

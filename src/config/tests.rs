@@ -61,7 +61,7 @@ fn a_full_config_parses_with_env_secrets_and_no_warnings() {
     assert!(t.accepts("agntix", EventType::SessionFinalized));
     assert!(!t.accepts("pathors", EventType::SessionFinalized));
     assert!(!t.accepts("agntix", EventType::SessionEnded));
-    assert!(!t.include_raw);
+    assert!(!t.shape.include_raw);
     assert!(t.signer.is_some());
     assert_eq!(t.headers[0].0.as_str(), "x-tenant");
     assert!(matches!(
@@ -124,7 +124,10 @@ fn omitted_filters_accept_everything() {
     for t in EventType::ALL {
         assert!(c.targets[0].accepts("anything", t));
     }
-    assert!(c.targets[0].include_raw, "include_raw defaults to true");
+    assert!(
+        c.targets[0].shape.include_raw,
+        "include_raw defaults to true"
+    );
 }
 
 #[test]
@@ -469,4 +472,82 @@ fn a_target_url_must_name_a_scheme_some_output_sends_to() {
     ))
     .unwrap();
     assert_eq!(c.targets[0].url.scheme(), "https");
+}
+
+#[test]
+fn each_output_checks_its_own_keys_naming_the_target() {
+    let target = |rest: &str| format!("{SOURCE}[[targets]]\nname = \"q\"\n{rest}\n");
+    let c = parse(&target(
+        "url = \"nats://127.0.0.1:4222\"\nsubject = \"sessions.{source}.{type}\"\nformat = \"cloudevents\"\nredact = [\"session.customer.phoneNumber\"]",
+    ))
+    .unwrap();
+    let t = &c.targets[0];
+    assert!(
+        matches!(&t.output, crate::delivery::outputs::Settings::Nats(n) if n.subject.as_str() == "sessions.{source}.{type}")
+    );
+    assert_eq!(
+        t.shape.format,
+        crate::delivery::message::Format::Cloudevents
+    );
+    assert_eq!(
+        t.shape.redact,
+        vec![vec!["session", "customer", "phoneNumber"]]
+    );
+    let amqp = parse(&target(
+        "url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\nexchange = \"sessions\"\nrouting_key = \"{type}\"",
+    ))
+    .unwrap();
+    assert!(matches!(
+        &amqp.targets[0].output,
+        crate::delivery::outputs::Settings::Amqp(_)
+    ));
+    let redis = parse(&target(
+        "url = \"redis://127.0.0.1:6379/0\"\nstream = \"s\"\nmaxlen = 1000",
+    ))
+    .unwrap();
+    assert!(
+        matches!(&redis.targets[0].output, crate::delivery::outputs::Settings::Redis(r) if r.maxlen == Some(1000))
+    );
+
+    for (rest, expected) in [
+        (
+            "url = \"nats://127.0.0.1:4222\"",
+            "targets[0].subject`: is required for nats:// targets",
+        ),
+        (
+            "url = \"https://x.example.com\"\nsubject = \"a\"",
+            "targets[0].subject`: unknown key (not one a https:// target takes)",
+        ),
+        (
+            "url = \"nats://h:4222\"\nsubject = \"a.{kind}\"",
+            "`{kind}` is not a placeholder",
+        ),
+        (
+            "url = \"amqp://h/%2f\"\nexchange = \"x\"",
+            "targets[0].routing_key`: is required",
+        ),
+        (
+            "url = \"redis://h/0\"\nstream = \"s\"\nmaxlen = 0",
+            "targets[0].maxlen`: must be a whole number greater than 0",
+        ),
+        (
+            "url = \"nats://h:4222\"\nsubject = \"a\"\nheaders = { \"X-A\" = \"b\" }",
+            "targets[0].headers`: static headers are for http(s) targets",
+        ),
+        (
+            "url = \"https://x.example.com\"\nredact = [\"session.nope\"]",
+            "targets[0].redact[0]",
+        ),
+        (
+            "url = \"https://x.example.com\"\nformat = \"xml\"",
+            "format",
+        ),
+        (
+            "url = \"https://x.example.com\"\nsubjekt = \"a\"",
+            "targets[0].subjekt`: unknown key",
+        ),
+    ] {
+        let e = error_of(&target(rest));
+        assert!(e.contains(expected), "{rest}: {e}");
+    }
 }

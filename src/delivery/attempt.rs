@@ -13,19 +13,9 @@ use super::outputs::{Outbound, Output};
 use super::retry::{Next, RetryPolicy, next_step};
 use crate::clock::Clock;
 use crate::delivery::target::Target;
-use crate::event::with_raw;
 use crate::metrics::{AttemptResult, Metrics};
 use crate::store::{AttemptRecord, ClaimedDelivery, Completion, Store};
 use crate::telemetry::chain;
-
-/// The body a target receives for a delivery.
-pub fn body_for(target: &Target, delivery: &ClaimedDelivery) -> Vec<u8> {
-    if target.include_raw {
-        with_raw(&delivery.body, &delivery.raw)
-    } else {
-        delivery.body.as_bytes().to_vec()
-    }
-}
 
 pub(super) struct Job {
     pub target: Arc<Target>,
@@ -64,7 +54,9 @@ impl Job {
             .output
             .send(Outbound {
                 event_id: &self.delivery.event_id,
-                body: body_for(&self.target, &self.delivery),
+                body: self.target.shape.body(&self.delivery),
+                content_type: self.target.shape.format.content_type(),
+                canonical: &self.delivery.body,
             })
             .await;
         let duration_ms = started.elapsed().as_millis() as i64;

@@ -20,6 +20,7 @@
 
 pub mod attempt;
 pub mod handoff;
+pub mod message;
 pub mod outputs;
 pub mod retry;
 pub mod settings;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use svix::webhooks::Webhook;
 
+use super::message::{Format, Shape};
 use super::outputs;
 use super::settings::DeliveryConfig;
 use crate::event::EventType;
@@ -23,7 +24,10 @@ pub struct Target {
     pub sources: Option<Vec<String>>,
     pub signer: Option<Webhook>,
     pub headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
-    pub include_raw: bool,
+    /// What the target receives: format, `raw` or not, redactions.
+    pub shape: Shape,
+    /// The output its URL names, and that output's settings.
+    pub output: outputs::Settings,
     pub timeout: Duration,
     /// Attempts before a delivery is dead (`[delivery] max_attempts` unless the target says).
     pub max_attempts: u32,
@@ -52,13 +56,15 @@ impl std::fmt::Debug for Target {
             .field("events", &self.events)
             .field("sources", &self.sources)
             .field("signed", &self.signer.is_some())
-            .field("include_raw", &self.include_raw)
+            .field("shape", &self.shape)
+            .field("output", &self.output)
             .finish_non_exhaustive()
     }
 }
 
+/// `[[targets]]` as written. Keys it does not name are the output's ([`outputs::Keys`]),
+/// which refuses any it does not take, so a typo is still an error naming the key.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawTarget {
     name: String,
     url: String,
@@ -72,6 +78,30 @@ pub struct RawTarget {
     timeout_ms: Option<u64>,
     max_attempts: Option<u32>,
     max_in_flight: Option<usize>,
+    format: Option<Format>,
+    redact: Option<Vec<String>>,
+    #[serde(flatten)]
+    output: BTreeMap<String, serde_json::Value>,
+}
+
+impl RawTarget {
+    /// Takes out every key neither a target nor any output knows, as an error naming it
+    /// (`key` is the entry's), so that they are reported with the file's other problems.
+    pub fn take_unknown(&mut self, key: &str) -> Vec<ConfigError> {
+        let unknown: Vec<String> = self
+            .output
+            .keys()
+            .filter(|name| !outputs::takes_key(name))
+            .cloned()
+            .collect();
+        unknown
+            .into_iter()
+            .map(|name| {
+                self.output.remove(&name);
+                invalid(format!("{key}.{name}"), "unknown key")
+            })
+            .collect()
+    }
 }
 
 /// Array entries take no defaults from the defaults layer, so this one is written here.
@@ -119,19 +149,40 @@ impl Target {
     ) -> Result<Target, ConfigError> {
         // Any url and header value may be `env:VAR` (a URL or header can carry a token).
         let t_url = cx.reference(&format!("{key}.url"), &t.url)?;
+        let not_an_output = || {
+            invalid(
+                format!("{key}.url"),
+                format!(
+                    "`{}` is not a URL any output sends to (schemes: {})",
+                    redact_url(&t_url),
+                    outputs::schemes().join(", ")
+                ),
+            )
+        };
         let url = reqwest::Url::parse(&t_url)
             .ok()
-            .filter(|u| outputs::sends_to(u.scheme()) && u.host().is_some())
-            .ok_or_else(|| {
-                invalid(
-                    format!("{key}.url"),
-                    format!(
-                        "`{}` is not a URL any output sends to (schemes: {})",
-                        redact_url(&t_url),
-                        outputs::schemes().join(", ")
-                    ),
-                )
-            })?;
+            .filter(|u| u.host().is_some())
+            .ok_or_else(not_an_output)?;
+        let mut keys = outputs::Keys::new(key, url.scheme(), t.output);
+        let output = outputs::parse(&url, &mut keys).ok_or_else(not_an_output)??;
+        keys.finish()?;
+        if output != outputs::Settings::Http && !t.headers.is_empty() {
+            return Err(invalid(
+                format!("{key}.headers"),
+                format!(
+                    "static headers are for http(s) targets; a {}:// target carries only the signature headers",
+                    url.scheme()
+                ),
+            ));
+        }
+        let shape = Shape {
+            format: t.format.unwrap_or(Format::Canonical),
+            include_raw: t.include_raw,
+            redact: Shape::parse_redact(
+                &format!("{key}.redact"),
+                t.redact.as_deref().unwrap_or_default(),
+            )?,
+        };
         let events = t
             .events
             .map(|events| {
@@ -217,7 +268,8 @@ impl Target {
             sources: t.sources,
             signer,
             headers,
-            include_raw: t.include_raw,
+            shape,
+            output,
             timeout,
             max_attempts: t.max_attempts.unwrap_or(delivery.max_attempts),
             lease,

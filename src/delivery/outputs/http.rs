@@ -6,13 +6,13 @@
 //! (redirects included) is retried, honouring `Retry-After` on 429 and 503.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
-use super::{Outbound, Output, OutputAnswer};
+use super::{Outbound, Output, OutputAnswer, Signed};
 use crate::delivery::retry::Verdict;
 use crate::delivery::target::Target;
 use crate::telemetry::chain;
@@ -40,14 +40,6 @@ impl HttpOutput {
     pub fn new(target: Arc<Target>, client: reqwest::Client) -> HttpOutput {
         HttpOutput { target, client }
     }
-
-    /// The output of an `http(s)://` target, on the shared client.
-    pub fn build(target: &Arc<Target>, shared: &super::Shared) -> anyhow::Result<Arc<dyn Output>> {
-        Ok(Arc::new(HttpOutput::new(
-            target.clone(),
-            shared.http.clone(),
-        )))
-    }
 }
 
 #[async_trait]
@@ -58,24 +50,21 @@ impl Output for HttpOutput {
             .client
             .post(target.url.clone())
             .timeout(target.timeout)
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static(outbound.content_type),
+            );
         for (name, value) in &target.headers {
             request = request.header(name, value);
         }
-        if let Some(signer) = &target.signer {
-            let timestamp = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
-            match signer.sign(outbound.event_id.as_str(), timestamp, &outbound.body) {
-                Ok(signature) => {
-                    request = request
-                        .header("webhook-id", outbound.event_id.as_str())
-                        .header("webhook-timestamp", timestamp.to_string())
-                        .header("webhook-signature", signature);
+        match Signed::sign(target, &outbound) {
+            Ok(Some(signed)) => {
+                for (name, value) in signed.pairs() {
+                    request = request.header(name, value);
                 }
-                // Bodies are JSON we serialised, so always UTF-8; never send unsigned.
-                Err(e) => return OutputAnswer::failed(format!("could not sign the request: {e}")),
             }
+            Ok(None) => {}
+            Err(e) => return OutputAnswer::failed(e),
         }
         match request.body(outbound.body).send().await {
             Ok(response) => {
