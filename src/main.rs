@@ -179,8 +179,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             .as_ref()
             .map_or("all".to_owned(), |s| s.join(", "));
         println!(
-            "  {:<16} {}  events: {events}; sources: {sources}; {}; raw {}",
+            "  {:<16} {} {}  events: {events}; sources: {sources}; {}; raw {}; format {}{}",
             t.name,
+            t.output.kind(),
             sessiongate::settings::redact_url(t.url.as_str()),
             if t.signer.is_some() {
                 "signed"
@@ -191,6 +192,12 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 "included"
             } else {
                 "omitted"
+            },
+            t.shape.format.as_str(),
+            if t.shape.redact.is_empty() {
+                String::new()
+            } else {
+                format!("; {} redacted paths", t.shape.redact.len())
             },
         );
     }

@@ -37,6 +37,12 @@ struct TargetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutputLabels {
+    target: String,
+    output: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: String,
 }
@@ -109,6 +115,7 @@ pub struct Metrics {
     pruned: Family<KindLabels, Counter>,
     claims: Family<TargetLabels, Counter>,
     handed_over: Family<TargetLabels, Counter>,
+    targets: Family<OutputLabels, Gauge>,
     attempt_seconds: Histograms<TargetLabels>,
     end_to_end_seconds: Histograms<TargetLabels>,
 }
@@ -138,6 +145,7 @@ impl Metrics {
             pruned: Family::default(),
             claims: Family::default(),
             handed_over: Family::default(),
+            targets: Family::default(),
             attempt_seconds: Family::new_with_constructor(attempt_buckets),
             end_to_end_seconds: Family::new_with_constructor(end_to_end_buckets),
             registry: Registry::default(),
@@ -214,6 +222,11 @@ impl Metrics {
             })
             .set(1);
         registry.register("build_info", "The running build (always 1)", build_info);
+        registry.register(
+            "target_info",
+            "Each configured target and its output kind (http, nats, amqp, redis; always 1): join on `target`",
+            m.targets.clone(),
+        );
         registry.register(
             "delivery_claims",
             "Times a delivery worker asked the store for due deliveries",
@@ -350,6 +363,16 @@ impl Metrics {
             })
             .inc();
         tracing::trace!(target, asked, got, "Claimed due deliveries");
+    }
+
+    /// Names a configured target's output kind (`sessiongate_target_info`).
+    pub fn target(&self, target: &str, output: &str) {
+        self.targets
+            .get_or_create(&OutputLabels {
+                target: target.to_owned(),
+                output: output.to_owned(),
+            })
+            .set(1);
     }
 
     /// Counts a delivery whose first attempt starts without a claim.

@@ -83,3 +83,25 @@ pub async fn postgres_schema_url() -> Option<String> {
     let separator = if base.contains('?') { '&' } else { '?' };
     Some(format!("{base}{separator}options=-csearch_path%3D{schema}"))
 }
+
+/// Whether the broker `name` answers at `address` (`host:port`). Outside CI a broker that
+/// is down skips its tests with a printed reason; under `CI=true` that is a failure, since
+/// `.ci/run` starts every broker.
+pub fn broker(name: &str, address: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let up = address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| {
+            std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1)).is_ok()
+        });
+    if !up {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} must be running at {address} in CI: its tests may not be skipped"
+        );
+        println!("skipped: {name} is not running at {address}");
+    }
+    up
+}

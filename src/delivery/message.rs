@@ -29,6 +29,13 @@ pub enum Format {
 }
 
 impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Canonical => "canonical",
+            Format::Cloudevents => "cloudevents",
+        }
+    }
+
     /// The media type of a body in this format, for outputs that carry one.
     pub fn content_type(self) -> &'static str {
         match self {

@@ -68,6 +68,7 @@ impl Workers {
         let started = targets.len();
         let recorded = Arc::new(watch::channel(0).0);
         for (target, inbox) in targets.into_iter().zip(inboxes) {
+            metrics.target(&target.name, target.output.kind());
             let parts = Parts {
                 retry: config.retry.clone(),
                 store: store.clone(),

@@ -8,6 +8,7 @@ mod fuzz;
 mod hardening;
 mod helpers;
 mod ingest;
+mod outputs;
 mod process;
 mod replicas;
 mod schema;

@@ -328,12 +328,14 @@ pub fn for_target(target: &Arc<Target>, shared: &Shared) -> anyhow::Result<Arc<d
     })
 }
 
-/// The output kind, as metrics label it.
-pub fn kind(settings: &Settings) -> &'static str {
-    match settings {
-        Settings::Http => "http",
-        Settings::Nats(_) => "nats",
-        Settings::Amqp(_) => "amqp",
-        Settings::Redis(_) => "redis",
+impl Settings {
+    /// The output kind, as metrics and `check-config` name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Settings::Http => "http",
+            Settings::Nats(_) => "nats",
+            Settings::Amqp(_) => "amqp",
+            Settings::Redis(_) => "redis",
+        }
     }
 }
