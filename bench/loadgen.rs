@@ -4,6 +4,8 @@
 //!
 //!     cargo run --release --bin loadgen                  # full run (see BENCHMARKS.md)
 //!     cargo run --release --bin loadgen -- --smoke       # a few seconds, for CI
+//!     cargo run --release --bin loadgen -- --nats nats://127.0.0.1:4222
+//!                              # a second target on NATS JetStream, counted beside HTTP
 //!     cargo run --release --bin loadgen -- --scrapers 16 --pending 1000000
 //!                              # ingest latency while /metrics is scraped over a big backlog
 //!
@@ -34,6 +36,8 @@ struct Settings {
     smoke: bool,
     /// `Some((scrapers, pending))`: the scrape-stall run instead of the benchmark.
     scrape: Option<(usize, u64)>,
+    /// A NATS server: every event also goes to a JetStream target, counted from its stream.
+    nats: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +66,7 @@ fn main() -> anyhow::Result<()> {
             )),
             None => None,
         },
+        nats: value("--nats"),
     };
     if let Some((scrapers, pending)) = settings.scrape {
         return tokio::runtime::Builder::new_multi_thread()
@@ -419,7 +424,12 @@ async fn receive(body: web::Bytes, receiver: web::Data<Receiver>) -> HttpRespons
     HttpResponse::NoContent().finish()
 }
 
-fn gateway_config(dir: &Path, store: &str, receiver_port: u16) -> anyhow::Result<PathBuf> {
+fn gateway_config(
+    dir: &Path,
+    store: &str,
+    receiver_port: u16,
+    extra_targets: &str,
+) -> anyhow::Result<PathBuf> {
     let storage = match store {
         "sqlite" => format!(
             "url = \"sqlite://{}\"\nsynchronous = \"full\"",
@@ -449,11 +459,61 @@ auth = {{ kind = "header", header = "Authorization", value = "{PATHORS_TOKEN}" }
 name = "receiver"
 url = "http://127.0.0.1:{receiver_port}/events"
 include_raw = false
+{extra_targets}
 "#
     );
     let path = dir.join("bench.toml");
     std::fs::write(&path, config)?;
     Ok(path)
+}
+
+/// A JetStream stream the `--nats` target publishes to, created and deleted by the run.
+struct NatsSink {
+    url: String,
+    name: String,
+    jetstream: async_nats::jetstream::Context,
+}
+
+impl NatsSink {
+    async fn create(url: &str) -> anyhow::Result<NatsSink> {
+        let client = async_nats::connect(url)
+            .await
+            .with_context(|| format!("--nats: cannot connect to {url}"))?;
+        let jetstream = async_nats::jetstream::new(client);
+        let name = format!("SGBENCH{:08x}", rand::random::<u32>());
+        jetstream
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("{}.>", name.to_lowercase())],
+                ..Default::default()
+            })
+            .await
+            .context("--nats: cannot create the benchmark's stream")?;
+        Ok(NatsSink {
+            url: url.to_owned(),
+            name,
+            jetstream,
+        })
+    }
+
+    fn target(&self) -> String {
+        format!(
+            "[[targets]]\nname = \"nats\"\nurl = \"{}\"\nsubject = \"{}.{{type}}\"\ninclude_raw = false\n",
+            self.url,
+            self.name.to_lowercase()
+        )
+    }
+
+    /// Messages the stream has stored (each one acknowledged to the gateway).
+    async fn stored(&self) -> anyhow::Result<u64> {
+        let stream = self.jetstream.get_stream(&self.name).await?;
+        Ok(stream.get_info().await?.state.messages)
+    }
+
+    async fn delete(&self) -> anyhow::Result<()> {
+        self.jetstream.delete_stream(&self.name).await?;
+        Ok(())
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -494,7 +554,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let ceiling = load(bare.port, connections, duration, None).await?;
     drop(bare);
 
-    let config = gateway_config(dir.path(), &settings.store, receiver_port)?;
+    // With --nats: a stream of its own, and a target publishing every event to it.
+    let nats = match &settings.nats {
+        Some(url) => Some(NatsSink::create(url).await?),
+        None => None,
+    };
+    let extra = nats.as_ref().map_or(String::new(), NatsSink::target);
+    let config = gateway_config(dir.path(), &settings.store, receiver_port, &extra)?;
     let gateway = Child::spawn(
         &["gateway", config.to_str().context("UTF-8 path")?],
         dir.path(),
@@ -506,9 +572,17 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // Closed loop: how much durable ingest the gateway sustains.
     let cpu_before = gateway.cpu();
     let delivered_before = receiver.delivered.load(Ordering::Relaxed);
+    let nats_before = match &nats {
+        Some(sink) => sink.stored().await?,
+        None => 0,
+    };
     let mut closed = load(gateway.port, connections, duration, None).await?;
     let cpu = gateway.cpu() - cpu_before;
     let delivered_during = receiver.delivered.load(Ordering::Relaxed) - delivered_before;
+    let nats_during = match &nats {
+        Some(sink) => sink.stored().await? - nats_before,
+        None => 0,
+    };
     // Every accepted event is one delivery, or two for Agntix session.ended (+ finalized).
     let expected_deliveries = [&warm_up, &closed]
         .iter()
@@ -521,6 +595,14 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let drain = drain_started.elapsed();
+    if let Some(sink) = &nats {
+        while sink.stored().await? < expected_deliveries
+            && drain_started.elapsed() < Duration::from_secs(120)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let nats_drain = drain_started.elapsed();
 
     // Open loop at half the closed-loop rate: latency under a steady, sustainable load,
     // and end-to-end latency of deliveries.
@@ -571,6 +653,18 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         "| backlog drained after the closed-loop run in | {} | |",
         ms(drain)
     );
+    if let Some(sink) = &nats {
+        println!(
+            "| delivered to NATS JetStream (acknowledged) during the closed-loop run | {:.0} deliveries/s | {} |",
+            nats_during as f64 / closed.elapsed.as_secs_f64(),
+            ratio(nats_during as f64 / closed.elapsed.as_secs_f64())
+        );
+        println!(
+            "| NATS backlog drained after the closed-loop run in | {} | |",
+            ms(nats_drain)
+        );
+        sink.delete().await?;
+    }
     println!(
         "| end to end (vendor send → receiver), open loop p50 / p99 | {} / {} | |",
         ms(end_to_end.percentile(0.5)),
@@ -617,7 +711,7 @@ async fn scrape_stall(settings: Settings, scrapers: usize, pending: u64) -> anyh
         .listen(listener)?
         .run(),
     );
-    let config = gateway_config(dir.path(), "sqlite", receiver_port)?;
+    let config = gateway_config(dir.path(), "sqlite", receiver_port, "")?;
     // Start once for the schema, then fill the backlog while the gateway is down.
     drop(Child::spawn(
         &["gateway", config.to_str().context("UTF-8 path")?],
