@@ -13,7 +13,6 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
 use super::{Keys, Outbound, Output, OutputAnswer, Settings as OutputSettings, Signed, Template};
-use crate::delivery::retry::Verdict;
 use crate::delivery::target::Target;
 use crate::settings::{ConfigError, redact_url};
 
@@ -150,11 +149,7 @@ impl Output for AmqpOutput {
         };
         let place = format!("exchange `{exchange}` with routing key `{routing_key}`");
         match tokio::time::timeout(self.target.timeout, confirmed).await {
-            Ok(Ok(Confirmation::Ack(None))) => OutputAnswer {
-                verdict: Verdict::Delivered,
-                status: None,
-                error: None,
-            },
+            Ok(Ok(Confirmation::Ack(None))) => OutputAnswer::delivered(),
             Ok(Ok(Confirmation::Ack(Some(returned)))) => OutputAnswer::failed(format!(
                 "RabbitMQ returned the message unroutable ({} {}) from {place}",
                 returned.reply_code, returned.reply_text

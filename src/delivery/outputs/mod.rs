@@ -248,6 +248,15 @@ pub struct OutputAnswer {
 }
 
 impl OutputAnswer {
+    /// Confirmed by a broker (which has no status code).
+    pub fn delivered() -> OutputAnswer {
+        OutputAnswer {
+            verdict: Verdict::Delivered,
+            status: None,
+            error: None,
+        }
+    }
+
     /// A failure before the receiver could answer; retried.
     pub fn failed(error: String) -> OutputAnswer {
         OutputAnswer {

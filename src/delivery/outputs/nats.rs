@@ -12,7 +12,6 @@ use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
 use super::{Keys, Outbound, Output, OutputAnswer, Settings as OutputSettings, Signed, Template};
-use crate::delivery::retry::Verdict;
 use crate::delivery::target::Target;
 use crate::settings::ConfigError;
 
@@ -100,11 +99,7 @@ impl Output for NatsOutput {
                 .await
         };
         match tokio::time::timeout(self.target.timeout, published).await {
-            Ok(Ok(_ack)) => OutputAnswer {
-                verdict: Verdict::Delivered,
-                status: None,
-                error: None,
-            },
+            Ok(Ok(_ack)) => OutputAnswer::delivered(),
             Ok(Err(e)) => OutputAnswer::failed(format!("JetStream did not take `{subject}`: {e}")),
             Err(_) => OutputAnswer::failed(format!(
                 "no JetStream acknowledgement for `{subject}` within {} ms",

@@ -14,7 +14,6 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
 use super::{Keys, Outbound, Output, OutputAnswer, Settings as OutputSettings, Signed, Template};
-use crate::delivery::retry::Verdict;
 use crate::delivery::target::Target;
 use crate::settings::{ConfigError, invalid, redact_url};
 
@@ -156,11 +155,7 @@ impl Output for RedisOutput {
         .await;
         match added {
             // 0: added before; the stream has it, once.
-            Ok(Ok(_)) => OutputAnswer {
-                verdict: Verdict::Delivered,
-                status: None,
-                error: None,
-            },
+            Ok(Ok(_)) => OutputAnswer::delivered(),
             Ok(Err(e)) => OutputAnswer::failed(format!("XADD to `{stream}` failed: {e}")),
             Err(_) => OutputAnswer::failed(format!(
                 "no answer from Redis for `{stream}` within {} ms",
