@@ -118,6 +118,7 @@ pub struct Metrics {
     targets: Family<OutputLabels, Gauge>,
     attempt_seconds: Histograms<TargetLabels>,
     end_to_end_seconds: Histograms<TargetLabels>,
+    vendor_to_receiver_seconds: Histograms<TargetLabels>,
 }
 
 impl Default for Metrics {
@@ -148,6 +149,7 @@ impl Metrics {
             targets: Family::default(),
             attempt_seconds: Family::new_with_constructor(attempt_buckets),
             end_to_end_seconds: Family::new_with_constructor(end_to_end_buckets),
+            vendor_to_receiver_seconds: Family::new_with_constructor(end_to_end_buckets),
             registry: Registry::default(),
         };
         registry.register(
@@ -244,8 +246,15 @@ impl Metrics {
         );
         registry.register(
             "end_to_end_seconds",
-            "Time from the vendor's event timestamp to the target's acknowledgement",
+            "Time from the gateway receiving an event (its receivedAt) to the target's acknowledgement",
             m.end_to_end_seconds.clone(),
+        );
+        registry.register(
+            "vendor_to_receiver_seconds",
+            "Time from the vendor's event timestamp (occurredAt) to the target's acknowledgement; \
+             clamped at 0 when the vendor's clock is ahead. Includes the vendor's own delays and \
+             retries, and any clock difference",
+            m.vendor_to_receiver_seconds.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -308,6 +317,7 @@ impl Metrics {
         result: AttemptResult<'_>,
         duration: Duration,
         status: Option<u16>,
+        received_at: Option<Timestamp>,
         occurred_at: Option<Timestamp>,
     ) {
         let labels = TargetLabels {
@@ -320,11 +330,17 @@ impl Metrics {
         match result {
             AttemptResult::Delivered => {
                 self.delivered.get_or_create(&labels).inc();
-                if let Some(at) = occurred_at {
-                    let lag_ms = (Timestamp::now().unix_millis() - at.unix_millis()).max(0);
+                let now = Timestamp::now().unix_millis();
+                let since = |at: Timestamp| (now - at.unix_millis()).max(0) as f64 / 1000.0;
+                if let Some(at) = received_at {
                     self.end_to_end_seconds
                         .get_or_create(&labels)
-                        .observe(lag_ms as f64 / 1000.0);
+                        .observe(since(at));
+                }
+                if let Some(at) = occurred_at {
+                    self.vendor_to_receiver_seconds
+                        .get_or_create(&labels)
+                        .observe(since(at));
                 }
                 tracing::debug!(duration_ms, status, "Delivered");
             }
@@ -514,7 +530,10 @@ mod tests {
             AttemptResult::Delivered,
             Duration::from_millis(5),
             Some(200),
+            // Received just now; the vendor says it happened months ago (as the documented
+            // fixtures do).
             Some(Timestamp::now()),
+            Timestamp::parse("2026-05-03T08:42:11Z"),
         );
         m.attempted(
             "crm",
@@ -524,6 +543,7 @@ mod tests {
             },
             Duration::ZERO,
             Some(500),
+            None,
             None,
         );
         m.set_delivery_counts(
@@ -563,6 +583,21 @@ mod tests {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
         assert!(!text.contains("queue_depth{target=\"removed\"}"));
+        // End to end counts from the gateway's receipt: within the first buckets. The
+        // vendor-to-receiver figure keeps the vendor's months: only in +Inf.
+        let bucket = |name: &str, le: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!("sessiongate_{name}_bucket{{"))
+                        && l.contains(&format!("le=\"{le}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(|n| n.parse::<u64>().unwrap())
+                .unwrap_or_else(|| panic!("no {name} bucket {le} in\n{text}"))
+        };
+        assert_eq!(bucket("end_to_end_seconds", "0.25"), 1);
+        assert_eq!(bucket("vendor_to_receiver_seconds", "86400.0"), 0);
+        assert_eq!(bucket("vendor_to_receiver_seconds", "+Inf"), 1);
     }
 
     #[test]

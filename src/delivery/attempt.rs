@@ -94,6 +94,7 @@ impl Job {
             result,
             Duration::from_millis(duration_ms as u64),
             answer.status,
+            self.delivery.received_at,
             self.delivery.occurred_at,
         );
         let record = AttemptRecord {

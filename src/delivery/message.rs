@@ -201,6 +201,7 @@ mod tests {
             attempts: 0,
             lease_token: 1,
             occurred_at: None,
+            received_at: None,
             body: r#"{"id":"evt_1","type":"session.ended","occurredAt":"2026-12-01T10:00:00.000Z","source":{"name":"agntix"},"session":{"id":"s1","customer":{"phoneNumber":"+15550100"},"variables":{"name":"Ada","age":36},"messageCount":4}}"#.into(),
             raw: br#"{"metadata":{"customerPhoneNumber":"+15550100"},"transcript":[{"text":"hi"},{"text":"bye"}]}"#.to_vec().into(),
         }

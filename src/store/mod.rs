@@ -177,6 +177,7 @@ impl Leased {
                 attempts: 0,
                 lease_token,
                 occurred_at: Some(event.occurred_at),
+                received_at: Some(accept.received_at),
                 body: body.to_owned(),
                 raw: accept.raw.clone(),
             },
@@ -193,8 +194,10 @@ pub struct ClaimedDelivery {
     pub attempts: u32,
     /// Proves the lease when the result is recorded; a stale lease's result is dropped.
     pub lease_token: i64,
-    /// When the vendor says the event happened (for end-to-end latency).
+    /// When the vendor says the event happened (the vendor-to-receiver histogram).
     pub occurred_at: Option<Timestamp>,
+    /// When the gateway received it (the end-to-end histogram).
+    pub received_at: Option<Timestamp>,
     /// The serialised canonical event, without `raw`.
     pub body: String,
     pub raw: Bytes,

@@ -152,7 +152,7 @@ impl Store for PgStore {
             .query(
                 &prepared(
                     &client,
-                    "SELECT e.id, e.body, r.raw, e.occurred_at FROM events e
+                    "SELECT e.id, e.body, r.raw, e.occurred_at, e.received_at FROM events e
                  JOIN receipts r ON r.seq = e.receipt_seq WHERE e.id = ANY($1)",
                 )
                 .await?,
@@ -171,6 +171,7 @@ impl Store for PgStore {
                 attempts: row.get::<_, i32>(2) as u32,
                 lease_token: token,
                 occurred_at: Timestamp::parse(event.get(3)),
+                received_at: Timestamp::parse(event.get(4)),
                 body: event.get(1),
                 raw: event.get::<_, Vec<u8>>(2).into(),
                 event_id: EventId::from_stored(event_id),

@@ -304,19 +304,22 @@ impl Store for SqliteStore {
                 )?
                 .collect::<rusqlite::Result<_>>()?;
             let mut load = conn.prepare_cached(
-                "SELECT e.body, r.raw, e.occurred_at FROM events e JOIN receipts r ON r.seq = e.receipt_seq WHERE e.id = ?1",
+                "SELECT e.body, r.raw, e.occurred_at, e.received_at FROM events e JOIN receipts r ON r.seq = e.receipt_seq WHERE e.id = ?1",
             )?;
             leased
                 .into_iter()
                 .map(|(id, event_id, attempts)| {
-                    let (body, raw, occurred_at): (String, Vec<u8>, String) =
-                        load.query_row([&event_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                    let (body, raw, occurred_at, received_at): (String, Vec<u8>, String, String) =
+                        load.query_row([&event_id], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                        })?;
                     Ok(ClaimedDelivery {
                         id: DeliveryId::from_stored(id),
                         event_id: EventId::from_stored(event_id),
                         attempts,
                         lease_token: token,
                         occurred_at: Timestamp::parse(&occurred_at),
+                        received_at: Timestamp::parse(&received_at),
                         body,
                         raw: raw.into(),
                     })
