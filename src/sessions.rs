@@ -9,7 +9,9 @@
 //! - later lifecycle facts are never overwritten by earlier ones (`closed` outranks `open`,
 //!   and `voice`, once any call event was seen, outranks `chat`), whatever the clocks say;
 //! - between two values of the same rank, the later event time wins;
-//! - null or absent fields are never offered, so they never erase a value.
+//! - null or absent fields are never offered, so they never erase a value;
+//! - a key of `variables` or `extracted` is kept as the vendor sent it, a null included;
+//!   a value for that key from any event outranks the null (a null never erases a fact).
 //!
 //! This module is pure: storage decides *when* to merge (inside its transaction), and
 //! [`plan_accept`] what a request does to its session.
@@ -34,6 +36,10 @@ pub struct SessionRecord {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Stamped {
+    /// A null the vendor sent for a key of `variables` or `extracted`: kept as sent, but any
+    /// value outranks it, whenever it was said (a null never erases a fact).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    null: bool,
     rank: u8,
     at: Timestamp,
     value: Value,
@@ -43,8 +49,8 @@ impl Stamped {
     /// The total order merging maximises. The value's JSON text breaks the last ties, so that
     /// even two different values at the same instant merge the same way in any order.
     fn beats(&self, other: &Stamped) -> bool {
-        (self.rank, self.at)
-            .cmp(&(other.rank, other.at))
+        (!self.null, self.rank, self.at)
+            .cmp(&(!other.null, other.rank, other.at))
             .then_with(|| self.value.to_string().cmp(&other.value.to_string()))
             == std::cmp::Ordering::Greater
     }
@@ -80,7 +86,8 @@ impl SessionRecord {
             if KEYED_FIELDS.contains(&name.as_str()) {
                 if let Value::Object(entries) = value {
                     for (key, value) in entries {
-                        self.offer(format!("{name}.{key}"), value, 0, at);
+                        // Verbatim: a key the vendor sent as null is kept as null.
+                        self.keep(format!("{name}.{key}"), value, 0, at);
                     }
                 }
             } else {
@@ -90,11 +97,21 @@ impl SessionRecord {
         }
     }
 
+    /// A field's value; a null says nothing and is not kept.
     fn offer(&mut self, path: String, value: Value, rank: u8, at: Timestamp) {
-        if value.is_null() {
-            return;
+        if !value.is_null() {
+            self.keep(path, value, rank, at);
         }
-        let candidate = Stamped { rank, at, value };
+    }
+
+    /// A value, null included, under the stamp order.
+    fn keep(&mut self, path: String, value: Value, rank: u8, at: Timestamp) {
+        let candidate = Stamped {
+            null: value.is_null(),
+            rank,
+            at,
+            value,
+        };
         match self.fields.get(&path) {
             Some(current) if !candidate.beats(current) => {}
             _ => {
@@ -290,7 +307,59 @@ mod tests {
         let s = record.session("s").unwrap();
         assert_eq!(s.message_count, Some(8));
         assert_eq!(s.current_node_id.as_deref(), Some("a"));
-        assert_eq!(Value::Object(s.extracted), json!({"name": "Nancy", "x": 2}));
+        // `y` was sent as null and no event gave it a value: kept verbatim, as null.
+        assert_eq!(
+            Value::Object(s.extracted),
+            json!({"name": "Nancy", "x": 2, "y": null})
+        );
+    }
+
+    #[test]
+    fn variables_are_kept_verbatim_and_a_null_never_erases_a_value_in_any_order() {
+        let vars = |v: Value| Session {
+            variables: v.as_object().unwrap().clone(),
+            ..Session::default()
+        };
+        let first = vars(json!({"nothing": null, "name": "Ada", "later": "set"}));
+        let second = vars(json!({"later": null, "name": "Ada L."}));
+        let (t1, t2) = (ts("2026-01-01T00:00:01Z"), ts("2026-01-01T00:00:09Z"));
+        let mut forward = SessionRecord::default();
+        forward.merge(&first, t1);
+        forward.merge(&second, t2);
+        let mut backward = SessionRecord::default();
+        backward.merge(&second, t2);
+        backward.merge(&first, t1);
+        assert_eq!(forward, backward, "order-independent");
+        assert_eq!(
+            Value::Object(forward.session("s").unwrap().variables),
+            json!({"nothing": null, "name": "Ada L.", "later": "set"})
+        );
+        // A record stored before nulls were kept reads back the same.
+        let old: SessionRecord = serde_json::from_value(json!({"fields": {
+            "variables.k": {"rank": 0, "at": "2026-01-01T00:00:01Z", "value": 1}
+        }}))
+        .unwrap();
+        assert_eq!(
+            Value::Object(old.session("s").unwrap().variables),
+            json!({"k": 1})
+        );
+    }
+
+    #[test]
+    fn an_agntix_session_created_keeps_its_session_variables_as_sent() {
+        let mut body: Value =
+            serde_json::from_slice(&fixture("agntix", "session-created.json")).unwrap();
+        body["metadata"]["sessionVariables"] =
+            json!({"nothing": null, "n": 1, "deep": {"z": null}});
+        let events = recognized(Vendor::Agntix, &serde_json::to_vec(&body).unwrap()).events;
+        let mut record = SessionRecord::default();
+        for d in &events {
+            record.merge(&d.session, d.occurred_at);
+        }
+        assert_eq!(
+            Value::Object(record.session("s").unwrap().variables),
+            json!({"nothing": null, "n": 1, "deep": {"z": null}})
+        );
     }
 
     #[test]
