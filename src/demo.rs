@@ -319,5 +319,20 @@ include_raw = false
         finalized.len()
     )?;
     writeln!(out, "{}", serde_json::to_string_pretty(&shown.body)?)?;
+    writeln!(
+        out,
+        "\nOrder is not a promise. Above, events arrived in the order the gateway could deliver\n\
+         them, which is not the order they happened: an Agntix session.finalized can come before\n\
+         its session.started, and a retry repeats an event with the same id. Receivers must not\n\
+         rely on order: de-duplicate on the event id (the webhook-id header), and read the whole\n\
+         session from session.finalized, which always carries the merged record.\n\
+         \n\
+         To run it for real:\n\
+         \x20 cargo run -- serve --config config/dev.toml    # 127.0.0.1:8080, a local SQLite file\n\
+         and POST to http://127.0.0.1:8080/ingest/{{source}} (README, \"Send a test event\"); for a\n\
+         vendor to reach it, listen publicly (SESSIONGATE__SERVER__LISTEN=0.0.0.0:8080). For production,\n\
+         start from config/sessiongate.toml (every key: config/defaults.toml), check it with\n\
+         `sessiongate check-config --config FILE`, and read the README's \"Running in production\"."
+    )?;
     Ok(())
 }

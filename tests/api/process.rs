@@ -235,7 +235,22 @@ fn demo_runs_the_whole_pipeline_and_exits_0() {
     );
     // The pretty-printed record is the merged one: endedAt came from session.ended.
     let json_start = stdout.find("\n{").expect("a pretty-printed event");
-    let event: Value = serde_json::from_str(&stdout[json_start..]).unwrap();
+    let event: Value = serde_json::Deserializer::from_str(&stdout[json_start..])
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    // It ends saying that order is not a promise, and how to run the gateway for real.
+    assert!(
+        stdout.contains("Receivers must not\nrely on order"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("de-duplicate on the event id"), "{stdout}");
+    assert!(
+        stdout.contains("cargo run -- serve --config config/dev.toml"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("check-config"), "{stdout}");
     assert_eq!(event["type"], "session.finalized");
     assert_eq!(event["session"]["endedAt"], "2026-05-03T08:42:11.512Z");
     assert_eq!(event["session"]["call"]["outcome"], "completed");
