@@ -193,9 +193,11 @@ async fn a_subject_no_stream_captures_is_retried_until_one_does() {
     js.delete_stream(&name).await.unwrap();
 }
 
-/// A TCP relay to NATS on a port of its own that can be stopped: a broker outage.
+/// A TCP relay to NATS on a port of its own that can be stopped, connections and all: a
+/// broker outage.
 struct Relay {
     task: Option<tokio::task::JoinHandle<()>>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Relay {
@@ -211,17 +213,23 @@ impl Relay {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let open = connections.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                tokio::spawn(async move {
+                let relayed = tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
                         let _copied =
                             tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
+                open.lock().unwrap().push(relayed);
             }
         });
-        Relay { task: Some(task) }
+        Relay {
+            task: Some(task),
+            connections,
+        }
     }
 }
 
@@ -229,6 +237,9 @@ impl Drop for Relay {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+        }
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
         }
     }
 }
@@ -278,6 +289,67 @@ async fn a_broker_down_then_up_loses_nothing_and_counts_nothing_early() {
             .state
             .messages,
         3
+    );
+    js.delete_stream(&name).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_lost_mid_connection_delays_only_its_own_target_and_loses_nothing() {
+    if !broker("NATS", NATS) {
+        return;
+    }
+    let js = jetstream().await;
+    let name = unique("SG");
+    let prefix = unique("sgtest.");
+    let stream = create_stream(&js, &name, &format!("{prefix}.>")).await;
+    let receiver = TestReceiver::start().await;
+    let port = Relay::free_port();
+    let relay = Relay::start(port, NATS).await;
+    let app = spawn_app_with(
+        patient(format!(
+            "[[targets]]\nname = \"bus\"\nurl = \"nats://127.0.0.1:{port}\"\nsubject = \"{prefix}.{{type}}\"\n\
+             [[targets]]\nname = \"crm\"\nurl = \"{}\"\n",
+            receiver.url("/")
+        )),
+        None,
+    )
+    .await;
+    assert_eq!(
+        app.post_pathors(&call_ended("s-before"))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    app.wait_for_deliveries(DeliveryStatus::Delivered, 2).await;
+
+    // The connection drops and nothing answers on the port.
+    drop(relay);
+    for i in 0..3 {
+        let status = app
+            .post_pathors(&call_ended(&format!("s-during-{i}")))
+            .await
+            .status();
+        assert_eq!(status.as_u16(), 202);
+    }
+    // The HTTP target does not wait for the broker.
+    receiver.wait_for(4).await;
+    assert_eq!(stream.get_info().await.unwrap().state.messages, 1);
+
+    let _relay = Relay::start(port, NATS).await;
+    app.wait_for_deliveries(DeliveryStatus::Delivered, 8).await;
+    // Attempts that timed out while the client buffered may have been published on
+    // reconnect as well as retried; JetStream's duplicate window keeps one of each.
+    assert_eq!(
+        js.get_stream(&name)
+            .await
+            .unwrap()
+            .get_info()
+            .await
+            .unwrap()
+            .state
+            .messages,
+        4
     );
     js.delete_stream(&name).await.unwrap();
 }
