@@ -1,4 +1,4 @@
-//! The canonical session event (schema v1, `schema/session-event.v1.json`) and its ids.
+//! The canonical session event (schema v2, `schema/session-event.v2.json`) and its ids.
 //!
 //! This module only describes the shape every delivery carries; vendors fill it
 //! ([`crate::vendors`]) and the ingest path stamps ids and times on it. It knows nothing of
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
 
-/// A canonical event type. The closed set of `schema/session-event.v1.json`.
+/// A canonical event type. The closed set of `schema/session-event.v2.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventType {
     #[serde(rename = "session.started")]
@@ -246,6 +246,57 @@ pub struct Session {
     pub call: Option<Call>,
     pub analysis: Option<Analysis>,
     pub recording: Option<Recording>,
+    /// The conversation, where the source fetches it (Agntix `transcripts`); else null.
+    pub transcript: Option<Transcript>,
+}
+
+/// `session.transcript`: the messages of a session, or why they are not there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transcript {
+    pub status: TranscriptStatus,
+    /// Why it is unavailable (`unauthorized`, `not_found`, `timeout`, `http_<status>`,
+    /// `invalid_answer`); absent when complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub messages: Vec<TranscriptMessage>,
+}
+
+impl Transcript {
+    pub fn unavailable(reason: impl Into<String>) -> Transcript {
+        Transcript {
+            status: TranscriptStatus::Unavailable,
+            reason: Some(reason.into()),
+            messages: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TranscriptStatus {
+    Complete,
+    Unavailable,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TranscriptMessage {
+    pub id: String,
+    pub role: Role,
+    pub content: String,
+    pub at: Option<Timestamp>,
+    /// The vendor's tool call, verbatim.
+    pub tool_call: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+    Tool,
+    System,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -378,7 +429,7 @@ pub struct CanonicalEvent<'a> {
     pub session: &'a Session,
 }
 
-pub const SPEC_VERSION: &str = "1";
+pub const SPEC_VERSION: &str = "2";
 
 /// Appends `"raw": <raw>` to a serialised event object.
 ///

@@ -3,7 +3,7 @@
 //! Both events of one session share the top-level `id` (the session UUID); the kind is in
 //! `eventType`. Agntix's announced envelope (`{id, type, createdAt, data}`, no `eventType`)
 //! is recognised and ignored. The mapping fills the canonical schema
-//! (`schema/session-event.v1.json`) from Agntix fields.
+//! (`schema/session-event.v2.json`) from Agntix fields.
 
 use serde_json::{Map, Value};
 
