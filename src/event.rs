@@ -129,6 +129,15 @@ impl Timestamp {
         )
     }
 
+    /// Adds milliseconds, staying within the years RFC 3339 can write.
+    pub fn plus_millis(self, millis: i64) -> Timestamp {
+        Timestamp::writable(
+            self.0
+                .checked_add_signed(chrono::Duration::milliseconds(millis))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        )
+    }
+
     /// This instant less `d`, staying within the years RFC 3339 can write.
     pub fn minus(self, d: std::time::Duration) -> Timestamp {
         Timestamp::writable(
@@ -463,6 +472,37 @@ pub struct Inbound {
     pub raw: Bytes,
     /// In emission order. The first event's id is the request's duplicate key.
     pub events: Vec<NewEvent>,
+    /// Work the request leaves behind, committed with it (a transcript to fetch).
+    pub job: Option<NewJob>,
+}
+
+/// Stored work a request leaves behind, committed in its transaction so that neither a
+/// crash nor a restart loses it. While it runs, the deliveries of the events it holds wait.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub kind: JobKind,
+    /// Finished by then, with whatever is known.
+    pub deadline: Timestamp,
+    /// The events whose deliveries wait for the job (by type, among the request's events).
+    pub holds: Vec<EventType>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Fetch an Agntix session's transcript from the vendor's messages API.
+    Transcript,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Transcript => "transcript",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobKind> {
+        (s == "transcript").then_some(JobKind::Transcript)
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -25,7 +25,7 @@ use crate::clock::Clock;
 use crate::delivery::Dispatcher;
 use crate::delivery::target::Target;
 use crate::error::ApiError;
-use crate::event::{EventId, Inbound, NewEvent, Timestamp};
+use crate::event::{EventId, EventType, Inbound, JobKind, NewEvent, NewJob, Timestamp};
 use crate::metrics::{IngestResult, Metrics, UNKNOWN_SOURCE};
 use crate::store::{IngestOutcome, Receipt, ReceiptOutcome, Store, StoreError};
 use crate::telemetry::chain;
@@ -265,6 +265,7 @@ pub fn build_accept(
     raw: Bytes,
     targets: &[Arc<Target>],
 ) -> Inbound {
+    let vendor_event_type = recognized.vendor_event_type.clone();
     let events = recognized
         .events
         .into_iter()
@@ -289,12 +290,28 @@ pub fn build_accept(
         source: source.name.clone(),
         vendor: source.vendor.as_str().to_owned(),
         session_id: recognized.session_id,
-        vendor_event_type: recognized.vendor_event_type,
+        vendor_event_type: vendor_event_type.clone(),
         message_id,
         received_at,
         raw,
+        job: transcript_job(source, &vendor_event_type, received_at),
         events,
     }
+}
+
+/// An Agntix `session.ended` of a source that fetches transcripts leaves a transcript job
+/// behind, and its `session.finalized` waits for it (at most `wait_ms`).
+fn transcript_job(
+    source: &Source,
+    vendor_event_type: &str,
+    received_at: Timestamp,
+) -> Option<NewJob> {
+    let transcripts = source.transcripts.as_ref()?;
+    (vendor_event_type == "session.ended").then(|| NewJob {
+        kind: JobKind::Transcript,
+        deadline: received_at.plus_millis(transcripts.wait.as_millis() as i64),
+        holds: vec![EventType::SessionFinalized],
+    })
 }
 
 /// Reads the whole body within `body_timeout`, refusing it as soon as it is known to exceed

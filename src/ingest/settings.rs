@@ -108,6 +108,28 @@ pub struct Source {
     pub name: String,
     pub vendor: Vendor,
     pub auth: SourceAuth,
+    /// Agntix only: fetch each ended session's transcript from the vendor's API.
+    pub transcripts: Option<Transcripts>,
+}
+
+/// `transcripts = { api_url, api_key, wait_ms }` of an Agntix source.
+pub struct Transcripts {
+    pub api_url: reqwest::Url,
+    pub api_key: SecretString,
+    /// How long `session.finalized` waits for the transcript.
+    pub wait: Duration,
+}
+
+impl std::fmt::Debug for Transcripts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transcripts")
+            .field(
+                "api_url",
+                &crate::settings::redact_url(self.api_url.as_str()),
+            )
+            .field("wait", &self.wait)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Deserialize)]
@@ -116,6 +138,21 @@ pub struct RawSource {
     name: String,
     vendor: Vendor,
     auth: RawAuth,
+    transcripts: Option<RawTranscripts>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTranscripts {
+    api_url: String,
+    api_key: String,
+    #[serde(default = "default_wait_ms")]
+    wait_ms: u64,
+}
+
+/// Array entries take no defaults from the defaults layer, so this one is written here.
+fn default_wait_ms() -> u64 {
+    30_000
 }
 
 #[derive(Deserialize)]
@@ -147,14 +184,53 @@ impl Source {
             let key = format!("sources[{i}]");
             unique_name(&key, "source", &s.name, &mut names)?;
             let auth = parse_auth(&key, &s.name, s.auth, cx)?;
+            let transcripts = s
+                .transcripts
+                .map(|t| parse_transcripts(&format!("{key}.transcripts"), s.vendor, t, cx))
+                .transpose()?;
             sources.push(Source {
                 name: s.name,
                 vendor: s.vendor,
                 auth,
+                transcripts,
             });
         }
         Ok(sources)
     }
+}
+
+fn parse_transcripts(
+    key: &str,
+    vendor: Vendor,
+    t: RawTranscripts,
+    cx: &mut Context,
+) -> Result<Transcripts, ConfigError> {
+    if vendor != Vendor::Agntix {
+        return Err(invalid(
+            key,
+            format!("transcripts are fetched from the Agntix API; a {vendor} source has none"),
+        ));
+    }
+    let url = cx.reference(&format!("{key}.api_url"), &t.api_url)?;
+    let api_url = reqwest::Url::parse(&url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| {
+            invalid(
+                format!("{key}.api_url"),
+                format!(
+                    "`{}` is not an http(s) URL",
+                    crate::settings::redact_url(&url)
+                ),
+            )
+        })?;
+    let api_key = cx.secret(&format!("{key}.api_key"), &t.api_key)?;
+    positive(&format!("{key}.wait_ms"), t.wait_ms)?;
+    Ok(Transcripts {
+        api_url,
+        api_key: SecretString::from(api_key),
+        wait: Duration::from_millis(t.wait_ms),
+    })
 }
 
 fn parse_auth(

@@ -130,6 +130,32 @@ ALTER TABLE sessions_by_rowid RENAME TO sessions;
             "CREATE INDEX events_by_receipt ON events(receipt_seq);",
         ),
     ],
+    // Stored work a request leaves behind (a transcript to fetch), committed with it;
+    // the deliveries of the events it holds are made when it ends.
+    &[Shared(
+        r#"
+CREATE TABLE jobs (
+    seq {key},
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,                -- transcript
+    source TEXT NOT NULL,
+    vendor TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    at TEXT NOT NULL,                  -- the event time its result is merged at
+    holds TEXT NOT NULL,               -- JSON [{"event": id, "targets": [..]}]
+    status TEXT NOT NULL,              -- pending | done
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at {int} NOT NULL,    -- unix ms
+    deadline {int} NOT NULL,           -- unix ms: ended by then, with whatever is known
+    lease_until {int},
+    lease_token {int},
+    last_error TEXT,
+    created_at {int} NOT NULL,
+    updated_at {int} NOT NULL
+);
+CREATE INDEX jobs_due ON jobs(next_attempt_at) WHERE status = 'pending';
+"#,
+    )],
 ];
 
 /// Refuses a store migrated by a newer sessiongate: an older binary must not write to it.

@@ -164,6 +164,7 @@ fn source(vendor: Vendor) -> Source {
         name: vendor.as_str().to_owned(),
         vendor,
         auth: SourceAuth::None,
+        transcripts: None,
     }
 }
 

@@ -8,7 +8,9 @@ use crate::clock::Clock;
 use crate::event::{EventId, Inbound, NewEvent};
 use crate::sessions::SessionRecord;
 use crate::sessions::{AcceptPlan, plan_accept};
-use crate::store::{DeliveryId, Handoff, IngestOutcome, Leased, StoreError, lease_token};
+use crate::store::{
+    DeliveryId, Handoff, IngestOutcome, Leased, StoreError, holds, job_id, lease_token,
+};
 
 /// How often an ingest reads its session again after losing a race to change it.
 const MAX_SESSION_RACES: usize = 50;
@@ -58,7 +60,13 @@ static WRITE_ACCEPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                   WITH ORDINALITY AS v (id, event_id, target, lease_until, lease_token, n)
               WHERE v.event_id IN (SELECT id FROM e)
               ORDER BY v.n
-              RETURNING id)
+              RETURNING id),
+        j AS (INSERT INTO jobs (id, kind, source, vendor, session_id, at, holds, status,
+                  attempts, next_attempt_at, deadline, created_at, updated_at)
+              SELECT $21::text, $22::text, $7, $1, $2, $23::text, $24::text, 'pending', 0, $5,
+                  $25::int8, $5, $5
+              FROM s WHERE $21::text IS NOT NULL
+              ON CONFLICT (id) DO NOTHING)
         SELECT (SELECT count(*) FROM s), ARRAY(SELECT id FROM d)"
     )
 });
@@ -86,9 +94,14 @@ async fn write_accept(
         events,
     } = planned;
     let token = lease_token();
-    // (id, event, its body, target, lease end if handed over), in insertion order.
+    let held = holds(accept, events);
+    // (id, event, its body, target, lease end if handed over), in insertion order; the
+    // deliveries of held events are made when their job ends.
     let mut deliveries = Vec::new();
     for (event, body) in events {
+        if held.iter().any(|h| h.event == event.id.as_str()) {
+            continue;
+        }
         for target in &event.targets {
             let lease_until = handoff.lease_until(target, now);
             deliveries.push((DeliveryId::generate(), *event, body, target, lease_until));
@@ -132,6 +145,19 @@ async fn write_accept(
                     .iter()
                     .map(|d| d.4.map(|_| token))
                     .collect::<Vec<_>>(),
+                &accept.job.as_ref().map(|_| job_id(&accept.events[0].id)),
+                &accept.job.as_ref().map(|j| j.kind.as_str()),
+                &accept
+                    .job
+                    .as_ref()
+                    .map(|_| accept.events[0].occurred_at.to_string()),
+                &accept
+                    .job
+                    .as_ref()
+                    .map(|_| serde_json::to_string(&held))
+                    .transpose()
+                    .map_err(backend)?,
+                &accept.job.as_ref().map(|j| j.deadline.unix_millis()),
             ],
         )
         .await

@@ -10,10 +10,11 @@ use super::{PgStore, backend, connection_lost, prepared};
 use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
 use crate::store::{
-    AttemptInfo, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, DeliveryFilter, DeliveryId,
-    DeliveryInfo, DeliveryStatus, EventFilter, Handoff, Inbound, IngestOutcome, PRUNE_BATCH,
-    Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, RetryOutcome, SessionView, Store,
-    StoreError, StoredEvent, TargetCounts, fold_counts, lease_token,
+    AttemptInfo, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, ClaimedJob, DeliveryFilter,
+    DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handoff, Inbound, IngestOutcome,
+    JobResult, PRUNE_BATCH, Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo,
+    RetryOutcome, SessionView, Store, StoreError, StoredEvent, TargetCounts, fold_counts,
+    lease_token,
 };
 
 fn delivery_row(r: &Row) -> DeliveryInfo {
@@ -178,6 +179,22 @@ impl Store for PgStore {
             });
         }
         Ok(claimed)
+    }
+
+    async fn claim_jobs(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        self.claim_jobs_now(limit, lease).await
+    }
+
+    async fn finish_job(&self, result: JobResult) -> Result<Vec<String>, StoreError> {
+        self.finish_job_now(result).await
+    }
+
+    async fn next_job_due(&self) -> Result<Option<i64>, StoreError> {
+        self.next_job_due_now().await
     }
 
     async fn finish_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {

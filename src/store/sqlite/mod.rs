@@ -12,6 +12,7 @@
 //! That makes every lease left in the file at start-up stale, so opening releases them and
 //! pending deliveries resume at once after a restart.
 
+mod jobs;
 mod prune;
 mod queries;
 pub(crate) mod schema;
@@ -34,10 +35,10 @@ use crate::clock::Clock;
 use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
 use crate::store::{
-    AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, DeliveryFilter, DeliveryId, DeliveryInfo,
-    DeliveryStatus, EventFilter, Handoff, Inbound, IngestOutcome, Pruned, RECEIPT_COLUMNS, Receipt,
-    ReceiptFilter, ReceiptInfo, RetryOutcome, SessionView, Store, StoreError, StoredEvent,
-    TargetCounts, fold_counts, lease_token,
+    AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, ClaimedJob, DeliveryFilter, DeliveryId,
+    DeliveryInfo, DeliveryStatus, EventFilter, Handoff, Inbound, IngestOutcome, JobResult, Pruned,
+    RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, RetryOutcome, SessionView, Store,
+    StoreError, StoredEvent, TargetCounts, fold_counts, lease_token,
 };
 use queries::*;
 use schema::{configure, migrate};
@@ -327,6 +328,28 @@ impl Store for SqliteStore {
                 .collect()
         })
         .await
+    }
+
+    async fn claim_jobs(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let now = self.clock.now_ms();
+        let token = lease_token();
+        self.call(move |conn| jobs::claim(conn, now, limit, lease, token))
+            .await
+    }
+
+    async fn finish_job(&self, result: JobResult) -> Result<Vec<String>, StoreError> {
+        let now = self.clock.now_ms();
+        self.call(move |conn| jobs::finish(conn, &result, now))
+            .await
+    }
+
+    async fn next_job_due(&self) -> Result<Option<i64>, StoreError> {
+        let now = self.clock.now_ms();
+        self.call(move |conn| jobs::next_due(conn, now)).await
     }
 
     async fn finish_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {

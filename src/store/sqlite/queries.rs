@@ -7,7 +7,7 @@ use crate::sessions::SessionRecord;
 use crate::sessions::{AcceptPlan, plan_accept};
 use crate::store::{
     AttemptInfo, DeliveryId, DeliveryInfo, DeliveryStatus, Handoff, IngestOutcome, Leased,
-    StoredEvent, lease_token,
+    StoredEvent, holds, job_id, lease_token,
 };
 
 /// Lets JSON (de)serialisation failures travel as SQLite errors inside a store call.
@@ -167,6 +167,7 @@ pub(super) fn accept_in(
     let mut targets = Vec::new();
     let mut handed = Vec::new();
     let token = lease_token();
+    let held = holds(accept, &events);
     for (event, body) in events {
         let inserted = insert_event.execute(params![
             event.id.as_str(),
@@ -178,7 +179,7 @@ pub(super) fn accept_in(
             received_at,
             body,
         ])?;
-        if inserted == 0 {
+        if inserted == 0 || held.iter().any(|h| h.event == event.id.as_str()) {
             continue;
         }
         for target in &event.targets {
@@ -190,6 +191,24 @@ pub(super) fn accept_in(
                 targets.push(target.clone());
             }
         }
+    }
+    if let Some(job) = &accept.job {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO jobs (id, kind, source, vendor, session_id, at, holds, status,
+                 attempts, next_attempt_at, deadline, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?9, ?8, ?8)",
+        )?
+        .execute(params![
+            job_id(&primary.id),
+            job.kind.as_str(),
+            accept.source,
+            accept.vendor,
+            accept.session_id,
+            primary.occurred_at.to_string(),
+            serde_json::to_string(&held).map_err(json_error)?,
+            now,
+            job.deadline.unix_millis(),
+        ])?;
     }
     save_record(&record, finalized.as_ref())?;
     Ok(IngestOutcome::Accepted {

@@ -51,7 +51,9 @@ pub(crate) async fn postgres() -> Option<TestStore> {
 }
 
 mod deliveries;
+mod jobs;
 use deliveries::*;
+use jobs::*;
 
 /// Generates every case for one backend: `mod $backend { #[tokio::test] fn $case … }`,
 /// where `$backend()` opens a fresh store of that kind (`None` = skipped, with a reason).
@@ -92,6 +94,8 @@ suite!(
         events_and_deliveries_page_newest_first,
         ignored_requests_are_kept_and_ping_answers,
         pruning_deletes_finished_work_and_never_pending_work,
+        a_job_holds_its_events_deliveries_until_it_ends,
+        a_job_run_that_fails_waits_for_its_retry,
     ]
 );
 
@@ -112,6 +116,7 @@ fn accept_from(source: &str, session: &str, types: &[EventType], targets: &[&str
         message_id: None,
         received_at: Timestamp::now(),
         raw: br#"{"raw":true}"#.to_vec().into(),
+        job: None,
         events: types
             .iter()
             .map(|&t| NewEvent {

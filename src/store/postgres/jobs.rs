@@ -1,0 +1,188 @@
+//! Jobs on PostgreSQL: claimed with `FOR UPDATE SKIP LOCKED` under a lease, and ended in one
+//! transaction that locks the job and its session row, merges the result, re-renders the
+//! events the job held and makes their deliveries.
+
+use std::time::Duration;
+
+use super::{PgStore, backend, prepared};
+use crate::event::{JobKind, Timestamp};
+use crate::sessions::SessionRecord;
+use crate::store::{
+    ClaimedJob, DeliveryId, Hold, JobEnd, JobResult, StoreError, lease_token, rerender,
+};
+
+impl PgStore {
+    pub(super) async fn claim_jobs_now(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let now = self.clock.now_ms();
+        let token = lease_token();
+        let rows = self
+            .query(
+                "UPDATE jobs SET lease_until = $1, lease_token = $2
+                 WHERE seq IN (
+                     SELECT seq FROM jobs
+                     WHERE status = 'pending' AND next_attempt_at <= $3
+                       AND (lease_until IS NULL OR lease_until <= $3)
+                     ORDER BY next_attempt_at LIMIT $4
+                     FOR UPDATE SKIP LOCKED)
+                 RETURNING id, kind, source, vendor, session_id, attempts, deadline",
+                &[
+                    &(now + lease.as_millis() as i64),
+                    &token,
+                    &now,
+                    &(limit as i64),
+                ],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ClaimedJob {
+                id: r.get(0),
+                kind: JobKind::parse(r.get(1)).unwrap_or(JobKind::Transcript),
+                source: r.get(2),
+                vendor: r.get(3),
+                session_id: r.get(4),
+                attempts: r.get::<_, i32>(5) as u32,
+                deadline: Timestamp::from_unix_millis(r.get(6)),
+                lease_token: token,
+            })
+            .collect())
+    }
+
+    pub(super) async fn next_job_due_now(&self) -> Result<Option<i64>, StoreError> {
+        let now = self.clock.now_ms();
+        let row = self
+            .query_one(
+                "SELECT MIN(next_attempt_at) FROM jobs
+                 WHERE status = 'pending' AND (lease_until IS NULL OR lease_until <= $1)",
+                &[&now],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    pub(super) async fn finish_job_now(
+        &self,
+        result: JobResult,
+    ) -> Result<Vec<String>, StoreError> {
+        let now = self.clock.now_ms();
+        if let JobEnd::RetryAt { unix_ms, error } = &result.end {
+            self.execute(
+                "UPDATE jobs SET attempts = attempts + 1, next_attempt_at = $3, last_error = $4,
+                     lease_until = NULL, lease_token = NULL, updated_at = $5
+                 WHERE id = $1 AND lease_token = $2 AND status = 'pending'",
+                &[&result.id, &result.lease_token, unix_ms, error, &now],
+            )
+            .await?;
+            return Ok(Vec::new());
+        }
+        let JobEnd::Done { facts } = &result.end else {
+            unreachable!("handled above");
+        };
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let job = tx
+            .query_opt(
+                &prepared(
+                    &tx,
+                    "SELECT vendor, session_id, at, holds FROM jobs
+                     WHERE id = $1 AND status = 'pending' AND lease_token = $2 FOR UPDATE",
+                )
+                .await?,
+                &[&result.id, &result.lease_token],
+            )
+            .await
+            .map_err(backend)?;
+        // The lease passed to another run: that run decides.
+        let Some(job) = job else {
+            return Ok(Vec::new());
+        };
+        let (vendor, session_id): (String, String) = (job.get(0), job.get(1));
+        let at = Timestamp::parse(job.get(2)).unwrap_or_else(|| Timestamp::from_unix_millis(now));
+        let holds: Vec<Hold> = serde_json::from_str(job.get(3)).map_err(backend)?;
+        let stored = tx
+            .query_opt(
+                &prepared(
+                    &tx,
+                    "SELECT record FROM sessions WHERE vendor = $1 AND session_id = $2 FOR UPDATE",
+                )
+                .await?,
+                &[&vendor, &session_id],
+            )
+            .await
+            .map_err(backend)?;
+        let mut record = match stored {
+            Some(row) => serde_json::from_str::<SessionRecord>(row.get(0)).map_err(backend)?,
+            None => SessionRecord::default(),
+        };
+        record.merge(facts, at);
+        tx.execute(
+            &prepared(
+                &tx,
+                "UPDATE sessions SET record = $3, updated_at = $4 WHERE vendor = $1 AND session_id = $2",
+            )
+            .await?,
+            &[
+                &vendor,
+                &session_id,
+                &serde_json::to_string(&record).map_err(backend)?,
+                &now,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+        let session = record.session(&session_id).map_err(backend)?;
+        let mut targets = Vec::new();
+        for hold in holds {
+            let body = tx
+                .query_opt(
+                    &prepared(&tx, "SELECT body FROM events WHERE id = $1").await?,
+                    &[&hold.event],
+                )
+                .await
+                .map_err(backend)?;
+            // Pruned meanwhile (a retention shorter than the wait): nothing left to send.
+            let Some(body) = body else { continue };
+            let body = rerender(body.get(0), &session).map_err(backend)?;
+            tx.execute(
+                &prepared(&tx, "UPDATE events SET body = $2 WHERE id = $1").await?,
+                &[&hold.event, &body],
+            )
+            .await
+            .map_err(backend)?;
+            for target in hold.targets {
+                tx.execute(
+                    &prepared(
+                        &tx,
+                        "INSERT INTO deliveries (id, event_id, target, status, attempts,
+                             next_attempt_at, created_at, updated_at)
+                         VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4)",
+                    )
+                    .await?,
+                    &[&DeliveryId::generate().as_str(), &hold.event, &target, &now],
+                )
+                .await
+                .map_err(backend)?;
+                if !targets.contains(&target) {
+                    targets.push(target);
+                }
+            }
+        }
+        tx.execute(
+            &prepared(
+                &tx,
+                "UPDATE jobs SET status = 'done', attempts = attempts + 1, lease_until = NULL,
+                     lease_token = NULL, updated_at = $2 WHERE id = $1",
+            )
+            .await?,
+            &[&result.id, &now],
+        )
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(targets)
+    }
+}

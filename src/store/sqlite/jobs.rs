@@ -1,0 +1,134 @@
+//! Jobs on SQLite: claimed under a lease, and ended in one transaction that merges their
+//! result into the session, re-renders the events they held and makes their deliveries.
+
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::queries::{insert_delivery, json_error};
+use crate::event::{JobKind, Timestamp};
+use crate::sessions::SessionRecord;
+use crate::store::{ClaimedJob, Hold, JobEnd, JobResult, rerender};
+
+pub(super) fn claim(
+    conn: &Connection,
+    now: i64,
+    limit: usize,
+    lease: Duration,
+    token: i64,
+) -> rusqlite::Result<Vec<ClaimedJob>> {
+    conn.prepare_cached(
+        "UPDATE jobs SET lease_until = ?1, lease_token = ?2
+         WHERE seq IN (
+             SELECT seq FROM jobs
+             WHERE status = 'pending' AND next_attempt_at <= ?3
+               AND (lease_until IS NULL OR lease_until <= ?3)
+             ORDER BY next_attempt_at LIMIT ?4)
+         RETURNING id, kind, source, vendor, session_id, attempts, deadline",
+    )?
+    .query_map(
+        params![now + lease.as_millis() as i64, token, now, limit as i64],
+        |r| {
+            let kind: String = r.get(1)?;
+            Ok(ClaimedJob {
+                id: r.get(0)?,
+                kind: JobKind::parse(&kind).unwrap_or(JobKind::Transcript),
+                source: r.get(2)?,
+                vendor: r.get(3)?,
+                session_id: r.get(4)?,
+                attempts: r.get(5)?,
+                deadline: Timestamp::from_unix_millis(r.get(6)?),
+                lease_token: token,
+            })
+        },
+    )?
+    .collect()
+}
+
+pub(super) fn next_due(conn: &Connection, now: i64) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached(
+        "SELECT MIN(next_attempt_at) FROM jobs
+         WHERE status = 'pending' AND (lease_until IS NULL OR lease_until <= ?1)",
+    )?
+    .query_row([now], |r| r.get(0))
+}
+
+pub(super) fn finish(
+    conn: &Connection,
+    result: &JobResult,
+    now: i64,
+) -> rusqlite::Result<Vec<String>> {
+    let job: Option<(String, String, String, String)> = conn
+        .prepare_cached(
+            "SELECT vendor, session_id, at, holds FROM jobs
+             WHERE id = ?1 AND status = 'pending' AND lease_token = ?2",
+        )?
+        .query_row(params![result.id, result.lease_token], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    // The lease passed to another run: that run decides.
+    let Some((vendor, session_id, at, holds)) = job else {
+        return Ok(Vec::new());
+    };
+    let facts = match &result.end {
+        JobEnd::RetryAt { unix_ms, error } => {
+            conn.prepare_cached(
+                "UPDATE jobs SET attempts = attempts + 1, next_attempt_at = ?3, last_error = ?4,
+                     lease_until = NULL, lease_token = NULL, updated_at = ?5
+                 WHERE id = ?1 AND lease_token = ?2",
+            )?
+            .execute(params![result.id, result.lease_token, unix_ms, error, now])?;
+            return Ok(Vec::new());
+        }
+        JobEnd::Done { facts } => facts,
+    };
+    let stored: Option<String> = conn
+        .prepare_cached("SELECT record FROM sessions WHERE vendor = ?1 AND session_id = ?2")?
+        .query_row([&vendor, &session_id], |r| r.get(0))
+        .optional()?;
+    let mut record = match stored {
+        Some(json) => serde_json::from_str::<SessionRecord>(&json).map_err(json_error)?,
+        None => SessionRecord::default(),
+    };
+    let at = Timestamp::parse(&at).unwrap_or_else(|| Timestamp::from_unix_millis(now));
+    record.merge(facts, at);
+    conn.prepare_cached(
+        "UPDATE sessions SET record = ?3, updated_at = ?4 WHERE vendor = ?1 AND session_id = ?2",
+    )?
+    .execute(params![
+        vendor,
+        session_id,
+        serde_json::to_string(&record).map_err(json_error)?,
+        now
+    ])?;
+    let session = record.session(&session_id).map_err(json_error)?;
+    let holds: Vec<Hold> = serde_json::from_str(&holds).map_err(json_error)?;
+    let mut targets = Vec::new();
+    for hold in holds {
+        let body: Option<String> = conn
+            .prepare_cached("SELECT body FROM events WHERE id = ?1")?
+            .query_row([&hold.event], |r| r.get(0))
+            .optional()?;
+        // Pruned meanwhile (a retention shorter than the wait): nothing left to send.
+        let Some(body) = body else { continue };
+        conn.prepare_cached("UPDATE events SET body = ?2 WHERE id = ?1")?
+            .execute(params![
+                hold.event,
+                rerender(&body, &session).map_err(json_error)?
+            ])?;
+        for target in hold.targets {
+            insert_delivery(conn, &hold.event, &target, now, None)?;
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
+        }
+    }
+    conn.prepare_cached(
+        "UPDATE jobs SET status = 'done', attempts = attempts + 1, lease_until = NULL,
+             lease_token = NULL, updated_at = ?2
+         WHERE id = ?1",
+    )?
+    .execute(params![result.id, now])?;
+    Ok(targets)
+}

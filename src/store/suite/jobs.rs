@@ -1,0 +1,160 @@
+//! The suite's cases about jobs: committed with their request, leased, and ended in one
+//! transaction that releases the events they hold.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::event::{JobKind, NewJob, Transcript, TranscriptMessage, TranscriptStatus};
+
+fn with_job(mut a: Inbound, wait_ms: i64) -> Inbound {
+    a.job = Some(NewJob {
+        kind: JobKind::Transcript,
+        deadline: Timestamp::now().plus_millis(wait_ms),
+        holds: vec![EventType::SessionFinalized],
+    });
+    a
+}
+
+fn transcript() -> Session {
+    Session {
+        transcript: Some(Transcript {
+            status: TranscriptStatus::Complete,
+            reason: None,
+            messages: vec![TranscriptMessage {
+                id: "m1".into(),
+                role: crate::event::Role::User,
+                content: "hello".into(),
+                at: None,
+                tool_call: None,
+            }],
+        }),
+        ..Session::default()
+    }
+}
+
+pub(super) async fn a_job_holds_its_events_deliveries_until_it_ends(s: Arc<dyn Store>) {
+    let a = with_job(
+        accept(
+            "s1",
+            &[EventType::SessionEnded, EventType::SessionFinalized],
+            &["t"],
+        ),
+        60_000,
+    );
+    let finalized = a.events[1].id.clone();
+    s.accept(a).await.unwrap();
+    let deliveries = s.deliveries(all()).await.unwrap();
+    assert_eq!(deliveries.len(), 1, "only session.ended goes out at once");
+    assert_ne!(deliveries[0].event_id, finalized);
+
+    let jobs = s.claim_jobs(10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    let job = jobs[0].clone();
+    assert_eq!(
+        (job.kind, job.session_id.as_str(), job.attempts),
+        (JobKind::Transcript, "s1", 0)
+    );
+    assert!(
+        s.claim_jobs(10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased"
+    );
+
+    // A run whose lease passed on decides nothing.
+    let stale = JobResult {
+        id: job.id.clone(),
+        lease_token: job.lease_token ^ 1,
+        end: JobEnd::Done {
+            facts: transcript(),
+        },
+    };
+    assert!(s.finish_job(stale).await.unwrap().is_empty());
+    assert_eq!(s.deliveries(all()).await.unwrap().len(), 1);
+
+    let released = s
+        .finish_job(JobResult {
+            id: job.id.clone(),
+            lease_token: job.lease_token,
+            end: JobEnd::Done {
+                facts: transcript(),
+            },
+        })
+        .await
+        .unwrap();
+    assert_eq!(released, vec!["t".to_owned()]);
+    let deliveries = s.deliveries(all()).await.unwrap();
+    assert_eq!(deliveries.len(), 2);
+    assert!(
+        deliveries
+            .iter()
+            .any(|d| d.event_id == finalized && d.status == DeliveryStatus::Pending)
+    );
+    let event = s.event(finalized.as_str()).await.unwrap().unwrap();
+    let body: serde_json::Value = serde_json::from_str(&event.body).unwrap();
+    assert_eq!(body["session"]["transcript"]["status"], "complete");
+    assert_eq!(
+        body["session"]["transcript"]["messages"][0]["content"],
+        "hello"
+    );
+    assert_eq!(
+        body["session"]["messageCount"], 3,
+        "the rest of the record stays"
+    );
+    let session = s.session("pathors", "s1").await.unwrap().unwrap();
+    assert_eq!(
+        session.session.transcript,
+        transcript().transcript,
+        "merged into the record"
+    );
+    assert!(
+        s.claim_jobs(10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty(),
+        "done"
+    );
+    assert_eq!(s.next_job_due().await.unwrap(), None);
+}
+
+pub(super) async fn a_job_run_that_fails_waits_for_its_retry(s: Arc<dyn Store>) {
+    s.accept(with_job(
+        accept(
+            "s2",
+            &[EventType::SessionEnded, EventType::SessionFinalized],
+            &["t"],
+        ),
+        60_000,
+    ))
+    .await
+    .unwrap();
+    let job = s
+        .claim_jobs(10, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0);
+    let later = crate::clock::Clock::system().now_ms() + 30_000;
+    let released = s
+        .finish_job(JobResult {
+            id: job.id.clone(),
+            lease_token: job.lease_token,
+            end: JobEnd::RetryAt {
+                unix_ms: later,
+                error: "HTTP 503".into(),
+            },
+        })
+        .await
+        .unwrap();
+    assert!(released.is_empty());
+    assert_eq!(s.next_job_due().await.unwrap(), Some(later));
+    assert!(
+        s.claim_jobs(10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due yet"
+    );
+    assert_eq!(s.deliveries(all()).await.unwrap().len(), 1, "still held");
+}
