@@ -212,7 +212,7 @@ pub struct ClaimedJob {
 pub enum JobEnd {
     /// Merge `facts` into the session (at the job's event time), re-render the held events
     /// with it and make their deliveries.
-    Done { facts: Session },
+    Done { facts: Box<Session> },
     /// Try again at `unix_ms` (never after the deadline).
     RetryAt { unix_ms: i64, error: String },
 }
