@@ -68,7 +68,7 @@ pub(super) async fn a_job_holds_its_events_deliveries_until_it_ends(s: Arc<dyn S
         id: job.id.clone(),
         lease_token: job.lease_token ^ 1,
         end: JobEnd::Done {
-            facts: transcript(),
+            facts: Box::new(transcript()),
         },
     };
     assert!(s.finish_job(stale).await.unwrap().is_empty());
@@ -79,7 +79,7 @@ pub(super) async fn a_job_holds_its_events_deliveries_until_it_ends(s: Arc<dyn S
             id: job.id.clone(),
             lease_token: job.lease_token,
             end: JobEnd::Done {
-                facts: transcript(),
+                facts: Box::new(transcript()),
             },
         })
         .await
