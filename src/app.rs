@@ -21,6 +21,7 @@ use crate::admin::{self, AdminState};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::{WorkerHealth, Workers};
+use crate::enrich::Enricher;
 use crate::error::{ApiError, error_response};
 use crate::ingest::{self, IngestState};
 use crate::metrics::Metrics;
@@ -31,6 +32,11 @@ use crate::telemetry::chain;
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Application {
+    /// The job worker (transcripts) and how to stop it.
+    enricher: (
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ),
     /// Deletes old finished work on `[retention]`'s schedule; stopped at shutdown.
     pruner: Option<tokio::task::JoinHandle<()>>,
     port: u16,
@@ -100,6 +106,19 @@ impl Application {
             .into_iter()
             .map(|s| (s.name.clone(), s))
             .collect();
+        let transcripts = sources
+            .values()
+            .filter_map(|s| Some((s.name.clone(), s.transcripts.clone()?)))
+            .collect();
+        let enricher = Enricher::new(
+            store.clone(),
+            transcripts,
+            dispatcher.clone(),
+            clock.clone(),
+        )?;
+        let jobs = enricher.waker();
+        let (stop_jobs, jobs_stopping) = tokio::sync::watch::channel(false);
+        let enricher = tokio::spawn(enricher.run(jobs_stopping));
         tracing::info!(
             %address,
             sources = sources.len(),
@@ -134,6 +153,7 @@ impl Application {
             body_budget: ingest::BodyBudget::new(config.server.max_body_bytes_in_flight),
             body_timeout: config.server.body_timeout,
             clock,
+            jobs,
         });
         // With `admin_listen`, the admin API and /metrics answer only there (404 on `listen`).
         let separate_admin = config.server.admin_listen.is_some();
@@ -217,6 +237,7 @@ impl Application {
         });
 
         Ok(Application {
+            enricher: (stop_jobs, enricher),
             pruner,
             port: address.port(),
             server,
@@ -285,7 +306,18 @@ impl Application {
             // Each batch is its own transaction: stopping between two loses nothing.
             pruner.abort();
         }
-        tracing::info!("Waiting for delivery attempts in flight");
+        tracing::info!("Waiting for jobs and delivery attempts in flight");
+        let (stop_jobs, mut enricher) = self.enricher;
+        // Fails only if the worker has ended already.
+        stop_jobs.send(true).unwrap_or(());
+        if tokio::time::timeout(self.shutdown_timeout, &mut enricher)
+            .await
+            .is_err()
+        {
+            enricher.abort();
+            // A run cut short ends its lease and runs again after a restart.
+            tracing::warn!("Jobs still running at shutdown were abandoned; they will run again");
+        }
         self.workers.stop(self.shutdown_timeout).await;
         self.store.close().await;
         tracing::info!("Stopped");

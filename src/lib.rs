@@ -26,6 +26,8 @@
 //! - [`metrics`]: Prometheus metrics; each telemetry event logs and counts together.
 //! - [`delivery`]: targets and routing, the hand-over, per-target workers, attempts, the
 //!   retry rules, and the output seam.
+//! - [`enrich`]: stored jobs that complete a session from outside its webhooks (Agntix
+//!   transcripts), which held events wait for.
 //! - [`ingest`]: the HTTP side: `POST /ingest/{source}`, body limits, the checks made
 //!   before a body is read, and the answers of the README's table.
 //! - [`admin`]: the admin API, one file per resource.
@@ -41,6 +43,7 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod demo;
+pub mod enrich;
 pub mod error;
 pub mod event;
 pub mod ingest;

@@ -69,6 +69,8 @@ pub struct IngestState {
     pub body_budget: BodyBudget,
     pub body_timeout: Duration,
     pub clock: Clock,
+    /// Wakes the job worker after a request left a job behind.
+    pub jobs: Arc<tokio::sync::Notify>,
 }
 
 /// The JSON body ingest answers a vendor with.
@@ -235,8 +237,10 @@ async fn handle(
 async fn commit(state: &IngestState, accept: Inbound) -> Result<IngestOutcome, ApiError> {
     let store = state.store.clone();
     let dispatcher = state.dispatcher.clone();
+    let jobs = state.jobs.clone();
     actix_web::rt::spawn(async move {
         let (slots, handoff) = dispatcher.reserve(&accept);
+        let left_a_job = accept.job.is_some();
         let mut outcome = store.accept_handing_over(accept, handoff).await?;
         if let IngestOutcome::Accepted {
             targets, handed, ..
@@ -245,6 +249,9 @@ async fn commit(state: &IngestState, accept: Inbound) -> Result<IngestOutcome, A
             dispatcher.hand_over(slots, std::mem::take(handed));
             for target in targets.iter() {
                 dispatcher.notify(target);
+            }
+            if left_a_job {
+                jobs.notify_one();
             }
         }
         Ok(outcome)

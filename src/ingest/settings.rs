@@ -109,7 +109,7 @@ pub struct Source {
     pub vendor: Vendor,
     pub auth: SourceAuth,
     /// Agntix only: fetch each ended session's transcript from the vendor's API.
-    pub transcripts: Option<Transcripts>,
+    pub transcripts: Option<std::sync::Arc<Transcripts>>,
 }
 
 /// `transcripts = { api_url, api_key, wait_ms }` of an Agntix source.
@@ -187,7 +187,8 @@ impl Source {
             let transcripts = s
                 .transcripts
                 .map(|t| parse_transcripts(&format!("{key}.transcripts"), s.vendor, t, cx))
-                .transpose()?;
+                .transpose()?
+                .map(std::sync::Arc::new);
             sources.push(Source {
                 name: s.name,
                 vendor: s.vendor,

@@ -142,7 +142,7 @@ CREATE TABLE jobs (
     vendor TEXT NOT NULL,
     session_id TEXT NOT NULL,
     at TEXT NOT NULL,                  -- the event time its result is merged at
-    holds TEXT NOT NULL,               -- JSON [{"event": id, "targets": [..]}]
+    holds TEXT NOT NULL,               -- JSON: the held events, each with its targets
     status TEXT NOT NULL,              -- pending | done
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at {int} NOT NULL,    -- unix ms

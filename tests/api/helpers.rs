@@ -125,6 +125,8 @@ pub struct Options {
     pub storage_url: Option<String>,
     /// Extra `[server]` keys, TOML.
     pub server_extra: String,
+    /// Extra keys of the Agntix source, TOML (e.g. `transcripts = {…}`).
+    pub agntix_extra: String,
 }
 
 impl Options {
@@ -139,6 +141,7 @@ impl Options {
             admin_api: true,
             storage_url: None,
             server_extra: String::new(),
+            agntix_extra: String::new(),
         }
     }
 
@@ -172,11 +175,13 @@ auth = {{ kind = "header", header = "Authorization", value = "env:PATHORS_TOKEN"
 name = "agntix"
 vendor = "agntix"
 auth = {{ kind = "svix", secrets = ["env:AGNTIX_OLD_SECRET", "env:AGNTIX_SECRET"] }}
+{agntix_extra}
 
 {targets}
 "#,
             max_body = self.max_body_bytes,
             server_extra = self.server_extra,
+            agntix_extra = self.agntix_extra,
             admin = if self.admin_api {
                 "admin_token = \"env:ADMIN_TOKEN\""
             } else {

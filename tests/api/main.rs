@@ -13,3 +13,4 @@ mod process;
 mod replicas;
 mod schema;
 mod sessions;
+mod transcripts;

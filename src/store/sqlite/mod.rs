@@ -75,6 +75,13 @@ impl SqliteStore {
         if released > 0 {
             tracing::info!(released, "Released leases left by a previous run");
         }
+        // The same for jobs: one process per file, so no lease here is anyone else's.
+        conn.execute(
+            "UPDATE jobs SET lease_until = NULL, lease_token = NULL
+             WHERE status = 'pending' AND lease_until IS NOT NULL",
+            [],
+        )
+        .context("Failed to release stale job leases")?;
 
         let reader = Connection::open_with_flags(
             path,

@@ -1,0 +1,162 @@
+//! Agntix transcripts: `GET {api_url}/api/v1/chat/sessions/{id}/messages` with `x-api-key`,
+//! every page (`nextCursor` → `?cursor=`), mapped to the canonical `session.transcript`.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderName, HeaderValue};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+use crate::event::{Role, Timestamp, TranscriptMessage};
+use crate::ingest::settings::Transcripts;
+
+/// More pages than any session has: a cursor that never ends is a broken answer.
+const MAX_PAGES: usize = 1000;
+
+/// What one fetch came to.
+#[derive(Debug, PartialEq)]
+pub enum Fetched {
+    Complete(Vec<TranscriptMessage>),
+    /// It will not come: `unauthorized`, `not_found`, `http_<status>`, `invalid_answer`.
+    Final(String),
+    /// Worth another try (5xx, 429, a connection error, a timeout).
+    Retry(String),
+}
+
+/// Fetches every page of a session's messages, each request within `timeout`.
+pub async fn fetch(
+    client: &reqwest::Client,
+    settings: &Transcripts,
+    session_id: &str,
+    timeout: Duration,
+) -> Fetched {
+    let mut url = settings.api_url.clone();
+    match url.path_segments_mut() {
+        Ok(mut path) => {
+            path.pop_if_empty()
+                .extend(["api", "v1", "chat", "sessions", session_id, "messages"]);
+        }
+        Err(()) => return Fetched::Final("invalid_answer".into()),
+    }
+    let mut key = HeaderValue::from_str(settings.api_key.expose_secret())
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
+    key.set_sensitive(true);
+    let mut messages = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let mut page_url = url.clone();
+        if let Some(cursor) = &cursor {
+            page_url.query_pairs_mut().append_pair("cursor", cursor);
+        }
+        let answer = client
+            .get(page_url)
+            .header(HeaderName::from_static("x-api-key"), key.clone())
+            .timeout(timeout)
+            .send()
+            .await;
+        let response = match answer {
+            Ok(response) => response,
+            // The error names the URL, never the key (a header).
+            Err(e) => return Fetched::Retry(format!("the Agntix API did not answer: {e}")),
+        };
+        let status = response.status().as_u16();
+        match status {
+            200..=299 => {}
+            401 | 403 => return Fetched::Final("unauthorized".into()),
+            404 => return Fetched::Final("not_found".into()),
+            429 | 500..=599 => return Fetched::Retry(format!("the Agntix API answered {status}")),
+            _ => return Fetched::Final(format!("http_{status}")),
+        }
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(e) => return Fetched::Retry(format!("reading the Agntix answer failed: {e}")),
+        };
+        let Ok(body) = serde_json::from_slice::<Value>(&bytes) else {
+            return Fetched::Final("invalid_answer".into());
+        };
+        let (items, next) = match &body {
+            Value::Array(items) => (items, None),
+            Value::Object(page) => match page.get("data").or_else(|| page.get("messages")) {
+                Some(Value::Array(items)) => (
+                    items,
+                    page.get("nextCursor")
+                        .and_then(Value::as_str)
+                        .filter(|c| !c.is_empty())
+                        .map(str::to_owned),
+                ),
+                _ => return Fetched::Final("invalid_answer".into()),
+            },
+            _ => return Fetched::Final("invalid_answer".into()),
+        };
+        for item in items {
+            match message(item) {
+                Some(m) => messages.push(m),
+                None => return Fetched::Final("invalid_answer".into()),
+            }
+        }
+        match next {
+            Some(next) if cursor.as_deref() == Some(next.as_str()) => {
+                return Fetched::Final("invalid_answer".into());
+            }
+            Some(next) => cursor = Some(next),
+            None => return Fetched::Complete(messages),
+        }
+    }
+    Fetched::Final("invalid_answer".into())
+}
+
+/// One Agntix message, or `None` if it is not the documented shape.
+fn message(item: &Value) -> Option<TranscriptMessage> {
+    let id = item
+        .get("id")
+        .or_else(|| item.get("messageId"))
+        .and_then(Value::as_str)?;
+    let role = match item.get("role").and_then(Value::as_str)? {
+        "USER" => Role::User,
+        "ASSISTANT" => Role::Assistant,
+        "TOOL" => Role::Tool,
+        "SYSTEM" => Role::System,
+        _ => return None,
+    };
+    let content = match item.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => String::new(),
+        Some(_) => return None,
+    };
+    Some(TranscriptMessage {
+        id: id.to_owned(),
+        role,
+        content,
+        at: item
+            .get("createdAt")
+            .and_then(Value::as_str)
+            .and_then(Timestamp::parse),
+        tool_call: item.get("toolCall").filter(|v| !v.is_null()).cloned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn messages_map_to_the_canonical_shape() {
+        let m = message(&json!({"messageId": "m1", "role": "TOOL", "content": "ok",
+            "createdAt": "2026-04-08T05:00:00Z", "toolCall": {"name": "lookup"}}))
+        .unwrap();
+        assert_eq!(m.id, "m1");
+        assert_eq!(m.role, Role::Tool);
+        assert_eq!(m.at, Timestamp::parse("2026-04-08T05:00:00Z"));
+        assert_eq!(m.tool_call, Some(json!({"name": "lookup"})));
+        let plain = message(&json!({"id": "m2", "role": "USER", "content": "hi"})).unwrap();
+        assert_eq!((plain.at, plain.tool_call), (None, None));
+        for bad in [
+            json!({"role": "USER"}),
+            json!({"id": "x", "role": "BOT"}),
+            json!({"id": "x", "role": "USER", "content": 3}),
+        ] {
+            assert!(message(&bad).is_none(), "{bad}");
+        }
+    }
+}
