@@ -120,6 +120,27 @@ async fn receive(
     HttpResponse::NoContent().finish()
 }
 
+/// A stand-in for the Agntix messages API, answering as Agntix documents it: the session's
+/// messages in two pages, to a request that carries the key.
+async fn agntix_messages(request: HttpRequest, key: web::Data<String>) -> HttpResponse {
+    let given = request
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok());
+    if given != Some(key.as_str()) {
+        return HttpResponse::Unauthorized().finish();
+    }
+    if request.query_string().contains("cursor=2") {
+        return HttpResponse::Ok().json(serde_json::json!({"data": [
+            {"id": "msg-3", "role": "ASSISTANT", "content": "Done: you are booked for Thursday at 10:00.", "createdAt": "2026-04-08T05:01:02Z"}
+        ]}));
+    }
+    HttpResponse::Ok().json(serde_json::json!({"data": [
+        {"id": "msg-1", "role": "USER", "content": "Can I move my appointment to Thursday?", "createdAt": "2026-04-08T05:00:41Z"},
+        {"id": "msg-2", "role": "TOOL", "content": "slot 10:00 free", "toolCall": {"name": "find_slot"}, "createdAt": "2026-04-08T05:00:55Z"}
+    ], "nextCursor": "2"}))
+}
+
 /// Runs the demo, writing the tour to `out`.
 pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("Failed to create a temporary directory")?;
@@ -150,6 +171,25 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
     let receiver_handle = receiver_server.handle();
     tokio::spawn(receiver_server);
 
+    let api_key = format!("demo-agntix-key-{:x}", rand::random::<u64>());
+    let api_listener =
+        TcpListener::bind("127.0.0.1:0").context("Failed to bind the Agntix API stand-in")?;
+    let api_url = format!("http://{}", api_listener.local_addr()?);
+    let api_server = {
+        let key = web::Data::new(api_key.clone());
+        HttpServer::new(move || {
+            App::new()
+                .app_data(key.clone())
+                .default_service(web::to(agntix_messages))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(api_listener)?
+        .run()
+    };
+    let api_handle = api_server.handle();
+    tokio::spawn(api_server);
+
     let toml = format!(
         r#"
 [server]
@@ -168,6 +208,7 @@ auth = {{ kind = "header", header = "Authorization", value = "env:PATHORS_TOKEN"
 name = "agntix"
 vendor = "agntix"
 auth = {{ kind = "svix", secrets = ["env:AGNTIX_SECRET"] }}
+transcripts = {{ api_url = "{api_url}", api_key = "env:AGNTIX_API_KEY", wait_ms = 10000 }}
 [[targets]]
 name = "receiver"
 url = "{receiver_url}"
@@ -180,6 +221,7 @@ include_raw = false
         "PATHORS_TOKEN" => Some(pathors_token.clone()),
         "AGNTIX_SECRET" => Some(agntix_secret.clone()),
         "TARGET_SECRET" => Some(target_secret.clone()),
+        "AGNTIX_API_KEY" => Some(api_key.clone()),
         _ => None,
     };
     let config = Config::from_toml(&toml, &env).context("The demo configuration is invalid")?;
@@ -269,6 +311,7 @@ include_raw = false
     stop.send(()).unwrap_or(());
     running.await.context("The gateway task failed")??;
     receiver_handle.stop(true).await;
+    api_handle.stop(true).await;
 
     let got = std::mem::take(&mut *receiver.got.lock().expect("receiver lock"));
     writeln!(out, "\nThe receiver got {} events:", got.len())?;
@@ -319,6 +362,32 @@ include_raw = false
         finalized.len()
     )?;
     writeln!(out, "{}", serde_json::to_string_pretty(&shown.body)?)?;
+
+    let agntix = got
+        .iter()
+        .find(|r| r.body["type"] == "session.finalized" && r.body["source"]["vendor"] == "agntix")
+        .context("no Agntix session.finalized arrived")?;
+    let transcript = &agntix.body["session"]["transcript"];
+    ensure!(
+        transcript["status"] == "complete",
+        "the Agntix session.finalized has no transcript: {transcript}"
+    );
+    writeln!(
+        out,
+        "\nThe Agntix session.finalized waited for its transcript, which the webhook does not carry:\n\
+         the gateway fetched every page from the Agntix messages API (here a local stand-in that\n\
+         answers as Agntix documents it) and merged it into the record. session.transcript\n\
+         ({}):",
+        transcript["status"].as_str().unwrap_or("?")
+    )?;
+    for m in transcript["messages"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "  {:<9} {}",
+            m["role"].as_str().unwrap_or("?"),
+            m["content"].as_str().unwrap_or("")
+        )?;
+    }
     writeln!(
         out,
         "\nOrder is not a promise. Above, events arrived in the order the gateway could deliver\n\

@@ -240,6 +240,15 @@ fn demo_runs_the_whole_pipeline_and_exits_0() {
         .next()
         .unwrap()
         .unwrap();
+    // The Agntix session.finalized carries the transcript the gateway fetched.
+    assert!(
+        stdout.contains("session.transcript\n(complete):"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("assistant Done: you are booked"),
+        "{stdout}"
+    );
     // It ends saying that order is not a promise, and how to run the gateway for real.
     assert!(
         stdout.contains("Receivers must not\nrely on order"),
