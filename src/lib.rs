@@ -9,7 +9,7 @@
 //! The modules follow the path a webhook takes; ARCHITECTURE.md draws it. Leaves first
 //! (they import no other room), then the rooms, then what wires them:
 //!
-//! - [`event`]: the canonical session event (schema v1), its ids, and [`event::Inbound`]
+//! - [`event`]: the canonical session event (schema v2), its ids, and [`event::Inbound`]
 //!   (what one vendor request produced); the one place a canonical event is rendered.
 //! - [`auth`]: source authentication, the only way to obtain an [`auth::Verified`] body,
 //!   which is all a vendor adapter accepts.
