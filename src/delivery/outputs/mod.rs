@@ -8,7 +8,7 @@
 //! broker has confirmed it.
 //!
 //! Adding one (Kafka, say) is one file here with its settings and its `Output`, a variant of
-//! [`Settings`], a line in [`OUTPUTS`] and an arm in [`for_target`].
+//! [`Settings`], a line in `OUTPUTS` and an arm in [`for_target`].
 
 pub mod amqp;
 pub mod http;
