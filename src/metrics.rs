@@ -407,6 +407,7 @@ impl Metrics {
             ("receipts", pruned.receipts),
             ("deliveries", pruned.deliveries),
             ("attempts", pruned.attempts),
+            ("jobs", pruned.jobs),
         ] {
             self.pruned
                 .get_or_create(&KindLabels {
@@ -419,6 +420,7 @@ impl Metrics {
             receipts = pruned.receipts,
             deliveries = pruned.deliveries,
             attempts = pruned.attempts,
+            jobs = pruned.jobs,
             took_ms = took.as_millis() as u64,
             "Retention pruned what is older than max_age"
         );

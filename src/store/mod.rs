@@ -337,6 +337,8 @@ pub struct Pruned {
     pub receipts: u64,
     pub deliveries: u64,
     pub attempts: u64,
+    /// Jobs that ended before the cutoff (pending ones are never pruned).
+    pub jobs: u64,
 }
 
 /// Rows one pruning batch looks at.

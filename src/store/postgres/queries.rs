@@ -439,6 +439,10 @@ impl Store for PgStore {
                          SELECT e.seq, e.id FROM events e
                          WHERE e.received_at < $1 AND NOT EXISTS (
                              SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status = 'pending')
+                           -- events a pending job holds have no deliveries yet
+                           AND NOT EXISTS (
+                             SELECT 1 FROM jobs j WHERE j.status = 'pending'
+                               AND j.source = e.source AND j.session_id = e.session_id)
                          ORDER BY e.seq LIMIT $2),
                      gone_deliveries AS (
                          DELETE FROM deliveries d USING doomed WHERE d.event_id = doomed.id RETURNING d.id),
@@ -471,6 +475,21 @@ impl Store for PgStore {
                 )
                 .await?;
             pruned.receipts += gone;
+            if gone < PRUNE_BATCH as u64 {
+                break;
+            }
+        }
+        let cutoff_ms = Timestamp::parse(&cutoff).map_or(0, Timestamp::unix_millis);
+        loop {
+            let gone = self
+                .execute(
+                    "DELETE FROM jobs WHERE seq IN (
+                         SELECT seq FROM jobs WHERE status = 'done' AND updated_at < $1
+                         ORDER BY seq LIMIT $2)",
+                    &[&cutoff_ms, &PRUNE_BATCH],
+                )
+                .await?;
+            pruned.jobs += gone;
             if gone < PRUNE_BATCH as u64 {
                 break;
             }

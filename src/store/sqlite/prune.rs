@@ -19,11 +19,23 @@ pub(super) async fn prune(store: &SqliteStore, cutoff: Timestamp) -> Result<Prun
     let pending: Arc<HashSet<String>> = Arc::new(
         store
             .call(|conn| {
-                conn.prepare_cached(
-                    "SELECT DISTINCT event_id FROM deliveries WHERE status = 'pending'",
-                )?
-                .query_map([], |r| r.get(0))?
-                .collect()
+                let mut pending: HashSet<String> = conn
+                    .prepare_cached(
+                        "SELECT DISTINCT event_id FROM deliveries WHERE status = 'pending'",
+                    )?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                // Events a pending job holds have no deliveries yet: they are pending work.
+                let holds: Vec<String> = conn
+                    .prepare_cached("SELECT holds FROM jobs WHERE status = 'pending'")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for held in holds {
+                    let held: Vec<crate::store::Hold> =
+                        serde_json::from_str(&held).map_err(super::queries::json_error)?;
+                    pending.extend(held.into_iter().map(|h| h.event));
+                }
+                Ok(pending)
             })
             .await?,
     );
@@ -146,6 +158,22 @@ pub(super) async fn prune(store: &SqliteStore, cutoff: Timestamp) -> Result<Prun
         pruned.receipts += batch.deleted;
         after = batch.last.max(after);
         if batch.done {
+            break;
+        }
+    }
+    loop {
+        let gone = store
+            .call(move |conn| {
+                conn.prepare_cached(
+                    "DELETE FROM jobs WHERE seq IN (
+                         SELECT seq FROM jobs WHERE status = 'done' AND updated_at < ?1
+                         ORDER BY seq LIMIT ?2)",
+                )?
+                .execute(rusqlite::params![cutoff_ms, PRUNE_BATCH])
+            })
+            .await? as u64;
+        pruned.jobs += gone;
+        if gone < PRUNE_BATCH as u64 {
             break;
         }
     }

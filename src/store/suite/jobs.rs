@@ -117,19 +117,22 @@ pub(super) async fn a_job_holds_its_events_deliveries_until_it_ends(s: Arc<dyn S
         "done"
     );
     assert_eq!(s.next_job_due().await.unwrap(), None);
+    // Retention takes an ended job once it is older than the cutoff.
+    let later = Timestamp::now().plus_millis(60_000);
+    assert_eq!(s.prune(later).await.unwrap().jobs, 1);
 }
 
 pub(super) async fn a_job_run_that_fails_waits_for_its_retry(s: Arc<dyn Store>) {
-    s.accept(with_job(
+    let a = with_job(
         accept(
             "s2",
             &[EventType::SessionEnded, EventType::SessionFinalized],
             &["t"],
         ),
         60_000,
-    ))
-    .await
-    .unwrap();
+    );
+    let held = a.events[1].id.clone();
+    s.accept(a).await.unwrap();
     let job = s
         .claim_jobs(10, Duration::from_secs(60))
         .await
@@ -157,4 +160,12 @@ pub(super) async fn a_job_run_that_fails_waits_for_its_retry(s: Arc<dyn Store>) 
         "not due yet"
     );
     assert_eq!(s.deliveries(all()).await.unwrap().len(), 1, "still held");
+    // A pending job is never pruned, nor the event it holds.
+    let pruned = s.prune(Timestamp::now().plus_millis(60_000)).await.unwrap();
+    assert_eq!(pruned.jobs, 0);
+    assert!(
+        s.event(held.as_str()).await.unwrap().is_some(),
+        "the held event is kept"
+    );
+    assert_eq!(s.next_job_due().await.unwrap(), Some(later));
 }
