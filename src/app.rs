@@ -113,8 +113,10 @@ impl Application {
         let enricher = Enricher::new(
             store.clone(),
             transcripts,
+            config.recordings.clone(),
             dispatcher.clone(),
             clock.clone(),
+            metrics.clone(),
         )?;
         let jobs = enricher.waker();
         let (stop_jobs, jobs_stopping) = tokio::sync::watch::channel(false);
@@ -154,6 +156,7 @@ impl Application {
             body_timeout: config.server.body_timeout,
             clock,
             jobs,
+            archive_recordings: config.recordings.is_some(),
         });
         // With `admin_listen`, the admin API and /metrics answer only there (404 on `listen`).
         let separate_admin = config.server.admin_listen.is_some();

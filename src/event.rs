@@ -402,6 +402,45 @@ pub struct Recording {
     pub status: RecordingStatus,
     pub url: Option<String>,
     pub expires_at: Option<Timestamp>,
+    /// The gateway's copy of the recording (`[recordings]`); null where none was attempted.
+    #[serde(default)]
+    pub archive: Option<Archive>,
+}
+
+/// `session.recording.archive`: the recording as the gateway stored it, or why it could not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Archive {
+    pub status: ArchiveStatus,
+    /// Why it failed (`expired`, `too_large`, `http_<status>`, `io`); absent when archived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub url: Option<String>,
+    pub sha256: Option<String>,
+    pub bytes: Option<u64>,
+    pub content_type: Option<String>,
+    pub archived_at: Option<Timestamp>,
+}
+
+impl Archive {
+    pub fn failed(reason: impl Into<String>) -> Archive {
+        Archive {
+            status: ArchiveStatus::Failed,
+            reason: Some(reason.into()),
+            url: None,
+            sha256: None,
+            bytes: None,
+            content_type: None,
+            archived_at: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveStatus {
+    Archived,
+    Failed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -491,17 +530,24 @@ pub struct NewJob {
 pub enum JobKind {
     /// Fetch an Agntix session's transcript from the vendor's messages API.
     Transcript,
+    /// Archive a recording before the vendor's URL expires.
+    Recording,
 }
 
 impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Transcript => "transcript",
+            JobKind::Recording => "recording",
         }
     }
 
     pub fn parse(s: &str) -> Option<JobKind> {
-        (s == "transcript").then_some(JobKind::Transcript)
+        match s {
+            "transcript" => Some(JobKind::Transcript),
+            "recording" => Some(JobKind::Recording),
+            _ => None,
+        }
     }
 }
 

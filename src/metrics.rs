@@ -43,6 +43,11 @@ struct OutputLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: String,
 }
@@ -116,6 +121,9 @@ pub struct Metrics {
     claims: Family<TargetLabels, Counter>,
     handed_over: Family<TargetLabels, Counter>,
     targets: Family<OutputLabels, Gauge>,
+    recordings_archived: Counter,
+    recordings_failed: Family<ReasonLabels, Counter>,
+    recording_bytes: Counter,
     attempt_seconds: Histograms<TargetLabels>,
     end_to_end_seconds: Histograms<TargetLabels>,
     vendor_to_receiver_seconds: Histograms<TargetLabels>,
@@ -147,6 +155,9 @@ impl Metrics {
             claims: Family::default(),
             handed_over: Family::default(),
             targets: Family::default(),
+            recordings_archived: Counter::default(),
+            recordings_failed: Family::default(),
+            recording_bytes: Counter::default(),
             attempt_seconds: Family::new_with_constructor(attempt_buckets),
             end_to_end_seconds: Family::new_with_constructor(end_to_end_buckets),
             vendor_to_receiver_seconds: Family::new_with_constructor(end_to_end_buckets),
@@ -224,6 +235,21 @@ impl Metrics {
             })
             .set(1);
         registry.register("build_info", "The running build (always 1)", build_info);
+        registry.register(
+            "recordings_archived",
+            "Recordings archived to the store",
+            m.recordings_archived.clone(),
+        );
+        registry.register(
+            "recordings_failed",
+            "Recordings that could not be archived, by reason (expired, too_large, http_<status>, io)",
+            m.recordings_failed.clone(),
+        );
+        registry.register(
+            "recording_bytes",
+            "Bytes of recordings archived",
+            m.recording_bytes.clone(),
+        );
         registry.register(
             "target_info",
             "Each configured target and its output kind (http, nats, amqp, redis; always 1): join on `target`",
@@ -379,6 +405,23 @@ impl Metrics {
             })
             .inc();
         tracing::trace!(target, asked, got, "Claimed due deliveries");
+    }
+
+    /// Counts one recording archived, of `bytes`.
+    pub fn recording_archived(&self, bytes: u64) {
+        self.recordings_archived.inc();
+        self.recording_bytes.inc_by(bytes);
+        tracing::info!(bytes, "Recording archived");
+    }
+
+    /// Counts one recording that could not be archived.
+    pub fn recording_failed(&self, reason: &str) {
+        self.recordings_failed
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+        tracing::warn!(reason, "Recording not archived");
     }
 
     /// Names a configured target's output kind (`sessiongate_target_info`).

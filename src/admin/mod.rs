@@ -31,6 +31,7 @@ pub struct AdminState {
 mod deliveries;
 mod events;
 mod receipts;
+mod recordings;
 mod sessions;
 
 /// Registers the admin routes.
@@ -40,6 +41,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
             .route(
                 "/sessions/{vendor}/{session_id}",
                 web::get().to(sessions::get_session),
+            )
+            .route(
+                "/recordings/{vendor}/{session_id}",
+                web::get().to(recordings::get_recording),
             )
             .route("/events", web::get().to(events::list_events))
             .route("/receipts", web::get().to(receipts::list_receipts))

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::delivery::settings::{DeliveryConfig, RawDelivery};
 use crate::delivery::target::{RawTarget, Target};
+use crate::enrich::settings::{RawRecordings, RecordingsConfig};
 use crate::ingest::settings::{RawServer, RawSource, ServerConfig, Source};
 use crate::settings::{self, ConfigError, Context, invalid};
 use crate::store::settings::{RawRetention, RawStorage, RetentionConfig, StorageConfig};
@@ -31,6 +32,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// `None` = keep everything.
     pub retention: Option<RetentionConfig>,
+    /// `None` = recordings are not archived (events carry the vendor's URL).
+    pub recordings: Option<RecordingsConfig>,
     pub sources: Vec<Source>,
     pub targets: Vec<Target>,
     /// Things an operator should hear about at start-up (inline secrets, `auth = none`).
@@ -104,6 +107,7 @@ struct RawConfig {
     storage: RawStorage,
     delivery: RawDelivery,
     retention: Option<RawRetention>,
+    recordings: Option<RawRecordings>,
     #[serde(default)]
     sources: Vec<RawSource>,
     #[serde(default)]
@@ -119,6 +123,7 @@ impl RawConfig {
             .retention
             .map(|r| RetentionConfig::parse(r, &mut cx))
             .transpose()?;
+        let recordings = self.recordings.map(RecordingsConfig::parse).transpose()?;
         let sources = Source::parse_all(self.sources, &mut cx)?;
         let source_names: HashSet<&str> = sources.iter().map(|s| s.name.as_str()).collect();
         let targets = Target::parse_all(self.targets, &delivery, &source_names, &mut cx)?;
@@ -127,6 +132,7 @@ impl RawConfig {
             storage,
             delivery,
             retention,
+            recordings,
             sources,
             targets,
             warnings: cx.into_warnings(),

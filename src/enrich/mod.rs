@@ -6,6 +6,8 @@
 //! ends each with [`Store::finish_job`], which releases the events it held; their targets'
 //! delivery workers are woken. A job past its deadline ends with what is known.
 
+pub mod recordings;
+pub mod settings;
 pub mod transcripts;
 
 use std::collections::HashMap;
@@ -16,11 +18,14 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use self::recordings::Downloaded;
+use self::settings::RecordingsConfig;
 use self::transcripts::Fetched;
 use crate::clock::Clock;
 use crate::delivery::Dispatcher;
-use crate::event::{JobKind, Session, Transcript, TranscriptStatus};
+use crate::event::{Archive, JobKind, Recording, Session, Transcript, TranscriptStatus};
 use crate::ingest::settings::Transcripts;
+use crate::metrics::Metrics;
 use crate::store::{ClaimedJob, JobEnd, JobResult, Store};
 use crate::telemetry::chain;
 
@@ -40,10 +45,12 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::fro
 pub struct Enricher {
     store: Arc<dyn Store>,
     transcripts: HashMap<String, Arc<Transcripts>>,
+    recordings: Option<RecordingsConfig>,
     dispatcher: Dispatcher,
     clock: Clock,
     client: reqwest::Client,
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
 }
 
 impl Enricher {
@@ -51,16 +58,20 @@ impl Enricher {
     pub fn new(
         store: Arc<dyn Store>,
         transcripts: HashMap<String, Arc<Transcripts>>,
+        recordings: Option<RecordingsConfig>,
         dispatcher: Dispatcher,
         clock: Clock,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Enricher> {
         Ok(Enricher {
             store,
             transcripts,
+            recordings,
             dispatcher,
             clock,
             client: crate::delivery::outputs::http::client()?,
             wake: Arc::new(Notify::new()),
+            metrics,
         })
     }
 
@@ -107,6 +118,7 @@ impl Enricher {
     async fn run_one(&self, job: ClaimedJob) {
         let end = match job.kind {
             JobKind::Transcript => self.transcript(&job).await,
+            JobKind::Recording => self.recording(&job).await,
         };
         if let JobEnd::RetryAt { error, .. } = &end {
             tracing::warn!(error = %error, attempt = job.attempts + 1, "Job run failed; will try again");
@@ -127,6 +139,76 @@ impl Enricher {
                 tracing::error!(error = %chain(&e), "Failed to record a job's end; it will run again")
             }
         }
+    }
+
+    /// Archives the session's recording (the one its record holds now). The result joins
+    /// the record at the `recording.ready`'s time; an object outranks the archive's null
+    /// there (the merge's tie-break), so the archived record replaces the bare one.
+    async fn recording(&self, job: &ClaimedJob) -> JobEnd {
+        let unchanged = JobEnd::Done {
+            facts: Box::new(Session::default()),
+        };
+        let recording = match self.store.session(&job.vendor, &job.session_id).await {
+            Ok(Some(view)) => view.session.recording,
+            Ok(None) => None,
+            Err(e) => {
+                return JobEnd::RetryAt {
+                    unix_ms: self.clock.now_ms() + BACKOFF.1.as_millis() as i64,
+                    error: format!("cannot read the session: {}", chain(&e)),
+                };
+            }
+        };
+        // Archiving was turned off since, or there is no URL: the event goes out as it is.
+        let (Some(config), Some(recording)) = (&self.recordings, recording) else {
+            return unchanged;
+        };
+        let Some(url) = recording.url.clone() else {
+            return unchanged;
+        };
+        let with = |archive: Archive| JobEnd::Done {
+            facts: Box::new(Session {
+                recording: Some(Recording {
+                    archive: Some(archive),
+                    ..recording.clone()
+                }),
+                ..Session::default()
+            }),
+        };
+        let left = job.deadline.unix_millis() - self.clock.now_ms();
+        if left <= 0 {
+            // The last answer, if the host gave one; else the URL simply ran out.
+            let reason = job
+                .last_error
+                .as_deref()
+                .filter(|e| e.starts_with("http_"))
+                .unwrap_or("expired");
+            self.metrics.recording_failed(reason);
+            return with(Archive::failed(reason));
+        }
+        let target = recordings::object_path(&config.dir, &job.vendor, &job.session_id);
+        let timeout = Duration::from_millis(left as u64);
+        match recordings::download(&self.client, &url, &target, config.max_bytes, timeout).await {
+            Downloaded::Archived(archive) => {
+                self.metrics.recording_archived(archive.bytes.unwrap_or(0));
+                with(archive)
+            }
+            Downloaded::Final(reason) => {
+                self.metrics.recording_failed(&reason);
+                with(Archive::failed(reason))
+            }
+            Downloaded::Retry(error) => JobEnd::RetryAt {
+                unix_ms: (self.clock.now_ms() + self.backoff(job).as_millis() as i64)
+                    .min(job.deadline.unix_millis()),
+                error,
+            },
+        }
+    }
+
+    fn backoff(&self, job: &ClaimedJob) -> Duration {
+        BACKOFF
+            .0
+            .saturating_mul(1 << job.attempts.min(8))
+            .min(BACKOFF.1)
     }
 
     async fn transcript(&self, job: &ClaimedJob) -> JobEnd {
@@ -156,17 +238,11 @@ impl Enricher {
                 tracing::info!(%reason, "The transcript is unavailable");
                 done(Transcript::unavailable(reason))
             }
-            Fetched::Retry(error) => {
-                let pause = BACKOFF
-                    .0
-                    .saturating_mul(1 << job.attempts.min(8))
-                    .min(BACKOFF.1);
-                let now = self.clock.now_ms();
-                JobEnd::RetryAt {
-                    unix_ms: (now + pause.as_millis() as i64).min(job.deadline.unix_millis()),
-                    error,
-                }
-            }
+            Fetched::Retry(error) => JobEnd::RetryAt {
+                unix_ms: (self.clock.now_ms() + self.backoff(job).as_millis() as i64)
+                    .min(job.deadline.unix_millis()),
+                error,
+            },
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct IngestState {
     pub clock: Clock,
     /// Wakes the job worker after a request left a job behind.
     pub jobs: Arc<tokio::sync::Notify>,
+    /// `[recordings]` is set: recordings are archived before they are delivered.
+    pub archive_recordings: bool,
 }
 
 /// The JSON body ingest answers a vendor with.
@@ -208,6 +210,7 @@ async fn handle(
                 verified.bytes().clone(),
                 &state.targets,
             );
+            let accept = with_recording_job(accept, state.archive_recordings);
             match commit(state, accept).await? {
                 IngestOutcome::Accepted { id, .. } => Ok(Outcome::Accepted(id)),
                 IngestOutcome::Duplicate { id } => {
@@ -304,6 +307,31 @@ pub fn build_accept(
         job: transcript_job(source, &vendor_event_type, received_at),
         events,
     }
+}
+
+/// With `[recordings]`, a `recording.ready` that carries a URL leaves an archive job behind,
+/// due by the URL's expiry, and the event waits for it.
+pub fn with_recording_job(mut accept: Inbound, archive: bool) -> Inbound {
+    if !archive || accept.job.is_some() {
+        return accept;
+    }
+    let ready = accept.events.iter().find_map(|e| {
+        let recording = e.facts.recording.as_ref()?;
+        (e.event_type == EventType::RecordingReady
+            && recording.status == crate::event::RecordingStatus::Ready
+            && recording.url.is_some())
+        .then_some(recording.expires_at)
+    });
+    if let Some(expires_at) = ready {
+        // Pathors documents about 15 minutes when it gives no expiry.
+        let deadline = expires_at.unwrap_or_else(|| accept.received_at.plus_seconds(15 * 60));
+        accept.job = Some(NewJob {
+            kind: JobKind::Recording,
+            deadline,
+            holds: vec![EventType::RecordingReady],
+        });
+    }
+    accept
 }
 
 /// An Agntix `session.ended` of a source that fetches transcripts leaves a transcript job

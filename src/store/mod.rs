@@ -205,6 +205,8 @@ pub struct ClaimedJob {
     pub attempts: u32,
     pub deadline: Timestamp,
     pub lease_token: i64,
+    /// What the last run said, if it failed.
+    pub last_error: Option<String>,
 }
 
 /// How a job run ended.

@@ -105,6 +105,7 @@ pub(super) fn normalize(body: &Map<String, Value>) -> Result<Normalized, Payload
             status: RecordingStatus::Ready,
             url: Some(url.to_owned()),
             expires_at: None,
+            archive: None,
         }),
         ..Session::default()
     };
@@ -282,6 +283,7 @@ mod tests {
                     "https://app.agntix.ai/en/logs-history?opened={SESSION}"
                 )),
                 expires_at: None,
+                archive: None,
             })
         );
         let analysis = serde_json::to_value(s.analysis.as_ref().unwrap()).unwrap();

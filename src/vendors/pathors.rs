@@ -131,11 +131,13 @@ fn read_recording(
             status: RecordingStatus::Ready,
             url: Some(url.to_owned()),
             expires_at: Some(timestamp.plus_seconds(RECORDING_URL_LIFETIME_SECONDS)),
+            archive: None,
         },
         _ => Recording {
             status: RecordingStatus::Failed,
             url: None,
             expires_at: None,
+            archive: None,
         },
     })
 }
@@ -246,6 +248,7 @@ mod tests {
                     "https://recordings.example.invalid/2c4f9a13.wav?token=short-lived".into()
                 ),
                 expires_at: ts("2026-05-03T08:58:02.117Z"),
+                archive: None,
             })
         );
     }
@@ -258,7 +261,8 @@ mod tests {
             Some(Recording {
                 status: RecordingStatus::Failed,
                 url: None,
-                expires_at: None
+                expires_at: None,
+                archive: None,
             })
         );
     }

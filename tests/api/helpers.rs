@@ -127,6 +127,8 @@ pub struct Options {
     pub server_extra: String,
     /// Extra keys of the Agntix source, TOML (e.g. `transcripts = {…}`).
     pub agntix_extra: String,
+    /// Extra top-level tables, TOML (e.g. `[recordings]`).
+    pub tables: String,
 }
 
 impl Options {
@@ -142,6 +144,7 @@ impl Options {
             storage_url: None,
             server_extra: String::new(),
             agntix_extra: String::new(),
+            tables: String::new(),
         }
     }
 
@@ -166,6 +169,8 @@ backoff_initial_ms = {backoff}
 backoff_max_ms = {backoff_max}
 jitter = 0.0
 
+{tables}
+
 [[sources]]
 name = "pathors"
 vendor = "pathors"
@@ -182,6 +187,7 @@ auth = {{ kind = "svix", secrets = ["env:AGNTIX_OLD_SECRET", "env:AGNTIX_SECRET"
             max_body = self.max_body_bytes,
             server_extra = self.server_extra,
             agntix_extra = self.agntix_extra,
+            tables = self.tables,
             admin = if self.admin_api {
                 "admin_token = \"env:ADMIN_TOKEN\""
             } else {

@@ -10,6 +10,7 @@ mod helpers;
 mod ingest;
 mod outputs;
 mod process;
+mod recordings;
 mod replicas;
 mod schema;
 mod sessions;

@@ -28,7 +28,7 @@ impl PgStore {
                        AND (lease_until IS NULL OR lease_until <= $3)
                      ORDER BY next_attempt_at LIMIT $4
                      FOR UPDATE SKIP LOCKED)
-                 RETURNING id, kind, source, vendor, session_id, attempts, deadline",
+                 RETURNING id, kind, source, vendor, session_id, attempts, deadline, last_error",
                 &[
                     &(now + lease.as_millis() as i64),
                     &token,
@@ -48,6 +48,7 @@ impl PgStore {
                 attempts: r.get::<_, i32>(5) as u32,
                 deadline: Timestamp::from_unix_millis(r.get(6)),
                 lease_token: token,
+                last_error: r.get(7),
             })
             .collect())
     }

@@ -24,7 +24,7 @@ pub(super) fn claim(
              WHERE status = 'pending' AND next_attempt_at <= ?3
                AND (lease_until IS NULL OR lease_until <= ?3)
              ORDER BY next_attempt_at LIMIT ?4)
-         RETURNING id, kind, source, vendor, session_id, attempts, deadline",
+         RETURNING id, kind, source, vendor, session_id, attempts, deadline, last_error",
     )?
     .query_map(
         params![now + lease.as_millis() as i64, token, now, limit as i64],
@@ -39,6 +39,7 @@ pub(super) fn claim(
                 attempts: r.get(5)?,
                 deadline: Timestamp::from_unix_millis(r.get(6)?),
                 lease_token: token,
+                last_error: r.get(7)?,
             })
         },
     )?
