@@ -190,10 +190,10 @@ async fn connection_errors_and_timeouts_are_retried_and_recorded() {
         status: 200,
         delay: Duration::from_secs(5),
     });
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}/", listener.local_addr().unwrap())
-    };
+    // A port held on 127.0.0.1 for the whole test, asked for on 127.0.0.2 where nothing
+    // listens: refused every time, and no other test can take it meanwhile.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = format!("http://127.0.0.2:{}/", held.local_addr().unwrap().port());
     let mut options = Options::with_targets(
         target("refused", &closed, "") + &target("slow", &slow.url("/"), "timeout_ms = 200"),
     );

@@ -201,8 +201,9 @@ struct Relay {
 }
 
 impl Relay {
+    /// A port on 127.0.0.2, where no other test listens, so nobody takes it meanwhile.
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
+        std::net::TcpListener::bind("127.0.0.2:0")
             .unwrap()
             .local_addr()
             .unwrap()
@@ -210,7 +211,7 @@ impl Relay {
     }
 
     async fn start(port: u16, to: &'static str) -> Relay {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        let listener = tokio::net::TcpListener::bind(("127.0.0.2", port))
             .await
             .unwrap();
         let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -257,7 +258,7 @@ async fn a_broker_down_then_up_loses_nothing_and_counts_nothing_early() {
     let port = Relay::free_port();
     let app = spawn_app_with(
         patient(format!(
-            "[[targets]]\nname = \"bus\"\nurl = \"nats://127.0.0.1:{port}\"\nsubject = \"{prefix}.{{type}}\"\n"
+            "[[targets]]\nname = \"bus\"\nurl = \"nats://127.0.0.2:{port}\"\nsubject = \"{prefix}.{{type}}\"\n"
         )),
         None,
     )
@@ -307,7 +308,7 @@ async fn a_broker_lost_mid_connection_delays_only_its_own_target_and_loses_nothi
     let relay = Relay::start(port, NATS).await;
     let app = spawn_app_with(
         patient(format!(
-            "[[targets]]\nname = \"bus\"\nurl = \"nats://127.0.0.1:{port}\"\nsubject = \"{prefix}.{{type}}\"\n\
+            "[[targets]]\nname = \"bus\"\nurl = \"nats://127.0.0.2:{port}\"\nsubject = \"{prefix}.{{type}}\"\n\
              [[targets]]\nname = \"crm\"\nurl = \"{}\"\n",
             receiver.url("/")
         )),
