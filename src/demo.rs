@@ -141,6 +141,26 @@ async fn agntix_messages(request: HttpRequest, key: web::Data<String>) -> HttpRe
     ], "nextCursor": "2"}))
 }
 
+/// One second of 8 kHz 16-bit mono silence with a WAV header: what the stand-in host serves.
+fn demo_recording() -> Vec<u8> {
+    let data_len: u32 = 16_000;
+    let mut wav = Vec::with_capacity(44 + data_len as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&8_000u32.to_le_bytes());
+    wav.extend_from_slice(&16_000u32.to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    wav.resize(44 + data_len as usize, 0);
+    wav
+}
+
 /// Runs the demo, writing the tour to `out`.
 pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("Failed to create a temporary directory")?;
@@ -190,6 +210,33 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
     let api_handle = api_server.handle();
     tokio::spawn(api_server);
 
+    // A stand-in for Pathors' recording host: the file its short-lived URL points at.
+    let recording = web::Data::new(demo_recording());
+    let recording_listener =
+        TcpListener::bind("127.0.0.1:0").context("Failed to bind the recording host stand-in")?;
+    let recording_url = format!(
+        "http://{}/recordings/2c4f9a13.wav?token=short-lived",
+        recording_listener.local_addr()?
+    );
+    let recording_server = {
+        let recording = recording.clone();
+        HttpServer::new(move || {
+            App::new()
+                .app_data(recording.clone())
+                .default_service(web::to(|bytes: web::Data<Vec<u8>>| async move {
+                    HttpResponse::Ok()
+                        .content_type("audio/wav")
+                        .body(bytes.get_ref().clone())
+                }))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(recording_listener)?
+        .run()
+    };
+    let recording_handle = recording_server.handle();
+    tokio::spawn(recording_server);
+
     let toml = format!(
         r#"
 [server]
@@ -197,6 +244,8 @@ listen = "127.0.0.1:0"
 workers = 1
 [storage]
 url = "sqlite://{db}"
+[recordings]
+store = "file://{recordings}"
 [delivery]
 backoff_initial_ms = 100
 backoff_max_ms = 1000
@@ -215,7 +264,8 @@ url = "{receiver_url}"
 secret = "env:TARGET_SECRET"
 include_raw = false
 "#,
-        db = dir.path().join("demo.db").display()
+        db = dir.path().join("demo.db").display(),
+        recordings = dir.path().join("recordings").display()
     );
     let env = |name: &str| match name {
         "PATHORS_TOKEN" => Some(pathors_token.clone()),
@@ -254,17 +304,26 @@ include_raw = false
             .and_then(Value::as_str)
             .unwrap_or("?")
             .to_owned();
+        // The recording's URL points at the stand-in host, sent now (its 15 minutes run).
+        let body = if event_type == "recording.ready" {
+            let mut v: Value = serde_json::from_str(sent.body)?;
+            v["timestamp"] = crate::event::Timestamp::now().to_string().into();
+            v["recordingUrl"] = recording_url.clone().into();
+            serde_json::to_string(&v)?
+        } else {
+            sent.body.to_owned()
+        };
         let mut request = client
             .post(format!("{gateway}/ingest/{}", sent.vendor))
             .header("content-type", "application/json")
-            .body(sent.body);
+            .body(body.clone());
         if sent.vendor == "pathors" {
             request = request.header("authorization", &pathors_token);
         } else {
             let msg_id = format!("msg_demo{i}");
             let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
             for (name, value) in
-                crate::testing::svix_headers(&signer, &msg_id, now, sent.body.as_bytes())
+                crate::testing::svix_headers(&signer, &msg_id, now, body.as_bytes())
             {
                 request = request.header(name, value);
             }
@@ -312,6 +371,7 @@ include_raw = false
     running.await.context("The gateway task failed")??;
     receiver_handle.stop(true).await;
     api_handle.stop(true).await;
+    recording_handle.stop(true).await;
 
     let got = std::mem::take(&mut *receiver.got.lock().expect("receiver lock"));
     writeln!(out, "\nThe receiver got {} events:", got.len())?;
@@ -388,6 +448,29 @@ include_raw = false
             m["content"].as_str().unwrap_or("")
         )?;
     }
+    let ready = got
+        .iter()
+        .find(|r| r.body["type"] == "recording.ready")
+        .context("no recording.ready arrived")?;
+    let archive = &ready.body["session"]["recording"]["archive"];
+    ensure!(
+        archive["status"] == "archived",
+        "the recording was not archived: {archive}"
+    );
+    writeln!(
+        out,
+        "\nThe Pathors recording.ready went out once the recording was archived: its URL works for\n\
+         about 15 minutes, so the gateway streamed the file to its store first (here a local\n\
+         stand-in host). session.recording.archive: {} bytes, sha256 {}…, {}.\n\
+         GET /admin/recordings/pathors/{{sessionId}} serves it back.",
+        archive["bytes"],
+        archive["sha256"]
+            .as_str()
+            .unwrap_or("?")
+            .get(..16)
+            .unwrap_or("?"),
+        archive["contentType"].as_str().unwrap_or("?"),
+    )?;
     writeln!(
         out,
         "\nOrder is not a promise. Above, events arrived in the order the gateway could deliver\n\
