@@ -236,7 +236,12 @@ impl Application {
         };
 
         let pruner = config.retention.map(|retention| {
-            tokio::spawn(prune_forever(store.clone(), metrics.clone(), retention))
+            tokio::spawn(prune_forever(
+                store.clone(),
+                metrics.clone(),
+                retention,
+                config.recordings.clone(),
+            ))
         });
 
         Ok(Application {
@@ -334,6 +339,7 @@ async fn prune_forever(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     retention: crate::store::settings::RetentionConfig,
+    recordings: Option<crate::enrich::settings::RecordingsConfig>,
 ) {
     let mut ticks = tokio::time::interval(retention.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -342,7 +348,14 @@ async fn prune_forever(
         let cutoff = crate::event::Timestamp::now().minus(retention.max_age);
         let started = std::time::Instant::now();
         match store.prune(cutoff).await {
-            Ok(pruned) => metrics.pruned(pruned, started.elapsed()),
+            Ok(pruned) => {
+                if let Some(recordings) = &recordings {
+                    for (vendor, session_id) in &pruned.recordings {
+                        crate::enrich::recordings::delete(recordings, vendor, session_id).await;
+                    }
+                }
+                metrics.pruned(pruned, started.elapsed())
+            }
             Err(e) => {
                 tracing::warn!(error = %chain(&e), "Retention could not prune; it tries again next interval")
             }

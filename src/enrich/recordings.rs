@@ -130,6 +130,11 @@ async fn stream_to(
     Ok(outcome)
 }
 
+/// Deletes a session's archived recording (retention); gone already is fine.
+pub async fn delete(config: &super::settings::RecordingsConfig, vendor: &str, session_id: &str) {
+    remove(&object_path(&config.dir, vendor, session_id)).await;
+}
+
 async fn remove(path: &Path) {
     if let Err(e) = tokio::fs::remove_file(path).await
         && e.kind() != std::io::ErrorKind::NotFound

@@ -333,7 +333,7 @@ impl DeliveryStatus {
 
 /// A delivery as the store knows it.
 /// What one pruning run deleted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pruned {
     pub events: u64,
     pub receipts: u64,
@@ -341,6 +341,9 @@ pub struct Pruned {
     pub attempts: u64,
     /// Jobs that ended before the cutoff (pending ones are never pruned).
     pub jobs: u64,
+    /// `(vendor, session id)` of sessions whose last recording job went: their archived
+    /// object goes too (the caller deletes it from the recordings store).
+    pub recordings: Vec<(String, String)>,
 }
 
 /// Rows one pruning batch looks at.

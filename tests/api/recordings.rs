@@ -230,3 +230,36 @@ async fn without_recordings_configured_recording_ready_goes_out_at_once_with_no_
     let event = receiver.wait_for(1).await[0].json();
     assert!(event["session"]["recording"]["archive"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_the_archived_object_with_its_events() {
+    let host = RecordingHost::start(pseudo_random(64 * 1024), 0, false).await;
+    let store = tempfile::tempdir().unwrap();
+    let receiver = TestReceiver::start().await;
+    let mut options = gateway(store.path(), &receiver);
+    options.tables += "[retention]\nmax_age = \"1s\"\ninterval = \"1s\"\n";
+    let app = spawn_app_with(options, None).await;
+    let body = recording_ready(&host.url, Duration::ZERO);
+    assert_eq!(app.post_pathors(&body).await.status().as_u16(), 202);
+    let archive = receiver.wait_for(1).await[0].json()["session"]["recording"]["archive"].clone();
+    let path = archive["url"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("file://")
+        .unwrap()
+        .to_owned();
+    assert!(std::path::Path::new(&path).is_file());
+
+    let deadline = Instant::now() + PATIENCE;
+    while std::path::Path::new(&path).exists() {
+        assert!(Instant::now() < deadline, "retention never deleted {path}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let response = app
+        .admin(
+            reqwest::Method::GET,
+            "/admin/recordings/pathors/2c4f9a13-7e6b-4d8a-9f25-c81e3a7b6d04",
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 404);
+}

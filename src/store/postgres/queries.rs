@@ -481,14 +481,29 @@ impl Store for PgStore {
         }
         let cutoff_ms = Timestamp::parse(&cutoff).map_or(0, Timestamp::unix_millis);
         loop {
-            let gone = self
-                .execute(
-                    "DELETE FROM jobs WHERE seq IN (
-                         SELECT seq FROM jobs WHERE status = 'done' AND updated_at < $1
-                         ORDER BY seq LIMIT $2)",
+            // A session's archived object goes with its last recording job.
+            let rows = self
+                .query(
+                    "WITH gone AS (
+                         DELETE FROM jobs WHERE seq IN (
+                             SELECT seq FROM jobs WHERE status = 'done' AND updated_at < $1
+                             ORDER BY seq LIMIT $2)
+                         RETURNING kind, vendor, session_id)
+                     SELECT DISTINCT g.kind, g.vendor, g.session_id,
+                         NOT EXISTS (SELECT 1 FROM jobs k WHERE k.kind = 'recording'
+                             AND k.vendor = g.vendor AND k.session_id = g.session_id
+                             AND (k.status = 'pending' OR k.updated_at >= $1)),
+                         (SELECT count(*) FROM gone)
+                     FROM gone g",
                     &[&cutoff_ms, &PRUNE_BATCH],
                 )
                 .await?;
+            let gone = rows.first().map_or(0, |r| r.get::<_, i64>(4) as u64);
+            for row in &rows {
+                if row.get::<_, &str>(0) == "recording" && row.get::<_, bool>(3) {
+                    pruned.recordings.push((row.get(1), row.get(2)));
+                }
+            }
             pruned.jobs += gone;
             if gone < PRUNE_BATCH as u64 {
                 break;

@@ -162,17 +162,35 @@ pub(super) async fn prune(store: &SqliteStore, cutoff: Timestamp) -> Result<Prun
         }
     }
     loop {
-        let gone = store
+        let (gone, recordings) = store
             .call(move |conn| {
-                conn.prepare_cached(
-                    "DELETE FROM jobs WHERE seq IN (
-                         SELECT seq FROM jobs WHERE status = 'done' AND updated_at < ?1
-                         ORDER BY seq LIMIT ?2)",
-                )?
-                .execute(rusqlite::params![cutoff_ms, PRUNE_BATCH])
+                // A session's archived object goes with its last recording job.
+                let recordings: Vec<(String, String)> = conn
+                    .prepare_cached(
+                        "SELECT DISTINCT j.vendor, j.session_id FROM jobs j
+                         WHERE j.seq IN (SELECT seq FROM jobs WHERE status = 'done'
+                                           AND updated_at < ?1 ORDER BY seq LIMIT ?2)
+                           AND j.kind = 'recording'
+                           AND NOT EXISTS (SELECT 1 FROM jobs k WHERE k.kind = 'recording'
+                               AND k.vendor = j.vendor AND k.session_id = j.session_id
+                               AND (k.status = 'pending' OR k.updated_at >= ?1))",
+                    )?
+                    .query_map(rusqlite::params![cutoff_ms, PRUNE_BATCH], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                let gone = conn
+                    .prepare_cached(
+                        "DELETE FROM jobs WHERE seq IN (
+                             SELECT seq FROM jobs WHERE status = 'done' AND updated_at < ?1
+                             ORDER BY seq LIMIT ?2)",
+                    )?
+                    .execute(rusqlite::params![cutoff_ms, PRUNE_BATCH])?;
+                Ok((gone as u64, recordings))
             })
-            .await? as u64;
+            .await?;
         pruned.jobs += gone;
+        pruned.recordings.extend(recordings);
         if gone < PRUNE_BATCH as u64 {
             break;
         }

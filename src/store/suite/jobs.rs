@@ -169,3 +169,34 @@ pub(super) async fn a_job_run_that_fails_waits_for_its_retry(s: Arc<dyn Store>) 
     );
     assert_eq!(s.next_job_due().await.unwrap(), Some(later));
 }
+
+pub(super) async fn pruning_a_sessions_last_recording_job_names_its_object(s: Arc<dyn Store>) {
+    let mut a = accept("s3", &[EventType::RecordingReady], &["t"]);
+    a.job = Some(NewJob {
+        kind: JobKind::Recording,
+        deadline: Timestamp::now().plus_millis(60_000),
+        holds: vec![EventType::RecordingReady],
+    });
+    s.accept(a).await.unwrap();
+    let job = s
+        .claim_jobs(10, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(job.kind, JobKind::Recording);
+    s.finish_job(JobResult {
+        id: job.id,
+        lease_token: job.lease_token,
+        end: JobEnd::Done {
+            facts: Box::default(),
+        },
+    })
+    .await
+    .unwrap();
+    let pruned = s.prune(Timestamp::now().plus_millis(60_000)).await.unwrap();
+    assert_eq!(pruned.jobs, 1);
+    assert_eq!(
+        pruned.recordings,
+        vec![("pathors".to_owned(), "s3".to_owned())]
+    );
+}

@@ -96,6 +96,7 @@ suite!(
         pruning_deletes_finished_work_and_never_pending_work,
         a_job_holds_its_events_deliveries_until_it_ends,
         a_job_run_that_fails_waits_for_its_retry,
+        pruning_a_sessions_last_recording_job_names_its_object,
     ]
 );
 
