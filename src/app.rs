@@ -22,6 +22,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::{WorkerHealth, Workers};
 use crate::enrich::Enricher;
+use crate::enrich::recordings::ArchiveStore;
 use crate::error::{ApiError, error_response};
 use crate::ingest::{self, IngestState};
 use crate::metrics::Metrics;
@@ -110,10 +111,18 @@ impl Application {
             .values()
             .filter_map(|s| Some((s.name.clone(), s.transcripts.clone()?)))
             .collect();
+        let archive = config
+            .recordings
+            .as_ref()
+            .map(|r| ArchiveStore::open(&r.store))
+            .transpose()
+            .context("Cannot open the recordings store")?;
         let enricher = Enricher::new(
             store.clone(),
             transcripts,
-            config.recordings.clone(),
+            archive
+                .clone()
+                .zip(config.recordings.as_ref().map(|r| r.max_bytes)),
             dispatcher.clone(),
             clock.clone(),
             metrics.clone(),
@@ -133,6 +142,7 @@ impl Application {
                 store: store.clone(),
                 dispatcher: dispatcher.clone(),
                 targets: targets.clone(),
+                archive: archive.clone(),
             })
         });
         if admin.is_none() {
@@ -240,7 +250,7 @@ impl Application {
                 store.clone(),
                 metrics.clone(),
                 retention,
-                config.recordings.clone(),
+                archive.clone(),
             ))
         });
 
@@ -339,7 +349,7 @@ async fn prune_forever(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     retention: crate::store::settings::RetentionConfig,
-    recordings: Option<crate::enrich::settings::RecordingsConfig>,
+    archive: Option<ArchiveStore>,
 ) {
     let mut ticks = tokio::time::interval(retention.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -349,9 +359,9 @@ async fn prune_forever(
         let started = std::time::Instant::now();
         match store.prune(cutoff).await {
             Ok(pruned) => {
-                if let Some(recordings) = &recordings {
+                if let Some(archive) = &archive {
                     for (vendor, session_id) in &pruned.recordings {
-                        crate::enrich::recordings::delete(recordings, vendor, session_id).await;
+                        archive.delete(vendor, session_id).await;
                     }
                 }
                 metrics.pruned(pruned, started.elapsed())

@@ -105,3 +105,35 @@ pub fn broker(name: &str, address: &str) -> bool {
     }
     up
 }
+
+/// An S3-compatible store for tests (SeaweedFS in `.ci/run`), from
+/// `SESSIONGATE_TEST_S3_ENDPOINT`, `…_BUCKET`, `…_KEY` and `…_SECRET`. Outside CI, unset
+/// skips with a printed reason; under `CI=true` it is a failure.
+pub struct TestS3 {
+    pub endpoint: String,
+    pub bucket: String,
+    pub key: String,
+    pub secret: String,
+}
+
+pub fn s3() -> Option<TestS3> {
+    let var = |name: &str| std::env::var(format!("SESSIONGATE_TEST_S3_{name}")).ok();
+    match (var("ENDPOINT"), var("BUCKET"), var("KEY"), var("SECRET")) {
+        (Some(endpoint), Some(bucket), Some(key), Some(secret)) => Some(TestS3 {
+            endpoint,
+            bucket,
+            key,
+            secret,
+        }),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "SESSIONGATE_TEST_S3_ENDPOINT, _BUCKET, _KEY and _SECRET must be set in CI: the S3 tests may not be skipped"
+            );
+            println!(
+                "skipped: SESSIONGATE_TEST_S3_ENDPOINT (and _BUCKET, _KEY, _SECRET) are not set"
+            );
+            None
+        }
+    }
+}

@@ -26,6 +26,8 @@ pub struct AdminState {
     pub store: Arc<dyn Store>,
     pub dispatcher: Dispatcher,
     pub targets: Vec<Arc<Target>>,
+    /// Where recordings are archived (`[recordings]`), to serve them back.
+    pub archive: Option<crate::enrich::recordings::ArchiveStore>,
 }
 
 mod deliveries;

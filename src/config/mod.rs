@@ -123,7 +123,10 @@ impl RawConfig {
             .retention
             .map(|r| RetentionConfig::parse(r, &mut cx))
             .transpose()?;
-        let recordings = self.recordings.map(RecordingsConfig::parse).transpose()?;
+        let recordings = self
+            .recordings
+            .map(|r| RecordingsConfig::parse(r, &mut cx))
+            .transpose()?;
         let sources = Source::parse_all(self.sources, &mut cx)?;
         let source_names: HashSet<&str> = sources.iter().map(|s| s.name.as_str()).collect();
         let targets = Target::parse_all(self.targets, &delivery, &source_names, &mut cx)?;

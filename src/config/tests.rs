@@ -551,3 +551,46 @@ fn each_output_checks_its_own_keys_naming_the_target() {
         assert!(e.contains(expected), "{rest}: {e}");
     }
 }
+
+#[test]
+fn recordings_stores_are_file_or_s3_with_their_keys() {
+    let c = parse(&format!(
+        "[recordings]\nstore = \"s3://bucket/some/prefix\"\ns3_endpoint = \"http://127.0.0.1:8333\"\n\
+         s3_access_key_id = \"env:PATHORS_TOKEN\"\ns3_secret_access_key = \"env:AGNTIX_SECRET\"\n{SOURCE}"
+    ))
+    .unwrap();
+    let store = &c.recordings.as_ref().unwrap().store;
+    assert!(
+        matches!(store, crate::enrich::settings::StoreConfig::S3 { bucket, prefix, region, .. }
+        if bucket == "bucket" && prefix == "some/prefix" && region == "us-east-1")
+    );
+    assert!(
+        !format!("{c:?}").contains("t0ken"),
+        "secrets stay out of Debug"
+    );
+    for (table, expected) in [
+        (
+            "store = \"file://x\"\ns3_region = \"eu\"",
+            "recordings.s3_region`: is for s3:// stores",
+        ),
+        (
+            "store = \"s3://\"",
+            "recordings.store`: s3:// needs a bucket",
+        ),
+        (
+            "store = \"s3://b\"\ns3_access_key_id = \"env:PATHORS_TOKEN\"",
+            "go together",
+        ),
+        (
+            "store = \"ftp://x\"",
+            "must be file://PATH or s3://BUCKET/PREFIX",
+        ),
+        (
+            "store = \"file://x\"\nmax_bytes = 0",
+            "recordings.max_bytes",
+        ),
+    ] {
+        let e = error_of(&format!("[recordings]\n{table}\n{SOURCE}"));
+        assert!(e.contains(expected), "{table}: {e}");
+    }
+}

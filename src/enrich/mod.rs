@@ -18,8 +18,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use self::recordings::ArchiveStore;
 use self::recordings::Downloaded;
-use self::settings::RecordingsConfig;
 use self::transcripts::Fetched;
 use crate::clock::Clock;
 use crate::delivery::Dispatcher;
@@ -45,7 +45,8 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::fro
 pub struct Enricher {
     store: Arc<dyn Store>,
     transcripts: HashMap<String, Arc<Transcripts>>,
-    recordings: Option<RecordingsConfig>,
+    /// Where recordings are archived, and the largest taken.
+    recordings: Option<(ArchiveStore, u64)>,
     dispatcher: Dispatcher,
     clock: Clock,
     client: reqwest::Client,
@@ -58,7 +59,7 @@ impl Enricher {
     pub fn new(
         store: Arc<dyn Store>,
         transcripts: HashMap<String, Arc<Transcripts>>,
-        recordings: Option<RecordingsConfig>,
+        recordings: Option<(ArchiveStore, u64)>,
         dispatcher: Dispatcher,
         clock: Clock,
         metrics: Arc<Metrics>,
@@ -159,7 +160,7 @@ impl Enricher {
             }
         };
         // Archiving was turned off since, or there is no URL: the event goes out as it is.
-        let (Some(config), Some(recording)) = (&self.recordings, recording) else {
+        let (Some((store, max_bytes)), Some(recording)) = (&self.recordings, recording) else {
             return unchanged;
         };
         let Some(url) = recording.url.clone() else {
@@ -185,9 +186,9 @@ impl Enricher {
             self.metrics.recording_failed(reason);
             return with(Archive::failed(reason));
         }
-        let target = recordings::object_path(&config.dir, &job.vendor, &job.session_id);
         let timeout = Duration::from_millis(left as u64);
-        match recordings::download(&self.client, &url, &target, config.max_bytes, timeout).await {
+        let session = (job.vendor.as_str(), job.session_id.as_str());
+        match recordings::download(&self.client, &url, store, session, *max_bytes, timeout).await {
             Downloaded::Archived(archive) => {
                 self.metrics.recording_archived(archive.bytes.unwrap_or(0));
                 with(archive)

@@ -1,14 +1,149 @@
-//! Recordings archived before the vendor's URL expires: streamed to a `file://` store in
-//! chunks (memory stays bounded whatever the size), hashed with SHA-256 on the way, fsynced,
-//! and only then renamed into place.
+//! Recordings archived before the vendor's URL expires: streamed in chunks (memory stays
+//! bounded whatever the size) and hashed with SHA-256 on the way, to a directory (`file://`:
+//! a temporary file, fsynced, then renamed into place) or an S3-compatible object store
+//! (`s3://`, through `object_store`: a multipart upload that counts only once completed).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::web::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use object_store::aws::AmazonS3Builder;
+use object_store::{ObjectStore, ObjectStoreExt};
+use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use super::settings::StoreConfig;
 use crate::event::{Archive, ArchiveStatus, Timestamp};
+
+/// Where archived recordings are kept, opened once.
+#[derive(Clone)]
+pub enum ArchiveStore {
+    File(PathBuf),
+    S3 {
+        store: Arc<dyn ObjectStore>,
+        bucket: String,
+        prefix: String,
+    },
+}
+
+/// Parts uploaded at once per recording: bounds an upload's memory to a few parts.
+const UPLOAD_CONCURRENCY: usize = 2;
+
+impl ArchiveStore {
+    pub fn open(config: &StoreConfig) -> anyhow::Result<ArchiveStore> {
+        Ok(match config {
+            StoreConfig::File { dir } => ArchiveStore::File(dir.clone()),
+            StoreConfig::S3 {
+                bucket,
+                prefix,
+                endpoint,
+                region,
+                access_key_id,
+                secret_access_key,
+            } => {
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_region(region);
+                if let Some(endpoint) = endpoint {
+                    builder = builder
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"))
+                        .with_virtual_hosted_style_request(false);
+                }
+                if let (Some(id), Some(secret)) = (access_key_id, secret_access_key) {
+                    builder = builder
+                        .with_access_key_id(id.expose_secret())
+                        .with_secret_access_key(secret.expose_secret());
+                }
+                ArchiveStore::S3 {
+                    store: Arc::new(builder.build()?),
+                    bucket: bucket.clone(),
+                    prefix: prefix.clone(),
+                }
+            }
+        })
+    }
+
+    /// A session's object name: vendor, then the session id in hex (any id is a plain name).
+    fn key(vendor: &str, session_id: &str) -> String {
+        format!("{vendor}/{}", hex::encode(session_id.as_bytes()))
+    }
+
+    fn s3_path(prefix: &str, vendor: &str, session_id: &str) -> object_store::path::Path {
+        let key = Self::key(vendor, session_id);
+        match prefix {
+            "" => object_store::path::Path::from(key),
+            prefix => object_store::path::Path::from(format!("{prefix}/{key}")),
+        }
+    }
+
+    /// The archived bytes of a session and their size; `None` if there are none.
+    pub async fn read(
+        &self,
+        vendor: &str,
+        session_id: &str,
+    ) -> Result<Option<(u64, BoxStream<'static, std::io::Result<Bytes>>)>, String> {
+        match self {
+            ArchiveStore::File(dir) => {
+                let path = object_path(dir, vendor, session_id);
+                let file = match tokio::fs::File::open(&path).await {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e.to_string()),
+                };
+                let size = file.metadata().await.map_err(|e| e.to_string())?.len();
+                let stream = futures_util::stream::unfold(file, |mut file| async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buffer = vec![0; 64 * 1024];
+                    match file.read(&mut buffer).await {
+                        Ok(0) => None,
+                        Ok(n) => {
+                            buffer.truncate(n);
+                            Some((Ok(Bytes::from(buffer)), file))
+                        }
+                        Err(e) => Some((Err(e), file)),
+                    }
+                });
+                Ok(Some((size, stream.boxed())))
+            }
+            ArchiveStore::S3 { store, prefix, .. } => {
+                match store.get(&Self::s3_path(prefix, vendor, session_id)).await {
+                    Ok(got) => {
+                        let size = got.meta.size;
+                        let stream = got.into_stream().map(|chunk| {
+                            chunk
+                                .map(|b| Bytes::from(b.to_vec()))
+                                .map_err(std::io::Error::other)
+                        });
+                        Ok(Some((size, stream.boxed())))
+                    }
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Deletes a session's archived recording (retention); gone already is fine.
+    pub async fn delete(&self, vendor: &str, session_id: &str) {
+        match self {
+            ArchiveStore::File(dir) => remove(&object_path(dir, vendor, session_id)).await,
+            ArchiveStore::S3 { store, prefix, .. } => {
+                let path = Self::s3_path(prefix, vendor, session_id);
+                match store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, %path, "Cannot delete an archived recording")
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// What one download came to.
 #[derive(Debug, PartialEq)]
@@ -22,15 +157,16 @@ pub enum Downloaded {
 
 /// Where a session's recording is kept in a `file://` store.
 pub fn object_path(dir: &Path, vendor: &str, session_id: &str) -> PathBuf {
-    // Session ids are the vendor's: hex keeps any of them a plain file name.
-    dir.join(vendor).join(hex::encode(session_id.as_bytes()))
+    dir.join(ArchiveStore::key(vendor, session_id))
 }
 
-/// Downloads `url` into the store at `dir`, within `timeout`.
+/// Downloads `url` into the store as the recording of `(vendor, session_id)`, within
+/// `timeout`.
 pub async fn download(
     client: &reqwest::Client,
     url: &str,
-    target: &Path,
+    store: &ArchiveStore,
+    (vendor, session_id): (&str, &str),
     max_bytes: u64,
     timeout: Duration,
 ) -> Downloaded {
@@ -51,11 +187,30 @@ pub async fn download(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    match stream_to(response, target, max_bytes).await {
+    let (streamed, shown) = match store {
+        ArchiveStore::File(dir) => {
+            let target = object_path(dir, vendor, session_id);
+            let url = format!("file://{}", target.display());
+            (stream_to(response, &target, max_bytes).await, url)
+        }
+        ArchiveStore::S3 {
+            store,
+            bucket,
+            prefix,
+        } => {
+            let path = ArchiveStore::s3_path(prefix, vendor, session_id);
+            let url = format!("s3://{bucket}/{path}");
+            (
+                upload(response, store.as_ref(), &path, max_bytes).await,
+                url,
+            )
+        }
+    };
+    match streamed {
         Ok(Streamed::Done { sha256, bytes }) => Downloaded::Archived(Archive {
             status: ArchiveStatus::Archived,
             reason: None,
-            url: Some(format!("file://{}", target.display())),
+            url: Some(shown),
             sha256: Some(sha256),
             bytes: Some(bytes),
             content_type: Some(content_type),
@@ -64,10 +219,57 @@ pub async fn download(
         Ok(Streamed::TooLarge) => Downloaded::Final("too_large".into()),
         Ok(Streamed::Interrupted(e)) => Downloaded::Retry(format!("the download broke off: {e}")),
         Err(e) => {
-            tracing::error!(error = %e, path = %target.display(), "Cannot write a recording to the store");
+            tracing::error!(error = %e, "Cannot write a recording to the store");
             Downloaded::Final("io".into())
         }
     }
+}
+
+/// Streams the body into a multipart upload, hashing it; a partial upload is aborted.
+async fn upload(
+    mut response: reqwest::Response,
+    store: &dyn ObjectStore,
+    path: &object_store::path::Path,
+    max_bytes: u64,
+) -> std::io::Result<Streamed> {
+    let multipart = store
+        .put_multipart(path)
+        .await
+        .map_err(std::io::Error::other)?;
+    let mut writer = object_store::WriteMultipart::new(multipart);
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    let outcome = loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                bytes += chunk.len() as u64;
+                if bytes > max_bytes {
+                    break Streamed::TooLarge;
+                }
+                hasher.update(&chunk);
+                if let Err(e) = writer.wait_for_capacity(UPLOAD_CONCURRENCY).await {
+                    let _aborted = writer.abort().await;
+                    return Err(std::io::Error::other(e));
+                }
+                writer.write(&chunk);
+            }
+            Ok(None) => {
+                break Streamed::Done {
+                    sha256: hex::encode(hasher.finalize()),
+                    bytes,
+                };
+            }
+            Err(e) => break Streamed::Interrupted(e),
+        }
+    };
+    if !matches!(outcome, Streamed::Done { .. }) {
+        if let Err(e) = writer.abort().await {
+            tracing::warn!(error = %e, "Cannot abort a partial recording upload");
+        }
+        return Ok(outcome);
+    }
+    writer.finish().await.map_err(std::io::Error::other)?;
+    Ok(outcome)
 }
 
 enum Streamed {
@@ -128,11 +330,6 @@ async fn stream_to(
         return Err(e);
     }
     Ok(outcome)
-}
-
-/// Deletes a session's archived recording (retention); gone already is fine.
-pub async fn delete(config: &super::settings::RecordingsConfig, vendor: &str, session_id: &str) {
-    remove(&object_path(&config.dir, vendor, session_id)).await;
 }
 
 async fn remove(path: &Path) {

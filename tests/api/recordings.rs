@@ -263,3 +263,46 @@ async fn retention_deletes_the_archived_object_with_its_events() {
         .await;
     assert_eq!(response.status().as_u16(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recordings_archive_to_an_s3_compatible_store_and_come_back() {
+    let Some(s3) = sessiongate::testing::s3() else {
+        return;
+    };
+    let bytes = pseudo_random(7 * 1024 * 1024 + 5);
+    let host = RecordingHost::start(bytes.clone(), 1, false).await;
+    let receiver = TestReceiver::start().await;
+    let prefix = format!("sgtest-{:08x}", rand::random::<u32>());
+    let mut options = Options::with_targets(format!(
+        "[[targets]]\nname = \"crm\"\nurl = \"{}\"\nsources = [\"pathors\"]\n",
+        receiver.url("/")
+    ));
+    options.tables = format!(
+        "[recordings]\nstore = \"s3://{}/{prefix}\"\ns3_endpoint = \"{}\"\ns3_region = \"us-east-1\"\n\
+         s3_access_key_id = \"{}\"\ns3_secret_access_key = \"{}\"\n",
+        s3.bucket, s3.endpoint, s3.key, s3.secret
+    );
+    let app = spawn_app_with(options, None).await;
+    let body = recording_ready(&host.url, Duration::ZERO);
+    assert_eq!(app.post_pathors(&body).await.status().as_u16(), 202);
+
+    let archive = receiver.wait_for(1).await[0].json()["session"]["recording"]["archive"].clone();
+    assert_eq!(archive["status"], "archived", "{archive}");
+    assert_eq!(archive["sha256"], hex::encode(Sha256::digest(&bytes)));
+    assert_eq!(archive["bytes"], bytes.len() as u64);
+    let url = archive["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("s3://{}/{prefix}/pathors/", s3.bucket)),
+        "{url}"
+    );
+    // Served back from the object store, whole.
+    let response = app
+        .admin(
+            reqwest::Method::GET,
+            "/admin/recordings/pathors/2c4f9a13-7e6b-4d8a-9f25-c81e3a7b6d04",
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["content-type"], "audio/wav");
+    assert_eq!(response.bytes().await.unwrap().to_vec(), bytes);
+}
