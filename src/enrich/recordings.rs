@@ -287,7 +287,13 @@ async fn stream_to(
 ) -> std::io::Result<Streamed> {
     let dir = target.parent().expect("an object path has a directory");
     tokio::fs::create_dir_all(dir).await?;
-    let partial = dir.join(format!(".partial-{:016x}", rand::random::<u64>()));
+    // Named after its object, so a run cut short (kill -9) leaves at most one partial file,
+    // which the next run of the job overwrites.
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("object");
+    let partial = dir.join(format!(".partial-{name}"));
     let mut file = tokio::fs::File::create(&partial).await?;
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;

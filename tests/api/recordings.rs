@@ -306,3 +306,98 @@ async fn recordings_archive_to_an_s3_compatible_store_and_come_back() {
     assert_eq!(response.headers()["content-type"], "audio/wav");
     assert_eq!(response.bytes().await.unwrap().to_vec(), bytes);
 }
+
+/// Serves `body` in 16 KiB pieces, one every 20 ms, counting the bytes sent: slow enough to
+/// kill the gateway mid-download.
+async fn trickle(body: web::Data<(Vec<u8>, AtomicUsize)>) -> HttpResponse {
+    let data = body.clone();
+    let stream = futures_util::stream::unfold(0usize, move |at| {
+        let data = data.clone();
+        async move {
+            if at >= data.0.len() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let end = (at + 16 * 1024).min(data.0.len());
+            data.1.fetch_add(end - at, Ordering::SeqCst);
+            Some((
+                Ok::<_, std::io::Error>(web::Bytes::copy_from_slice(&data.0[at..end])),
+                end,
+            ))
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("audio/wav")
+        .streaming(stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_download_resumes_after_the_restart() {
+    let bytes = pseudo_random(1024 * 1024);
+    let data = web::Data::new((bytes.clone(), AtomicUsize::new(0)));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/slow.wav", listener.local_addr().unwrap());
+    let served = data.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(served.clone())
+            .default_service(web::to(trickle))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = gateway_config(
+        dir.path(),
+        &format!(
+            "url = \"sqlite://{}\"",
+            dir.path().join("gate.db").display()
+        ),
+        &format!(
+            "[recordings]\nstore = \"file://{}\"\n[delivery]\nbackoff_initial_ms = 50\n\
+             [[targets]]\nname = \"crm\"\nurl = \"{}\"",
+            dir.path().join("recordings").display(),
+            receiver.url("/")
+        ),
+    );
+    let env = [("TEST_PATHORS_TOKEN", PATHORS_TOKEN)];
+    let mut gateway = GatewayProcess::start(&config, &env);
+    let status = reqwest::Client::new()
+        .post(gateway.url("/ingest/pathors"))
+        .header("authorization", PATHORS_TOKEN)
+        .body(recording_ready(&url, Duration::ZERO))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 202);
+    // Some of it has arrived, most has not: kill -9.
+    let deadline = Instant::now() + PATIENCE;
+    while data.1.load(Ordering::SeqCst) < 128 * 1024 {
+        assert!(Instant::now() < deadline, "the download never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gateway.kill_9();
+    assert!(
+        receiver.received().is_empty(),
+        "nothing went out before the archive"
+    );
+
+    let _restarted = GatewayProcess::start(&config, &env);
+    let event = receiver.wait_for(1).await[0].json();
+    let archive = &event["session"]["recording"]["archive"];
+    assert_eq!(archive["status"], "archived", "{event}");
+    assert_eq!(archive["sha256"], hex::encode(Sha256::digest(&bytes)));
+    assert_eq!(archive["bytes"], bytes.len() as u64);
+    // No partial file is left beside the archive.
+    let objects: Vec<_> = std::fs::read_dir(dir.path().join("recordings/pathors"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(objects.len(), 1, "{objects:?}");
+}
