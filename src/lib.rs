@@ -27,7 +27,7 @@
 //! - [`delivery`]: targets and routing, the hand-over, per-target workers, attempts, the
 //!   retry rules, and the output seam.
 //! - [`enrich`]: stored jobs that complete a session from outside its webhooks (Agntix
-//!   transcripts), which held events wait for.
+//!   transcripts, recording archives), which held events wait for.
 //! - [`ingest`]: the HTTP side: `POST /ingest/{source}`, body limits, the checks made
 //!   before a body is read, and the answers of the README's table.
 //! - [`admin`]: the admin API, one file per resource.

@@ -11,6 +11,7 @@
 //!
 //! Implementations: [`sqlite`] (embedded, the default) and [`postgres`] (shared by replicas).
 
+mod jobs;
 pub mod postgres;
 pub mod schema;
 pub mod settings;
@@ -27,9 +28,11 @@ use serde::Serialize;
 
 use secrecy::ExposeSecret;
 
+pub use self::jobs::{ClaimedJob, Hold, JobEnd, JobResult, job_id};
+pub(crate) use self::jobs::{holds, rerender};
 use self::settings::StorageConfig;
 use crate::clock::Clock;
-use crate::event::{EventId, Inbound, JobKind, NewEvent, Session, Timestamp};
+use crate::event::{EventId, Inbound, NewEvent, Session, Timestamp};
 
 /// A delivery id, `dlv_` followed by a time-ordered UUID in hex.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -183,74 +186,6 @@ impl Leased {
             },
         }
     }
-}
-
-/// The events a job holds back: each one's id and the targets its deliveries go to once
-/// the job has ended (stored with the job as JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct Hold {
-    pub event: String,
-    pub targets: Vec<String>,
-}
-
-/// A pending job handed to the job worker under a lease.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClaimedJob {
-    pub id: String,
-    pub kind: JobKind,
-    pub source: String,
-    pub vendor: String,
-    pub session_id: String,
-    /// Runs before this one.
-    pub attempts: u32,
-    pub deadline: Timestamp,
-    pub lease_token: i64,
-    /// What the last run said, if it failed.
-    pub last_error: Option<String>,
-}
-
-/// How a job run ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum JobEnd {
-    /// Merge `facts` into the session (at the job's event time), re-render the held events
-    /// with it and make their deliveries.
-    Done { facts: Box<Session> },
-    /// Try again at `unix_ms` (never after the deadline).
-    RetryAt { unix_ms: i64, error: String },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobResult {
-    pub id: String,
-    pub lease_token: i64,
-    pub end: JobEnd,
-}
-
-/// The job id a request's job is stored under: one per vendor event, like its events.
-pub fn job_id(first_event: &EventId) -> String {
-    format!("job_{}", first_event.as_str().trim_start_matches("evt_"))
-}
-
-/// Which of a request's stored events its job holds back, with their targets.
-pub(crate) fn holds(accept: &Inbound, events: &[(&NewEvent, String)]) -> Vec<Hold> {
-    let Some(job) = &accept.job else {
-        return Vec::new();
-    };
-    events
-        .iter()
-        .filter(|(e, _)| job.holds.contains(&e.event_type))
-        .map(|(e, _)| Hold {
-            event: e.id.as_str().to_owned(),
-            targets: e.targets.clone(),
-        })
-        .collect()
-}
-
-/// A held event's body re-rendered around the session as it now is.
-pub(crate) fn rerender(body: &str, session: &Session) -> Result<String, serde_json::Error> {
-    let mut event: serde_json::Value = serde_json::from_str(body)?;
-    event["session"] = serde_json::to_value(session)?;
-    serde_json::to_string(&event)
 }
 
 /// A due delivery handed to a worker under a lease.
