@@ -191,7 +191,8 @@ pub async fn download(
         ArchiveStore::File(dir) => {
             let target = object_path(dir, vendor, session_id);
             let url = format!("file://{}", target.display());
-            (stream_to(response, &target, max_bytes).await, url)
+            let sink = Sink::file(&target).await;
+            (pour_into(response, sink, max_bytes).await, url)
         }
         ArchiveStore::S3 {
             store,
@@ -200,10 +201,8 @@ pub async fn download(
         } => {
             let path = ArchiveStore::s3_path(prefix, vendor, session_id);
             let url = format!("s3://{bucket}/{path}");
-            (
-                upload(response, store.as_ref(), &path, max_bytes).await,
-                url,
-            )
+            let sink = Sink::upload(store.as_ref(), &path).await;
+            (pour_into(response, sink, max_bytes).await, url)
         }
     };
     match streamed {
@@ -225,76 +224,127 @@ pub async fn download(
     }
 }
 
-/// Streams the body into a multipart upload, hashing it; a partial upload is aborted.
-async fn upload(
-    mut response: reqwest::Response,
-    store: &dyn ObjectStore,
-    path: &object_store::path::Path,
-    max_bytes: u64,
-) -> std::io::Result<Streamed> {
-    let multipart = store
-        .put_multipart(path)
-        .await
-        .map_err(std::io::Error::other)?;
-    let mut writer = object_store::WriteMultipart::new(multipart);
-    let mut hasher = Sha256::new();
-    let mut bytes = 0u64;
-    let outcome = loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                bytes += chunk.len() as u64;
-                if bytes > max_bytes {
-                    break Streamed::TooLarge;
-                }
-                hasher.update(&chunk);
-                if let Err(e) = writer.wait_for_capacity(UPLOAD_CONCURRENCY).await {
-                    let _aborted = writer.abort().await;
-                    return Err(std::io::Error::other(e));
-                }
-                writer.write(&chunk);
-            }
-            Ok(None) => {
-                break Streamed::Done {
-                    sha256: hex::encode(hasher.finalize()),
-                    bytes,
-                };
-            }
-            Err(e) => break Streamed::Interrupted(e),
-        }
-    };
-    if !matches!(outcome, Streamed::Done { .. }) {
-        if let Err(e) = writer.abort().await {
-            tracing::warn!(error = %e, "Cannot abort a partial recording upload");
-        }
-        return Ok(outcome);
-    }
-    writer.finish().await.map_err(std::io::Error::other)?;
-    Ok(outcome)
-}
-
 enum Streamed {
     Done { sha256: String, bytes: u64 },
     TooLarge,
     Interrupted(reqwest::Error),
 }
 
-/// Streams the body to a temporary file beside `target`, fsyncs it, renames it into place
-/// and fsyncs the directory; a partial file is removed.
-async fn stream_to(
-    mut response: reqwest::Response,
-    target: &Path,
+/// Where a download's bytes go while it runs.
+enum Sink {
+    /// A temporary file beside its object, named after it, so a run cut short (kill -9)
+    /// leaves at most one partial file, which the next run of the job overwrites.
+    File {
+        file: tokio::fs::File,
+        partial: PathBuf,
+        target: PathBuf,
+    },
+    /// A multipart upload, which exists only once completed.
+    Upload(object_store::WriteMultipart),
+}
+
+impl Sink {
+    async fn file(target: &Path) -> std::io::Result<Sink> {
+        let dir = target.parent().expect("an object path has a directory");
+        tokio::fs::create_dir_all(dir).await?;
+        let name = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("object");
+        let partial = dir.join(format!(".partial-{name}"));
+        Ok(Sink::File {
+            file: tokio::fs::File::create(&partial).await?,
+            partial,
+            target: target.to_owned(),
+        })
+    }
+
+    async fn upload(
+        store: &dyn ObjectStore,
+        path: &object_store::path::Path,
+    ) -> std::io::Result<Sink> {
+        let multipart = store
+            .put_multipart(path)
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(Sink::Upload(object_store::WriteMultipart::new(multipart)))
+    }
+
+    async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::File { file, .. } => file.write_all(chunk).await,
+            Sink::Upload(writer) => {
+                writer
+                    .wait_for_capacity(UPLOAD_CONCURRENCY)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                writer.write(chunk);
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes it durable and visible: the file fsynced, renamed into place and its directory
+    /// fsynced; the upload completed.
+    async fn commit(self) -> std::io::Result<()> {
+        match self {
+            Sink::File {
+                file,
+                partial,
+                target,
+            } => {
+                let durable = async {
+                    file.sync_all().await?;
+                    drop(file);
+                    tokio::fs::rename(&partial, &target).await?;
+                    let dir = target.parent().expect("an object path has a directory");
+                    tokio::fs::File::open(dir).await?.sync_all().await
+                };
+                let result = durable.await;
+                if result.is_err() {
+                    remove(&partial).await;
+                }
+                result
+            }
+            Sink::Upload(writer) => writer
+                .finish()
+                .await
+                .map(|_| ())
+                .map_err(std::io::Error::other),
+        }
+    }
+
+    /// Leaves nothing behind: the partial file removed, the upload aborted.
+    async fn discard(self) {
+        match self {
+            Sink::File { file, partial, .. } => {
+                drop(file);
+                remove(&partial).await;
+            }
+            Sink::Upload(writer) => {
+                if let Err(e) = writer.abort().await {
+                    tracing::warn!(error = %e, "Cannot abort a partial recording upload");
+                }
+            }
+        }
+    }
+}
+
+/// [`pour`] into a sink that could be opened.
+async fn pour_into(
+    response: reqwest::Response,
+    sink: std::io::Result<Sink>,
     max_bytes: u64,
 ) -> std::io::Result<Streamed> {
-    let dir = target.parent().expect("an object path has a directory");
-    tokio::fs::create_dir_all(dir).await?;
-    // Named after its object, so a run cut short (kill -9) leaves at most one partial file,
-    // which the next run of the job overwrites.
-    let name = target
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("object");
-    let partial = dir.join(format!(".partial-{name}"));
-    let mut file = tokio::fs::File::create(&partial).await?;
+    pour(response, sink?, max_bytes).await
+}
+
+/// Streams the body into `sink`, counting and hashing it, and commits it only whole.
+async fn pour(
+    mut response: reqwest::Response,
+    mut sink: Sink,
+    max_bytes: u64,
+) -> std::io::Result<Streamed> {
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
     let outcome = loop {
@@ -305,9 +355,8 @@ async fn stream_to(
                     break Streamed::TooLarge;
                 }
                 hasher.update(&chunk);
-                if let Err(e) = file.write_all(&chunk).await {
-                    drop(file);
-                    remove(&partial).await;
+                if let Err(e) = sink.write(&chunk).await {
+                    sink.discard().await;
                     return Err(e);
                 }
             }
@@ -320,22 +369,13 @@ async fn stream_to(
             Err(e) => break Streamed::Interrupted(e),
         }
     };
-    if !matches!(outcome, Streamed::Done { .. }) {
-        drop(file);
-        remove(&partial).await;
-        return Ok(outcome);
+    match outcome {
+        Streamed::Done { .. } => sink.commit().await.map(|()| outcome),
+        _ => {
+            sink.discard().await;
+            Ok(outcome)
+        }
     }
-    let durable = async {
-        file.sync_all().await?;
-        drop(file);
-        tokio::fs::rename(&partial, target).await?;
-        tokio::fs::File::open(dir).await?.sync_all().await
-    };
-    if let Err(e) = durable.await {
-        remove(&partial).await;
-        return Err(e);
-    }
-    Ok(outcome)
 }
 
 async fn remove(path: &Path) {
