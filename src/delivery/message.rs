@@ -15,6 +15,11 @@ use crate::store::ClaimedDelivery;
 /// The canonical event's JSON Schema; redaction paths are checked against it.
 const SCHEMA: &str = include_str!("../../schema/session-event.v2.json");
 
+/// The schema, parsed once (redaction paths are checked against it at start-up, and its
+/// `$id` is every CloudEvent's `dataschema`).
+static PARSED: std::sync::LazyLock<Value> =
+    std::sync::LazyLock::new(|| serde_json::from_str(SCHEMA).expect("the bundled schema is JSON"));
+
 /// What replaces every redacted string.
 pub const REDACTED: &str = "[redacted]";
 
@@ -58,7 +63,7 @@ impl Shape {
     /// Checks each `redact` path (`key` names the list) against the canonical schema;
     /// `raw.…` reaches into the vendor payload, which has no schema.
     pub fn parse_redact(key: &str, paths: &[String]) -> Result<Vec<Vec<String>>, ConfigError> {
-        let schema: Value = serde_json::from_str(SCHEMA).expect("the bundled schema is JSON");
+        let schema = &*PARSED;
         paths
             .iter()
             .enumerate()
@@ -168,7 +173,6 @@ fn cloudevent(event: Value) -> Value {
             .unwrap_or_default()
             .to_owned()
     };
-    let schema: Value = serde_json::from_str(SCHEMA).expect("the bundled schema is JSON");
     let mut envelope = Map::new();
     envelope.insert("specversion".into(), "1.0".into());
     envelope.insert("id".into(), text(&["id"]).into());
@@ -183,7 +187,7 @@ fn cloudevent(event: Value) -> Value {
     envelope.insert("subject".into(), text(&["session", "id"]).into());
     envelope.insert("time".into(), text(&["occurredAt"]).into());
     envelope.insert("datacontenttype".into(), "application/json".into());
-    envelope.insert("dataschema".into(), schema["$id"].clone());
+    envelope.insert("dataschema".into(), PARSED["$id"].clone());
     envelope.insert("data".into(), event);
     Value::Object(envelope)
 }
