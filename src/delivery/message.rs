@@ -75,7 +75,7 @@ impl Shape {
                         format!("`{path}` is not a dotted path such as \"session.customer.phoneNumber\""),
                     ));
                 }
-                if !schema_knows(&schema, &schema, &segments) {
+                if !schema_knows(schema, schema, &segments) {
                     return Err(invalid(
                         format!("{key}[{i}]"),
                         format!("the canonical event has no field at `{path}` (see schema/session-event.v2.json; `raw.…` reaches into the vendor's payload)"),
