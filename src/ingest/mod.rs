@@ -209,8 +209,8 @@ async fn handle(
                 received_at,
                 verified.bytes().clone(),
                 &state.targets,
+                state.archive_recordings,
             );
-            let accept = with_recording_job(accept, state.archive_recordings);
             match commit(state, accept).await? {
                 IngestOutcome::Accepted { id, .. } => Ok(Outcome::Accepted(id)),
                 IngestOutcome::Duplicate { id } => {
@@ -265,8 +265,9 @@ async fn commit(state: &IngestState, accept: Inbound) -> Result<IngestOutcome, A
     .map_err(ApiError::Unavailable)
 }
 
-/// Stamps ids on a vendor's drafts and picks each event's targets. The store merges the
-/// facts into the session record and renders the events in its transaction.
+/// Stamps ids on a vendor's drafts, picks each event's targets and the job the request
+/// leaves behind, if any (`archive_recordings`: `[recordings]` is set). The store merges
+/// the facts into the session record and renders the events in its transaction.
 pub fn build_accept(
     source: &Source,
     recognized: Recognized,
@@ -274,6 +275,7 @@ pub fn build_accept(
     received_at: Timestamp,
     raw: Bytes,
     targets: &[Arc<Target>],
+    archive_recordings: bool,
 ) -> Inbound {
     let vendor_event_type = recognized.vendor_event_type.clone();
     let events = recognized
@@ -295,7 +297,9 @@ pub fn build_accept(
                 .map(|t| t.name.clone())
                 .collect(),
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let job = transcript_job(source, &vendor_event_type, received_at)
+        .or_else(|| recording_job(&events, received_at, archive_recordings));
     Inbound {
         source: source.name.clone(),
         vendor: source.vendor.as_str().to_owned(),
@@ -304,34 +308,30 @@ pub fn build_accept(
         message_id,
         received_at,
         raw,
-        job: transcript_job(source, &vendor_event_type, received_at),
+        job,
         events,
     }
 }
 
 /// With `[recordings]`, a `recording.ready` that carries a URL leaves an archive job behind,
 /// due by the URL's expiry, and the event waits for it.
-pub fn with_recording_job(mut accept: Inbound, archive: bool) -> Inbound {
-    if !archive || accept.job.is_some() {
-        return accept;
+fn recording_job(events: &[NewEvent], received_at: Timestamp, archive: bool) -> Option<NewJob> {
+    if !archive {
+        return None;
     }
-    let ready = accept.events.iter().find_map(|e| {
+    let expires_at = events.iter().find_map(|e| {
         let recording = e.facts.recording.as_ref()?;
         (e.event_type == EventType::RecordingReady
             && recording.status == crate::event::RecordingStatus::Ready
             && recording.url.is_some())
         .then_some(recording.expires_at)
-    });
-    if let Some(expires_at) = ready {
+    })?;
+    Some(NewJob {
+        kind: JobKind::Recording,
         // Pathors documents about 15 minutes when it gives no expiry.
-        let deadline = expires_at.unwrap_or_else(|| accept.received_at.plus_seconds(15 * 60));
-        accept.job = Some(NewJob {
-            kind: JobKind::Recording,
-            deadline,
-            holds: vec![EventType::RecordingReady],
-        });
-    }
-    accept
+        deadline: expires_at.unwrap_or_else(|| received_at.plus_seconds(15 * 60)),
+        holds: vec![EventType::RecordingReady],
+    })
 }
 
 /// An Agntix `session.ended` of a source that fetches transcripts leaves a transcript job
