@@ -703,3 +703,33 @@ impl DbProxy {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// Serves `handler` (every path) with `data` on a random loopback port, on one worker: a
+/// stand-in for a vendor API or a file host. Returns its address; the server stops with
+/// the handle (or the test).
+pub fn serve<T, F, Args>(
+    data: web::Data<T>,
+    handler: F,
+) -> (std::net::SocketAddr, actix_web::dev::ServerHandle)
+where
+    T: Send + Sync + 'static + ?Sized,
+    F: actix_web::Handler<Args> + Clone + Send + 'static,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(data.clone())
+            .default_service(web::to(handler.clone()))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (address, handle)
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{HttpResponse, web};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -34,24 +34,8 @@ impl RecordingHost {
             refuse,
             hits: AtomicUsize::new(0),
         });
-        let data = web::Data::from(host.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!(
-            "http://{}/rec/2c4f9a13.wav?token=short-lived",
-            listener.local_addr().unwrap()
-        );
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .default_service(web::to(serve))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
+        let (address, handle) = serve(web::Data::from(host.clone()), answer);
+        let url = format!("http://{address}/rec/2c4f9a13.wav?token=short-lived");
         RecordingHost {
             url,
             host,
@@ -64,7 +48,7 @@ impl RecordingHost {
     }
 }
 
-async fn serve(host: web::Data<Host>) -> HttpResponse {
+async fn answer(host: web::Data<Host>) -> HttpResponse {
     let n = host.hits.fetch_add(1, Ordering::SeqCst);
     if host.refuse {
         return HttpResponse::Forbidden().body("expired");
@@ -335,20 +319,8 @@ async fn trickle(body: web::Data<(Vec<u8>, AtomicUsize)>) -> HttpResponse {
 async fn kill_9_mid_download_resumes_after_the_restart() {
     let bytes = pseudo_random(1024 * 1024);
     let data = web::Data::new((bytes.clone(), AtomicUsize::new(0)));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/slow.wav", listener.local_addr().unwrap());
-    let served = data.clone();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(served.clone())
-            .default_service(web::to(trickle))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .unwrap()
-    .run();
-    tokio::spawn(server);
+    let (address, _host) = serve(data.clone(), trickle);
+    let url = format!("http://{address}/slow.wav");
 
     let receiver = TestReceiver::start().await;
     let dir = tempfile::tempdir().unwrap();

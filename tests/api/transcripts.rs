@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -34,23 +34,9 @@ impl FakeAgntix {
     async fn start(answers: Vec<Answer>) -> FakeAgntix {
         let api = Arc::new(Api::default());
         api.answers.lock().unwrap().extend(answers);
-        let data = web::Data::from(api.clone());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .default_service(web::to(answer))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
+        let (address, handle) = serve(web::Data::from(api.clone()), answer);
         FakeAgntix {
-            url,
+            url: format!("http://{address}"),
             api,
             _server: handle,
         }
