@@ -12,6 +12,7 @@
 //! Implementations: [`sqlite`] (embedded, the default) and [`postgres`] (shared by replicas).
 
 mod jobs;
+pub mod listing;
 pub mod postgres;
 pub mod schema;
 pub mod settings;
@@ -30,6 +31,7 @@ use secrecy::ExposeSecret;
 
 pub use self::jobs::{ClaimedJob, Hold, JobEnd, JobResult, job_id};
 pub(crate) use self::jobs::{holds, rerender};
+pub use self::listing::{Retried, SessionFilter, SessionListing, Timeline};
 use self::settings::StorageConfig;
 use crate::clock::Clock;
 use crate::event::{EventId, Inbound, NewEvent, Session, Timestamp};
@@ -394,6 +396,8 @@ pub struct SessionView {
     pub vendor: String,
     pub session: Session,
     pub finalized_event_id: Option<EventId>,
+    /// When the gateway first stored anything of the session.
+    pub first_seen_at: Timestamp,
     pub updated_at: Timestamp,
 }
 
@@ -473,6 +477,10 @@ pub trait Store: Send + Sync {
     /// Puts a dead delivery back in the queue with a fresh attempt budget.
     async fn retry_delivery(&self, id: &str) -> Result<RetryOutcome, StoreError>;
 
+    /// Puts every dead delivery (of `target`, when given) back in the queue, in one
+    /// transaction, each with a fresh attempt budget.
+    async fn retry_dead(&self, target: Option<String>) -> Result<Retried, StoreError>;
+
     /// Creates new pending deliveries of a stored event (same event id) to `targets`.
     /// `None` if there is no such event.
     async fn replay(
@@ -491,6 +499,17 @@ pub trait Store: Send + Sync {
         vendor: &str,
         session_id: &str,
     ) -> Result<Option<SessionView>, StoreError>;
+
+    /// Sessions, newest first by when first seen.
+    async fn sessions(&self, filter: SessionFilter) -> Result<Vec<SessionListing>, StoreError>;
+
+    /// Everything stored about one session: its events (looked up under each of
+    /// `sources`, the sources of its vendor), their receipts and deliveries with attempts.
+    async fn timeline(
+        &self,
+        sources: Vec<String>,
+        session_id: &str,
+    ) -> Result<Timeline, StoreError>;
 
     /// Pending and dead deliveries per target, read off the write path (gauges are read on
     /// every scrape and must never hold up ingest).

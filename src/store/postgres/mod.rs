@@ -121,6 +121,7 @@ async fn prepared(client: &impl GenericClient, sql: &str) -> Result<Statement, S
 // After the macro, so that they may use it.
 mod accept;
 mod jobs;
+mod listing;
 mod queries;
 mod schema;
 #[cfg(test)]

@@ -6,18 +6,18 @@ use async_trait::async_trait;
 use tokio_postgres::Row;
 
 use super::accept::accept_on;
+use super::listing::receipt_row;
 use super::{PgStore, backend, connection_lost, prepared};
 use crate::event::{EventId, Timestamp};
-use crate::sessions::SessionRecord;
 use crate::store::{
-    AttemptInfo, AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, ClaimedJob, DeliveryFilter,
-    DeliveryId, DeliveryInfo, DeliveryStatus, EventFilter, Handoff, Inbound, IngestOutcome,
-    JobResult, PRUNE_BATCH, Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo,
-    RetryOutcome, SessionView, Store, StoreError, StoredEvent, TargetCounts, fold_counts,
-    lease_token,
+    AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, ClaimedJob, DeliveryFilter, DeliveryId,
+    DeliveryInfo, DeliveryStatus, EventFilter, Handoff, Inbound, IngestOutcome, JobResult,
+    PRUNE_BATCH, Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, Retried,
+    RetryOutcome, SessionFilter, SessionListing, SessionView, Store, StoreError, StoredEvent,
+    TargetCounts, Timeline, fold_counts, lease_token,
 };
 
-fn delivery_row(r: &Row) -> DeliveryInfo {
+pub(super) fn delivery_row(r: &Row) -> DeliveryInfo {
     let status: String = r.get("status");
     let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
     DeliveryInfo {
@@ -37,7 +37,7 @@ fn delivery_row(r: &Row) -> DeliveryInfo {
     }
 }
 
-fn stored_event(r: &Row) -> StoredEvent {
+pub(super) fn stored_event(r: &Row) -> StoredEvent {
     StoredEvent {
         seq: r.get("seq"),
         id: EventId::from_stored(r.get("id")),
@@ -49,8 +49,8 @@ fn stored_event(r: &Row) -> StoredEvent {
     }
 }
 
-const EVENT_COLUMNS: &str = "e.seq, e.id, e.source, e.session_id, e.type, e.body, r.raw";
-const DELIVERY_COLUMNS: &str = "seq, id, event_id, target, status, attempts, next_attempt_at, \
+pub(super) const EVENT_COLUMNS: &str = "e.seq, e.id, e.source, e.session_id, e.type, e.body, r.raw";
+pub(super) const DELIVERY_COLUMNS: &str = "seq, id, event_id, target, status, attempts, next_attempt_at, \
                                 last_status, last_error, created_at, updated_at";
 
 #[async_trait]
@@ -82,18 +82,7 @@ impl Store for PgStore {
                 ],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| ReceiptInfo {
-                seq: r.get(0),
-                source: r.get(1),
-                outcome: r.get(2),
-                vendor_event_type: r.get(3),
-                message_id: r.get(4),
-                received_at: r.get(5),
-                raw: actix_web::web::Bytes::from(r.get::<_, Vec<u8>>(6)),
-            })
-            .collect())
+        Ok(rows.iter().map(receipt_row).collect())
     }
 
     async fn record_receipt(&self, receipt: Receipt) -> Result<(), StoreError> {
@@ -241,63 +230,23 @@ impl Store for PgStore {
     }
 
     async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryInfo>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                &prepared(
-                    &client,
-                    &format!(
-                        "SELECT {DELIVERY_COLUMNS} FROM deliveries
-                     WHERE ($1::TEXT IS NULL OR status = $1) AND ($2::TEXT IS NULL OR target = $2)
-                       AND ($3::TEXT IS NULL OR event_id = $3) AND ($4::BIGINT IS NULL OR seq < $4)
-                       AND (NOT $5 OR attempts > 0)
-                     ORDER BY seq DESC LIMIT $6"
-                    ),
-                )
-                .await?,
-                &[
-                    &filter.status.map(DeliveryStatus::as_str),
-                    &filter.target,
-                    &filter.event_id,
-                    &filter.before,
-                    &filter.failing,
-                    &(filter.limit as i64),
-                ],
-            )
-            .await
-            .map_err(backend)?;
-        let mut found: Vec<DeliveryInfo> = rows.iter().map(delivery_row).collect();
-        if filter.with_attempts && !found.is_empty() {
-            let ids: Vec<&str> = found.iter().map(|d| d.id.as_str()).collect();
-            let attempts = client
-                .query(
-                    &prepared(
-                        &client,
-                        "SELECT delivery_id, attempt, started_at, duration_ms, status_code, error
-                     FROM attempts WHERE delivery_id = ANY($1) ORDER BY seq",
-                    )
-                    .await?,
-                    &[&ids],
-                )
-                .await
-                .map_err(backend)?;
-            for delivery in &mut found {
-                delivery.attempt_log = Some(
-                    attempts
-                        .iter()
-                        .filter(|a| a.get::<_, &str>(0) == delivery.id.as_str())
-                        .map(|a| AttemptInfo {
-                            attempt: a.get::<_, i32>(1) as u32,
-                            started_at: Timestamp::from_unix_millis(a.get(2)),
-                            duration_ms: a.get(3),
-                            status_code: a.get::<_, Option<i32>>(4).map(|s| s as u16),
-                            error: a.get(5),
-                        })
-                        .collect(),
-                );
-            }
-        }
-        Ok(found)
+        self.list_deliveries(&filter).await
+    }
+
+    async fn retry_dead(&self, target: Option<String>) -> Result<Retried, StoreError> {
+        self.requeue_dead(target.as_deref()).await
+    }
+
+    async fn sessions(&self, filter: SessionFilter) -> Result<Vec<SessionListing>, StoreError> {
+        self.list_sessions(&filter).await
+    }
+
+    async fn timeline(
+        &self,
+        sources: Vec<String>,
+        session_id: &str,
+    ) -> Result<Timeline, StoreError> {
+        self.session_timeline(&sources, session_id).await
     }
 
     async fn retry_delivery(&self, id: &str) -> Result<RetryOutcome, StoreError> {
@@ -400,23 +349,7 @@ impl Store for PgStore {
         vendor: &str,
         session_id: &str,
     ) -> Result<Option<SessionView>, StoreError> {
-        let row = self
-            .query_opt(
-                "SELECT record, finalized_event_id, updated_at FROM sessions
-                 WHERE vendor = $1 AND session_id = $2",
-                &[&vendor, &session_id],
-            )
-            .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let record: SessionRecord = serde_json::from_str(row.get(0)).map_err(backend)?;
-        Ok(Some(SessionView {
-            vendor: vendor.to_owned(),
-            session: record.session(session_id).map_err(backend)?,
-            finalized_event_id: row.get::<_, Option<String>>(1).map(EventId::from_stored),
-            updated_at: Timestamp::from_unix_millis(row.get(2)),
-        }))
+        self.session_by_key(vendor, session_id).await
     }
 
     async fn delivery_counts(&self) -> Result<Vec<TargetCounts>, StoreError> {

@@ -13,6 +13,7 @@
 //! pending deliveries resume at once after a restart.
 
 mod jobs;
+mod listing;
 mod prune;
 mod queries;
 pub(crate) mod schema;
@@ -33,13 +34,15 @@ use tokio::sync::{mpsc, oneshot};
 use super::settings::Synchronous;
 use crate::clock::Clock;
 use crate::event::{EventId, Timestamp};
-use crate::sessions::SessionRecord;
+use crate::store::listing::SESSION_COLUMNS;
 use crate::store::{
     AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, ClaimedJob, DeliveryFilter, DeliveryId,
     DeliveryInfo, DeliveryStatus, EventFilter, Handoff, Inbound, IngestOutcome, JobResult, Pruned,
-    RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, RetryOutcome, SessionView, Store,
-    StoreError, StoredEvent, TargetCounts, fold_counts, lease_token,
+    RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, Retried, RetryOutcome, SessionFilter,
+    SessionListing, SessionView, Store, StoreError, StoredEvent, TargetCounts, Timeline,
+    fold_counts, lease_token,
 };
+use listing::{deliveries_in, receipt_row, retry_dead_in, session_row, sessions_in, timeline_in};
 use queries::*;
 use schema::{configure, migrate};
 use wal::{WalState, checkpointer};
@@ -236,7 +239,7 @@ impl Store for SqliteStore {
     }
 
     async fn receipts(&self, filter: ReceiptFilter) -> Result<Vec<ReceiptInfo>, StoreError> {
-        self.call(move |conn| {
+        self.read(move |conn| {
             conn.prepare_cached(&format!(
                 "SELECT {RECEIPT_COLUMNS} FROM receipts
                  WHERE (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR outcome = ?2)
@@ -250,17 +253,7 @@ impl Store for SqliteStore {
                     filter.before,
                     filter.limit as i64
                 ],
-                |r| {
-                    Ok(ReceiptInfo {
-                        seq: r.get(0)?,
-                        source: r.get(1)?,
-                        outcome: r.get(2)?,
-                        vendor_event_type: r.get(3)?,
-                        message_id: r.get(4)?,
-                        received_at: r.get(5)?,
-                        raw: actix_web::web::Bytes::from(r.get::<_, Vec<u8>>(6)?),
-                    })
-                },
+                receipt_row,
             )?
             .collect()
         })
@@ -417,35 +410,27 @@ impl Store for SqliteStore {
     }
 
     async fn deliveries(&self, filter: DeliveryFilter) -> Result<Vec<DeliveryInfo>, StoreError> {
-        self.call(move |conn| {
-            let mut found: Vec<DeliveryInfo> = conn
-                .prepare_cached(&format!(
-                    "SELECT {DELIVERY_COLUMNS} FROM deliveries
-                     WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR target = ?2)
-                       AND (?3 IS NULL OR event_id = ?3) AND (?4 IS NULL OR seq < ?4)
-                       AND (?5 = 0 OR attempts > 0)
-                     ORDER BY seq DESC LIMIT ?6"
-                ))?
-                .query_map(
-                    params![
-                        filter.status.map(DeliveryStatus::as_str),
-                        filter.target,
-                        filter.event_id,
-                        filter.before,
-                        filter.failing,
-                        filter.limit as i64
-                    ],
-                    delivery_row,
-                )?
-                .collect::<rusqlite::Result<_>>()?;
-            if filter.with_attempts {
-                for delivery in &mut found {
-                    delivery.attempt_log = Some(attempt_log(conn, delivery.id.as_str())?);
-                }
-            }
-            Ok(found)
-        })
-        .await
+        self.read(move |conn| deliveries_in(conn, &filter)).await
+    }
+
+    async fn retry_dead(&self, target: Option<String>) -> Result<Retried, StoreError> {
+        let now = self.clock.now_ms();
+        self.call(move |conn| retry_dead_in(conn, target.as_deref(), now))
+            .await
+    }
+
+    async fn sessions(&self, filter: SessionFilter) -> Result<Vec<SessionListing>, StoreError> {
+        self.read(move |conn| sessions_in(conn, &filter)).await
+    }
+
+    async fn timeline(
+        &self,
+        sources: Vec<String>,
+        session_id: &str,
+    ) -> Result<Timeline, StoreError> {
+        let session_id = session_id.to_owned();
+        self.read(move |conn| timeline_in(conn, &sources, &session_id))
+            .await
     }
 
     async fn retry_delivery(&self, id: &str) -> Result<RetryOutcome, StoreError> {
@@ -540,23 +525,13 @@ impl Store for SqliteStore {
         session_id: &str,
     ) -> Result<Option<SessionView>, StoreError> {
         let (vendor, session_id) = (vendor.to_owned(), session_id.to_owned());
-        self.call(move |conn| {
-            let row: Option<(String, Option<String>, i64)> = conn
-                .prepare_cached(
-                    "SELECT record, finalized_event_id, updated_at FROM sessions WHERE vendor = ?1 AND session_id = ?2",
-                )?
-                .query_row([&vendor, &session_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()?;
-            let Some((record, finalized, updated_at)) = row else {
-                return Ok(None);
-            };
-            let record: SessionRecord = serde_json::from_str(&record).map_err(json_error)?;
-            Ok(Some(SessionView {
-                session: record.session(&session_id).map_err(json_error)?,
-                vendor,
-                finalized_event_id: finalized.map(EventId::from_stored),
-                updated_at: Timestamp::from_unix_millis(updated_at),
-            }))
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE vendor = ?1 AND session_id = ?2"
+            ))?
+            .query_row([&vendor, &session_id], session_row)
+            .optional()
+            .map(|found| found.map(|listing| listing.view))
         })
         .await
     }
@@ -564,11 +539,7 @@ impl Store for SqliteStore {
     async fn delivery_counts(&self) -> Result<Vec<TargetCounts>, StoreError> {
         // On the reader connection, never the writer: a count over a million pending
         // deliveries takes ~0.1 s, which on the writer thread every ingest would wait for.
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = reader
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.read(|conn| {
             conn.prepare_cached(COUNT_DELIVERIES)?
                 .query_map([], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
@@ -577,8 +548,6 @@ impl Store for SqliteStore {
                 .map(fold_counts)
         })
         .await
-        .map_err(|e| StoreError::Backend(Box::new(e)))?
-        .map_err(|e| StoreError::Backend(Box::new(e)))
     }
 
     async fn prune(&self, cutoff: Timestamp) -> Result<Pruned, StoreError> {

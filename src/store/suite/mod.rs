@@ -52,8 +52,10 @@ pub(crate) async fn postgres() -> Option<TestStore> {
 
 mod deliveries;
 mod jobs;
+mod listing;
 use deliveries::*;
 use jobs::*;
+use listing::*;
 
 /// Generates every case for one backend: `mod $backend { #[tokio::test] fn $case … }`,
 /// where `$backend()` opens a fresh store of that kind (`None` = skipped, with a reason).
@@ -97,6 +99,9 @@ suite!(
         a_job_holds_its_events_deliveries_until_it_ends,
         a_job_run_that_fails_waits_for_its_retry,
         pruning_a_sessions_last_recording_job_names_its_object,
+        sessions_are_searched_newest_first_and_paged,
+        a_timeline_holds_requests_events_and_every_attempt,
+        bulk_retry_requeues_dead_deliveries_of_one_target_or_all,
     ]
 );
 
