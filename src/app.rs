@@ -142,6 +142,10 @@ impl Application {
                 store: store.clone(),
                 dispatcher: dispatcher.clone(),
                 targets: targets.clone(),
+                sources: sources
+                    .values()
+                    .map(|s| (s.name.clone(), s.vendor))
+                    .collect(),
                 archive: archive.clone(),
             })
         });

@@ -5,29 +5,58 @@ use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use utoipa::{IntoParams, ToSchema};
+
+use super::openapi::ErrorBody;
 use super::{AdminAuth, AdminState, cursor, limit, next_cursor};
 use crate::error::ApiError;
 use crate::event::{EventType, with_raw};
 use crate::store::{DeliveryId, EventFilter};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
+    /// Only events from this source.
     source: Option<String>,
+    /// Only this session's events.
     session: Option<String>,
+    /// Only events of this type (e.g. `session.finalized`).
     #[serde(rename = "type")]
+    #[param(rename = "type")]
     event_type: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
+    /// `nextCursor` of the previous page.
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A page of canonical events, newest first.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct EventsPage {
+pub(super) struct EventsPage {
+    /// Canonical events as delivered (schema/session-event.v2.json), `raw` included.
+    #[schema(value_type = Vec<Object>)]
     events: Vec<Box<RawValue>>,
+    /// Pass as `cursor` for the next page; null on the last.
     next_cursor: Option<String>,
 }
 
+/// Stored canonical events, newest first.
+#[utoipa::path(
+    get,
+    path = "/admin/events",
+    tag = "events",
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "A page of events", body = EventsPage),
+        (status = 400, description = "A parameter is wrong", body = ErrorBody),
+        (status = 401, description = "No or a wrong admin token", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
 pub(super) async fn list_events(
     _: AdminAuth,
     query: web::Query<EventsQuery>,
@@ -68,12 +97,41 @@ pub(super) async fn list_events(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ReplayQuery {
+    /// Send to this target only, whatever its filters say; else to every target that
+    /// takes the event.
     target: Option<String>,
 }
 
+/// The answer to a replay.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Replaying {
+    /// Always `replaying`.
+    status: &'static str,
+    event_id: String,
+    /// The new deliveries' ids, one per target.
+    deliveries: Vec<String>,
+}
+
+/// Sends a stored event again (same event id) as new deliveries.
+#[utoipa::path(
+    post,
+    path = "/admin/events/{id}/replay",
+    tag = "events",
+    params(("id" = String, Path, description = "The event id (`evt_…`)"), ReplayQuery),
+    responses(
+        (status = 202, description = "New deliveries made", body = Replaying),
+        (status = 401, description = "No or a wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such event or target", body = ErrorBody),
+        (status = 409, description = "No configured target takes the event", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
 pub(super) async fn replay_event(
     _: AdminAuth,
     id: web::Path<String>,
@@ -124,9 +182,9 @@ pub(super) async fn replay_event(
         state.dispatcher.notify(target);
     }
     tracing::info!(event_id = %id, targets = ?targets, "Event replayed from the admin API");
-    Ok(HttpResponse::Accepted().json(serde_json::json!({
-        "status": "replaying",
-        "eventId": id.as_str(),
-        "deliveries": created,
-    })))
+    Ok(HttpResponse::Accepted().json(Replaying {
+        status: "replaying",
+        event_id: id.into_inner(),
+        deliveries: created.iter().map(|d| d.as_str().to_owned()).collect(),
+    }))
 }

@@ -26,12 +26,15 @@ pub struct AdminState {
     pub store: Arc<dyn Store>,
     pub dispatcher: Dispatcher,
     pub targets: Vec<Arc<Target>>,
+    /// Each configured source's name and vendor (a session's events are stored by source).
+    pub sources: Vec<(String, crate::vendors::Vendor)>,
     /// Where recordings are archived (`[recordings]`), to serve them back.
     pub archive: Option<crate::enrich::recordings::ArchiveStore>,
 }
 
 mod deliveries;
 mod events;
+pub mod openapi;
 mod receipts;
 mod recordings;
 mod sessions;
@@ -40,6 +43,8 @@ mod sessions;
 pub fn routes(config: &mut web::ServiceConfig) {
     config.service(
         web::scope("/admin")
+            .route("/openapi.json", web::get().to(openapi::document))
+            .route("/sessions", web::get().to(sessions::list_sessions))
             .route(
                 "/sessions/{vendor}/{session_id}",
                 web::get().to(sessions::get_session),
@@ -53,6 +58,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
             .route("/events/{id}/replay", web::post().to(events::replay_event))
             .route("/deliveries", web::get().to(deliveries::list_deliveries))
             .route(
+                "/deliveries/retry",
+                web::post().to(deliveries::retry_deliveries),
+            )
+            .route(
                 "/deliveries/{id}/retry",
                 web::post().to(deliveries::retry_delivery),
             ),
@@ -61,6 +70,17 @@ pub fn routes(config: &mut web::ServiceConfig) {
 
 /// Proof that the request carried the admin token. Compared in constant time.
 pub struct AdminAuth;
+
+impl AdminState {
+    /// The names of the sources that speak for `vendor`.
+    pub fn sources_of(&self, vendor: &str) -> Vec<String> {
+        self.sources
+            .iter()
+            .filter(|(_, v)| v.as_str() == vendor)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
 
 impl FromRequest for AdminAuth {
     type Error = ApiError;

@@ -4,41 +4,69 @@ use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use utoipa::{IntoParams, ToSchema};
+
+use super::openapi::ErrorBody;
 use super::{AdminAuth, AdminState, cursor, limit, next_cursor};
 use crate::error::ApiError;
 use crate::store::ReceiptFilter;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ReceiptsQuery {
+    /// Only requests to this source.
     source: Option<String>,
+    /// `accepted`, `duplicate` or `ignored`.
     status: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
+    /// `nextCursor` of the previous page.
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+/// One request a vendor sent, as received.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ReceiptView {
+pub(super) struct ReceiptView {
     source: String,
+    /// `accepted`, `duplicate` or `ignored`.
     status: String,
     vendor_event_type: Option<String>,
     message_id: Option<String>,
+    #[schema(format = DateTime)]
     received_at: String,
     /// The body as received: JSON when it is JSON (every body a vendor adapter took is),
     /// else its text.
+    #[schema(value_type = Value)]
     raw: Box<RawValue>,
 }
 
-#[derive(Serialize)]
+/// A page of receipts, newest first.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ReceiptsPage {
+pub(super) struct ReceiptsPage {
     receipts: Vec<ReceiptView>,
+    /// Pass as `cursor` for the next page; null on the last.
     next_cursor: Option<String>,
 }
 
 /// What vendors sent, newest first: accepted, duplicate and ignored requests alike, so a
 /// request that produced no event can still be found.
+#[utoipa::path(
+    get,
+    path = "/admin/receipts",
+    tag = "receipts",
+    params(ReceiptsQuery),
+    responses(
+        (status = 200, description = "A page of receipts", body = ReceiptsPage),
+        (status = 400, description = "A parameter is wrong", body = ErrorBody),
+        (status = 401, description = "No or a wrong admin token", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
 pub(super) async fn list_receipts(
     _: AdminAuth,
     query: web::Query<ReceiptsQuery>,

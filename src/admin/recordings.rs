@@ -4,11 +4,29 @@
 use actix_web::body::SizedStream;
 use actix_web::{HttpResponse, web};
 
+use super::openapi::ErrorBody;
 use super::{AdminAuth, AdminState};
 use crate::error::ApiError;
 use crate::event::ArchiveStatus;
 use crate::store::StoreError;
 
+/// The archived recording's bytes, with their content type.
+#[utoipa::path(
+    get,
+    path = "/admin/recordings/{vendor}/{session_id}",
+    tag = "sessions",
+    params(
+        ("vendor" = String, Path, description = "The session's vendor"),
+        ("session_id" = String, Path, description = "The vendor's session id"),
+    ),
+    responses(
+        (status = 200, description = "The recording", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 401, description = "No or a wrong admin token", body = ErrorBody),
+        (status = 404, description = "No archived recording", body = ErrorBody),
+        (status = 503, description = "The archive store is unavailable", body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
 pub(super) async fn get_recording(
     _: AdminAuth,
     path: web::Path<(String, String)>,

@@ -175,8 +175,9 @@ fn where_clause(clauses: &[String]) -> String {
 }
 
 /// `{"retried": N}` from a bulk retry, with the targets to wake.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Retried {
+    /// How many dead deliveries were re-queued.
     pub retried: u64,
     #[serde(skip)]
     pub targets: Vec<String>,

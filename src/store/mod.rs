@@ -241,7 +241,7 @@ impl Completion {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     Pending,
@@ -323,30 +323,40 @@ pub(crate) fn fold_counts(
 pub(crate) const COUNT_DELIVERIES: &str = "SELECT target, status, COUNT(*) FROM deliveries \
      WHERE status IN ('pending', 'dead') GROUP BY target, status";
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryInfo {
     #[serde(skip)]
     pub seq: i64,
+    /// `dlv_` and a time-ordered UUID.
+    #[schema(value_type = String)]
     pub id: DeliveryId,
+    #[schema(value_type = String)]
     pub event_id: EventId,
     pub target: String,
     pub status: DeliveryStatus,
+    /// Attempts in the current schedule.
     pub attempts: u32,
+    /// When a pending delivery is next tried; null otherwise.
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub next_attempt_at: Option<Timestamp>,
+    /// The last attempt's HTTP status, if it got one.
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
     /// Every attempt, oldest first; filled when [`DeliveryFilter::with_attempts`] is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt_log: Option<Vec<AttemptInfo>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptInfo {
     pub attempt: u32,
+    #[schema(value_type = String, format = DateTime)]
     pub started_at: Timestamp,
     pub duration_ms: i64,
     pub status_code: Option<u16>,
@@ -390,14 +400,20 @@ pub struct EventFilter {
 }
 
 /// A session record as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionView {
     pub vendor: String,
+    /// The merged session: the canonical event's `session` object
+    /// (schema/session-event.v2.json).
+    #[schema(value_type = Object)]
     pub session: Session,
+    #[schema(value_type = Option<String>)]
     pub finalized_event_id: Option<EventId>,
     /// When the gateway first stored anything of the session.
+    #[schema(value_type = String, format = DateTime)]
     pub first_seen_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
 }
 

@@ -29,6 +29,9 @@ pub enum Vendor {
 }
 
 impl Vendor {
+    /// Every vendor sessiongate speaks.
+    pub const ALL: [Vendor; 2] = [Vendor::Pathors, Vendor::Agntix];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Vendor::Pathors => "pathors",

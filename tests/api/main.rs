@@ -8,6 +8,7 @@ mod fuzz;
 mod hardening;
 mod helpers;
 mod ingest;
+mod openapi;
 mod outputs;
 mod process;
 mod recordings;

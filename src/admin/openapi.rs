@@ -1,0 +1,89 @@
+//! `GET /admin/openapi.json`: the admin API's OpenAPI 3.1 document, generated from the
+//! handlers' own annotations and types (utoipa), so it cannot drift from them; a test checks
+//! live answers against it.
+
+use actix_web::HttpResponse;
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::AdminAuth;
+
+/// Every error's body.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ErrorDetail {
+    /// A stable code: `invalid_request`, `unauthorized`, `not_found`, `conflict`,
+    /// `unavailable`.
+    code: String,
+    /// What is wrong, for people.
+    message: String,
+}
+
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("`server.admin_token`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sessiongate admin API",
+        description = "Sessions, events, receipts and deliveries of a sessiongate gateway, \
+                       behind `server.admin_token` (README, \"Admin API\")."
+    ),
+    paths(
+        super::sessions::list_sessions,
+        super::sessions::get_session,
+        super::recordings::get_recording,
+        super::events::list_events,
+        super::events::replay_event,
+        super::receipts::list_receipts,
+        super::deliveries::list_deliveries,
+        super::deliveries::retry_delivery,
+        super::deliveries::retry_deliveries,
+        document,
+    ),
+    modifiers(&BearerToken)
+)]
+pub struct AdminApi;
+
+/// The document, as JSON.
+pub fn json() -> String {
+    let mut doc = AdminApi::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc.to_json().expect("the OpenAPI document serialises")
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/admin/openapi.json",
+    tag = "meta",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object),
+        (status = 401, description = "No or a wrong admin token", body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn document(_: AdminAuth) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(json())
+}
