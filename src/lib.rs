@@ -48,6 +48,7 @@ pub mod error;
 pub mod event;
 pub mod ingest;
 pub mod metrics;
+pub mod operator;
 pub mod sessions;
 pub mod settings;
 pub mod store;

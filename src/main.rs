@@ -39,6 +39,109 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Call the admin API of the gateway the configuration describes (its admin address
+    /// and token). Exit codes: 1 the API refused, 2 no admin API configured, 3 unreachable.
+    Admin {
+        /// Configuration file [default: $SESSIONGATE_CONFIG, else config/sessiongate.toml]
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// Print the API's JSON answer instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        call: AdminCall,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCall {
+    /// List deliveries, newest first.
+    Deliveries {
+        /// pending, failed (pending after a failed attempt), dead or delivered.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        /// Page size, 1 to 500.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The cursor a previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Retry one dead delivery, or with --dead every dead delivery (of --target).
+    Retry {
+        /// The delivery id (dlv_…).
+        #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+        id: Option<String>,
+        /// Every dead delivery.
+        #[arg(long)]
+        dead: bool,
+        /// With --dead: only this target's.
+        #[arg(long, requires = "dead")]
+        target: Option<String>,
+    },
+    /// Send a stored event again (same event id) to its targets, or to --target.
+    Replay {
+        /// The event id (evt_…).
+        event_id: String,
+        #[arg(long)]
+        target: Option<String>,
+    },
+}
+
+impl AdminCall {
+    fn call(self) -> sessiongate::operator::Call {
+        use sessiongate::operator::Call;
+        match self {
+            AdminCall::Deliveries {
+                status,
+                target,
+                limit,
+                cursor,
+            } => Call::Deliveries {
+                status,
+                target,
+                limit,
+                cursor,
+            },
+            AdminCall::Retry {
+                id: Some(id),
+                dead: false,
+                ..
+            } => Call::Retry { id },
+            AdminCall::Retry { target, .. } => Call::RetryDead { target },
+            AdminCall::Replay { event_id, target } => Call::Replay { event_id, target },
+        }
+    }
+}
+
+fn admin(config: Option<PathBuf>, json: bool, call: AdminCall) -> ExitCode {
+    let path = config_path(config);
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(sessiongate::operator::EXIT_CONFIG);
+        }
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sessiongate::operator::run(&config, &call.call(), json)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 fn config_path(flag: Option<PathBuf>) -> PathBuf {
@@ -50,6 +153,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => check_config(&config_path(config)),
+        Command::Admin { config, json, call } => {
+            telemetry::init(cli.log_format, "warn");
+            admin(config, json, call)
+        }
         Command::Demo => {
             // The tour goes to stdout; only warnings and errors go to stderr unless asked.
             telemetry::init(cli.log_format, "warn");

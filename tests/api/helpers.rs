@@ -23,7 +23,16 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 /// How long a test waits for something asynchronous before failing.
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
-fn secret_env(name: &str) -> Option<String> {
+/// The secrets the test configuration names with `env:`, for a child process's environment.
+pub const SECRET_ENV: [&str; 5] = [
+    "PATHORS_TOKEN",
+    "AGNTIX_SECRET",
+    "AGNTIX_OLD_SECRET",
+    "TARGET_SECRET",
+    "ADMIN_TOKEN",
+];
+
+pub fn secret_env(name: &str) -> Option<String> {
     match name {
         "PATHORS_TOKEN" => Some(PATHORS_TOKEN.into()),
         "AGNTIX_SECRET" => Some(AGNTIX_SECRET.into()),
@@ -148,7 +157,8 @@ impl Options {
         }
     }
 
-    fn toml(&self, db: &std::path::Path) -> String {
+    /// The configuration file these options make, with its store at `db`.
+    pub fn toml(&self, db: &std::path::Path) -> String {
         format!(
             r#"
 [server]
