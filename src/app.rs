@@ -179,6 +179,8 @@ impl Application {
                 ApiError::InvalidRequest(format!("bad query string: {e}")).into()
             })
         };
+        // One console for every worker: its logins live here.
+        let console = web::Data::new(crate::console::Console::default());
         let operator_routes = {
             let (ops, admin) = (ops.clone(), admin.clone());
             move |config: &mut web::ServiceConfig| {
@@ -186,7 +188,11 @@ impl Application {
                     .app_data(ops.clone())
                     .route("/metrics", web::get().to(metrics_text));
                 if let Some(admin) = &admin {
-                    config.app_data(admin.clone()).configure(admin::routes);
+                    config
+                        .app_data(admin.clone())
+                        .app_data(console.clone())
+                        .configure(admin::routes)
+                        .configure(crate::console::routes);
                 }
             }
         };

@@ -41,6 +41,7 @@ pub mod app;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod demo;
 pub mod enrich;

@@ -118,19 +118,25 @@ pub(super) async fn retry_delivery(
     id: web::Path<String>,
     state: web::Data<AdminState>,
 ) -> Result<HttpResponse, ApiError> {
+    retry_one(&state, &id).await?;
+    Ok(HttpResponse::Accepted().json(Requeued {
+        status: "requeued",
+        id: id.into_inner(),
+    }))
+}
+
+/// Re-queues one dead delivery, for the API and the console alike.
+pub(crate) async fn retry_one(state: &AdminState, id: &str) -> Result<(), ApiError> {
     match state
         .store
-        .retry_delivery(&id)
+        .retry_delivery(id)
         .await
         .map_err(ApiError::Unavailable)?
     {
         RetryOutcome::Requeued { target } => {
             state.dispatcher.notify(&target);
             tracing::info!(delivery_id = %id, "Dead delivery re-queued from the admin API");
-            Ok(HttpResponse::Accepted().json(Requeued {
-                status: "requeued",
-                id: id.into_inner(),
-            }))
+            Ok(())
         }
         RetryOutcome::NotDead(status) => Err(ApiError::Conflict(format!(
             "delivery {id} is {}; only dead deliveries can be retried",

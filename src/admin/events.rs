@@ -138,16 +138,26 @@ pub(super) async fn replay_event(
     query: web::Query<ReplayQuery>,
     state: web::Data<AdminState>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(event) = state
-        .store
-        .event(&id)
-        .await
-        .map_err(ApiError::Unavailable)?
-    else {
+    let created = replay(&state, &id, query.into_inner().target).await?;
+    Ok(HttpResponse::Accepted().json(Replaying {
+        status: "replaying",
+        event_id: id.into_inner(),
+        deliveries: created.iter().map(|d| d.as_str().to_owned()).collect(),
+    }))
+}
+
+/// Makes new deliveries of a stored event: to `target` when named (the operator's choice,
+/// whatever the target's filters say), else to every target that takes it. For the API and
+/// the console alike.
+pub(crate) async fn replay(
+    state: &AdminState,
+    id: &str,
+    target: Option<String>,
+) -> Result<Vec<DeliveryId>, ApiError> {
+    let Some(event) = state.store.event(id).await.map_err(ApiError::Unavailable)? else {
         return Err(ApiError::NotFound(format!("no event {id}")));
     };
-    let targets: Vec<String> = match &query.target {
-        // Named explicitly: the operator's choice, whatever the target's filters say.
+    let targets: Vec<String> = match &target {
         Some(name) => match state.targets.iter().find(|t| &t.name == name) {
             Some(t) => vec![t.name.clone()],
             None => {
@@ -174,7 +184,7 @@ pub(super) async fn replay_event(
     }
     let created: Vec<DeliveryId> = state
         .store
-        .replay(&id, targets.clone())
+        .replay(id, targets.clone())
         .await
         .map_err(ApiError::Unavailable)?
         .ok_or_else(|| ApiError::NotFound(format!("no event {id}")))?;
@@ -182,9 +192,5 @@ pub(super) async fn replay_event(
         state.dispatcher.notify(target);
     }
     tracing::info!(event_id = %id, targets = ?targets, "Event replayed from the admin API");
-    Ok(HttpResponse::Accepted().json(Replaying {
-        status: "replaying",
-        event_id: id.into_inner(),
-        deliveries: created.iter().map(|d| d.as_str().to_owned()).collect(),
-    }))
+    Ok(created)
 }

@@ -34,6 +34,9 @@ pub struct AdminState {
 
 mod deliveries;
 mod events;
+pub(crate) use deliveries::{retry_dead, retry_one};
+pub(crate) use events::replay;
+pub(crate) use sessions::SessionsQuery;
 pub mod openapi;
 mod receipts;
 mod recordings;

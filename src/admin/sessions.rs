@@ -15,20 +15,20 @@ use crate::vendors::Vendor;
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub(super) struct SessionsQuery {
+pub(crate) struct SessionsQuery {
     /// Only this vendor's sessions (`pathors`, `agntix`).
-    vendor: Option<String>,
+    pub(crate) vendor: Option<String>,
     /// An exact session id.
-    session: Option<String>,
+    pub(crate) session: Option<String>,
     /// First seen at or after this time (RFC 3339).
-    since: Option<String>,
+    pub(crate) since: Option<String>,
     /// First seen before this time (RFC 3339).
-    until: Option<String>,
+    pub(crate) until: Option<String>,
     /// Page size, 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
     /// `nextCursor` of the previous page.
-    cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
 }
 
 /// A page of sessions, newest first by when first seen.
@@ -42,7 +42,7 @@ pub(super) struct SessionsPage {
 
 impl SessionsQuery {
     /// The store's filter, or an error naming the parameter that is wrong.
-    pub(super) fn filter(self) -> Result<SessionFilter, ApiError> {
+    pub(crate) fn filter(self) -> Result<SessionFilter, ApiError> {
         if let Some(vendor) = &self.vendor
             && !Vendor::ALL.iter().any(|v| v.as_str() == vendor)
         {

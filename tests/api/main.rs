@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod console;
 mod delivery;
 mod faults;
 mod fuzz;
@@ -17,3 +18,4 @@ mod replicas;
 mod schema;
 mod sessions;
 mod transcripts;
+mod webdriver;
