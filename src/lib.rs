@@ -30,11 +30,13 @@
 //!   transcripts, recording archives), which held events wait for.
 //! - [`ingest`]: the HTTP side: `POST /ingest/{source}`, body limits, the checks made
 //!   before a body is read, and the answers of the README's table.
-//! - [`admin`]: the admin API, one file per resource.
+//! - [`admin`]: the admin API, one file per resource, and its OpenAPI document.
+//! - [`console`]: the operator's web console at `/console` (logins, CSRF, pages).
 //! - [`error`]: the one API error type and its JSON body.
 //! - [`config`]: each room's settings put together from one reading.
 //! - [`app`]: wires everything into one [`app::Application`] that tests can start on port 0.
 //! - [`demo`]: `sessiongate demo`, the whole pipeline in one command.
+//! - [`operator`]: `sessiongate admin …`, the admin API from the command line.
 
 pub mod admin;
 pub mod app;

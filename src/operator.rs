@@ -203,6 +203,16 @@ pub async fn run(config: &Config, call: &Call, json: bool) -> Result<String, Cal
     })
 }
 
+/// `text`, cut to `max` characters with an ellipsis when longer.
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max - 1).collect();
+    cut.push('…');
+    cut
+}
+
 fn deliveries_table(answer: &Value) -> String {
     let rows: Vec<[String; 6]> = answer["deliveries"]
         .as_array()
@@ -213,7 +223,7 @@ fn deliveries_table(answer: &Value) -> String {
             let text = |name: &str| d[name].as_str().unwrap_or("").to_owned();
             let last = match (&d["lastStatus"], d["lastError"].as_str()) {
                 (Value::Number(code), _) => format!("HTTP {code}"),
-                (_, Some(error)) => error.chars().take(48).collect(),
+                (_, Some(error)) => shorten(error, 40),
                 _ => "-".into(),
             };
             [
@@ -293,6 +303,11 @@ mod tests {
             "nextCursor": "7"
         });
         let table = deliveries_table(&answer);
+        assert_eq!(
+            shorten("connection refused by the peer", 12),
+            "connection …"
+        );
+        assert_eq!(shorten("short", 12), "short");
         assert_eq!(
             table,
             "ID      TARGET     STATUS   ATTEMPTS  LAST      EVENT\n\
