@@ -183,6 +183,20 @@ pub struct Retried {
     pub targets: Vec<String>,
 }
 
+/// From the target of each re-queued delivery.
+impl FromIterator<String> for Retried {
+    fn from_iter<I: IntoIterator<Item = String>>(targets: I) -> Retried {
+        let mut retried = Retried::default();
+        for target in targets {
+            retried.retried += 1;
+            if !retried.targets.contains(&target) {
+                retried.targets.push(target);
+            }
+        }
+        retried
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,23 @@ fn options(receiver: &TestReceiver) -> Options {
     options
 }
 
+/// A gateway whose every delivery dies at its first attempt, after the Pathors `fixtures`
+/// were posted and `dead` deliveries died.
+async fn gateway_with_dead(fixtures: &[&str], dead: usize) -> (TestReceiver, TestApp) {
+    let receiver = TestReceiver::start().await;
+    receiver.answer(Reply::status(500));
+    let app = spawn_app_with(options(&receiver), None).await;
+    for name in fixtures {
+        app.post_pathors(&fixture("pathors", name)).await;
+    }
+    if dead > 1 {
+        app.post_agntix(&fixture("agntix", "session-created.json"))
+            .await;
+    }
+    app.wait_for_deliveries(DeliveryStatus::Dead, dead).await;
+    (receiver, app)
+}
+
 async fn log_in(browser: &Browser, app: &TestApp) {
     browser.go(&format!("{}/console", app.admin_address)).await;
     assert!(
@@ -54,16 +71,10 @@ async fn an_operator_finds_a_session_reads_its_timeline_retries_and_replays() {
     let Some(browser) = Browser::start().await else {
         return;
     };
-    let receiver = TestReceiver::start().await;
-    receiver.answer(Reply::status(500));
-    let app = spawn_app_with(options(&receiver), None).await;
-    for name in ["call-ended.json", "session-finalized-call.json"] {
-        app.post_pathors(&fixture("pathors", name)).await;
-    }
-    app.post_agntix(&fixture("agntix", "session-created.json"))
-        .await;
-    // crm: call.ended, session.finalized, the Agntix one; warehouse: session.finalized.
-    app.wait_for_deliveries(DeliveryStatus::Dead, 4).await;
+    // Dead: to crm, call.ended, session.finalized and the Agntix session.started; to
+    // warehouse, session.finalized.
+    let (receiver, app) =
+        gateway_with_dead(&["call-ended.json", "session-finalized-call.json"], 4).await;
 
     log_in(&browser, &app).await;
     assert_eq!(
@@ -199,12 +210,7 @@ async fn a_forged_form_from_another_site_is_refused_in_the_browser() {
     let Some(browser) = Browser::start().await else {
         return;
     };
-    let receiver = TestReceiver::start().await;
-    receiver.answer(Reply::status(500));
-    let app = spawn_app_with(options(&receiver), None).await;
-    app.post_pathors(&fixture("pathors", "call-ended.json"))
-        .await;
-    app.wait_for_deliveries(DeliveryStatus::Dead, 1).await;
+    let (_receiver, app) = gateway_with_dead(&["call-ended.json"], 1).await;
     log_in(&browser, &app).await;
 
     let page = format!(
@@ -230,12 +236,7 @@ async fn a_forged_form_from_another_site_is_refused_in_the_browser() {
 /// state-changing request is refused.
 #[tokio::test]
 async fn the_console_needs_a_login_and_a_csrf_token_for_every_change() {
-    let receiver = TestReceiver::start().await;
-    receiver.answer(Reply::status(500));
-    let app = spawn_app_with(options(&receiver), None).await;
-    app.post_pathors(&fixture("pathors", "call-ended.json"))
-        .await;
-    app.wait_for_deliveries(DeliveryStatus::Dead, 1).await;
+    let (_receiver, app) = gateway_with_dead(&["call-ended.json"], 1).await;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -201,14 +201,6 @@ impl PgStore {
             )
             .await
             .map_err(backend)?;
-        let mut retried = Retried::default();
-        for row in &rows {
-            let target: String = row.get(0);
-            retried.retried += 1;
-            if !retried.targets.contains(&target) {
-                retried.targets.push(target);
-            }
-        }
-        Ok(retried)
+        Ok(rows.iter().map(|row| row.get::<_, String>(0)).collect())
     }
 }

@@ -162,13 +162,6 @@ pub(super) fn retry_dead_in(
          WHERE status = 'dead' AND (?2 IS NULL OR target = ?2)
          RETURNING target",
     )?;
-    let mut retried = Retried::default();
-    for target in stmt.query_map(rusqlite::params![now, target], |r| r.get::<_, String>(0))? {
-        let target = target?;
-        retried.retried += 1;
-        if !retried.targets.contains(&target) {
-            retried.targets.push(target);
-        }
-    }
-    Ok(retried)
+    stmt.query_map(rusqlite::params![now, target], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Retried>>()
 }
