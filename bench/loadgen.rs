@@ -5,6 +5,7 @@
 //!     cargo run --release --bin loadgen                  # full run (see BENCHMARKS.md)
 //!     cargo run --release --bin loadgen -- --smoke       # a few seconds, for CI
 //!     cargo run --release --bin loadgen -- --nats nats://127.0.0.1:4222
+//!     cargo run --release --bin loadgen -- --traffic agntix  # Agntix created/ended only
 //!                              # a second target on NATS JetStream, counted beside HTTP
 //!     cargo run --release --bin loadgen -- --scrapers 16 --pending 1000000
 //!                              # ingest latency while /metrics is scraped over a big backlog
@@ -38,6 +39,27 @@ struct Settings {
     scrape: Option<(usize, u64)>,
     /// A NATS server: every event also goes to a JetStream target, counted from its stream.
     nats: Option<String>,
+    mix: Mix,
+}
+
+/// What the vendors send.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mix {
+    /// Agntix session.created, Agntix session.ended, Pathors call.ended, in turn.
+    Mixed,
+    /// `--traffic agntix`: Agntix session.created and session.ended (with analysis) in
+    /// turn, each for a session of its own; 1.5 deliveries per request.
+    Agntix,
+}
+
+impl Mix {
+    /// Which request kind request `n` is: 0 created, 1 ended, 2 Pathors call.ended.
+    fn kind(self, n: u64) -> u64 {
+        match self {
+            Mix::Mixed => n % 3,
+            Mix::Agntix => n % 2,
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +89,11 @@ fn main() -> anyhow::Result<()> {
             None => None,
         },
         nats: value("--nats"),
+        mix: match value("--traffic").as_deref() {
+            None | Some("mixed") => Mix::Mixed,
+            Some("agntix") => Mix::Agntix,
+            Some(other) => bail!("--traffic must be mixed or agntix, not {other}"),
+        },
     };
     if let Some((scrapers, pending)) = settings.scrape {
         return tokio::runtime::Builder::new_multi_thread()
@@ -94,6 +121,31 @@ fn role(args: &[String]) -> anyhow::Result<()> {
             HttpServer::new(|| {
                 App::new().default_service(web::to(|_body: web::Bytes| async {
                     HttpResponse::Accepted().finish()
+                }))
+            })
+            .workers(2)
+            .listen(listener)?
+            .run()
+            .await?;
+            Ok(())
+        }),
+        // Receives, forwards the body to the receiver, answers once it answered: what a
+        // gateway that stores nothing and verifies nothing does, on the same stacks.
+        Some("forwarder") => runtime.block_on(async {
+            let target = format!("http://127.0.0.1:{}/forwarded", args[1]);
+            let client = reqwest::Client::new();
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            std::fs::write(&args[2], listener.local_addr()?.port().to_string())?;
+            HttpServer::new(move || {
+                let (client, target) = (client.clone(), target.clone());
+                App::new().default_service(web::to(move |body: web::Bytes| {
+                    let (client, target) = (client.clone(), target.clone());
+                    async move {
+                        match client.post(&target).body(body).send().await {
+                            Ok(r) if r.status().is_success() => HttpResponse::Accepted().finish(),
+                            _ => HttpResponse::BadGateway().finish(),
+                        }
+                    }
                 }))
             })
             .workers(2)
@@ -182,10 +234,11 @@ struct Requests {
     ended: String,
     pathors: String,
     port: u16,
+    mix: Mix,
 }
 
 impl Requests {
-    fn new(port: u16) -> anyhow::Result<Requests> {
+    fn new(port: u16, mix: Mix) -> anyhow::Result<Requests> {
         let fixture = |vendor: &str, name: &str| {
             String::from_utf8(sessiongate::testing::fixture(vendor, name))
         };
@@ -195,6 +248,7 @@ impl Requests {
             ended: fixture("agntix", "session-ended.json")?,
             pathors: fixture("pathors", "call-ended.json")?,
             port,
+            mix,
         })
     }
 
@@ -208,7 +262,7 @@ impl Requests {
             .unwrap_or_default()
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let session = format!("bench-{salt:x}-{n}");
-        let (path, body, headers) = match n % 3 {
+        let (path, body, headers) = match self.mix.kind(n) {
             kind @ (0 | 1) => {
                 let template = if kind == 0 {
                     &self.created
@@ -337,8 +391,9 @@ async fn load(
     connections: usize,
     duration: Duration,
     rate: Option<f64>,
+    mix: Mix,
 ) -> anyhow::Result<LoadResult> {
-    let requests = Arc::new(Requests::new(port)?);
+    let requests = Arc::new(Requests::new(port, mix)?);
     let salt: u64 = rand::random();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -362,7 +417,7 @@ async fn load(
                     None => Instant::now(),
                 };
                 let request = requests.build(n, salt);
-                let ended = n % 3 == 1;
+                let ended = mix.kind(n) == 1;
                 match connection.exchange(&request).await {
                     Ok(status) if status / 100 == 2 => ended_ok += u64::from(ended),
                     Ok(_) => errors += 1,
@@ -542,17 +597,42 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     .run();
     tokio::spawn(server);
 
-    let (connections, duration) = (settings.connections, settings.duration);
+    let (connections, duration, mix) = (settings.connections, settings.duration, settings.mix);
     println!(
-        "loadgen: {connections} connections, {duration:?} per phase, store {}",
+        "loadgen: {connections} connections, {duration:?} per phase, store {}, traffic {mix:?}",
         settings.store
     );
 
     // The ceiling: a bare actix-web handler, same client, same requests.
     let bare = Child::spawn(&["bare"], dir.path())?;
-    let _ = load(bare.port, connections, Duration::from_millis(500), None).await?; // warm-up
-    let ceiling = load(bare.port, connections, duration, None).await?;
+    let _ = load(
+        bare.port,
+        connections,
+        Duration::from_millis(500),
+        None,
+        mix,
+    )
+    .await?; // warm-up
+    let ceiling = load(bare.port, connections, duration, None, mix).await?;
     drop(bare);
+
+    // A bare forwarder: receive, forward to the same receiver, answer; no verification,
+    // no store. How close to forwarding with no work the gateway gets.
+    let forwarder = Child::spawn(&["forwarder", &receiver_port.to_string()], dir.path())?;
+    let _ = load(
+        forwarder.port,
+        connections,
+        Duration::from_millis(500),
+        None,
+        mix,
+    )
+    .await?;
+    let forwarder_cpu_before = forwarder.cpu();
+    let forwarded = load(forwarder.port, connections, duration, None, mix).await?;
+    let forwarder_cpu = forwarder.cpu() - forwarder_cpu_before;
+    drop(forwarder);
+    // The gateway's deliveries are counted from here.
+    let delivered_at_start = receiver.delivered.load(Ordering::Relaxed);
 
     // With --nats: a stream of its own, and a target publishing every event to it.
     let nats = match &settings.nats {
@@ -567,7 +647,14 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     )?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = gateway.status_kib("VmRSS:");
-    let warm_up = load(gateway.port, connections, Duration::from_millis(500), None).await?;
+    let warm_up = load(
+        gateway.port,
+        connections,
+        Duration::from_millis(500),
+        None,
+        mix,
+    )
+    .await?;
 
     // Closed loop: how much durable ingest the gateway sustains.
     let cpu_before = gateway.cpu();
@@ -576,7 +663,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         Some(sink) => sink.stored().await?,
         None => 0,
     };
-    let mut closed = load(gateway.port, connections, duration, None).await?;
+    let mut closed = load(gateway.port, connections, duration, None, mix).await?;
     let cpu = gateway.cpu() - cpu_before;
     let delivered_during = receiver.delivered.load(Ordering::Relaxed) - delivered_before;
     let nats_during = match &nats {
@@ -589,7 +676,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         .map(|r| r.requests - r.errors + r.ended_ok)
         .sum::<u64>();
     let drain_started = Instant::now();
-    while receiver.delivered.load(Ordering::Relaxed) < expected_deliveries
+    while receiver.delivered.load(Ordering::Relaxed) - delivered_at_start < expected_deliveries
         && drain_started.elapsed() < Duration::from_secs(120)
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -610,7 +697,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
     receiver.since_ms.store(now_ms, Ordering::Relaxed);
     receiver.recording.store(true, Ordering::Relaxed);
-    let mut open = load(gateway.port, connections, duration, Some(half)).await?;
+    let mut open = load(gateway.port, connections, duration, Some(half), mix).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     receiver.recording.store(false, Ordering::Relaxed);
     let peak_rss = gateway.status_kib("VmHWM:");
@@ -624,6 +711,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     println!(
         "| bare actix-web 202 handler | {:.0} req/s | 100% |",
         ceiling.rate()
+    );
+    println!(
+        "| bare forwarder (receive, forward, answer; no verify, no store) | {:.0} req/s, {:.1} µs CPU/request | {} |",
+        forwarded.rate(),
+        forwarder_cpu.as_secs_f64() * 1e6 / forwarded.requests.max(1) as f64,
+        ratio(forwarded.rate())
     );
     println!(
         "| sessiongate durable ingest, closed loop ({connections} conns) | {:.0} req/s | {} |",
@@ -680,10 +773,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         cpu.as_secs_f64() * 1e6 / closed.requests.max(1) as f64
     );
     println!(
-        "| errors (non-2xx or broken connections): bare / closed / open | {} / {} / {} | |",
-        ceiling.errors, closed.errors, open.errors
+        "| errors (non-2xx or broken connections): bare / forwarder / closed / open | {} / {} / {} / {} | |",
+        ceiling.errors, forwarded.errors, closed.errors, open.errors
     );
-    if settings.smoke && (closed.requests == 0 || closed.errors > 0 || ceiling.errors > 0) {
+    if settings.smoke
+        && (closed.requests == 0 || closed.errors > 0 || ceiling.errors > 0 || forwarded.errors > 0)
+    {
         bail!("the smoke run saw errors or no requests");
     }
     Ok(())
@@ -737,7 +832,14 @@ async fn scrape_stall(settings: Settings, scrapers: usize, pending: u64) -> anyh
         settings.connections, settings.duration
     );
 
-    let mut quiet = load(gateway.port, settings.connections, settings.duration, None).await?;
+    let mut quiet = load(
+        gateway.port,
+        settings.connections,
+        settings.duration,
+        None,
+        settings.mix,
+    )
+    .await?;
     let stop = Arc::new(AtomicBool::new(false));
     let scrapes = Arc::new(std::sync::Mutex::new(Latencies::default()));
     let mut tasks = Vec::new();
@@ -759,7 +861,14 @@ async fn scrape_stall(settings: Settings, scrapers: usize, pending: u64) -> anyh
             anyhow::Ok(())
         }));
     }
-    let mut scraped = load(gateway.port, settings.connections, settings.duration, None).await?;
+    let mut scraped = load(
+        gateway.port,
+        settings.connections,
+        settings.duration,
+        None,
+        settings.mix,
+    )
+    .await?;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await??;
