@@ -144,6 +144,13 @@ pub struct ReceiptInfo {
 pub(crate) const RECEIPT_COLUMNS: &str =
     "seq, source, outcome, vendor_event_type, message_id, received_at, raw";
 
+/// The columns both stores read a delivery with, in their `delivery_row`'s order.
+pub const DELIVERY_COLUMNS: &str = "seq, id, event_id, target, status, attempts, next_attempt_at, \
+                                    last_status, last_error, created_at, updated_at";
+
+/// The columns both stores read an event with (`e`: events, `r`: its receipt).
+pub(crate) const EVENT_COLUMNS: &str = "e.seq, e.id, e.source, e.session_id, e.type, e.body, r.raw";
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum IngestOutcome {
     /// Stored. `targets` have new deliveries waiting in the store to be claimed; `handed`

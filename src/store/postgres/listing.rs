@@ -3,7 +3,7 @@
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::queries::{DELIVERY_COLUMNS, EVENT_COLUMNS, delivery_row, stored_event};
+use super::queries::{delivery_row, stored_event};
 use super::{PgStore, backend, prepared};
 use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
@@ -12,8 +12,8 @@ use crate::store::listing::{
 };
 use crate::store::schema::Dialect;
 use crate::store::{
-    AttemptInfo, DeliveryFilter, DeliveryInfo, RECEIPT_COLUMNS, ReceiptInfo, Retried,
-    SessionFilter, SessionListing, SessionView, StoreError, Timeline,
+    AttemptInfo, DELIVERY_COLUMNS, DeliveryFilter, DeliveryInfo, EVENT_COLUMNS, RECEIPT_COLUMNS,
+    ReceiptInfo, Retried, SessionFilter, SessionListing, SessionView, StoreError, Timeline,
 };
 
 fn args(built: &Built) -> Vec<Box<dyn ToSql + Sync + Send>> {

@@ -11,8 +11,8 @@ use super::{PgStore, backend, connection_lost, prepared};
 use crate::event::{EventId, Timestamp};
 use crate::store::{
     AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, ClaimedJob, DeliveryFilter, DeliveryId,
-    DeliveryInfo, DeliveryStatus, EventFilter, Handoff, Inbound, IngestOutcome, JobResult,
-    PRUNE_BATCH, Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, Retried,
+    DeliveryInfo, DeliveryStatus, EVENT_COLUMNS, EventFilter, Handoff, Inbound, IngestOutcome,
+    JobResult, PRUNE_BATCH, Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, Retried,
     RetryOutcome, SessionFilter, SessionListing, SessionView, Store, StoreError, StoredEvent,
     TargetCounts, Timeline, fold_counts, lease_token,
 };
@@ -48,10 +48,6 @@ pub(super) fn stored_event(r: &Row) -> StoredEvent {
         raw: r.get::<_, Vec<u8>>("raw").into(),
     }
 }
-
-pub(super) const EVENT_COLUMNS: &str = "e.seq, e.id, e.source, e.session_id, e.type, e.body, r.raw";
-pub(super) const DELIVERY_COLUMNS: &str = "seq, id, event_id, target, status, attempts, next_attempt_at, \
-                                last_status, last_error, created_at, updated_at";
 
 #[async_trait]
 impl Store for PgStore {

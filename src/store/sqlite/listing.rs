@@ -5,16 +5,14 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, params_from_iter};
 
 use super::SqliteStore;
-use super::queries::{
-    DELIVERY_COLUMNS, EVENT_COLUMNS, attempt_log, delivery_row, json_error, stored_event,
-};
+use super::queries::{attempt_log, delivery_row, json_error, stored_event};
 use crate::event::{EventId, Timestamp};
 use crate::sessions::SessionRecord;
 use crate::store::listing::{Arg, Built, TIMELINE_EVENTS, deliveries_query, sessions_query};
 use crate::store::schema::Dialect;
 use crate::store::{
-    DeliveryFilter, DeliveryInfo, RECEIPT_COLUMNS, ReceiptInfo, Retried, SessionFilter,
-    SessionListing, SessionView, StoreError, Timeline,
+    DELIVERY_COLUMNS, DeliveryFilter, DeliveryInfo, EVENT_COLUMNS, RECEIPT_COLUMNS, ReceiptInfo,
+    Retried, SessionFilter, SessionListing, SessionView, StoreError, Timeline,
 };
 
 impl SqliteStore {

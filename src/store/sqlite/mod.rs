@@ -37,10 +37,10 @@ use crate::event::{EventId, Timestamp};
 use crate::store::listing::SESSION_COLUMNS;
 use crate::store::{
     AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, ClaimedJob, DeliveryFilter, DeliveryId,
-    DeliveryInfo, DeliveryStatus, EventFilter, Handoff, Inbound, IngestOutcome, JobResult, Pruned,
-    RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, Retried, RetryOutcome, SessionFilter,
-    SessionListing, SessionView, Store, StoreError, StoredEvent, TargetCounts, Timeline,
-    fold_counts, lease_token,
+    DeliveryInfo, DeliveryStatus, EVENT_COLUMNS, EventFilter, Handoff, Inbound, IngestOutcome,
+    JobResult, Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, Retried, RetryOutcome,
+    SessionFilter, SessionListing, SessionView, Store, StoreError, StoredEvent, TargetCounts,
+    Timeline, fold_counts, lease_token,
 };
 use listing::{deliveries_in, receipt_row, retry_dead_in, session_row, sessions_in, timeline_in};
 use queries::*;

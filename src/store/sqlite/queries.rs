@@ -15,8 +15,6 @@ pub(super) fn json_error(e: serde_json::Error) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(Box::new(e))
 }
 
-pub(super) const DELIVERY_COLUMNS: &str = "seq, id, event_id, target, status, attempts, next_attempt_at, last_status, last_error, created_at, updated_at";
-
 pub(super) fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
     let status: String = r.get(4)?;
     let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
@@ -229,5 +227,3 @@ pub(super) fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEven
         raw: r.get::<_, Vec<u8>>(6)?.into(),
     })
 }
-
-pub(super) const EVENT_COLUMNS: &str = "e.seq, e.id, e.source, e.session_id, e.type, e.body, r.raw";
