@@ -110,6 +110,15 @@ impl Console {
         id
     }
 
+    /// The CSRF token of the live login `request`'s cookie names, leaving its notice for
+    /// the page the action goes back to.
+    fn csrf(&self, request: &HttpRequest) -> Option<String> {
+        let id = cookie_value(request)?;
+        let logins = self.locked();
+        let login = logins.get(&id)?;
+        (login.started.elapsed() < LIFETIME).then(|| login.csrf.clone())
+    }
+
     /// The operator whose cookie `request` carries, with the notice left for them (taken).
     fn operator(&self, request: &HttpRequest) -> Option<Operator> {
         let id = cookie_value(request)?;
@@ -256,7 +265,7 @@ pub(crate) fn operator_or_login(
 }
 
 async fn login_page(request: HttpRequest, console: web::Data<Console>) -> HttpResponse {
-    if console.operator(&request).is_some() {
+    if console.csrf(&request).is_some() {
         return see_other("/console/sessions");
     }
     pages::html(pages::login(None))
@@ -322,8 +331,8 @@ fn same_origin(request: &HttpRequest) -> Result<(), Refused> {
 /// token is their session's.
 fn checked(request: &HttpRequest, console: &Console, csrf: &str) -> Result<(), Refused> {
     same_origin(request)?;
-    let operator = console.operator(request).ok_or(Refused::NotLoggedIn)?;
-    if csrf.is_empty() || !constant_time_eq(csrf.as_bytes(), operator.csrf.as_bytes()) {
+    let expected = console.csrf(request).ok_or(Refused::NotLoggedIn)?;
+    if csrf.is_empty() || !constant_time_eq(csrf.as_bytes(), expected.as_bytes()) {
         tracing::warn!("Console request with a wrong CSRF token refused");
         return Err(Refused::BadCsrf);
     }
