@@ -9,13 +9,17 @@ use std::time::Instant;
 
 use sessiongate::store::listing::{Arg, Built, deliveries_query, sessions_query};
 use sessiongate::store::schema::Dialect;
-use sessiongate::store::{DeliveryFilter, DeliveryStatus, SessionFilter};
-
-const DELIVERY_COLUMNS: &str = "seq, id, event_id, target, status, attempts, next_attempt_at, \
-                                last_status, last_error, created_at, updated_at";
+use sessiongate::store::{DELIVERY_COLUMNS, DeliveryFilter, DeliveryStatus, SessionFilter};
 
 /// The lists, as the store builds them: (what, statement for each dialect).
-fn lists(dialect: Dialect, newest_ms: i64) -> Vec<(&'static str, Built)> {
+/// A session the fill made, with two events: `s-K` has events `2K` and `2K + 1` (Agntix's,
+/// as `2K` is a multiple of 4).
+fn probe(events: i64) -> (String, i64) {
+    let k = events / 8 * 2;
+    (format!("s-{k}"), 2 * k)
+}
+
+fn lists(dialect: Dialect, newest_ms: i64, probe_session: &str) -> Vec<(&'static str, Built)> {
     let session = |f: SessionFilter| sessions_query(dialect, &SessionFilter { limit: 25, ..f });
     let dead = |target: Option<&str>| {
         deliveries_query(
@@ -41,7 +45,7 @@ fn lists(dialect: Dialect, newest_ms: i64) -> Vec<(&'static str, Built)> {
         (
             "a session by id (any vendor)",
             session(SessionFilter {
-                session_id: Some("s-123456".into()),
+                session_id: Some(probe_session.into()),
                 vendors: vec!["pathors".into(), "agntix".into()],
                 ..Default::default()
             }),
@@ -154,7 +158,7 @@ fn sqlite(events: i64) -> anyhow::Result<()> {
                 sql: "SELECT e.seq, e.id FROM events e JOIN receipts r ON r.seq = e.receipt_seq \
                       WHERE e.source = ?1 AND e.session_id = ?2 ORDER BY e.seq LIMIT 500"
                     .into(),
-                args: vec![Arg::Text("agntix".into()), Arg::Text("s-123456".into())],
+                args: vec![Arg::Text("agntix".into()), Arg::Text(probe(events).0)],
             },
         ),
         (
@@ -162,14 +166,14 @@ fn sqlite(events: i64) -> anyhow::Result<()> {
             Built {
                 sql: "SELECT seq, id FROM deliveries WHERE event_id = ?1 ORDER BY seq".into(),
                 args: vec![Arg::Text(conn.query_row(
-                    "SELECT id FROM events WHERE seq = 246912",
-                    [],
+                    "SELECT id FROM events WHERE seq = ?1",
+                    [probe(events).1],
                     |r| r.get(0),
                 )?)],
             },
         ),
     ];
-    let mut all = lists(Dialect::Sqlite, newest_ms);
+    let mut all = lists(Dialect::Sqlite, newest_ms, &probe(events).0);
     all.append(&mut timeline);
     for (what, built) in all {
         let args = sqlite_args(&built);
@@ -253,7 +257,7 @@ async fn postgres(events: i64) -> anyhow::Result<()> {
         count("deliveries").await?,
         started.elapsed().as_secs_f64()
     );
-    for (what, built) in lists(Dialect::Postgres, newest_ms) {
+    for (what, built) in lists(Dialect::Postgres, newest_ms, &probe(events).0) {
         let args: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = built
             .args
             .iter()
