@@ -334,6 +334,7 @@ fn errors_name_the_key() {
             "storage.schema",
         ),
         ("[storage]\nschema = \"gw\"", "storage.schema"),
+        ("[storage]\nwal_size_mib = 0", "storage.wal_size_mib"),
         (
             "[delivery]\nlease_ms = 5000\n[[targets]]\nname = \"t\"\nurl = \"http://x\"",
             "delivery.lease_ms",
@@ -414,7 +415,7 @@ fn defaults_come_from_the_compiled_in_file_alone() {
     assert!(c.server.admin_listen.is_none() && c.server.admin_token.is_none());
     assert!(matches!(
         &c.storage,
-        StorageConfig::Sqlite { path, synchronous: Synchronous::Full } if path.to_str() == Some("data/sessiongate.db")
+        StorageConfig::Sqlite { path, synchronous: Synchronous::Full, wal_size_mib: 32 } if path.to_str() == Some("data/sessiongate.db")
     ));
     assert_eq!(c.delivery.max_attempts, 12);
     assert_eq!(c.delivery.retry.initial, Duration::from_secs(10));

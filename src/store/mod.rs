@@ -558,8 +558,12 @@ pub async fn open(
     clock: Clock,
 ) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     match config {
-        StorageConfig::Sqlite { path, synchronous } => {
-            let store = sqlite::SqliteStore::open(path, *synchronous)
+        StorageConfig::Sqlite {
+            path,
+            synchronous,
+            wal_size_mib,
+        } => {
+            let store = sqlite::SqliteStore::open_with_wal(path, *synchronous, *wal_size_mib)
                 .await?
                 .with_clock(clock);
             Ok(std::sync::Arc::new(store))

@@ -13,6 +13,8 @@ pub enum StorageConfig {
     Sqlite {
         path: PathBuf,
         synchronous: Synchronous,
+        /// How far (MiB) the WAL may grow under load before the writer starts it over.
+        wal_size_mib: u32,
     },
     Postgres {
         /// May carry a password, so it is kept secret.
@@ -29,10 +31,14 @@ pub enum StorageConfig {
 impl std::fmt::Display for StorageConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StorageConfig::Sqlite { path, synchronous } => {
+            StorageConfig::Sqlite {
+                path,
+                synchronous,
+                wal_size_mib,
+            } => {
                 write!(
                     f,
-                    "sqlite {} (synchronous = {synchronous:?})",
+                    "sqlite {} (synchronous = {synchronous:?}, WAL started over at {wal_size_mib} MiB)",
                     path.display()
                 )
             }
@@ -62,6 +68,7 @@ pub enum Synchronous {
 pub struct RawStorage {
     url: String,
     synchronous: Synchronous,
+    wal_size_mib: u32,
     pool_size: usize,
     schema: Option<String>,
 }
@@ -132,9 +139,11 @@ fn parse_url(url: &str, raw: &RawStorage) -> Result<StorageConfig, ConfigError> 
                 "sqlite:// needs a file path, e.g. sqlite://data/sessiongate.db",
             ));
         }
+        positive("storage.wal_size_mib", raw.wal_size_mib as u64)?;
         return Ok(StorageConfig::Sqlite {
             path: PathBuf::from(path),
             synchronous: raw.synchronous,
+            wal_size_mib: raw.wal_size_mib,
         });
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {

@@ -12,6 +12,7 @@ mod helpers;
 mod ingest;
 mod openapi;
 mod outputs;
+mod powerloss;
 mod process;
 mod recordings;
 mod replicas;

@@ -45,7 +45,8 @@ use crate::store::{
 use listing::{deliveries_in, receipt_row, retry_dead_in, session_row, sessions_in, timeline_in};
 use queries::*;
 use schema::{configure, migrate};
-use wal::{WalState, checkpointer};
+pub use wal::DEFAULT_WAL_SIZE_MIB;
+use wal::{WalState, checkpointer, restart_frames};
 use writer::{Handover, Msg, QUEUE_DEPTH, Reply, Work, Writer, syncer};
 
 pub struct SqliteStore {
@@ -58,6 +59,15 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub async fn open(path: &Path, synchronous: Synchronous) -> anyhow::Result<SqliteStore> {
+        SqliteStore::open_with_wal(path, synchronous, DEFAULT_WAL_SIZE_MIB).await
+    }
+
+    /// [`SqliteStore::open`], starting the WAL over once it grows past `wal_size_mib`.
+    pub async fn open_with_wal(
+        path: &Path,
+        synchronous: Synchronous,
+        wal_size_mib: u32,
+    ) -> anyhow::Result<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| {
                 format!("Failed to create the store directory {}", dir.display())
@@ -137,7 +147,14 @@ impl SqliteStore {
         let checkpoint_wal = wal.clone();
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || checkpointer(checkpoint_path, checkpoint_wal, checkpoints_stopped))
+            .spawn(move || {
+                checkpointer(
+                    checkpoint_path,
+                    checkpoint_wal,
+                    restart_frames(wal_size_mib),
+                    checkpoints_stopped,
+                )
+            })
             .context("Failed to start the SQLite checkpointer thread")?;
         let writer = Writer {
             conn,

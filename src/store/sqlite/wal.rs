@@ -11,10 +11,18 @@ use rusqlite::Connection;
 /// tests, whose WAL is to stay small).
 pub(super) const CHECKPOINT_EVERY: Duration =
     Duration::from_millis(if cfg!(test) { 10 } else { 100 });
-/// WAL frames (pages) past which the writer itself finishes a checkpoint between two
-/// batches, so that its next transaction starts the WAL over (about 32 MiB; 1 MiB in tests,
-/// so that they can show the WAL staying bounded without writing hundreds of megabytes).
-pub(super) const WAL_RESTART_FRAMES: i64 = if cfg!(test) { 256 } else { 8192 };
+/// The WAL size (MiB) past which the writer itself finishes a checkpoint between two
+/// batches, so that its next transaction starts the WAL over (`storage.wal_size_mib`; 1 MiB
+/// in unit tests, so that they can show the WAL staying bounded without writing hundreds of
+/// megabytes).
+pub const DEFAULT_WAL_SIZE_MIB: u32 = if cfg!(test) { 1 } else { 32 };
+/// SQLite's page size, which is a WAL frame's payload.
+const PAGE_BYTES: i64 = 4096;
+
+/// The WAL frames in `mib` MiB.
+pub(super) fn restart_frames(mib: u32) -> i64 {
+    i64::from(mib) * 1024 * 1024 / PAGE_BYTES
+}
 /// How often the checkpointer looks whether the writer has taken its turn.
 pub(super) const HANDOVER_POLL: Duration = Duration::from_millis(1);
 
@@ -32,7 +40,12 @@ pub(super) struct WalState {
 /// checkpoint runs, so the WAL is never wholly copied and could never start over; once it is
 /// long, the checkpointer hands over to the writer, which alone can find a moment with no
 /// commit in progress (see [`Writer::restart_wal`]). Stops when `stop` is dropped.
-pub(super) fn checkpointer(path: PathBuf, wal: Arc<WalState>, stop: std::sync::mpsc::Receiver<()>) {
+pub(super) fn checkpointer(
+    path: PathBuf,
+    wal: Arc<WalState>,
+    restart_frames: i64,
+    stop: std::sync::mpsc::Receiver<()>,
+) {
     let conn = match Connection::open(&path) {
         Ok(conn) => conn,
         Err(e) => {
@@ -52,7 +65,7 @@ pub(super) fn checkpointer(path: PathBuf, wal: Arc<WalState>, stop: std::sync::m
             continue;
         }
         match passive_checkpoint(&conn) {
-            Ok((_, frames, _)) if frames >= WAL_RESTART_FRAMES => {
+            Ok((_, frames, _)) if frames >= restart_frames => {
                 wal.restart.store(true, Ordering::Release);
                 wait = HANDOVER_POLL;
             }
