@@ -172,9 +172,9 @@ struct Cut {
 
 /// Puts the files back as a power cut after the last logged record would leave them: each
 /// write or truncate that no completed sync of its file covered is undone, newest first;
-/// then, in their order, those `keep` picks are done again, as a disk that had written some
-/// of them back on its own would hold them.
-fn cut_power(records: &[Record], mut keep: impl FnMut() -> bool) -> Cut {
+/// then, in their order, those `keep` picks (given the file) are done again, as a disk that
+/// had written some of them back on its own would hold them.
+fn cut_power(records: &[Record], mut keep: impl FnMut(&Path) -> bool) -> Cut {
     let mut paths = HashMap::new();
     let mut pending: HashMap<u32, Vec<(u64, &Record)>> = HashMap::new();
     for (index, record) in records.iter().enumerate() {
@@ -226,7 +226,7 @@ fn cut_power(records: &[Record], mut keep: impl FnMut() -> bool) -> Cut {
             }
         }
         for (_, record) in &list {
-            if !keep() {
+            if !keep(&paths[&id]) {
                 continue;
             }
             cut.kept += 1;
@@ -247,6 +247,9 @@ enum Loss {
     All,
     /// Each is lost or kept at random (seeded).
     Torn(u64),
+    /// The WAL's are kept, the database file's lost: what a WAL started over before the
+    /// checkpoint that emptied it was on disk would leave without the checkpoint's data.
+    WalKept,
 }
 
 /// One gateway run under the shim, in its own directory.
@@ -307,6 +310,9 @@ impl Run {
         match cut {
             Some(At::Operation(n)) => command.env("POWERLOSS_CUT", n.to_string()),
             Some(At::AfterAcknowledged(_)) => command.env("POWERLOSS_TRIGGER", self.trigger()),
+            Some(At::AfterWalHeader(n)) => {
+                command.env("POWERLOSS_CUT_AFTER_WAL_HEADER", n.to_string())
+            }
             None => &mut command,
         };
         let mut child = command.spawn().unwrap();
@@ -404,11 +410,12 @@ impl Run {
     async fn recover(&self, loss: Loss, acknowledged: &[String]) -> (Cut, Vec<String>) {
         let records = records(&self.log());
         let cut = match loss {
-            Loss::All => cut_power(&records, || false),
+            Loss::All => cut_power(&records, |_| false),
             Loss::Torn(seed) => {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-                cut_power(&records, || rng.random_bool(0.5))
+                cut_power(&records, |_| rng.random_bool(0.5))
             }
+            Loss::WalKept => cut_power(&records, |path| path.to_string_lossy().ends_with("-wal")),
         };
         // The shared-memory index holds nothing durable; after a cut its content is
         // arbitrary, and SQLite rebuilds it from the WAL.
@@ -440,6 +447,9 @@ enum At {
     Operation(usize),
     /// At its next write, truncate or sync once this many events are acknowledged.
     AfterAcknowledged(usize),
+    /// Two operations after the n-th WAL header is written: n = 1 is the WAL's creation,
+    /// each later one the WAL started over after a checkpoint.
+    AfterWalHeader(usize),
 }
 
 /// One cut: a run under load that is cut `at` a point, the power cut, recovery.
@@ -457,7 +467,7 @@ async fn cut_at(shim: &Path, synchronous: &'static str, at: At, loss: Loss) -> O
         Some((mut child, address)) => {
             let cut_after = match at {
                 At::AfterAcknowledged(n) => Some(n),
-                At::Operation(_) => None,
+                At::Operation(_) | At::AfterWalHeader(_) => None,
             };
             let acknowledged = run.load(&address, &mut child, usize::MAX, cut_after).await;
             let status = child.wait().unwrap();
@@ -581,6 +591,11 @@ async fn every_acknowledged_event_survives_a_power_cut_at_any_of_many_points() {
             Loss::Torn(i as u64)
         };
         outcomes.push(cut_at(&shim, "full", at, loss).await);
+    }
+    // Just after the WAL is started over, with the WAL's writes on disk and the database
+    // file's lost: the restart must not have overtaken the checkpoint's own fsync.
+    for n in 2..=4 {
+        outcomes.push(cut_at(&shim, "full", At::AfterWalHeader(n), Loss::WalKept).await);
     }
     report(&outcomes);
     let lost: Vec<_> = outcomes.iter().flat_map(|o| &o.lost).collect();

@@ -7,7 +7,9 @@
  * the files as a power cut would have left them. With POWERLOSS_CUT=K the process
  * SIGKILLs itself just before its K-th write, truncate or sync: a cut at a chosen moment;
  * with POWERLOSS_TRIGGER=PATH, just before the first one after PATH exists (the harness
- * creates it the moment it has an answer, to cut right after an acknowledgement).
+ * creates it the moment it has an answer, to cut right after an acknowledgement); with
+ * POWERLOSS_CUT_AFTER_WAL_HEADER=N, two operations after the N-th write of a WAL header
+ * (offset 0 of a -wal file: its creation, then each time the WAL is started over).
  *
  * Record layout (little-endian), one after another in POWERLOSS_LOG:
  *   'O' u32 id, u32 path length, path        a tracked file opened (id per path)
@@ -45,6 +47,8 @@ static size_t prefix_len;
 static int log_fd = -1;
 static long long cut_at = -1;
 static char trigger[4096];
+static long long cut_after_header = -1;
+static long long wal_headers;
 static long long ops;
 static unsigned long long records;
 static int fd_id[MAX_FD]; /* 0 = untracked, else id + 1 */
@@ -108,6 +112,7 @@ __attribute__((constructor)) static void init(void) {
     const char *log = getenv("POWERLOSS_LOG");
     const char *cut = getenv("POWERLOSS_CUT");
     const char *when = getenv("POWERLOSS_TRIGGER");
+    const char *header = getenv("POWERLOSS_CUT_AFTER_WAL_HEADER");
     if (!dir || !log) return;
     snprintf(prefix, sizeof prefix, "%s/", dir);
     prefix_len = strlen(prefix);
@@ -115,6 +120,7 @@ __attribute__((constructor)) static void init(void) {
     if (log_fd < 0) fail("opening the log");
     if (cut) cut_at = atoll(cut);
     if (when) snprintf(trigger, sizeof trigger, "%s", when);
+    if (header) cut_after_header = atoll(header);
     ready = 1;
 }
 
@@ -214,6 +220,10 @@ static void log_write(int id, int fd, const void *buf, size_t n, off_t off) {
     out_u64(n);
     out(buf, n);
     records++;
+    size_t len = strlen(id_path[id]);
+    if (off == 0 && len > 4 && strcmp(id_path[id] + len - 4, "-wal") == 0 &&
+        ++wal_headers == cut_after_header)
+        cut_at = ops + 3;
 }
 
 ssize_t write(int fd, const void *buf, size_t n) {
