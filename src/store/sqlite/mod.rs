@@ -20,10 +20,11 @@ pub(crate) mod schema;
 mod wal;
 mod writer;
 
+use std::cell::Cell;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -112,6 +113,7 @@ impl SqliteStore {
         })?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let unsynced = Arc::new(AtomicUsize::new(0));
+        let database_failed = Arc::new(AtomicBool::new(false));
         let syncer = match synchronous {
             Synchronous::Full => {
                 let mut wal_path = path.as_os_str().to_owned();
@@ -128,14 +130,19 @@ impl SqliteStore {
                             Path::new(&wal_path).display()
                         )
                     })?;
+                // The database file, which the syncer fsyncs after a checkpoint.
+                let database = File::open(path).with_context(|| {
+                    format!("Failed to open the SQLite store {}", path.display())
+                })?;
                 let (to_syncer, batches) = std::sync::mpsc::channel();
                 let handover = Handover {
                     unsynced: unsynced.clone(),
                     wake: tx.downgrade(),
+                    database_failed: database_failed.clone(),
                 };
                 let thread = std::thread::Builder::new()
                     .name("sqlite-sync".into())
-                    .spawn(move || syncer(wal, batches, handover))
+                    .spawn(move || syncer(wal, database, batches, handover))
                     .context("Failed to start the SQLite sync thread")?;
                 Some((to_syncer, thread))
             }
@@ -163,6 +170,8 @@ impl SqliteStore {
             stop_checkpoints,
             syncer,
             unsynced,
+            database_pending: Cell::new(false),
+            database_failed,
         };
         std::thread::Builder::new()
             .name("sqlite-writer".into())

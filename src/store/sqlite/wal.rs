@@ -23,6 +23,10 @@ const PAGE_BYTES: i64 = 4096;
 pub(super) fn restart_frames(mib: u32) -> i64 {
     i64::from(mib) * 1024 * 1024 / PAGE_BYTES
 }
+/// Passes the checkpointer makes at most to catch up before it hands over to the writer, and
+/// the frames left uncopied that are few enough to hand over at once.
+const CATCH_UP_PASSES: usize = 4;
+const CATCH_UP_FRAMES: i64 = 64;
 /// How often the checkpointer looks whether the writer has taken its turn.
 pub(super) const HANDOVER_POLL: Duration = Duration::from_millis(1);
 
@@ -66,6 +70,14 @@ pub(super) fn checkpointer(
         }
         match passive_checkpoint(&conn) {
             Ok((_, frames, _)) if frames >= restart_frames => {
+                // Copy what was committed during that pass too, so that the writer's own
+                // turn, which holds up every caller, has only a few frames left to copy.
+                for _ in 0..CATCH_UP_PASSES {
+                    match passive_checkpoint(&conn) {
+                        Ok((_, frames, copied)) if frames - copied > CATCH_UP_FRAMES => {}
+                        _ => break,
+                    }
+                }
                 wal.restart.store(true, Ordering::Release);
                 wait = HANDOVER_POLL;
             }

@@ -5,10 +5,19 @@
 //! one failure undoes only itself; the transaction commits when the syncer is free (or the
 //! batch is full). Under `synchronous = "full"` the syncer fsyncs the WAL, once for every
 //! batch committed since the last, and only then answers the callers.
+//!
+//! When the WAL is long, the writer checkpoints it between two batches so that the next
+//! commit starts it over. Under `full` that checkpoint skips SQLite's own fsyncs: it runs
+//! only once the syncer has made every commit durable (so the WAL needs no sync first), and
+//! the syncer fsyncs the database file before the next commit may overwrite the WAL (so
+//! what was copied is on disk first). The writer goes on running operations meanwhile;
+//! `tests/api/powerloss.rs` cuts the power around this order.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -40,8 +49,17 @@ pub(super) enum Msg {
     Synced,
 }
 
-/// The batch replies the syncer answers once the WAL is on disk.
-pub(super) type Synced = (Vec<Reply>, Result<(), String>);
+/// What the writer hands the syncer.
+pub(super) enum Synced {
+    /// A committed batch's replies, answered once the WAL is on disk.
+    Batch(Vec<Reply>, Result<(), String>),
+    /// The database file, after a checkpoint without fsyncs: on disk before the next commit
+    /// starts the WAL over on top of the frames that checkpoint copied.
+    Database,
+}
+
+/// How often the writer looks whether the syncer is done, when it must wait for it.
+const SYNCER_POLL: Duration = Duration::from_micros(100);
 
 /// Makes committed batches durable, then answers them, while the writer goes on with the
 /// next batch: fsync latency is overlapped with work instead of stalling the writer. The
@@ -49,19 +67,41 @@ pub(super) type Synced = (Vec<Reply>, Result<(), String>);
 /// it; replies leave in commit order, so no answer (say, "duplicate") can get ahead of the
 /// durability of what it depends on. When it has answered everything it was given, it tells
 /// the writer, which holds its open transaction until then (see [`Writer::run`]).
-pub(super) fn syncer(wal: File, batches: std::sync::mpsc::Receiver<Synced>, writer: Handover) {
+pub(super) fn syncer(
+    wal: File,
+    database: File,
+    batches: std::sync::mpsc::Receiver<Synced>,
+    writer: Handover,
+) {
     while let Ok(first) = batches.recv() {
         let mut pending = vec![first];
         pending.extend(batches.try_iter());
-        let synced = wal.sync_data().map_err(|e| {
-            tracing::error!(error = %crate::telemetry::chain(&e), "Failed to fsync the SQLite WAL; answering the batch with an error");
-            format!("fsync failed: {e}")
-        });
+        let commits = pending.iter().any(|p| matches!(p, Synced::Batch(..)));
+        let synced = if commits {
+            wal.sync_data().map_err(|e| {
+                tracing::error!(error = %crate::telemetry::chain(&e), "Failed to fsync the SQLite WAL; answering the batch with an error");
+                format!("fsync failed: {e}")
+            })
+        } else {
+            Ok(())
+        };
         let count = pending.len();
-        for (replies, committed) in pending {
-            let outcome = committed.and(synced.clone());
-            for reply in replies {
-                reply(outcome.clone());
+        for item in pending {
+            match item {
+                Synced::Batch(replies, committed) => {
+                    let outcome = committed.and(synced.clone());
+                    for reply in replies {
+                        reply(outcome.clone());
+                    }
+                }
+                Synced::Database => {
+                    if let Err(e) = database.sync_data() {
+                        // The WAL still holds every commit, and the writer commits nothing
+                        // more (a commit would start the WAL over on unsynced pages).
+                        tracing::error!(error = %crate::telemetry::chain(&e), "Failed to fsync the SQLite database file after a checkpoint; the store refuses writes until restarted");
+                        writer.database_failed.store(true, Ordering::Release);
+                    }
+                }
             }
         }
         if writer.unsynced.fetch_sub(count, Ordering::AcqRel) == count {
@@ -79,6 +119,8 @@ pub(super) fn syncer(wal: File, batches: std::sync::mpsc::Receiver<Synced>, writ
 pub(super) struct Handover {
     pub(super) unsynced: Arc<AtomicUsize>,
     pub(super) wake: mpsc::WeakSender<Msg>,
+    /// Set when the database file could not be fsynced after a checkpoint.
+    pub(super) database_failed: Arc<AtomicBool>,
 }
 
 /// The writer thread's state: the connection and the file lock until the store closes.
@@ -88,8 +130,13 @@ pub(super) struct Writer {
     pub(super) wal: Arc<WalState>,
     pub(super) stop_checkpoints: std::sync::mpsc::Sender<()>,
     pub(super) syncer: Option<(std::sync::mpsc::Sender<Synced>, std::thread::JoinHandle<()>)>,
-    /// Commits handed to the syncer and not yet answered.
+    /// Commits (and database-file syncs) handed to the syncer and not yet done.
     pub(super) unsynced: Arc<AtomicUsize>,
+    /// A checkpoint without fsyncs copied frames into the database file, whose fsync the
+    /// syncer has not finished: no commit until it has.
+    pub(super) database_pending: Cell<bool>,
+    /// The syncer could not fsync the database file: every write is refused from then on.
+    pub(super) database_failed: Arc<AtomicBool>,
 }
 
 /// The writer's open transaction: the replies of the operations run in it so far.
@@ -179,6 +226,10 @@ impl Writer {
     /// Runs one operation in its own savepoint of the open transaction (opening one if
     /// needed), so that its failure undoes only itself.
     fn execute(&self, open: &mut Option<Open>, work: Work) {
+        if self.database_failed.load(Ordering::Acquire) {
+            (work.refuse)(DATABASE_FAILED.to_owned());
+            return;
+        }
         let conn = &self.conn;
         // Prepared once and cached: these run twice per operation.
         let step = |sql: &str| conn.prepare_cached(sql).and_then(|mut st| st.execute([]));
@@ -220,8 +271,22 @@ impl Writer {
         }
     }
 
-    /// Commits the open transaction and has its callers answered once it is durable.
+    /// Commits the open transaction and has its callers answered once it is durable; first,
+    /// after a checkpoint without fsyncs, waits until the database file is on disk.
     fn commit(&self, batch: Open) {
+        let spill_off = self.database_pending.replace(false);
+        if spill_off {
+            self.wait_for_syncer();
+        }
+        if self.database_failed.load(Ordering::Acquire) {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "Store rollback failed");
+            }
+            for reply in batch.replies {
+                reply(Err(DATABASE_FAILED.to_owned()));
+            }
+            return;
+        }
         let committed = self.conn.execute_batch("COMMIT").map_err(|e| {
             tracing::error!(error = %e, "Store commit failed; answering every caller in the batch with an error");
             if let Err(e) = self.conn.execute_batch("ROLLBACK") {
@@ -229,7 +294,26 @@ impl Writer {
             }
             format!("commit failed: {e}")
         });
+        if spill_off && let Err(e) = self.conn.execute_batch("PRAGMA cache_spill = ON") {
+            tracing::warn!(error = %e, "SQLite cache spill stays off");
+        }
         self.answer(batch.replies, committed);
+    }
+
+    /// Blocks until the syncer has done everything handed to it (one fsync, usually).
+    fn wait_for_syncer(&self) {
+        while self.unsynced.load(Ordering::Acquire) != 0 {
+            if self
+                .syncer
+                .as_ref()
+                .is_none_or(|(_, thread)| thread.is_finished())
+            {
+                // It has gone (it panicked): what it held was answered with an error.
+                self.database_failed.store(true, Ordering::Release);
+                return;
+            }
+            std::thread::sleep(SYNCER_POLL);
+        }
     }
 
     /// Answers a committed batch: through the syncer once the WAL is on disk, or at once.
@@ -237,8 +321,8 @@ impl Writer {
         match &self.syncer {
             Some((to_syncer, _)) => {
                 self.unsynced.fetch_add(1, Ordering::AcqRel);
-                if let Err(std::sync::mpsc::SendError((replies, _))) =
-                    to_syncer.send((replies, committed))
+                if let Err(std::sync::mpsc::SendError(Synced::Batch(replies, _))) =
+                    to_syncer.send(Synced::Batch(replies, committed))
                 {
                     self.unsynced.fetch_sub(1, Ordering::AcqRel);
                     for reply in replies {
@@ -256,18 +340,53 @@ impl Writer {
 
     /// Once the checkpointer has copied a long WAL, finishes the checkpoint between two
     /// batches, when no commit is in progress: only the frames committed since its pass are
-    /// left to copy, so this is short (two fsyncs and a few pages), and with every frame
-    /// copied the next transaction writes the WAL from its start again. Without it the WAL
-    /// grows for as long as the load lasts, and every commit pays for extending a file
-    /// (measured: ~900 MB in 8 s, 11% of the writer's time zeroing new blocks).
+    /// left to copy, and with every frame copied the next transaction writes the WAL from its
+    /// start again. Without it the WAL grows for as long as the load lasts, and every commit
+    /// pays for extending a file (measured: ~900 MB in 8 s, 11% of the writer's time zeroing
+    /// new blocks).
     fn restart_wal(&self) {
         if !self.wal.restart.load(Ordering::Acquire) {
             return;
         }
-        if let Err(e) = passive_checkpoint(&self.conn) {
+        let outcome = match &self.syncer {
+            Some((to_syncer, _)) => self.checkpoint_synced(to_syncer),
+            // SQLite's own checkpoint: it fsyncs the WAL, copies, fsyncs the database file.
+            None => passive_checkpoint(&self.conn).map(drop),
+        };
+        if let Err(e) = outcome {
             tracing::warn!(error = %e, "SQLite checkpoint failed; will try again");
         }
         // Whatever the outcome, the checkpointer goes on; it hands over again when needed.
         self.wal.restart.store(false, Ordering::Release);
     }
+
+    /// The checkpoint without SQLite's two fsyncs, which stalled every caller for both:
+    /// the WAL needs none once the syncer has made every commit durable (this waits for
+    /// it, one fsync at most), and the database file's is the syncer's, finished before the
+    /// next commit (see [`Writer::commit`]). Until then no frame may reach the WAL, so the
+    /// page cache does not spill.
+    fn checkpoint_synced(
+        &self,
+        to_syncer: &std::sync::mpsc::Sender<Synced>,
+    ) -> rusqlite::Result<()> {
+        self.wait_for_syncer();
+        if self.database_failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.conn
+            .execute_batch("PRAGMA cache_spill = OFF; PRAGMA synchronous = OFF")?;
+        let copied = passive_checkpoint(&self.conn);
+        let restored = self.conn.execute_batch("PRAGMA synchronous = NORMAL");
+        self.unsynced.fetch_add(1, Ordering::AcqRel);
+        if to_syncer.send(Synced::Database).is_err() {
+            self.unsynced.fetch_sub(1, Ordering::AcqRel);
+            self.database_failed.store(true, Ordering::Release);
+        }
+        self.database_pending.set(true);
+        copied.and(restored).map(drop)
+    }
 }
+
+/// Why every write is refused once the database file could not be fsynced.
+const DATABASE_FAILED: &str = "the SQLite database file could not be fsynced after a checkpoint; \
+     the store refuses writes until the gateway is restarted (the WAL still holds every commit)";
