@@ -175,16 +175,33 @@ pub fn plan_accept(
         return Ok(AcceptPlan::AlreadyFinalized { record, first });
     }
     let mut events = Vec::with_capacity(accept.events.len());
+    // The merged session after the previous event, and what that event said: an event
+    // saying the same at the same instant (Agntix's session.ended and the session.finalized
+    // it implies) merges to the same record, which is kept rather than merged and built again.
+    let mut merged: Option<(&NewEvent, Session)> = None;
     for event in &accept.events {
-        record.merge(&event.facts, event.occurred_at);
+        let same = merged.as_ref().is_some_and(|(previous, _)| {
+            previous.occurred_at == event.occurred_at && previous.facts == event.facts
+        });
+        if !same {
+            record.merge(&event.facts, event.occurred_at);
+        }
         if event.event_type == EventType::SessionFinalized {
             if finalized.is_some() {
+                if !same {
+                    // The record moved on without a session built from it.
+                    merged = None;
+                }
                 continue;
             }
             finalized = Some(event.id.clone());
         }
-        let session = record.session(&accept.session_id)?;
+        let session = match merged.take() {
+            Some((_, session)) if same => session,
+            _ => record.session(&accept.session_id)?,
+        };
         events.push((event, accept.render(event, &session)));
+        merged = Some((event, session));
     }
     Ok(AcceptPlan::Store {
         record,
@@ -382,5 +399,56 @@ mod tests {
         assert_eq!(s.state, Some(SessionState::Closed));
         assert_eq!(s.started_at, Some(ts("2026-04-08T05:00:01.130Z")));
         assert!(s.analysis.is_some());
+    }
+
+    /// An Agntix session.ended: its session.ended and session.finalized say the same, and
+    /// the second reuses the first's merged session. Each body must still be what merging
+    /// every event on its own gives, for a new session and for one already recorded.
+    #[test]
+    fn events_saying_the_same_render_as_if_each_were_merged_on_its_own() {
+        let created = drafts(Vendor::Agntix, "agntix", &["session-created.json"]);
+        let ended = recognized(Vendor::Agntix, &fixture("agntix", "session-ended.json"));
+        assert!(ended.events.len() >= 2, "ended implies finalized");
+        // What makes the second reuse the first's session.
+        assert_eq!(ended.events[0].session, ended.events[1].session);
+        assert_eq!(ended.events[0].occurred_at, ended.events[1].occurred_at);
+        let inbound = Inbound {
+            source: "agntix".into(),
+            vendor: "agntix".into(),
+            session_id: ended.session_id.clone(),
+            vendor_event_type: ended.vendor_event_type.clone(),
+            message_id: None,
+            received_at: ts("2026-04-08T05:10:00Z"),
+            raw: b"{}".to_vec().into(),
+            job: None,
+            events: ended
+                .events
+                .iter()
+                .map(|d| NewEvent {
+                    id: EventId::derive("agntix", &ended.session_id, "x", d.event_type),
+                    event_type: d.event_type,
+                    occurred_at: d.occurred_at,
+                    facts: d.session.clone(),
+                    targets: vec![],
+                })
+                .collect(),
+        };
+        let mut before = SessionRecord::default();
+        before.merge(&created[0].session, created[0].occurred_at);
+        for start in [SessionRecord::default(), before] {
+            let AcceptPlan::Store { events, record, .. } =
+                plan_accept(&inbound, start.clone(), None).unwrap()
+            else {
+                panic!("a new session is stored");
+            };
+            let mut naive = start;
+            for (event, body) in &events {
+                naive.merge(&event.facts, event.occurred_at);
+                let session = naive.session(&inbound.session_id).unwrap();
+                assert_eq!(body, &inbound.render(event, &session));
+            }
+            assert_eq!(record, naive);
+            assert_eq!(events.len(), inbound.events.len());
+        }
     }
 }
