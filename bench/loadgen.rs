@@ -206,6 +206,19 @@ impl Child {
             .unwrap_or(0)
     }
 
+    /// Bytes of file pages the process has dirtied so far (`write_bytes` of /proc/PID/io):
+    /// for the gateway, the store's WAL and the checkpoints' copies into the database file.
+    fn written(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/io", self.process.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("write_bytes:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
     /// User + system CPU time used so far.
     fn cpu(&self) -> Duration {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.id()))
@@ -658,6 +671,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
     // Closed loop: how much durable ingest the gateway sustains.
     let cpu_before = gateway.cpu();
+    let written_before = gateway.written();
     let delivered_before = receiver.delivered.load(Ordering::Relaxed);
     let nats_before = match &nats {
         Some(sink) => sink.stored().await?,
@@ -665,6 +679,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let mut closed = load(gateway.port, connections, duration, None, mix).await?;
     let cpu = gateway.cpu() - cpu_before;
+    let written = gateway.written() - written_before;
     let delivered_during = receiver.delivered.load(Ordering::Relaxed) - delivered_before;
     let nats_during = match &nats {
         Some(sink) => sink.stored().await? - nats_before,
@@ -771,6 +786,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     println!(
         "| gateway CPU per ingested request (closed loop) | {:.1} µs | |",
         cpu.as_secs_f64() * 1e6 / closed.requests.max(1) as f64
+    );
+    println!(
+        "| store bytes written per ingested request (closed loop; WAL + checkpoints, /proc/PID/io) | {:.1} KiB | |",
+        written as f64 / 1024.0 / closed.requests.max(1) as f64
     );
     println!(
         "| errors (non-2xx or broken connections): bare / forwarder / closed / open | {} / {} / {} / {} | |",

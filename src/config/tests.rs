@@ -89,6 +89,18 @@ fn postgres_urls_are_secrets_and_leases_default_past_the_timeout() {
         c.storage,
         StorageConfig::Postgres { pool_size: 4, .. }
     ));
+    let sized = Config::from_toml(
+        &format!(
+            "[storage]\nurl = \"env:PG_URL\"\n[[targets]]\nname = \"t\"\nurl = \"http://x\"{SOURCE}"
+        ),
+        &env,
+    )
+    .unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    assert!(matches!(
+        sized.storage,
+        StorageConfig::Postgres { pool_size, .. } if pool_size == (4 * cores).clamp(4, 32)
+    ));
     assert!(
         !format!("{:?}", c.storage).contains("pw"),
         "the URL's password never prints"

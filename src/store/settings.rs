@@ -69,8 +69,17 @@ pub struct RawStorage {
     url: String,
     synchronous: Synchronous,
     wal_size_mib: u32,
-    pool_size: usize,
+    /// Absent: sized from the machine ([`default_pool_size`]).
+    pool_size: Option<usize>,
     schema: Option<String>,
+}
+
+/// PostgreSQL connections per replica when `storage.pool_size` is not set: four per core
+/// this process may run on, between 4 and 32. More backends than that only queue on the
+/// cores (measured in BENCHMARKS.md: 8 on 2 cores did no worse than 16).
+pub fn default_pool_size() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (4 * cores).clamp(4, 32)
 }
 
 impl StorageConfig {
@@ -154,7 +163,8 @@ fn parse_url(url: &str, raw: &RawStorage) -> Result<StorageConfig, ConfigError> 
                 format!("not a valid PostgreSQL URL: {e}"),
             ));
         }
-        positive("storage.pool_size", raw.pool_size as u64)?;
+        let pool_size = raw.pool_size.unwrap_or_else(default_pool_size);
+        positive("storage.pool_size", pool_size as u64)?;
         if let Some(schema) = &raw.schema {
             let ok = schema.len() <= 63
                 && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
@@ -172,7 +182,7 @@ fn parse_url(url: &str, raw: &RawStorage) -> Result<StorageConfig, ConfigError> 
         }
         return Ok(StorageConfig::Postgres {
             url: SecretString::from(url.to_owned()),
-            pool_size: raw.pool_size,
+            pool_size,
             schema: raw.schema.clone(),
         });
     }

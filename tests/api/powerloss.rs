@@ -514,14 +514,19 @@ async fn calibrate(shim: &Path, synchronous: &'static str) -> (usize, usize, Vec
     // The load checkpointed and started the WAL over (its header, at offset 0, written
     // again), so cut points fall into both.
     let mut paths = HashMap::new();
-    let (mut restarts, mut checkpointed) = (0, 0);
+    let (mut restarts, mut checkpointed, mut wal_bytes) = (0, 0, 0);
     for record in &log {
         match record {
             Record::Open { id, path } => {
                 paths.insert(*id, path.to_string_lossy().into_owned());
             }
-            Record::Write { id, offset, .. } if paths[id].ends_with("-wal") && *offset == 0 => {
-                restarts += 1
+            Record::Write {
+                id, offset, new, ..
+            } if paths[id].ends_with("-wal") => {
+                wal_bytes += new.len();
+                if *offset == 0 {
+                    restarts += 1;
+                }
             }
             Record::Write { id, .. } if paths[id].ends_with(".db") => checkpointed += 1,
             _ => {}
@@ -533,8 +538,9 @@ async fn calibrate(shim: &Path, synchronous: &'static str) -> (usize, usize, Vec
     );
     println!(
         "calibration ({synchronous}): {started} operations to start, {total} with {} acknowledged events, \
-         {checkpointed} database-file writes, the WAL begun {restarts} times",
-        acknowledged.len()
+         {checkpointed} database-file writes, the WAL begun {restarts} times, {} WAL bytes per acknowledged event",
+        acknowledged.len(),
+        wal_bytes / acknowledged.len().max(1)
     );
     let (_, lost) = run.recover(Loss::All, &acknowledged).await;
     (started, total, lost)
