@@ -628,8 +628,10 @@ async fn the_harness_sees_the_loss_when_answers_run_ahead_of_fsync() {
         outcomes.push(cut_at(&shim, "normal", At::AfterAcknowledged(n), Loss::All).await);
     }
     report(&outcomes);
+    // Each cut loses what was answered since the checkpointer last synced the WAL (every
+    // 100 ms), unless that sync fell between the last answer and the cut: not at all three.
     assert!(
-        outcomes.iter().all(|o| !o.lost.is_empty()),
-        "a cut right after an acknowledgement lost nothing although no answer waited for fsync"
+        outcomes.iter().any(|o| !o.lost.is_empty()),
+        "no cut right after an acknowledgement lost anything although no answer waited for fsync"
     );
 }
