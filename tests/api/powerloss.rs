@@ -203,27 +203,24 @@ fn cut_power(records: &[Record], mut keep: impl FnMut(&Path) -> bool) -> Cut {
         };
         for (_, record) in list.iter().rev() {
             cut.unsynced += 1;
-            match record {
+            // Both leave the file at `size_before`, with `old` back where it was replaced.
+            let (at, size_before, old) = match record {
                 Record::Write {
                     offset,
                     size_before,
                     old,
                     ..
-                } => {
-                    file.set_len(*size_before).unwrap();
-                    file.write_all_at(old, *offset).unwrap();
-                }
+                } => (offset, size_before, old),
                 Record::Truncate {
                     len,
                     size_before,
                     old,
                     ..
-                } => {
-                    file.set_len(*size_before).unwrap();
-                    file.write_all_at(old, *len).unwrap();
-                }
+                } => (len, size_before, old),
                 _ => unreachable!("only writes and truncates are pending"),
-            }
+            };
+            file.set_len(*size_before).unwrap();
+            file.write_all_at(old, *at).unwrap();
         }
         for (_, record) in &list {
             if !keep(&paths[&id]) {

@@ -158,15 +158,19 @@ static void track(int fd, const char *path, int flags) {
     pthread_mutex_unlock(&mu);
 }
 
-#define OPEN_WRAPPER(name, ...)                                                              \
+/* The mode that open and openat take only when they may create the file. */
+#define MODE_ARG(mode, flags)                                                                \
+    mode_t mode = 0;                                                                         \
+    if ((flags) & (O_CREAT | O_TMPFILE)) {                                                   \
+        va_list ap;                                                                          \
+        va_start(ap, flags);                                                                 \
+        mode = va_arg(ap, mode_t);                                                           \
+        va_end(ap);                                                                          \
+    }
+
+#define OPEN_WRAPPER(name)                                                              \
     int name(const char *path, int flags, ...) {                                             \
-        mode_t mode = 0;                                                                     \
-        if (flags & (O_CREAT | O_TMPFILE)) {                                                 \
-            va_list ap;                                                                      \
-            va_start(ap, flags);                                                             \
-            mode = va_arg(ap, mode_t);                                                       \
-            va_end(ap);                                                                      \
-        }                                                                                    \
+        MODE_ARG(mode, flags);                                                               \
         int fd = get_##name()(path, flags, mode);                                            \
         track(fd, path, flags);                                                              \
         return fd;                                                                           \
@@ -176,13 +180,7 @@ OPEN_WRAPPER(open64)
 
 #define OPENAT_WRAPPER(name)                                                                 \
     int name(int dirfd, const char *path, int flags, ...) {                                  \
-        mode_t mode = 0;                                                                     \
-        if (flags & (O_CREAT | O_TMPFILE)) {                                                 \
-            va_list ap;                                                                      \
-            va_start(ap, flags);                                                             \
-            mode = va_arg(ap, mode_t);                                                       \
-            va_end(ap);                                                                      \
-        }                                                                                    \
+        MODE_ARG(mode, flags);                                                               \
         int fd = get_##name()(dirfd, path, flags, mode);                                     \
         if (path[0] == '/') track(fd, path, flags);                                          \
         return fd;                                                                           \
@@ -239,27 +237,20 @@ ssize_t write(int fd, const void *buf, size_t n) {
     return w;
 }
 
-ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) {
-    int id = id_of(fd);
-    if (id < 0) return get_pwrite()(fd, buf, n, off);
-    pthread_mutex_lock(&mu);
-    tick();
-    log_write(id, fd, buf, n, off);
-    ssize_t w = get_pwrite()(fd, buf, n, off);
-    pthread_mutex_unlock(&mu);
-    return w;
-}
-
-ssize_t pwrite64(int fd, const void *buf, size_t n, off64_t off) {
-    int id = id_of(fd);
-    if (id < 0) return get_pwrite64()(fd, buf, n, off);
-    pthread_mutex_lock(&mu);
-    tick();
-    log_write(id, fd, buf, n, (off_t)off);
-    ssize_t w = get_pwrite64()(fd, buf, n, off);
-    pthread_mutex_unlock(&mu);
-    return w;
-}
+/* pwrite and pwrite64 (one and the same on 64-bit Linux): logged, then done. */
+#define PWRITE_WRAPPER(name, off_type)                                                       \
+    ssize_t name(int fd, const void *buf, size_t n, off_type off) {                          \
+        int id = id_of(fd);                                                                  \
+        if (id < 0) return get_##name()(fd, buf, n, off);                                    \
+        pthread_mutex_lock(&mu);                                                             \
+        tick();                                                                              \
+        log_write(id, fd, buf, n, (off_t)off);                                               \
+        ssize_t w = get_##name()(fd, buf, n, off);                                           \
+        pthread_mutex_unlock(&mu);                                                           \
+        return w;                                                                            \
+    }
+PWRITE_WRAPPER(pwrite, off_t)
+PWRITE_WRAPPER(pwrite64, off64_t)
 
 ssize_t writev(int fd, const struct iovec *iov, int count) {
     if (id_of(fd) >= 0) fail("writev");
@@ -290,27 +281,20 @@ static void log_truncate(int id, int fd, uint64_t len) {
     records++;
 }
 
-int ftruncate(int fd, off_t len) {
-    int id = id_of(fd);
-    if (id < 0) return get_ftruncate()(fd, len);
-    pthread_mutex_lock(&mu);
-    tick();
-    log_truncate(id, fd, (uint64_t)len);
-    int r = get_ftruncate()(fd, len);
-    pthread_mutex_unlock(&mu);
-    return r;
-}
-
-int ftruncate64(int fd, off64_t len) {
-    int id = id_of(fd);
-    if (id < 0) return get_ftruncate64()(fd, len);
-    pthread_mutex_lock(&mu);
-    tick();
-    log_truncate(id, fd, (uint64_t)len);
-    int r = get_ftruncate64()(fd, len);
-    pthread_mutex_unlock(&mu);
-    return r;
-}
+/* ftruncate and ftruncate64: logged with the bytes cut off, then done. */
+#define FTRUNCATE_WRAPPER(name, off_type)                                                    \
+    int name(int fd, off_type len) {                                                         \
+        int id = id_of(fd);                                                                  \
+        if (id < 0) return get_##name()(fd, len);                                            \
+        pthread_mutex_lock(&mu);                                                             \
+        tick();                                                                              \
+        log_truncate(id, fd, (uint64_t)len);                                                 \
+        int r = get_##name()(fd, len);                                                       \
+        pthread_mutex_unlock(&mu);                                                           \
+        return r;                                                                            \
+    }
+FTRUNCATE_WRAPPER(ftruncate, off_t)
+FTRUNCATE_WRAPPER(ftruncate64, off64_t)
 
 /* A sync covers what was written before it started; it is logged once it has returned. */
 static int synced(int fd, int (*real)(int)) {
