@@ -373,20 +373,25 @@ impl Writer {
         if self.database_failed.load(Ordering::Acquire) {
             return Ok(());
         }
+        // From here the next commit turns the page cache's spilling back on.
+        self.database_pending.set(true);
         self.conn
             .execute_batch("PRAGMA cache_spill = OFF; PRAGMA synchronous = OFF")?;
         let copied = passive_checkpoint(&self.conn);
-        let restored = self.conn.execute_batch("PRAGMA synchronous = NORMAL");
+        if let Err(e) = self.conn.execute_batch("PRAGMA synchronous = NORMAL") {
+            // Later checkpoints (the one at close too) would skip their fsyncs.
+            tracing::error!(error = %e, "SQLite synchronous could not be restored; the store refuses writes until restarted");
+            self.database_failed.store(true, Ordering::Release);
+        }
         self.unsynced.fetch_add(1, Ordering::AcqRel);
         if to_syncer.send(Synced::Database).is_err() {
             self.unsynced.fetch_sub(1, Ordering::AcqRel);
             self.database_failed.store(true, Ordering::Release);
         }
-        self.database_pending.set(true);
-        copied.and(restored).map(drop)
+        copied.map(drop)
     }
 }
 
-/// Why every write is refused once the database file could not be fsynced.
-const DATABASE_FAILED: &str = "the SQLite database file could not be fsynced after a checkpoint; \
+/// Why every write is refused once a checkpoint could not be made durable.
+const DATABASE_FAILED: &str = "the SQLite database file could not be made durable after a checkpoint; \
      the store refuses writes until the gateway is restarted (the WAL still holds every commit)";
