@@ -57,6 +57,32 @@ async fn a_delivery_is_the_signed_canonical_event_with_static_headers() {
     );
 }
 
+/// Deliveries to one target share kept-alive connections rather than opening one each: a
+/// TCP (and, to an https target, TLS) handshake per event would cost more than the event.
+#[tokio::test]
+async fn deliveries_to_a_target_reuse_their_connections() {
+    let receiver = TestReceiver::start().await;
+    let app = spawn_app(target("crm", &receiver.url("/sessions"), "")).await;
+    const EVENTS: usize = 60;
+    for i in 0..EVENTS {
+        let body = call_ended(&format!("reuse-{i}"));
+        assert_eq!(app.post_pathors(&body).await.status().as_u16(), 202);
+    }
+    let got = receiver.wait_for(EVENTS).await;
+    let connections: std::collections::HashSet<_> = got.iter().map(|r| r.peer.unwrap()).collect();
+    println!(
+        "{} deliveries over {} connections",
+        got.len(),
+        connections.len()
+    );
+    assert!(
+        connections.len() <= 8,
+        "{} deliveries opened {} connections",
+        got.len(),
+        connections.len()
+    );
+}
+
 #[tokio::test]
 async fn targets_get_only_the_events_and_sources_they_filter_for() {
     let finalized = TestReceiver::start().await;

@@ -398,6 +398,8 @@ pub struct Received {
     pub body: Vec<u8>,
     /// The status the receiver answered with.
     pub status: u16,
+    /// The connection it came on (the sender's address and port).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Received {
@@ -558,6 +560,7 @@ async fn receive(
         headers,
         body: body.to_vec(),
         status: reply.status,
+        peer: request.peer_addr(),
     });
     state.arrived.notify_waiters();
     if !reply.delay.is_zero() {
