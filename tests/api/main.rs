@@ -12,6 +12,8 @@ mod helpers;
 mod ingest;
 mod openapi;
 mod outputs;
+// LD_PRELOAD and the shim's glibc interposition are Linux's.
+#[cfg(target_os = "linux")]
 mod powerloss;
 mod process;
 mod recordings;
