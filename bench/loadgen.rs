@@ -399,6 +399,11 @@ impl LoadResult {
 /// `rate = None`: closed loop, each connection sends as fast as answers come back.
 /// `rate = Some(r)`: open loop at `r` requests/s in all; latency counts from the scheduled
 /// send time, so a stalled server cannot hide its queueing (no coordinated omission).
+/// Half a second of closed-loop load before a phase is measured: connections open, caches warm.
+async fn warm_up(port: u16, connections: usize, mix: Mix) -> anyhow::Result<LoadResult> {
+    load(port, connections, Duration::from_millis(500), None, mix).await
+}
+
 async fn load(
     port: u16,
     connections: usize,
@@ -618,28 +623,14 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
     // The ceiling: a bare actix-web handler, same client, same requests.
     let bare = Child::spawn(&["bare"], dir.path())?;
-    let _ = load(
-        bare.port,
-        connections,
-        Duration::from_millis(500),
-        None,
-        mix,
-    )
-    .await?; // warm-up
+    warm_up(bare.port, connections, mix).await?;
     let ceiling = load(bare.port, connections, duration, None, mix).await?;
     drop(bare);
 
     // A bare forwarder: receive, forward to the same receiver, answer; no verification,
     // no store. How close to forwarding with no work the gateway gets.
     let forwarder = Child::spawn(&["forwarder", &receiver_port.to_string()], dir.path())?;
-    let _ = load(
-        forwarder.port,
-        connections,
-        Duration::from_millis(500),
-        None,
-        mix,
-    )
-    .await?;
+    warm_up(forwarder.port, connections, mix).await?;
     let forwarder_cpu_before = forwarder.cpu();
     let forwarded = load(forwarder.port, connections, duration, None, mix).await?;
     let forwarder_cpu = forwarder.cpu() - forwarder_cpu_before;
@@ -660,14 +651,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     )?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = gateway.status_kib("VmRSS:");
-    let warm_up = load(
-        gateway.port,
-        connections,
-        Duration::from_millis(500),
-        None,
-        mix,
-    )
-    .await?;
+    let warmed = warm_up(gateway.port, connections, mix).await?;
 
     // Closed loop: how much durable ingest the gateway sustains.
     let cpu_before = gateway.cpu();
@@ -686,7 +670,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         None => 0,
     };
     // Every accepted event is one delivery, or two for Agntix session.ended (+ finalized).
-    let expected_deliveries = [&warm_up, &closed]
+    let expected_deliveries = [&warmed, &closed]
         .iter()
         .map(|r| r.requests - r.errors + r.ended_ok)
         .sum::<u64>();
