@@ -583,6 +583,11 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts `serve` on `config` and waits until it says where it listens.
     pub fn start(config: &std::path::Path, env: &[(&str, &str)]) -> GatewayProcess {
+        Self::try_start(config, env).expect("the gateway logs that it listens")
+    }
+
+    /// [`GatewayProcess::start`], or `None` when the process ended before it listened.
+    pub fn try_start(config: &std::path::Path, env: &[(&str, &str)]) -> Option<GatewayProcess> {
         use std::io::BufRead;
         let mut command = std::process::Command::new(BIN);
         command
@@ -607,9 +612,14 @@ impl GatewayProcess {
         });
         let mut log = Vec::new();
         let address = loop {
-            let line = lines
-                .recv_timeout(PATIENCE)
-                .expect("the gateway logs that it listens");
+            let line = match lines.recv_timeout(PATIENCE) {
+                Ok(line) => line,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    child.wait().unwrap();
+                    return None;
+                }
+                Err(timeout) => panic!("the gateway did not log that it listens: {timeout}"),
+            };
             log.push(line.clone());
             let entry: Value = serde_json::from_str(&line)
                 .unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
@@ -617,12 +627,12 @@ impl GatewayProcess {
                 break entry["address"].as_str().unwrap().to_owned();
             }
         };
-        GatewayProcess {
+        Some(GatewayProcess {
             child,
             address,
             lines,
             log,
-        }
+        })
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -10,11 +10,10 @@
 //! on disk, must lose acknowledged events here: the harness can see a loss.
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -283,7 +282,7 @@ impl Run {
 
     /// Starts the gateway with the shim preloaded, to cut itself at `cut` (none: it runs
     /// until killed). `None` when it died before it listened.
-    fn start(&self, shim: &Path, cut: Option<At>) -> Option<(Child, String)> {
+    fn start(&self, shim: &Path, cut: Option<At>) -> Option<GatewayProcess> {
         let config = gateway_config(
             self.dir.path(),
             &format!(
@@ -293,38 +292,24 @@ impl Run {
             ),
             "",
         );
-        let mut command = Command::new(BIN);
-        command
-            .args(["serve", "--log-format", "json", "--config"])
-            .arg(&config)
-            .env("TEST_PATHORS_TOKEN", PATHORS_TOKEN)
-            .env("LD_PRELOAD", shim)
-            .env("POWERLOSS_DIR", self.data())
-            .env("POWERLOSS_LOG", self.log())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        match cut {
-            Some(At::Operation(n)) => command.env("POWERLOSS_CUT", n.to_string()),
-            Some(At::AfterAcknowledged(_)) => command.env("POWERLOSS_TRIGGER", self.trigger()),
-            Some(At::AfterWalHeader(n)) => {
-                command.env("POWERLOSS_CUT_AFTER_WAL_HEADER", n.to_string())
-            }
-            None => &mut command,
+        let path = |p: &Path| p.to_str().expect("a UTF-8 temporary path").to_owned();
+        let (data, log, trigger) = (path(&self.data()), path(&self.log()), path(&self.trigger()));
+        let cut = match cut {
+            Some(At::Operation(n)) => Some(("POWERLOSS_CUT", n.to_string())),
+            Some(At::AfterAcknowledged(_)) => Some(("POWERLOSS_TRIGGER", trigger)),
+            Some(At::AfterWalHeader(n)) => Some(("POWERLOSS_CUT_AFTER_WAL_HEADER", n.to_string())),
+            None => None,
         };
-        let mut child = command.spawn().unwrap();
-        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        for line in stderr.by_ref().map_while(Result::ok) {
-            let entry: Value = serde_json::from_str(&line).unwrap_or_default();
-            if entry["message"] == "Listening" {
-                let address = entry["address"].as_str().unwrap().to_owned();
-                // Drained to the end, so the gateway never writes to a closed pipe.
-                std::thread::spawn(move || stderr.for_each(drop));
-                return Some((child, address));
-            }
+        let mut env = vec![
+            ("TEST_PATHORS_TOKEN", PATHORS_TOKEN),
+            ("LD_PRELOAD", shim.to_str().expect("a UTF-8 temporary path")),
+            ("POWERLOSS_DIR", &data),
+            ("POWERLOSS_LOG", &log),
+        ];
+        if let Some((name, value)) = &cut {
+            env.push((name, value));
         }
-        child.wait().unwrap();
-        None
+        GatewayProcess::try_start(&config, &env)
     }
 
     /// Eight senders post distinct sessions until the gateway is gone (or `enough` are
@@ -332,15 +317,14 @@ impl Run {
     /// the moment that many are acknowledged.
     async fn load(
         &self,
-        address: &str,
-        child: &mut Child,
+        gateway: &mut GatewayProcess,
         enough: usize,
         cut_after: Option<usize>,
     ) -> Vec<String> {
         let acknowledged = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let client = reqwest::Client::new();
-        let url = format!("http://{address}/ingest/pathors");
+        let url = gateway.url("/ingest/pathors");
         let tag = self
             .dir
             .path()
@@ -386,7 +370,9 @@ impl Run {
             .collect();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if child.try_wait().unwrap().is_some() || acknowledged.lock().unwrap().len() >= enough {
+            if gateway.child.try_wait().unwrap().is_some()
+                || acknowledged.lock().unwrap().len() >= enough
+            {
                 break;
             }
             assert!(
@@ -461,13 +447,13 @@ struct Outcome {
 async fn cut_at(shim: &Path, synchronous: &'static str, at: At, loss: Loss) -> Outcome {
     let run = Run::new(synchronous).await;
     let acknowledged = match run.start(shim, Some(at)) {
-        Some((mut child, address)) => {
+        Some(mut gateway) => {
             let cut_after = match at {
                 At::AfterAcknowledged(n) => Some(n),
                 At::Operation(_) | At::AfterWalHeader(_) => None,
             };
-            let acknowledged = run.load(&address, &mut child, usize::MAX, cut_after).await;
-            let status = child.wait().unwrap();
+            let acknowledged = run.load(&mut gateway, usize::MAX, cut_after).await;
+            let status = gateway.child.wait().unwrap();
             assert_eq!(
                 status.signal(),
                 Some(9),
@@ -499,13 +485,12 @@ async fn cut_at(shim: &Path, synchronous: &'static str, at: At, loss: Loss) -> O
 /// load is a cut too) the acknowledged events that cut lost.
 async fn calibrate(shim: &Path, synchronous: &'static str) -> (usize, usize, Vec<String>) {
     let run = Run::new(synchronous).await;
-    let (mut child, address) = run
+    let mut gateway = run
         .start(shim, None)
         .expect("the gateway starts under the shim");
     let started = operations(&records(&run.log()));
-    let acknowledged = run.load(&address, &mut child, CALIBRATION_ACKS, None).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let acknowledged = run.load(&mut gateway, CALIBRATION_ACKS, None).await;
+    gateway.kill_9();
     let log = records(&run.log());
     let total = operations(&log);
     // The load checkpointed and started the WAL over (its header, at offset 0, written
