@@ -121,17 +121,17 @@ fn sqlite(events: i64) -> anyhow::Result<()> {
         [events, newest_ms],
     )?;
     conn.execute(
-        "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at,
-                                 created_at, updated_at)
-         SELECT 'dlv_' || lower(hex(randomblob(16))), id, 'crm',
+        "INSERT INTO deliveries (id, event_id, event_seq, target, status, attempts,
+                                 next_attempt_at, created_at, updated_at)
+         SELECT 'dlv_' || lower(hex(randomblob(16))), id, seq, 'crm',
                 CASE WHEN seq % 100 = 7 THEN 'dead' ELSE 'delivered' END, 1, 0, 0, 0 FROM events;
         ",
         [],
     )?;
     conn.execute(
-        "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at,
-                                 created_at, updated_at)
-         SELECT 'dlv_' || lower(hex(randomblob(16))), id, 'warehouse',
+        "INSERT INTO deliveries (id, event_id, event_seq, target, status, attempts,
+                                 next_attempt_at, created_at, updated_at)
+         SELECT 'dlv_' || lower(hex(randomblob(16))), id, seq, 'warehouse',
                 CASE WHEN seq % 100 = 9 THEN 'dead' ELSE 'delivered' END, 1, 0, 0, 0
          FROM events WHERE seq % 2 = 0",
         [],
@@ -164,12 +164,8 @@ fn sqlite(events: i64) -> anyhow::Result<()> {
         (
             "an event's deliveries (timeline)",
             Built {
-                sql: "SELECT seq, id FROM deliveries WHERE event_id = ?1 ORDER BY seq".into(),
-                args: vec![Arg::Text(conn.query_row(
-                    "SELECT id FROM events WHERE seq = ?1",
-                    [probe(events).1],
-                    |r| r.get(0),
-                )?)],
+                sql: "SELECT seq, id FROM deliveries WHERE event_seq = ?1 ORDER BY seq".into(),
+                args: vec![Arg::Int(probe(events).1)],
             },
         ),
     ];
@@ -231,11 +227,11 @@ async fn postgres(events: i64) -> anyhow::Result<()> {
              SELECT CASE i % 2 WHEN 0 THEN 'agntix' ELSE 'pathors' END, 's-' || i, '{{}}',
                     {newest_ms} - ({events} / 2 - i) * 100, {newest_ms}
              FROM generate_series(0, {events} / 2) i;
-             INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at, created_at, updated_at)
-             SELECT 'dlv_' || md5('c' || seq), id, 'crm',
+             INSERT INTO deliveries (id, event_id, event_seq, target, status, attempts, next_attempt_at, created_at, updated_at)
+             SELECT 'dlv_' || md5('c' || seq), id, seq, 'crm',
                     CASE WHEN seq % 100 = 7 THEN 'dead' ELSE 'delivered' END, 1, 0, 0, 0 FROM events;
-             INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at, created_at, updated_at)
-             SELECT 'dlv_' || md5('w' || seq), id, 'warehouse',
+             INSERT INTO deliveries (id, event_id, event_seq, target, status, attempts, next_attempt_at, created_at, updated_at)
+             SELECT 'dlv_' || md5('w' || seq), id, seq, 'warehouse',
                     CASE WHEN seq % 100 = 9 THEN 'dead' ELSE 'delivered' END, 1, 0, 0, 0
              FROM events WHERE seq % 2 = 0;
              ANALYZE;"

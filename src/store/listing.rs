@@ -98,7 +98,11 @@ pub fn deliveries_query(dialect: Dialect, columns: &str, filter: &DeliveryFilter
     }
     if let Some(event) = &filter.event_id {
         let p = built.placeholder(dialect, Arg::Text(event.clone()));
-        clauses.push(format!("event_id = {p}"));
+        clauses.push(match dialect {
+            // SQLite indexes deliveries by their event's sequence only (migration 5).
+            Dialect::Sqlite => format!("event_seq = (SELECT seq FROM events WHERE id = {p})"),
+            Dialect::Postgres => format!("event_id = {p}"),
+        });
     }
     if let Some(before) = filter.before {
         let p = built.placeholder(dialect, Arg::Int(before));

@@ -52,13 +52,14 @@ static WRITE_ACCEPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
               FROM r, unnest($12::text[], $13::text[], $14::text[], $15::text[])
                   WITH ORDINALITY AS u (id, type, occurred_at, body, n)
               ORDER BY u.n
-              ON CONFLICT (id) DO NOTHING RETURNING id),
-        d AS (INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at,
-                  lease_until, lease_token, created_at, updated_at)
-              SELECT v.id, v.event_id, v.target, 'pending', 0, $5, v.lease_until, v.lease_token, $5, $5
+              ON CONFLICT (id) DO NOTHING RETURNING id, seq),
+        d AS (INSERT INTO deliveries (id, event_id, event_seq, target, status, attempts,
+                  next_attempt_at, lease_until, lease_token, created_at, updated_at)
+              SELECT v.id, v.event_id, e.seq, v.target, 'pending', 0, $5, v.lease_until,
+                  v.lease_token, $5, $5
               FROM unnest($16::text[], $17::text[], $18::text[], $19::int8[], $20::int8[])
                   WITH ORDINALITY AS v (id, event_id, target, lease_until, lease_token, n)
-              WHERE v.event_id IN (SELECT id FROM e)
+              JOIN e ON e.id = v.event_id
               ORDER BY v.n
               RETURNING id),
         j AS (INSERT INTO jobs (id, kind, source, vendor, session_id, at, holds, status,

@@ -158,9 +158,10 @@ impl PgStore {
                 tx.execute(
                     &prepared(
                         &tx,
-                        "INSERT INTO deliveries (id, event_id, target, status, attempts,
-                             next_attempt_at, created_at, updated_at)
-                         VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4)",
+                        "INSERT INTO deliveries (id, event_id, event_seq, target, status,
+                             attempts, next_attempt_at, created_at, updated_at)
+                         VALUES ($1, $2, (SELECT seq FROM events WHERE id = $2), $3,
+                             'pending', 0, $4, $4, $4)",
                     )
                     .await?,
                     &[&DeliveryId::generate().as_str(), &hold.event, &target, &now],

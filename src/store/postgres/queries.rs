@@ -299,8 +299,8 @@ impl Store for PgStore {
         for target in &targets {
             let id = DeliveryId::generate();
             tx.execute(
-                &prepared(&tx, "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4)").await?,
+                &prepared(&tx, "INSERT INTO deliveries (id, event_id, event_seq, target, status, attempts, next_attempt_at, created_at, updated_at)
+                 VALUES ($1, $2, (SELECT seq FROM events WHERE id = $2), $3, 'pending', 0, $4, $4, $4)").await?,
                 &[&id.as_str(), &event_id, target, &now],
             )
             .await

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::queries::{insert_delivery, json_error};
+use super::queries::{EventKey, insert_delivery, json_error};
 use crate::event::{JobKind, Timestamp};
 use crate::sessions::SessionRecord;
 use crate::store::{ClaimedJob, Hold, JobEnd, JobResult, rerender};
@@ -107,19 +107,20 @@ pub(super) fn finish(
     let holds: Vec<Hold> = serde_json::from_str(&holds).map_err(json_error)?;
     let mut targets = Vec::new();
     for hold in holds {
-        let body: Option<String> = conn
-            .prepare_cached("SELECT body FROM events WHERE id = ?1")?
-            .query_row([&hold.event], |r| r.get(0))
+        let stored: Option<(i64, String)> = conn
+            .prepare_cached("SELECT seq, body FROM events WHERE id = ?1")?
+            .query_row([&hold.event], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         // Pruned meanwhile (a retention shorter than the wait): nothing left to send.
-        let Some(body) = body else { continue };
-        conn.prepare_cached("UPDATE events SET body = ?2 WHERE id = ?1")?
-            .execute(params![
-                hold.event,
-                rerender(&body, &session).map_err(json_error)?
-            ])?;
+        let Some((seq, body)) = stored else { continue };
+        conn.prepare_cached("UPDATE events SET body = ?2 WHERE seq = ?1")?
+            .execute(params![seq, rerender(&body, &session).map_err(json_error)?])?;
+        let key = EventKey {
+            id: &hold.event,
+            seq,
+        };
         for target in hold.targets {
-            insert_delivery(conn, &hold.event, &target, now, None)?;
+            insert_delivery(conn, key, &target, now, None)?;
             if !targets.contains(&target) {
                 targets.push(target);
             }

@@ -99,7 +99,7 @@ pub(super) fn receipt_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReceiptInfo
 }
 
 /// Every event of the session under `sources` (by `events_by_session`), their receipts (by
-/// key) and deliveries (by `deliveries_by_event`), each with its attempts.
+/// key) and deliveries (by `deliveries_of_event`), each with its attempts.
 pub(super) fn timeline_in(
     conn: &Connection,
     sources: &[String],
@@ -135,10 +135,10 @@ pub(super) fn timeline_in(
             .push(receipt_stmt.query_row([seq], receipt_row)?);
     }
     let mut delivery_stmt = conn.prepare_cached(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_id = ?1 ORDER BY seq"
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_seq = ?1 ORDER BY seq"
     ))?;
     for event in &timeline.events {
-        for delivery in delivery_stmt.query_map([event.id.as_str()], delivery_row)? {
+        for delivery in delivery_stmt.query_map([event.seq], delivery_row)? {
             let mut delivery = delivery?;
             delivery.attempt_log = Some(attempt_log(conn, delivery.id.as_str())?);
             timeline.deliveries.push(delivery);

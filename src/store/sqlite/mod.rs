@@ -495,15 +495,13 @@ impl Store for SqliteStore {
         let event_id = event_id.to_owned();
         let now = self.clock.now_ms();
         self.call(move |conn| {
-            let exists = conn
-                .prepare_cached("SELECT 1 FROM events WHERE id = ?1")?
-                .exists([&event_id])?;
-            if !exists {
+            let Some(seq) = event_seq(conn, &event_id)? else {
                 return Ok(None);
-            }
+            };
+            let key = EventKey { id: &event_id, seq };
             targets
                 .iter()
-                .map(|target| insert_delivery(conn, &event_id, target, now, None))
+                .map(|target| insert_delivery(conn, key, target, now, None))
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map(Some)
         })

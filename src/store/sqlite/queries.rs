@@ -56,23 +56,38 @@ pub(super) fn attempt_log(
     .collect()
 }
 
+/// An event as a delivery names it: by id, and by sequence for the index.
+#[derive(Clone, Copy)]
+pub(super) struct EventKey<'a> {
+    pub(super) id: &'a str,
+    pub(super) seq: i64,
+}
+
+/// The sequence of the stored event `id`, if there is one.
+pub(super) fn event_seq(conn: &Connection, id: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT seq FROM events WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()
+}
+
 /// Inserts a pending delivery, leased until `lease` (unix ms, with its token) if given.
 pub(super) fn insert_delivery(
     conn: &Connection,
-    event_id: &str,
+    event: EventKey<'_>,
     target: &str,
     now: i64,
     lease: Option<(i64, i64)>,
 ) -> rusqlite::Result<DeliveryId> {
     let id = DeliveryId::generate();
     conn.prepare_cached(
-        "INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at,
-             lease_until, lease_token, created_at, updated_at)
-         VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?5, ?6, ?4, ?4)",
+        "INSERT INTO deliveries (id, event_id, event_seq, target, status, attempts,
+             next_attempt_at, lease_until, lease_token, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7, ?5, ?5)",
     )?
     .execute(params![
         id.as_str(),
-        event_id,
+        event.id,
+        event.seq,
         target,
         now,
         lease.map(|l| l.0),
@@ -180,9 +195,13 @@ pub(super) fn accept_in(
         if inserted == 0 || held.iter().any(|h| h.event == event.id.as_str()) {
             continue;
         }
+        let key = EventKey {
+            id: event.id.as_str(),
+            seq: conn.last_insert_rowid(),
+        };
         for target in &event.targets {
             let lease = handoff.lease_until(target, now).map(|until| (until, token));
-            let id = insert_delivery(conn, event.id.as_str(), target, now, lease)?;
+            let id = insert_delivery(conn, key, target, now, lease)?;
             if lease.is_some() {
                 handed.push(Leased::new(accept, target, id, event, &body, token));
             } else if !targets.contains(target) {

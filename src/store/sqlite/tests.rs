@@ -45,7 +45,10 @@ async fn migrating_from_the_first_schema_keeps_sessions_and_events() {
                 VALUES ('evt_old', 1, 'src', 's1', 'session.ended', '2026-01-01T00:00:00Z',
                         '2026-01-01T00:00:00Z', '{}');
             INSERT INTO sessions VALUES ('pathors', 's1',
-                '{"fields":{}}', 'evt_old', 1, 2);"#,
+                '{"fields":{}}', 'evt_old', 1, 2);
+            INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at,
+                                    created_at, updated_at)
+                VALUES ('dlv_old', 'evt_old', 't', 'delivered', 1, 0, 1, 1);"#,
         )
         .unwrap();
     }
@@ -58,6 +61,19 @@ async fn migrating_from_the_first_schema_keeps_sessions_and_events() {
     assert_eq!(view.finalized_event_id.unwrap().as_str(), "evt_old");
     assert_eq!(view.updated_at, Timestamp::from_unix_millis(2));
     assert!(s.event("evt_old").await.unwrap().is_some());
+    // Migration 5 gave the old delivery its event's sequence, by which it is found.
+    let of_event = s
+        .deliveries(DeliveryFilter {
+            event_id: Some("evt_old".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(of_event.len(), 1);
+    assert_eq!(of_event[0].id.as_str(), "dlv_old");
+    let timeline = s.timeline(vec!["src".into()], "s1").await.unwrap();
+    assert_eq!(timeline.deliveries.len(), 1);
     // The migrated table takes new records and updates old ones.
     s.accept(accept("s1")).await.unwrap();
     s.accept(accept("s2")).await.unwrap();

@@ -265,6 +265,22 @@ pub(super) async fn retry_requeues_only_dead_deliveries_and_replay_adds_deliveri
         .unwrap()
         .unwrap();
     assert_eq!(replayed.len(), 2);
+    // Another event's delivery stays out of the event's list.
+    s.accept(accept("s2", &[EventType::SessionEnded], &["t"]))
+        .await
+        .unwrap();
+    let of_event = s
+        .deliveries(DeliveryFilter {
+            event_id: Some(id.as_str().to_owned()),
+            ..all()
+        })
+        .await
+        .unwrap();
+    let mut found: Vec<_> = of_event.iter().map(|d| d.id.clone()).collect();
+    found.retain(|d| replayed.contains(d));
+    assert_eq!(of_event.len(), 3, "the first delivery and both replays");
+    assert_eq!(found.len(), 2, "the replays are found by their event");
+    assert!(of_event.iter().all(|d| d.event_id == id));
     let mut depth: Vec<_> = s
         .delivery_counts()
         .await
@@ -273,7 +289,7 @@ pub(super) async fn retry_requeues_only_dead_deliveries_and_replay_adds_deliveri
         .map(|c| (c.target, c.pending))
         .collect();
     depth.sort();
-    assert_eq!(depth, [("t".to_owned(), 2), ("u".to_owned(), 1)]);
+    assert_eq!(depth, [("t".to_owned(), 3), ("u".to_owned(), 1)]);
 }
 
 pub(super) async fn events_and_deliveries_page_newest_first(s: Arc<dyn Store>) {

@@ -92,6 +92,18 @@ pub(super) async fn a_job_holds_its_events_deliveries_until_it_ends(s: Arc<dyn S
             .iter()
             .any(|d| d.event_id == finalized && d.status == DeliveryStatus::Pending)
     );
+    let of_event = s
+        .deliveries(DeliveryFilter {
+            event_id: Some(finalized.as_str().to_owned()),
+            ..all()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        of_event.len(),
+        1,
+        "the job's delivery is found by its event"
+    );
     let event = s.event(finalized.as_str()).await.unwrap().unwrap();
     let body: serde_json::Value = serde_json::from_str(&event.body).unwrap();
     assert_eq!(body["session"]["transcript"]["status"], "complete");
