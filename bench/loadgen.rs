@@ -20,17 +20,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
-
-/// The `sessiongate` binary's allocator (see `src/main.rs`), so the gateway role measures
-/// what ships.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::{Context, bail};
 use sessiongate::app::Application;
 use sessiongate::config::Config;
 use svix::webhooks::Webhook;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+/// The `sessiongate` binary's allocator (see `src/main.rs`), so the gateway role measures
+/// what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const AGNTIX_SECRET: &str = "whsec_YmVuY2htYXJrLWFnbnRpeC1zaWduaW5nLXNlY3JldA==";
 const PATHORS_TOKEN: &str = "Bearer benchmark-pathors-token";

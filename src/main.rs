@@ -4,15 +4,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sessiongate::app::Application;
+use sessiongate::config::{self, Config};
+use sessiongate::telemetry::{self, LogFormat};
 
 /// mimalloc for Rust and, through `override`, for SQLite's C allocations too: measured on
 /// `loadgen --traffic agntix`, 20% less CPU per request than glibc's malloc. Without huge
 /// pages (`no_thp`), which raised the idle RSS from 19 to 34 MiB.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use sessiongate::app::Application;
-use sessiongate::config::{self, Config};
-use sessiongate::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(
