@@ -6,6 +6,8 @@
 //!     cargo run --release --bin loadgen -- --smoke       # a few seconds, for CI
 //!     cargo run --release --bin loadgen -- --nats nats://127.0.0.1:4222
 //!     cargo run --release --bin loadgen -- --traffic agntix  # Agntix created/ended only
+//!     cargo run --release --bin loadgen -- --session-ids counter
+//!                              # ascending session ids instead of the vendors' random UUIDs
 //!                              # a second target on NATS JetStream, counted beside HTTP
 //!     cargo run --release --bin loadgen -- --scrapers 16 --pending 1000000
 //!                              # ingest latency while /metrics is scraped over a big backlog
@@ -44,7 +46,7 @@ struct Settings {
     scrape: Option<(usize, u64)>,
     /// A NATS server: every event also goes to a JetStream target, counted from its stream.
     nats: Option<String>,
-    mix: Mix,
+    mix: Traffic,
 }
 
 /// What the vendors send.
@@ -55,6 +57,29 @@ enum Mix {
     /// `--traffic agntix`: Agntix session.created and session.ended (with analysis) in
     /// turn, each for a session of its own; 1.5 deliveries per request.
     Agntix,
+}
+
+/// How each request's session is named.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum SessionIds {
+    /// A random UUID, as the vendors name sessions (Agntix's ids are UUIDs): the store's
+    /// indexes on session ids take them at random places.
+    Uuid,
+    /// `--session-ids counter`: `bench-SALT-N`, ascending, as runs before 2026-12-02 sent.
+    Counter,
+}
+
+/// The requests a run sends: which vendors' events, and how their sessions are named.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Traffic {
+    mix: Mix,
+    ids: SessionIds,
+}
+
+impl Traffic {
+    fn kind(self, n: u64) -> u64 {
+        self.mix.kind(n)
+    }
 }
 
 impl Mix {
@@ -94,10 +119,17 @@ fn main() -> anyhow::Result<()> {
             None => None,
         },
         nats: value("--nats"),
-        mix: match value("--traffic").as_deref() {
-            None | Some("mixed") => Mix::Mixed,
-            Some("agntix") => Mix::Agntix,
-            Some(other) => bail!("--traffic must be mixed or agntix, not {other}"),
+        mix: Traffic {
+            mix: match value("--traffic").as_deref() {
+                None | Some("mixed") => Mix::Mixed,
+                Some("agntix") => Mix::Agntix,
+                Some(other) => bail!("--traffic must be mixed or agntix, not {other}"),
+            },
+            ids: match value("--session-ids").as_deref() {
+                None | Some("uuid") => SessionIds::Uuid,
+                Some("counter") => SessionIds::Counter,
+                Some(other) => bail!("--session-ids must be uuid or counter, not {other}"),
+            },
         },
     };
     if let Some((scrapers, pending)) = settings.scrape {
@@ -252,11 +284,11 @@ struct Requests {
     ended: String,
     pathors: String,
     port: u16,
-    mix: Mix,
+    mix: Traffic,
 }
 
 impl Requests {
-    fn new(port: u16, mix: Mix) -> anyhow::Result<Requests> {
+    fn new(port: u16, mix: Traffic) -> anyhow::Result<Requests> {
         let fixture = |vendor: &str, name: &str| {
             String::from_utf8(sessiongate::testing::fixture(vendor, name))
         };
@@ -279,7 +311,10 @@ impl Requests {
         let stamp = chrono::DateTime::from_timestamp_millis(now.as_millis() as i64)
             .unwrap_or_default()
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let session = format!("bench-{salt:x}-{n}");
+        let session = match self.mix.ids {
+            SessionIds::Uuid => uuid::Uuid::new_v4().to_string(),
+            SessionIds::Counter => format!("bench-{salt:x}-{n}"),
+        };
         let (path, body, headers) = match self.mix.kind(n) {
             kind @ (0 | 1) => {
                 let template = if kind == 0 {
@@ -405,7 +440,7 @@ impl LoadResult {
 /// `rate = Some(r)`: open loop at `r` requests/s in all; latency counts from the scheduled
 /// send time, so a stalled server cannot hide its queueing (no coordinated omission).
 /// Half a second of closed-loop load before a phase is measured: connections open, caches warm.
-async fn warm_up(port: u16, connections: usize, mix: Mix) -> anyhow::Result<LoadResult> {
+async fn warm_up(port: u16, connections: usize, mix: Traffic) -> anyhow::Result<LoadResult> {
     load(port, connections, Duration::from_millis(500), None, mix).await
 }
 
@@ -414,7 +449,7 @@ async fn load(
     connections: usize,
     duration: Duration,
     rate: Option<f64>,
-    mix: Mix,
+    mix: Traffic,
 ) -> anyhow::Result<LoadResult> {
     let requests = Arc::new(Requests::new(port, mix)?);
     let salt: u64 = rand::random();
