@@ -88,10 +88,11 @@ INSERT INTO receipts (seq, source, outcome, vendor_event_type, message_id, recei
 SELECT i, CASE i % 4 WHEN 0 THEN 'agntix' WHEN 1 THEN 'agntix' ELSE 'pathors' END, 'accepted',
        'x', NULL, '2026-12-01T00:00:00Z', x'7b7d' FROM n;
 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
-INSERT INTO events (seq, id, receipt_seq, source, session_id, type, occurred_at, received_at, body)
+INSERT INTO events (seq, id, receipt_seq, source, session_id, session_seq, type, occurred_at,
+                    received_at, body)
 SELECT i, 'evt_' || lower(hex(randomblob(16))), i,
        CASE i % 4 WHEN 0 THEN 'agntix' WHEN 1 THEN 'agntix' ELSE 'pathors' END,
-       's-' || (i / 2), 'session.ended', '2026-12-01T00:00:00Z', '2026-12-01T00:00:00Z', '{}' FROM n;
+       's-' || (i / 2), i / 2 + 1, 'session.ended', '2026-12-01T00:00:00Z', '2026-12-01T00:00:00Z', '{}' FROM n;
 ";
 
 fn sqlite(events: i64) -> anyhow::Result<()> {
@@ -156,9 +157,13 @@ fn sqlite(events: i64) -> anyhow::Result<()> {
             "a session's events (timeline)",
             Built {
                 sql: "SELECT e.seq, e.id FROM events e JOIN receipts r ON r.seq = e.receipt_seq \
-                      WHERE e.source = ?1 AND e.session_id = ?2 ORDER BY e.seq LIMIT 500"
+                      WHERE e.session_seq = ?1 AND e.source = ?2 ORDER BY e.seq LIMIT 500"
                     .into(),
-                args: vec![Arg::Text("agntix".into()), Arg::Text(probe(events).0)],
+                // Session `s-K` is row K + 1.
+                args: vec![
+                    Arg::Int(probe(events).1 / 2 + 1),
+                    Arg::Text("agntix".into()),
+                ],
             },
         ),
         (
@@ -219,10 +224,10 @@ async fn postgres(events: i64) -> anyhow::Result<()> {
             "INSERT INTO receipts (seq, source, outcome, vendor_event_type, received_at, raw)
              SELECT i, CASE i % 4 WHEN 0 THEN 'agntix' WHEN 1 THEN 'agntix' ELSE 'pathors' END,
                     'accepted', 'x', '2026-12-01T00:00:00Z', '\\x7b7d' FROM generate_series(1, {events}) i;
-             INSERT INTO events (seq, id, receipt_seq, source, session_id, type, occurred_at, received_at, body)
+             INSERT INTO events (seq, id, receipt_seq, source, session_id, session_seq, type, occurred_at, received_at, body)
              SELECT i, 'evt_' || md5(i::text), i,
                     CASE i % 4 WHEN 0 THEN 'agntix' WHEN 1 THEN 'agntix' ELSE 'pathors' END,
-                    's-' || (i / 2), 'session.ended', 'x', 'x', '{{}}' FROM generate_series(1, {events}) i;
+                    's-' || (i / 2), i / 2 + 1, 'session.ended', 'x', 'x', '{{}}' FROM generate_series(1, {events}) i;
              INSERT INTO sessions (vendor, session_id, record, created_at, updated_at)
              SELECT CASE i % 2 WHEN 0 THEN 'agntix' ELSE 'pathors' END, 's-' || i, '{{}}',
                     {newest_ms} - ({events} / 2 - i) * 100, {newest_ms}

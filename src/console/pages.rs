@@ -404,7 +404,7 @@ async fn timeline_page(
     };
     let timeline = match state
         .store
-        .timeline(state.sources_of(&vendor), &session_id)
+        .timeline(&vendor, state.sources_of(&vendor), &session_id)
         .await
     {
         Ok(timeline) => timeline,

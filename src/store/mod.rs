@@ -526,10 +526,11 @@ pub trait Store: Send + Sync {
     /// Sessions, newest first by when first seen.
     async fn sessions(&self, filter: SessionFilter) -> Result<Vec<SessionListing>, StoreError>;
 
-    /// Everything stored about one session: its events (looked up under each of
-    /// `sources`, the sources of its vendor), their receipts and deliveries with attempts.
+    /// Everything stored about one session of `vendor`: its events (those from `sources`,
+    /// the vendor's sources), their receipts and deliveries with attempts.
     async fn timeline(
         &self,
+        vendor: &str,
         sources: Vec<String>,
         session_id: &str,
     ) -> Result<Timeline, StoreError>;

@@ -202,6 +202,31 @@ CREATE INDEX deliveries_of_event ON deliveries(event_seq);
 "#,
         ),
     ],
+    // An event names its session by sequence as well as by id, for the same reason:
+    // vendors' session ids are random (Agntix's are UUIDs), so `events_by_session` took
+    // each event at a random page too. The session's vendor is in the event's body.
+    &[
+        Shared("ALTER TABLE events ADD COLUMN session_seq {int};"),
+        Only(
+            Sqlite,
+            r#"
+UPDATE events SET session_seq = (SELECT s.seq FROM sessions s
+    WHERE s.vendor = json_extract(events.body, '$.source.vendor')
+      AND s.session_id = events.session_id);
+DROP INDEX events_by_session;
+CREATE INDEX events_of_session ON events(session_seq);
+"#,
+        ),
+        // PostgreSQL keeps `events_by_session`, which its event list filters by.
+        Only(
+            Postgres,
+            r#"
+UPDATE events SET session_seq = (SELECT s.seq FROM sessions s
+    WHERE s.vendor = events.body::jsonb -> 'source' ->> 'vendor'
+      AND s.session_id = events.session_id);
+"#,
+        ),
+    ],
 ];
 
 /// Refuses a store migrated by a newer sessiongate: an older binary must not write to it.

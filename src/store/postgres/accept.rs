@@ -24,7 +24,7 @@ const READ_SESSION: &str = "SELECT s.record, s.finalized_event_id, s.xmin::text,
 
 /// Saves a session record if its row is still the version that was read (`$6`, NULL if
 /// there was none): a compare-and-set, so replicas merging events of one session at once
-/// never lose each other's facts. Returns a row only when it saved.
+/// never lose each other's facts. Returns a row (the session's sequence) only when it saved.
 const SAVE_SESSION: &str = "INSERT INTO sessions AS t
         (vendor, session_id, record, finalized_event_id, created_at, updated_at)
     VALUES ($1, $2, $3, $4, $5, $5)
@@ -32,7 +32,7 @@ const SAVE_SESSION: &str = "INSERT INTO sessions AS t
         record = excluded.record, finalized_event_id = excluded.finalized_event_id,
         updated_at = excluded.updated_at
     WHERE t.xmin::text = $6
-    RETURNING 1";
+    RETURNING seq";
 
 /// [`SAVE_SESSION`] alone, answering 1 if it saved and 0 if the session had changed.
 static SAVE_SESSION_ONLY: std::sync::LazyLock<String> =
@@ -47,9 +47,10 @@ static WRITE_ACCEPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         "WITH s AS ({SAVE_SESSION}),
         r AS (INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
               SELECT $7, 'accepted', $8, $9, $10, $11 FROM s RETURNING seq),
-        e AS (INSERT INTO events (id, receipt_seq, source, session_id, type, occurred_at, received_at, body)
-              SELECT u.id, r.seq, $7, $2, u.type, u.occurred_at, $10, u.body
-              FROM r, unnest($12::text[], $13::text[], $14::text[], $15::text[])
+        e AS (INSERT INTO events (id, receipt_seq, source, session_id, session_seq, type,
+                  occurred_at, received_at, body)
+              SELECT u.id, r.seq, $7, $2, s.seq, u.type, u.occurred_at, $10, u.body
+              FROM r, s, unnest($12::text[], $13::text[], $14::text[], $15::text[])
                   WITH ORDINALITY AS u (id, type, occurred_at, body, n)
               ORDER BY u.n
               ON CONFLICT (id) DO NOTHING RETURNING id, seq),

@@ -135,10 +135,12 @@ impl PgStore {
         Ok(())
     }
 
-    /// Every event of the session under `sources` (`events_by_session`), their receipts
-    /// (by key) and deliveries (`deliveries_by_event`), each with its attempts.
+    /// Every event of the session from `sources` (`events_by_session`, then the session's
+    /// sequence), their receipts (by key) and deliveries (`deliveries_by_event`), each with
+    /// its attempts.
     pub(super) async fn session_timeline(
         &self,
+        vendor: &str,
         sources: &[String],
         session_id: &str,
     ) -> Result<Timeline, StoreError> {
@@ -147,9 +149,12 @@ impl PgStore {
                 &format!(
                     "SELECT {EVENT_COLUMNS}, e.receipt_seq FROM events e
                      JOIN receipts r ON r.seq = e.receipt_seq
-                     WHERE e.source = ANY($1) AND e.session_id = $2 ORDER BY e.seq LIMIT $3"
+                     WHERE e.source = ANY($1) AND e.session_id = $2
+                       AND e.session_seq = (SELECT seq FROM sessions
+                                            WHERE vendor = $4 AND session_id = $2)
+                     ORDER BY e.seq LIMIT $3"
                 ),
-                &[&sources, &session_id, &(TIMELINE_EVENTS as i64)],
+                &[&sources, &session_id, &(TIMELINE_EVENTS as i64), &vendor],
             )
             .await?;
         let events: Vec<_> = rows.iter().map(stored_event).collect();

@@ -239,10 +239,11 @@ impl Store for PgStore {
 
     async fn timeline(
         &self,
+        vendor: &str,
         sources: Vec<String>,
         session_id: &str,
     ) -> Result<Timeline, StoreError> {
-        self.session_timeline(&sources, session_id).await
+        self.session_timeline(vendor, &sources, session_id).await
     }
 
     async fn retry_delivery(&self, id: &str) -> Result<RetryOutcome, StoreError> {

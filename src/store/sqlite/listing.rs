@@ -2,7 +2,7 @@
 //! a console page never queues behind, or holds up, the writer; and the bulk retry.
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
 use super::SqliteStore;
 use super::queries::{attempt_log, delivery_row, json_error, stored_event};
@@ -98,22 +98,30 @@ pub(super) fn receipt_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReceiptInfo
     })
 }
 
-/// Every event of the session under `sources` (by `events_by_session`), their receipts (by
+/// Every event of the session from `sources` (by `events_of_session`), their receipts (by
 /// key) and deliveries (by `deliveries_of_event`), each with its attempts.
 pub(super) fn timeline_in(
     conn: &Connection,
+    vendor: &str,
     sources: &[String],
     session_id: &str,
 ) -> rusqlite::Result<Timeline> {
     let mut timeline = Timeline::default();
+    let session: Option<i64> = conn
+        .prepare_cached("SELECT seq FROM sessions WHERE vendor = ?1 AND session_id = ?2")?
+        .query_row([vendor, session_id], |r| r.get(0))
+        .optional()?;
+    let Some(session) = session else {
+        return Ok(timeline);
+    };
     let mut event_stmt = conn.prepare_cached(&format!(
         "SELECT {EVENT_COLUMNS}, e.receipt_seq FROM events e JOIN receipts r ON r.seq = e.receipt_seq
-         WHERE e.source = ?1 AND e.session_id = ?2 ORDER BY e.seq LIMIT ?3"
+         WHERE e.session_seq = ?1 AND e.source = ?2 ORDER BY e.seq LIMIT ?3"
     ))?;
     let mut receipt_seqs = Vec::new();
     for source in sources {
         let rows = event_stmt.query_map(
-            rusqlite::params![source, session_id, TIMELINE_EVENTS as i64],
+            rusqlite::params![session, source, TIMELINE_EVENTS as i64],
             |r| Ok((stored_event(r)?, r.get::<_, i64>(7)?)),
         )?;
         for row in rows {

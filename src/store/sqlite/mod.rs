@@ -451,11 +451,12 @@ impl Store for SqliteStore {
 
     async fn timeline(
         &self,
+        vendor: &str,
         sources: Vec<String>,
         session_id: &str,
     ) -> Result<Timeline, StoreError> {
-        let session_id = session_id.to_owned();
-        self.read(move |conn| timeline_in(conn, &sources, &session_id))
+        let (vendor, session_id) = (vendor.to_owned(), session_id.to_owned());
+        self.read(move |conn| timeline_in(conn, &vendor, &sources, &session_id))
             .await
     }
 

@@ -127,24 +127,28 @@ pub(super) fn accept_in(
         ),
         None => (SessionRecord::default(), None),
     };
+    // Saves the session's record and answers its sequence, which its events are kept under.
     let save_record = |record: &SessionRecord,
                        finalized: Option<&EventId>|
-     -> rusqlite::Result<()> {
+     -> rusqlite::Result<i64> {
         conn.prepare_cached(
             "INSERT INTO sessions (vendor, session_id, record, finalized_event_id, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5)
              ON CONFLICT (vendor, session_id) DO UPDATE SET
                  record = excluded.record, finalized_event_id = excluded.finalized_event_id,
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at
+             RETURNING seq",
         )?
-        .execute(params![
-            accept.vendor,
-            accept.session_id,
-            serde_json::to_string(record).map_err(json_error)?,
-            finalized.map(EventId::as_str),
-            now
-        ])?;
-        Ok(())
+        .query_row(
+            params![
+                accept.vendor,
+                accept.session_id,
+                serde_json::to_string(record).map_err(json_error)?,
+                finalized.map(EventId::as_str),
+                now
+            ],
+            |r| r.get(0),
+        )
     };
 
     let (record, finalized, events) =
@@ -160,6 +164,7 @@ pub(super) fn accept_in(
             } => (record, finalized, events),
         };
 
+    let session_seq = save_record(&record, finalized.as_ref())?;
     let received_at = accept.received_at.to_string();
     conn.prepare_cached(
         "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
@@ -174,8 +179,9 @@ pub(super) fn accept_in(
     ])?;
     let receipt = conn.last_insert_rowid();
     let mut insert_event = conn.prepare_cached(
-        "INSERT OR IGNORE INTO events (id, receipt_seq, source, session_id, type, occurred_at, received_at, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT OR IGNORE INTO events (id, receipt_seq, source, session_id, session_seq, type,
+             occurred_at, received_at, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     let mut targets = Vec::new();
     let mut handed = Vec::new();
@@ -187,6 +193,7 @@ pub(super) fn accept_in(
             receipt,
             accept.source,
             accept.session_id,
+            session_seq,
             event.event_type.as_str(),
             event.occurred_at.to_string(),
             received_at,
@@ -227,7 +234,6 @@ pub(super) fn accept_in(
             job.deadline.unix_millis(),
         ])?;
     }
-    save_record(&record, finalized.as_ref())?;
     Ok(IngestOutcome::Accepted {
         id: primary.id.clone(),
         targets,

@@ -43,7 +43,7 @@ async fn migrating_from_the_first_schema_keeps_sessions_and_events() {
                 VALUES ('src', 'accepted', '2026-01-01T00:00:00Z', X'7B7D');
             INSERT INTO events (id, receipt_seq, source, session_id, type, occurred_at, received_at, body)
                 VALUES ('evt_old', 1, 'src', 's1', 'session.ended', '2026-01-01T00:00:00Z',
-                        '2026-01-01T00:00:00Z', '{}');
+                        '2026-01-01T00:00:00Z', '{"source":{"name":"src","vendor":"pathors"}}');
             INSERT INTO sessions VALUES ('pathors', 's1',
                 '{"fields":{}}', 'evt_old', 1, 2);
             INSERT INTO deliveries (id, event_id, target, status, attempts, next_attempt_at,
@@ -72,7 +72,12 @@ async fn migrating_from_the_first_schema_keeps_sessions_and_events() {
         .unwrap();
     assert_eq!(of_event.len(), 1);
     assert_eq!(of_event[0].id.as_str(), "dlv_old");
-    let timeline = s.timeline(vec!["src".into()], "s1").await.unwrap();
+    // Migration 6 found the old event's session through the vendor in its body.
+    let timeline = s
+        .timeline("pathors", vec!["src".into()], "s1")
+        .await
+        .unwrap();
+    assert_eq!(timeline.events.len(), 1);
     assert_eq!(timeline.deliveries.len(), 1);
     // The migrated table takes new records and updates old ones.
     s.accept(accept("s1")).await.unwrap();

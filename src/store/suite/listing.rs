@@ -108,7 +108,7 @@ pub(super) async fn a_timeline_holds_requests_events_and_every_attempt(s: Arc<dy
     kill_all(&s, "u").await;
 
     let timeline = s
-        .timeline(vec!["a".into(), "b".into()], "s1")
+        .timeline("pathors", vec!["a".into(), "b".into()], "s1")
         .await
         .unwrap();
     let types: Vec<_> = timeline
@@ -131,9 +131,17 @@ pub(super) async fn a_timeline_holds_requests_events_and_every_attempt(s: Arc<dy
     assert_eq!(log[0].status_code, Some(500));
     assert_eq!(log[0].error.as_deref(), Some("HTTP 500"));
 
-    let only_a = s.timeline(vec!["a".into()], "s1").await.unwrap();
+    let only_a = s.timeline("pathors", vec!["a".into()], "s1").await.unwrap();
     assert_eq!(only_a.events.len(), 1, "looked up under the sources given");
-    assert!(s.timeline(vec![], "s1").await.unwrap().events.is_empty());
+    assert!(
+        s.timeline("pathors", vec![], "s1")
+            .await
+            .unwrap()
+            .events
+            .is_empty()
+    );
+    let elsewhere = s.timeline("agntix", vec!["a".into()], "s1").await.unwrap();
+    assert!(elsewhere.events.is_empty(), "another vendor's session s1");
 }
 
 pub(super) async fn bulk_retry_requeues_dead_deliveries_of_one_target_or_all(s: Arc<dyn Store>) {
