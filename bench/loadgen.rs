@@ -657,8 +657,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let (connections, duration, mix) = (settings.connections, settings.duration, settings.mix);
     println!(
-        "loadgen: {connections} connections, {duration:?} per phase, store {}, traffic {mix:?}",
-        settings.store
+        "loadgen: {connections} connections, {duration:?} per phase, store {}, traffic {:?}, \
+         session ids {:?}",
+        settings.store, mix.mix, mix.ids
     );
 
     // The ceiling: a bare actix-web handler, same client, same requests.
