@@ -138,19 +138,20 @@ impl PgStore {
         let session = record.session(&session_id).map_err(backend)?;
         let mut targets = Vec::new();
         for hold in holds {
-            let body = tx
+            let event = tx
                 .query_opt(
-                    &prepared(&tx, "SELECT body FROM events WHERE id = $1").await?,
+                    &prepared(&tx, "SELECT seq, body FROM events WHERE id = $1").await?,
                     &[&hold.event],
                 )
                 .await
                 .map_err(backend)?;
             // Pruned meanwhile (a retention shorter than the wait): nothing left to send.
-            let Some(body) = body else { continue };
-            let body = rerender(body.get(0), &session).map_err(backend)?;
+            let Some(event) = event else { continue };
+            let event_seq: i64 = event.get(0);
+            let body = rerender(event.get(1), &session).map_err(backend)?;
             tx.execute(
-                &prepared(&tx, "UPDATE events SET body = $2 WHERE id = $1").await?,
-                &[&hold.event, &body],
+                &prepared(&tx, "UPDATE events SET body = $2 WHERE seq = $1").await?,
+                &[&event_seq, &body],
             )
             .await
             .map_err(backend)?;
@@ -160,11 +161,16 @@ impl PgStore {
                         &tx,
                         "INSERT INTO deliveries (id, event_id, event_seq, target, status,
                              attempts, next_attempt_at, created_at, updated_at)
-                         VALUES ($1, $2, (SELECT seq FROM events WHERE id = $2), $3,
-                             'pending', 0, $4, $4, $4)",
+                         VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $5)",
                     )
                     .await?,
-                    &[&DeliveryId::generate().as_str(), &hold.event, &target, &now],
+                    &[
+                        &DeliveryId::generate().as_str(),
+                        &hold.event,
+                        &event_seq,
+                        &target,
+                        &now,
+                    ],
                 )
                 .await
                 .map_err(backend)?;

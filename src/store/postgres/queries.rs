@@ -284,25 +284,25 @@ impl Store for PgStore {
     ) -> Result<Option<Vec<DeliveryId>>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
-        let exists = tx
+        let Some(event) = tx
             .query_opt(
-                &prepared(&tx, "SELECT 1 FROM events WHERE id = $1").await?,
+                &prepared(&tx, "SELECT seq FROM events WHERE id = $1").await?,
                 &[&event_id],
             )
             .await
             .map_err(backend)?
-            .is_some();
-        if !exists {
+        else {
             return Ok(None);
-        }
+        };
+        let event_seq: i64 = event.get(0);
         let now = self.clock.now_ms();
         let mut created = Vec::with_capacity(targets.len());
         for target in &targets {
             let id = DeliveryId::generate();
             tx.execute(
                 &prepared(&tx, "INSERT INTO deliveries (id, event_id, event_seq, target, status, attempts, next_attempt_at, created_at, updated_at)
-                 VALUES ($1, $2, (SELECT seq FROM events WHERE id = $2), $3, 'pending', 0, $4, $4, $4)").await?,
-                &[&id.as_str(), &event_id, target, &now],
+                 VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $5)").await?,
+                &[&id.as_str(), &event_id, &event_seq, target, &now],
             )
             .await
             .map_err(backend)?;
