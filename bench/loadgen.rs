@@ -46,7 +46,7 @@ struct Settings {
     scrape: Option<(usize, u64)>,
     /// A NATS server: every event also goes to a JetStream target, counted from its stream.
     nats: Option<String>,
-    mix: Traffic,
+    traffic: Traffic,
 }
 
 /// What the vendors send.
@@ -119,7 +119,7 @@ fn main() -> anyhow::Result<()> {
             None => None,
         },
         nats: value("--nats"),
-        mix: Traffic {
+        traffic: Traffic {
             mix: match value("--traffic").as_deref() {
                 None | Some("mixed") => Mix::Mixed,
                 Some("agntix") => Mix::Agntix,
@@ -284,11 +284,11 @@ struct Requests {
     ended: String,
     pathors: String,
     port: u16,
-    mix: Traffic,
+    traffic: Traffic,
 }
 
 impl Requests {
-    fn new(port: u16, mix: Traffic) -> anyhow::Result<Requests> {
+    fn new(port: u16, traffic: Traffic) -> anyhow::Result<Requests> {
         let fixture = |vendor: &str, name: &str| {
             String::from_utf8(sessiongate::testing::fixture(vendor, name))
         };
@@ -298,7 +298,7 @@ impl Requests {
             ended: fixture("agntix", "session-ended.json")?,
             pathors: fixture("pathors", "call-ended.json")?,
             port,
-            mix,
+            traffic,
         })
     }
 
@@ -311,11 +311,11 @@ impl Requests {
         let stamp = chrono::DateTime::from_timestamp_millis(now.as_millis() as i64)
             .unwrap_or_default()
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let session = match self.mix.ids {
+        let session = match self.traffic.ids {
             SessionIds::Uuid => uuid::Uuid::new_v4().to_string(),
             SessionIds::Counter => format!("bench-{salt:x}-{n}"),
         };
-        let (path, body, headers) = match self.mix.kind(n) {
+        let (path, body, headers) = match self.traffic.kind(n) {
             kind @ (0 | 1) => {
                 let template = if kind == 0 {
                     &self.created
@@ -440,8 +440,8 @@ impl LoadResult {
 /// `rate = Some(r)`: open loop at `r` requests/s in all; latency counts from the scheduled
 /// send time, so a stalled server cannot hide its queueing (no coordinated omission).
 /// Half a second of closed-loop load before a phase is measured: connections open, caches warm.
-async fn warm_up(port: u16, connections: usize, mix: Traffic) -> anyhow::Result<LoadResult> {
-    load(port, connections, Duration::from_millis(500), None, mix).await
+async fn warm_up(port: u16, connections: usize, traffic: Traffic) -> anyhow::Result<LoadResult> {
+    load(port, connections, Duration::from_millis(500), None, traffic).await
 }
 
 async fn load(
@@ -449,9 +449,9 @@ async fn load(
     connections: usize,
     duration: Duration,
     rate: Option<f64>,
-    mix: Traffic,
+    traffic: Traffic,
 ) -> anyhow::Result<LoadResult> {
-    let requests = Arc::new(Requests::new(port, mix)?);
+    let requests = Arc::new(Requests::new(port, traffic)?);
     let salt: u64 = rand::random();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -475,7 +475,7 @@ async fn load(
                     None => Instant::now(),
                 };
                 let request = requests.build(n, salt);
-                let ended = mix.kind(n) == 1;
+                let ended = traffic.kind(n) == 1;
                 match connection.exchange(&request).await {
                     Ok(status) if status / 100 == 2 => ended_ok += u64::from(ended),
                     Ok(_) => errors += 1,
@@ -655,25 +655,26 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     .run();
     tokio::spawn(server);
 
-    let (connections, duration, mix) = (settings.connections, settings.duration, settings.mix);
+    let (connections, duration, traffic) =
+        (settings.connections, settings.duration, settings.traffic);
     println!(
         "loadgen: {connections} connections, {duration:?} per phase, store {}, traffic {:?}, \
          session ids {:?}",
-        settings.store, mix.mix, mix.ids
+        settings.store, traffic.mix, traffic.ids
     );
 
     // The ceiling: a bare actix-web handler, same client, same requests.
     let bare = Child::spawn(&["bare"], dir.path())?;
-    warm_up(bare.port, connections, mix).await?;
-    let ceiling = load(bare.port, connections, duration, None, mix).await?;
+    warm_up(bare.port, connections, traffic).await?;
+    let ceiling = load(bare.port, connections, duration, None, traffic).await?;
     drop(bare);
 
     // A bare forwarder: receive, forward to the same receiver, answer; no verification,
     // no store. How close to forwarding with no work the gateway gets.
     let forwarder = Child::spawn(&["forwarder", &receiver_port.to_string()], dir.path())?;
-    warm_up(forwarder.port, connections, mix).await?;
+    warm_up(forwarder.port, connections, traffic).await?;
     let forwarder_cpu_before = forwarder.cpu();
-    let forwarded = load(forwarder.port, connections, duration, None, mix).await?;
+    let forwarded = load(forwarder.port, connections, duration, None, traffic).await?;
     let forwarder_cpu = forwarder.cpu() - forwarder_cpu_before;
     drop(forwarder);
     // The gateway's deliveries are counted from here.
@@ -692,7 +693,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     )?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = gateway.status_kib("VmRSS:");
-    let warmed = warm_up(gateway.port, connections, mix).await?;
+    let warmed = warm_up(gateway.port, connections, traffic).await?;
 
     // Closed loop: how much durable ingest the gateway sustains.
     let cpu_before = gateway.cpu();
@@ -702,7 +703,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         Some(sink) => sink.stored().await?,
         None => 0,
     };
-    let mut closed = load(gateway.port, connections, duration, None, mix).await?;
+    let mut closed = load(gateway.port, connections, duration, None, traffic).await?;
     let cpu = gateway.cpu() - cpu_before;
     let written = gateway.written() - written_before;
     let delivered_during = receiver.delivered.load(Ordering::Relaxed) - delivered_before;
@@ -737,7 +738,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
     receiver.since_ms.store(now_ms, Ordering::Relaxed);
     receiver.recording.store(true, Ordering::Relaxed);
-    let mut open = load(gateway.port, connections, duration, Some(half), mix).await?;
+    let mut open = load(gateway.port, connections, duration, Some(half), traffic).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     receiver.recording.store(false, Ordering::Relaxed);
     let peak_rss = gateway.status_kib("VmHWM:");
@@ -881,7 +882,7 @@ async fn scrape_stall(settings: Settings, scrapers: usize, pending: u64) -> anyh
         settings.connections,
         settings.duration,
         None,
-        settings.mix,
+        settings.traffic,
     )
     .await?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -910,7 +911,7 @@ async fn scrape_stall(settings: Settings, scrapers: usize, pending: u64) -> anyh
         settings.connections,
         settings.duration,
         None,
-        settings.mix,
+        settings.traffic,
     )
     .await?;
     stop.store(true, Ordering::Relaxed);
