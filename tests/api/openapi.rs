@@ -128,6 +128,10 @@ async fn live_answers_match_the_openapi_document() {
     app.post_agntix(&fixture("agntix", "session-created.json"))
         .await;
     let dead = app.wait_for_deliveries(DeliveryStatus::Dead, 2).await;
+    // From here the target accepts: a delivery the retry below requeues is pending or
+    // delivered when the second retry asks, never dead again (with one attempt allowed, a
+    // failing target could kill it in between, and the second retry would be accepted).
+    receiver.answer(Reply::status(200));
     let session_id = "2c4f9a13-7e6b-4d8a-9f25-c81e3a7b6d04";
 
     let get = Method::GET;
