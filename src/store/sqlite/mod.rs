@@ -12,6 +12,7 @@
 //! That makes every lease left in the file at start-up stale, so opening releases them and
 //! pending deliveries resume at once after a restart.
 
+mod attempts;
 mod jobs;
 mod listing;
 mod prune;
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use attempts::AttemptQueue;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -45,7 +47,7 @@ use crate::store::{
 };
 use listing::{deliveries_in, receipt_row, retry_dead_in, session_row, sessions_in, timeline_in};
 use queries::*;
-use schema::{configure, migrate};
+use schema::{configure, migrate, tune_library};
 pub use wal::DEFAULT_WAL_SIZE_MIB;
 use wal::{WalState, checkpointer, restart_frames};
 use writer::{Handover, Msg, QUEUE_DEPTH, Reply, Work, Writer, syncer};
@@ -56,6 +58,8 @@ pub struct SqliteStore {
     reader: Arc<std::sync::Mutex<Connection>>,
     /// Reads "now" for leases and due times, outside the writer (tests use a manual one).
     clock: Clock,
+    /// Attempt results waiting for the writer, which records them together.
+    attempts: AttemptQueue,
 }
 
 impl SqliteStore {
@@ -75,6 +79,7 @@ impl SqliteStore {
             })?;
         }
         let lock = lock_file(path)?;
+        tune_library();
         let mut conn = Connection::open(path)
             .with_context(|| format!("Failed to open the SQLite store {}", path.display()))?;
         configure(&conn)?;
@@ -181,6 +186,7 @@ impl SqliteStore {
             tx,
             reader: Arc::new(std::sync::Mutex::new(reader)),
             clock: Clock::system(),
+            attempts: AttemptQueue::default(),
         })
     }
 
@@ -379,45 +385,13 @@ impl Store for SqliteStore {
     }
 
     async fn finish_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
-        let now = self.clock.now_ms();
-        self.call(move |conn| {
-            let (status, next_attempt_at) = record.next.status();
-            let updated = conn
-                .prepare_cached(
-                    "UPDATE deliveries SET status = ?2, attempts = ?3,
-                         next_attempt_at = COALESCE(?4, next_attempt_at), lease_until = NULL,
-                         lease_token = NULL, last_status = ?5, last_error = ?6, updated_at = ?7
-                     WHERE id = ?1 AND lease_token = ?8",
-                )?
-                .execute(params![
-                    record.delivery_id.as_str(),
-                    status.as_str(),
-                    record.attempt,
-                    next_attempt_at,
-                    record.status_code,
-                    record.error,
-                    now,
-                    record.lease_token
-                ])?;
-            if updated == 0 {
-                tracing::warn!(delivery_id = %record.delivery_id, "Attempt result arrived after its lease passed on; dropped");
-                return Ok(());
-            }
-            conn.prepare_cached(
-                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                record.delivery_id.as_str(),
-                record.attempt,
-                record.started_at_ms,
-                record.duration_ms,
-                record.status_code,
-                record.error
-            ])?;
-            Ok(())
-        })
-        .await
+        let (done, answer) = oneshot::channel();
+        if let Some(work) = self.attempts.push(record, self.clock.now_ms(), done) {
+            // If the writer has stopped, the operation comes back in the error and is
+            // dropped, which fails every result it was to take, this one too.
+            let _closed = self.tx.send(Msg::Work(work)).await;
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn next_due_at(&self, target: &str) -> Result<Option<i64>, StoreError> {

@@ -250,3 +250,116 @@ async fn a_failed_operation_whose_savepoint_cannot_be_undone_commits_nothing() {
     // The writer goes on.
     store.call(move |conn| insert(conn, "later")).await.unwrap();
 }
+
+/// A successful attempt's result.
+fn success(delivery_id: DeliveryId, lease_token: i64, attempt: u32) -> AttemptRecord {
+    AttemptRecord {
+        delivery_id,
+        lease_token,
+        attempt,
+        started_at_ms: 0,
+        duration_ms: 1,
+        status_code: Some(200),
+        error: None,
+        next: crate::store::Completion::Delivered,
+    }
+}
+
+/// Attempt results that arrive while the writer is busy go to it as one operation, not one
+/// each; every result is still recorded, and answered once committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempt_results_arriving_while_the_writer_is_busy_share_one_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("s.db"), Synchronous::Full)
+            .await
+            .unwrap(),
+    );
+    for i in 0..5 {
+        store.accept(accept(&format!("s{i}"))).await.unwrap();
+    }
+    let claimed = store
+        .claim_due("t", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 5);
+    let (started, writer_busy) = std::sync::mpsc::channel();
+    let (release, until_released) = std::sync::mpsc::channel::<()>();
+    let blocked = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .call(move |_| {
+                    started.send(()).unwrap();
+                    let _ = until_released.recv_timeout(Duration::from_secs(30));
+                    Ok(())
+                })
+                .await
+        }
+    });
+    writer_busy.recv().unwrap();
+    let results: Vec<_> = claimed
+        .iter()
+        .map(|c| {
+            let store = store.clone();
+            let record = success(c.id.clone(), c.lease_token, 1);
+            tokio::spawn(async move { store.finish_attempt(record).await })
+        })
+        .collect();
+    // Every result is queued before the writer is let go.
+    while store.attempts.len() < 5 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        QUEUE_DEPTH - store.tx.capacity(),
+        1,
+        "five results, one operation queued for the writer"
+    );
+    release.send(()).unwrap();
+    blocked.await.unwrap().unwrap();
+    for result in results {
+        result.await.unwrap().unwrap();
+    }
+    let delivered = store
+        .deliveries(DeliveryFilter {
+            status: Some(DeliveryStatus::Delivered),
+            with_attempts: true,
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(delivered.len(), 5);
+    assert!(
+        delivered
+            .iter()
+            .all(|d| d.attempt_log.as_ref().is_some_and(|log| log.len() == 1))
+    );
+    // Queued after the group was taken: a new operation takes it.
+    let more = store.finish_attempt(success(claimed[0].id.clone(), claimed[0].lease_token, 2));
+    tokio::time::timeout(Duration::from_secs(5), more)
+        .await
+        .expect("answered")
+        .unwrap();
+}
+
+/// A result that reaches a closed store is answered with an error, not left waiting.
+#[tokio::test]
+async fn an_attempt_result_after_close_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("s.db"), Synchronous::Full)
+        .await
+        .unwrap();
+    store.close().await;
+    let record = success(DeliveryId::generate(), 1, 1);
+    let answered = tokio::time::timeout(Duration::from_secs(5), store.finish_attempt(record))
+        .await
+        .expect("answered, not left waiting");
+    assert!(answered.is_err());
+    // And the next one starts afresh rather than waiting on the failed group.
+    let record = success(DeliveryId::generate(), 1, 1);
+    let again = tokio::time::timeout(Duration::from_secs(5), store.finish_attempt(record))
+        .await
+        .expect("answered, not left waiting");
+    assert!(again.is_err());
+}
