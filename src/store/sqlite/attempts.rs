@@ -3,9 +3,8 @@
 //!
 //! A delivery's result is small (one update, one insert), and under load they arrive about
 //! as often as ingests. As operations of their own, each paid for its own trip through the
-//! writer's queue, its own wake-up and its own savepoint, whose journal copies every page
-//! the operation changes; grouped, those costs are paid once for all the results that came
-//! in during one turn of the writer. Every caller is still answered only after the commit
+//! writer's queue and its own wake-up; grouped, those are paid once for all the results that
+//! came in during one turn of the writer. Every caller is still answered only after the commit
 //! that holds its result is durable.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,17 +64,25 @@ impl AttemptQueue {
             taken: AtomicBool::new(false),
         });
         let refused = ticket.clone();
+        // The results this operation took: its reply answers them; a run again (after a
+        // later operation of the batch failed) records the same results.
+        let taken: Arc<Mutex<Vec<Waiting>>> = Arc::default();
         Work {
             run: Box::new(move |conn| {
-                let waiting = ticket.take();
-                let recorded = record_all(conn, &waiting);
+                let mut group = taken.lock().unwrap_or_else(|p| p.into_inner());
+                group.extend(ticket.take());
+                let recorded = record_all(conn, &group);
+                drop(group);
                 let ok = recorded.is_ok();
                 let failure = recorded.err().map(|e| e.to_string());
+                let group = taken.clone();
                 let reply: Reply = Box::new(move |committed| {
                     let outcome = match failure {
                         Some(e) => Err(e),
                         None => committed,
                     };
+                    let waiting =
+                        std::mem::take(&mut *group.lock().unwrap_or_else(|p| p.into_inner()));
                     for (.., done) in waiting {
                         let answer = outcome.clone().map_err(|e| StoreError::Backend(e.into()));
                         // A caller that has gone needs no answer.
@@ -121,7 +128,7 @@ impl Drop for Ticket {
 
 /// Records each result: the delivery's new state and the attempt's line in its log, unless
 /// the delivery's lease has passed on (then the result is dropped, as the lease's new
-/// holder attempts it again). One failure fails them all: they share a savepoint.
+/// holder attempts it again). One failure fails them all: they are one operation.
 fn record_all(conn: &Connection, waiting: &[Waiting]) -> rusqlite::Result<()> {
     let mut update = conn.prepare_cached(
         "UPDATE deliveries SET status = ?2, attempts = ?3,

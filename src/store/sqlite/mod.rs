@@ -1,8 +1,9 @@
 //! The embedded SQLite store, with group commit.
 //!
 //! One writer thread owns the connection. Every operation is a closure sent to it; the
-//! thread runs operations as they come, all in one open transaction (each in its own
-//! savepoint, so one failure does not undo the others), and commits when the syncer is free.
+//! thread runs operations as they come, all in one open transaction (one that fails is
+//! undone by running the others again, so it does not undo them), and commits when the
+//! syncer is free.
 //! Under `synchronous = "full"` the syncer thread then fsyncs the WAL — one fsync for every
 //! batch committed since the last — and only then answers the callers, while the writer
 //! already runs the next batch. Concurrent ingests therefore share commits and fsyncs
@@ -197,13 +198,15 @@ impl SqliteStore {
     }
 
     /// Runs `f` on the writer thread inside the next batch; answers after the commit.
-    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// `f` runs again, from the same state, if a later operation in its batch fails (see
+    /// [`writer`]), so it must do nothing but its work on the connection.
+    async fn call<T, F>(&self, mut f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnMut(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let (done, answer) = oneshot::channel::<Result<T, StoreError>>();
-        // Exactly one of `run` and `refuse` is called; both may answer.
+        // `refuse`, or one reply of `run`'s, answers; the others find the answer sent.
         let done = Arc::new(std::sync::Mutex::new(Some(done)));
         let answer_with = |done: &std::sync::Mutex<Option<_>>, outcome| {
             let sender = done.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -217,6 +220,7 @@ impl SqliteStore {
             run: Box::new(move |conn| {
                 let result = f(conn);
                 let ok = result.is_ok();
+                let done = done.clone();
                 let reply: Reply = Box::new(move |committed| {
                     let outcome = match (committed, result) {
                         (Ok(()), Ok(value)) => Ok(value),

@@ -211,44 +211,83 @@ async fn delivery_counts_never_wait_for_the_writer() {
     blocked.await.unwrap().unwrap();
 }
 
-/// An operation that failed must leave nothing behind, even when its savepoint cannot
-/// be rolled back: then the whole batch is undone and every caller in it told so,
-/// rather than the failed operation's writes committing with the others.
-#[tokio::test]
-async fn a_failed_operation_whose_savepoint_cannot_be_undone_commits_nothing() {
+/// An operation that failed after writing must leave nothing behind, and undo nothing of
+/// the operations that ran before it in the same transaction: they run again and commit,
+/// and each caller hears its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_operation_leaves_nothing_and_keeps_the_others_in_its_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("s.db"), Synchronous::Full)
-        .await
-        .unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("s.db"), Synchronous::Full)
+            .await
+            .unwrap(),
+    );
     let insert = |conn: &Connection, source: &str| {
         conn.execute(
             "INSERT INTO receipts (source, outcome, received_at, raw) VALUES (?1, 'ignored', 'x', X'')",
             [source],
         )
     };
-    // Releases its own savepoint before writing, then fails: ROLLBACK TO has nothing
-    // to roll back to, which is how a failed ROLLBACK TO looks to the writer.
-    let failed = store
-        .call(move |conn| {
-            conn.execute_batch("RELEASE op")?;
-            insert(conn, "failed")?;
-            Err::<(), _>(rusqlite::Error::InvalidQuery)
-        })
-        .await;
-    assert!(failed.is_err());
-    let count = store
+    // Holds the writer (the first time it runs) until the others are queued behind it, so
+    // all three run in one transaction.
+    let (started, writer_busy) = std::sync::mpsc::channel();
+    let (release, until_released) = std::sync::mpsc::channel::<()>();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let first = tokio::spawn({
+        let (store, runs) = (store.clone(), runs.clone());
+        async move {
+            store
+                .call(move |conn| {
+                    if runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                        started.send(()).unwrap();
+                        let _ = until_released.recv_timeout(Duration::from_secs(30));
+                    }
+                    insert(conn, "first")
+                })
+                .await
+        }
+    });
+    writer_busy.recv().unwrap();
+    let failed = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .call(move |conn| {
+                    insert(conn, "failed")?;
+                    Err::<usize, _>(rusqlite::Error::InvalidQuery)
+                })
+                .await
+        }
+    });
+    let after = tokio::spawn({
+        let store = store.clone();
+        async move { store.call(move |conn| insert(conn, "after")).await }
+    });
+    while QUEUE_DEPTH - store.tx.capacity() < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    release.send(()).unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), 1);
+    assert!(failed.await.unwrap().is_err());
+    assert_eq!(after.await.unwrap().unwrap(), 1);
+    assert_eq!(
+        runs.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the operation before the failure ran again"
+    );
+    let sources = store
         .call(|conn| {
-            conn.query_row(
-                "SELECT count(*) FROM receipts WHERE source = 'failed'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
+            conn.prepare("SELECT source FROM receipts ORDER BY seq")?
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
         })
         .await
         .unwrap();
-    assert_eq!(count, 0, "a failed operation's write was committed");
-    // The writer goes on.
-    store.call(move |conn| insert(conn, "later")).await.unwrap();
+    assert_eq!(
+        sources,
+        ["first", "after"],
+        "a failed operation's write was committed"
+    );
 }
 
 /// A successful attempt's result.
@@ -285,13 +324,17 @@ async fn attempt_results_arriving_while_the_writer_is_busy_share_one_operation()
     assert_eq!(claimed.len(), 5);
     let (started, writer_busy) = std::sync::mpsc::channel();
     let (release, until_released) = std::sync::mpsc::channel::<()>();
+    let mut first_run = true;
     let blocked = tokio::spawn({
         let store = store.clone();
         async move {
             store
                 .call(move |_| {
-                    started.send(()).unwrap();
-                    let _ = until_released.recv_timeout(Duration::from_secs(30));
+                    // Runs again when the failure below undoes the batch.
+                    if std::mem::take(&mut first_run) {
+                        started.send(()).unwrap();
+                        let _ = until_released.recv_timeout(Duration::from_secs(30));
+                    }
                     Ok(())
                 })
                 .await
@@ -315,7 +358,21 @@ async fn attempt_results_arriving_while_the_writer_is_busy_share_one_operation()
         1,
         "five results, one operation queued for the writer"
     );
+    // An operation failing after the group in the same batch: the group runs again, and
+    // its callers are answered from that run.
+    let failing = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .call(|_| Err::<(), _>(rusqlite::Error::InvalidQuery))
+                .await
+        }
+    });
+    while QUEUE_DEPTH - store.tx.capacity() < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     release.send(()).unwrap();
+    assert!(failing.await.unwrap().is_err());
     blocked.await.unwrap().unwrap();
     for result in results {
         result.await.unwrap().unwrap();

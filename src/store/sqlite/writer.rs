@@ -1,9 +1,12 @@
 //! The writer thread: group commit of every store operation, and the syncer that makes each
 //! commit durable before its callers hear back.
 //!
-//! Operations run one after another in one open transaction, each in its own savepoint, so
-//! one failure undoes only itself; the transaction commits when the syncer is free (or the
-//! batch is full). Under `synchronous = "full"` the syncer fsyncs the WAL, once for every
+//! Operations run one after another in one open transaction, which commits when the syncer
+//! is free (or the batch is full). An operation that fails may have written part of its
+//! work: then the transaction is rolled back and the operations before it run again, so one
+//! failure undoes only itself. (Each operation had its own savepoint before; its journal
+//! copied every page the operation changed, 5% of the gateway's CPU under load, to undo
+//! failures that hardly ever happen.) Under `synchronous = "full"` the syncer fsyncs the WAL, once for every
 //! batch committed since the last, and only then answers the callers.
 //!
 //! When the WAL is long, the writer checkpoints it between two batches so that the next
@@ -29,17 +32,17 @@ pub(super) const MAX_BATCH: usize = 1024;
 /// Operations waiting for the writer before callers are made to wait (back-pressure).
 pub(super) const QUEUE_DEPTH: usize = 8192;
 
-/// Runs on the writer thread inside the batch transaction; returns whether it succeeded
-/// and how to answer its caller once the batch's fate is known.
 /// One operation for the writer: `run` it in the open transaction (its reply is answered
-/// after the commit), or `refuse` it unrun when no transaction or savepoint can hold it.
+/// after the commit), or `refuse` it unrun when no transaction can hold it.
 pub(super) struct Work {
     pub(super) run: Run,
     pub(super) refuse: Box<dyn FnOnce(String) + Send>,
 }
 
 /// Runs an operation: whether it succeeded (its writes stay), and how to answer its caller.
-pub(super) type Run = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+/// It may run again, from the same state, when a later operation of its transaction fails;
+/// only the reply of its last run is answered (the others are dropped unanswered).
+pub(super) type Run = Box<dyn FnMut(&Connection) -> (bool, Reply) + Send>;
 pub(super) type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 pub(super) enum Msg {
@@ -139,9 +142,24 @@ pub(super) struct Writer {
     pub(super) database_failed: Arc<AtomicBool>,
 }
 
-/// The writer's open transaction: the replies of the operations run in it so far.
+/// The writer's open transaction: the operations whose writes it holds, each with the reply
+/// of its last run, and the replies of operations that failed in it (answered with it).
 pub(super) struct Open {
-    pub(super) replies: Vec<Reply>,
+    pub(super) done: Vec<(Run, Reply)>,
+    pub(super) failed: Vec<Reply>,
+}
+
+impl Open {
+    fn len(&self) -> usize {
+        self.done.len() + self.failed.len()
+    }
+
+    fn replies(self) -> impl Iterator<Item = Reply> {
+        self.done
+            .into_iter()
+            .map(|(_, reply)| reply)
+            .chain(self.failed)
+    }
 }
 
 impl Writer {
@@ -155,7 +173,7 @@ impl Writer {
         let mut closing = None;
         'serve: loop {
             if let Some(batch) = &open
-                && (batch.replies.len() >= MAX_BATCH || self.unsynced.load(Ordering::Acquire) == 0)
+                && (batch.len() >= MAX_BATCH || self.unsynced.load(Ordering::Acquire) == 0)
             {
                 let batch = open.take().expect("checked above");
                 self.commit(batch);
@@ -176,7 +194,7 @@ impl Writer {
                     }
                     Msg::Synced => {}
                 }
-                if open.as_ref().is_some_and(|b| b.replies.len() >= MAX_BATCH) {
+                if open.as_ref().is_some_and(|b| b.len() >= MAX_BATCH) {
                     break;
                 }
                 next = rx.try_recv().ok();
@@ -223,18 +241,16 @@ impl Writer {
         }
     }
 
-    /// Runs one operation in its own savepoint of the open transaction (opening one if
-    /// needed), so that its failure undoes only itself.
+    /// Runs one operation in the open transaction (opening one if needed). If it fails,
+    /// its writes are undone by rolling the transaction back and running again the
+    /// operations before it.
     fn execute(&self, open: &mut Option<Open>, work: Work) {
         if self.database_failed.load(Ordering::Acquire) {
             (work.refuse)(DATABASE_FAILED.to_owned());
             return;
         }
-        let conn = &self.conn;
-        // Prepared once and cached: these run twice per operation.
-        let step = |sql: &str| conn.prepare_cached(sql).and_then(|mut st| st.execute([]));
         if open.is_none() {
-            if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
                 // Run outside a transaction, its writes would commit one by one whatever
                 // its answer: refuse it unrun.
                 tracing::error!(error = %e, "Store transaction failed to begin; refusing the operation");
@@ -242,32 +258,52 @@ impl Writer {
                 return;
             }
             *open = Some(Open {
-                replies: Vec::with_capacity(64),
+                done: Vec::with_capacity(64),
+                failed: Vec::new(),
             });
         }
-        if let Err(e) = step("SAVEPOINT op") {
-            tracing::error!(error = %e, "Store savepoint failed; refusing the operation");
-            (work.refuse)(format!("cannot open a savepoint: {e}"));
+        let mut run = work.run;
+        let (ok, reply) = run(&self.conn);
+        let batch = open.as_mut().expect("opened above");
+        if ok {
+            batch.done.push((run, reply));
             return;
         }
-        let (ok, reply) = (work.run)(conn);
-        let undone = if ok { Ok(0) } else { step("ROLLBACK TO op") };
-        let released = step("RELEASE op");
-        let batch = open.as_mut().expect("opened above");
-        batch.replies.push(reply);
-        if let Err(e) = undone.and(released) {
+        batch.failed.push(reply);
+        if let Err(e) = self.redo(batch) {
             // A failed operation's writes may still be in the transaction, where they would
             // commit with the batch: undo the whole transaction and fail every caller in it
             // (each will retry), rather than commit what was answered as failed.
-            tracing::error!(error = %e, "Store savepoint could not be undone; rolling the batch back");
+            tracing::error!(error = %e, "Store transaction could not be undone and redone; failing the batch");
             let batch = open.take().expect("opened above");
-            if let Err(e) = conn.execute_batch("ROLLBACK") {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
                 tracing::error!(error = %e, "Store rollback failed");
             }
             let why = format!("cannot undo a failed operation: {e}");
-            for reply in batch.replies {
+            for reply in batch.replies() {
                 reply(Err(why.clone()));
             }
+        }
+    }
+
+    /// Rolls the open transaction back and runs its successful operations again, in order,
+    /// so it holds their writes and none of the failed ones'. An operation that fails on
+    /// its second run joins the failed, and the rest run again without it.
+    fn redo(&self, batch: &mut Open) -> rusqlite::Result<()> {
+        'again: loop {
+            self.conn.execute_batch("ROLLBACK; BEGIN IMMEDIATE")?;
+            for i in 0..batch.done.len() {
+                let (run, reply) = &mut batch.done[i];
+                let (ok, again) = run(&self.conn);
+                // The earlier run's reply is dropped unanswered; this one stands.
+                *reply = again;
+                if !ok {
+                    let (_, reply) = batch.done.remove(i);
+                    batch.failed.push(reply);
+                    continue 'again;
+                }
+            }
+            return Ok(());
         }
     }
 
@@ -282,7 +318,7 @@ impl Writer {
             if let Err(e) = self.conn.execute_batch("ROLLBACK") {
                 tracing::error!(error = %e, "Store rollback failed");
             }
-            for reply in batch.replies {
+            for reply in batch.replies() {
                 reply(Err(DATABASE_FAILED.to_owned()));
             }
             return;
@@ -297,7 +333,7 @@ impl Writer {
         if spill_off && let Err(e) = self.conn.execute_batch("PRAGMA cache_spill = ON") {
             tracing::warn!(error = %e, "SQLite cache spill stays off");
         }
-        self.answer(batch.replies, committed);
+        self.answer(batch.replies().collect(), committed);
     }
 
     /// Blocks until the syncer has done everything handed to it (one fsync, usually).
