@@ -50,11 +50,7 @@ impl AttemptQueue {
     /// Answers every queued result with `why` (the writer refused, or never ran, the
     /// operation that was to take them).
     pub(super) fn fail_all(&self, why: &str) {
-        for (.., done) in self.take() {
-            // A caller that has gone needs no answer.
-            done.send(Err(StoreError::Backend(why.into())))
-                .unwrap_or(());
-        }
+        fail(self.take(), why);
     }
 
     /// The writer operation that takes the queue as it is when it runs.
@@ -91,13 +87,17 @@ impl AttemptQueue {
                 });
                 (ok, reply)
             }),
-            refuse: Box::new(move |why| {
-                for (.., done) in refused.take() {
-                    done.send(Err(StoreError::Backend(why.clone().into())))
-                        .unwrap_or(());
-                }
-            }),
+            refuse: Box::new(move |why| fail(refused.take(), &why)),
         }
+    }
+}
+
+/// Answers each of `waiting` with the error `why`.
+fn fail(waiting: Vec<Waiting>, why: &str) {
+    for (.., done) in waiting {
+        // A caller that has gone needs no answer.
+        done.send(Err(StoreError::Backend(why.into())))
+            .unwrap_or(());
     }
 }
 

@@ -6,8 +6,8 @@
 //! work: then the transaction is rolled back and the operations before it run again, so one
 //! failure undoes only itself. (Each operation had its own savepoint before; its journal
 //! copied every page the operation changed, 5% of the gateway's CPU under load, to undo
-//! failures that hardly ever happen.) Under `synchronous = "full"` the syncer fsyncs the WAL, once for every
-//! batch committed since the last, and only then answers the callers.
+//! failures that hardly ever happen.) Under `synchronous = "full"` the syncer fsyncs the
+//! WAL, once for every batch committed since the last, and only then answers the callers.
 //!
 //! When the WAL is long, the writer checkpoints it between two batches so that the next
 //! commit starts it over. Under `full` that checkpoint skips SQLite's own fsyncs: it runs
