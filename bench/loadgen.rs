@@ -5,15 +5,16 @@
 //!     cargo run --release --bin loadgen                  # full run (see BENCHMARKS.md)
 //!     cargo run --release --bin loadgen -- --smoke       # a few seconds, for CI
 //!     cargo run --release --bin loadgen -- --nats nats://127.0.0.1:4222
+//!                              # a second target on NATS JetStream, counted beside HTTP
 //!     cargo run --release --bin loadgen -- --traffic agntix  # Agntix created/ended only
 //!     cargo run --release --bin loadgen -- --session-ids counter
 //!                              # ascending session ids instead of the vendors' random UUIDs
-//!                              # a second target on NATS JetStream, counted beside HTTP
 //!     cargo run --release --bin loadgen -- --scrapers 16 --pending 1000000
 //!                              # ingest latency while /metrics is scraped over a big backlog
 //!
 //! Roles (the binary re-executes itself, so each server is its own process whose memory and
-//! CPU can be read from /proc): `--role bare PORT_FILE` and `--role gateway CONFIG PORT_FILE`.
+//! CPU can be read from /proc): `--role bare PORT_FILE`, `--role forwarder RECEIVER_PORT
+//! PORT_FILE` and `--role gateway CONFIG PORT_FILE`.
 //! The load generator and the delivery receiver run in the parent.
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::{Context, bail};
 use sessiongate::app::Application;
 use sessiongate::config::Config;
+use sessiongate::telemetry::{self, LogFormat};
 use svix::webhooks::Webhook;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -192,6 +194,8 @@ fn role(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }),
         Some("gateway") => runtime.block_on(async {
+            // As `sessiongate serve` sets it up.
+            telemetry::init(LogFormat::Text, "info");
             let config = Config::load(Path::new(&args[1]))?;
             let app = Application::build(config).await?;
             std::fs::write(&args[2], app.port().to_string())?;
@@ -213,12 +217,21 @@ struct Child {
 impl Child {
     fn spawn(args: &[&str], dir: &Path) -> anyhow::Result<Child> {
         let port_file = dir.join(format!("port-{}", args[0]));
+        // Each child logs to a file of its own: the gateway at `serve`'s level, so that the
+        // spans and fields production pays for are in the figures.
+        let log = dir.join(format!("{}.log", args[0]));
+        // A role run a second time must not read the port its first run left.
+        std::fs::remove_file(&port_file).or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(()),
+            _ => Err(e),
+        })?;
         let process = std::process::Command::new(std::env::current_exe()?)
             .arg("--role")
             .args(args)
             .arg(&port_file)
-            .env("RUST_LOG", "error")
+            .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
             .spawn()?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -226,7 +239,11 @@ impl Child {
                 return Ok(Child { process, port });
             }
             if Instant::now() > deadline {
-                bail!("the {} process did not start", args[0]);
+                bail!(
+                    "the {} process did not start; its log:\n{}",
+                    args[0],
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -744,6 +761,20 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let peak_rss = gateway.status_kib("VmHWM:");
     drop(gateway);
     let mut end_to_end = Latencies(std::mem::take(&mut *receiver.end_to_end.lock().unwrap()));
+    // The same open loop against the bare handler and the bare forwarder: how much of the
+    // gateway's tail this machine (client, receiver and server on the same cores) gives any
+    // server at that rate.
+    let mut open_baseline = Vec::new();
+    let receiver_arg = receiver_port.to_string();
+    for args in [&["bare"][..], &["forwarder", &receiver_arg]] {
+        let server = Child::spawn(args, dir.path())?;
+        warm_up(server.port, connections, traffic).await?;
+        let mut result = load(server.port, connections, duration, Some(half), traffic).await?;
+        open_baseline.push((
+            result.latencies.percentile(0.5),
+            result.latencies.percentile(0.99),
+        ));
+    }
 
     let ratio = |x: f64| format!("{:.1}%", 100.0 * x / ceiling.rate());
     println!();
@@ -772,11 +803,15 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         ms(ceiling.latencies.clone_percentile(0.99))
     );
     println!(
-        "| ingest latency, open loop at {:.0} req/s p50 / p99 / p99.9 | {} / {} / {} | |",
+        "| ingest latency, open loop at {:.0} req/s p50 / p99 / p99.9 | {} / {} / {} | same rate p50 / p99: bare {} / {}, forwarder {} / {} |",
         open.rate(),
         ms(open.latencies.percentile(0.5)),
         ms(open.latencies.percentile(0.99)),
-        ms(open.latencies.percentile(0.999))
+        ms(open.latencies.percentile(0.999)),
+        ms(open_baseline[0].0),
+        ms(open_baseline[0].1),
+        ms(open_baseline[1].0),
+        ms(open_baseline[1].1)
     );
     println!(
         "| delivered during the closed-loop run | {:.0} deliveries/s | {} |",
