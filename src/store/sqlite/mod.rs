@@ -51,7 +51,7 @@ use queries::*;
 use schema::{configure, migrate, tune_library};
 pub use wal::DEFAULT_WAL_SIZE_MIB;
 use wal::{WalState, checkpointer, restart_frames};
-use writer::{Handover, Msg, QUEUE_DEPTH, Reply, Work, Writer, syncer};
+use writer::{Handover, Msg, QUEUE_DEPTH, Reply, SyncCounts, Work, Writer, syncer};
 
 pub struct SqliteStore {
     tx: mpsc::Sender<Msg>,
@@ -61,6 +61,9 @@ pub struct SqliteStore {
     clock: Clock,
     /// Attempt results waiting for the writer, which records them together.
     attempts: AttemptQueue,
+    /// Which thread made each commit durable (the unit tests look).
+    #[cfg_attr(not(test), allow(dead_code))]
+    syncs: Arc<SyncCounts>,
 }
 
 impl SqliteStore {
@@ -120,7 +123,8 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let unsynced = Arc::new(AtomicUsize::new(0));
         let database_failed = Arc::new(AtomicBool::new(false));
-        let syncer = match synchronous {
+        let syncs = Arc::new(SyncCounts::default());
+        let (syncer, inline_wal) = match synchronous {
             Synchronous::Full => {
                 let mut wal_path = path.as_os_str().to_owned();
                 wal_path.push("-wal");
@@ -129,6 +133,18 @@ impl SqliteStore {
                     .write(true)
                     .create(true)
                     .truncate(false)
+                    .open(&wal_path)
+                    .with_context(|| {
+                        format!(
+                            "Failed to open the SQLite WAL {}",
+                            Path::new(&wal_path).display()
+                        )
+                    })?;
+                // The writer's own handle for small batches. Opened by path, not duplicated:
+                // what fsyncs a file is then seen as the file's, by a kernel or a test's
+                // power-loss layer alike.
+                let inline_wal = std::fs::OpenOptions::new()
+                    .write(true)
                     .open(&wal_path)
                     .with_context(|| {
                         format!(
@@ -148,11 +164,14 @@ impl SqliteStore {
                 };
                 let thread = std::thread::Builder::new()
                     .name("sqlite-sync".into())
-                    .spawn(move || syncer(wal, database, batches, handover))
+                    .spawn({
+                        let syncs = syncs.clone();
+                        move || syncer(wal, database, batches, handover, syncs)
+                    })
                     .context("Failed to start the SQLite sync thread")?;
-                Some((to_syncer, thread))
+                (Some((to_syncer, thread)), Some(inline_wal))
             }
-            Synchronous::Normal => None,
+            Synchronous::Normal => (None, None),
         };
         let (stop_checkpoints, checkpoints_stopped) = std::sync::mpsc::channel();
         let checkpoint_path = path.to_owned();
@@ -175,6 +194,8 @@ impl SqliteStore {
             wal,
             stop_checkpoints,
             syncer,
+            inline_wal,
+            syncs: syncs.clone(),
             unsynced,
             database_pending: Cell::new(false),
             database_failed,
@@ -188,6 +209,7 @@ impl SqliteStore {
             reader: Arc::new(std::sync::Mutex::new(reader)),
             clock: Clock::system(),
             attempts: AttemptQueue::default(),
+            syncs,
         })
     }
 

@@ -159,8 +159,11 @@ async fn the_wal_stays_bounded_under_sustained_writes() {
         written >> 20,
         largest >> 10
     );
+    // Without restarts the WAL holds every body at least once (more than `written`); with
+    // them it peaks at a few times the 1 MiB restart size (2.5–4.4 MiB measured, higher
+    // when the whole suite shares the cores), so a quarter of `written` tells them apart.
     assert!(
-        largest < written / 8,
+        largest < written / 4,
         "the WAL grew to {largest} bytes for {written} bytes of bodies: it never starts over"
     );
     let counts = store.delivery_counts().await.unwrap();
@@ -419,4 +422,84 @@ async fn an_attempt_result_after_close_is_refused() {
         .await
         .expect("answered, not left waiting");
     assert!(again.is_err());
+}
+
+/// A batch of a few callers is made durable by the writer itself when the syncer is idle
+/// (no hand-off to another thread and back); a large one goes to the syncer, so that the
+/// next batch gathers while its fsync runs. Both answer only once durable, and the store
+/// reopens with both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_batch_is_made_durable_by_the_writer_and_a_large_one_by_the_syncer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let store = Arc::new(SqliteStore::open(&path, Synchronous::Full).await.unwrap());
+    let by = |store: &SqliteStore| {
+        (
+            store
+                .syncs
+                .by_writer
+                .load(std::sync::atomic::Ordering::Relaxed),
+            store
+                .syncs
+                .by_syncer
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
+    let before = by(&store);
+    store.accept(accept("alone")).await.unwrap();
+    let after_one = by(&store);
+    assert_eq!(
+        (after_one.0 - before.0, after_one.1 - before.1),
+        (1, 0),
+        "one caller with the syncer idle: the writer fsyncs"
+    );
+
+    // Hold the writer until more than INLINE_SYNC_MAX callers wait, so they share a batch.
+    let (started, writer_busy) = std::sync::mpsc::channel();
+    let (release, until_released) = std::sync::mpsc::channel::<()>();
+    let blocked = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .call(move |_| {
+                    started.send(()).unwrap();
+                    let _ = until_released.recv_timeout(Duration::from_secs(30));
+                    Ok(())
+                })
+                .await
+        }
+    });
+    writer_busy.recv().unwrap();
+    let many = writer::INLINE_SYNC_MAX * 2;
+    let waiting: Vec<_> = (0..many)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move { store.accept(accept(&format!("many-{n}"))).await })
+        })
+        .collect();
+    while QUEUE_DEPTH - store.tx.capacity() < many {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    release.send(()).unwrap();
+    blocked.await.unwrap().unwrap();
+    for w in waiting {
+        assert!(matches!(
+            w.await.unwrap().unwrap(),
+            IngestOutcome::Accepted { .. }
+        ));
+    }
+    let after_many = by(&store);
+    assert!(
+        after_many.1 > after_one.1,
+        "a batch of {} callers was not handed to the syncer: {after_many:?}",
+        many + 1
+    );
+    store.close().await;
+    let reopened = SqliteStore::open(&path, Synchronous::Full).await.unwrap();
+    let pending = reopened.delivery_counts().await.unwrap()[0].pending;
+    assert_eq!(
+        pending as usize,
+        1 + many,
+        "every answered accept is in the file"
+    );
 }

@@ -19,7 +19,7 @@
 use std::cell::Cell;
 use std::fs::File;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -63,6 +63,18 @@ pub(super) enum Synced {
 
 /// How often the writer looks whether the syncer is done, when it must wait for it.
 const SYNCER_POLL: Duration = Duration::from_micros(100);
+/// The largest batch the writer makes durable itself, when the syncer is idle: for a few
+/// callers one fsync on the writer costs less than handing the batch to the syncer and its
+/// answer back (two thread wake-ups, each a wait for a core on a loaded 2-core machine);
+/// a large batch goes to the syncer, so that the next one gathers meanwhile.
+pub(super) const INLINE_SYNC_MAX: usize = 8;
+
+/// Which thread made the WAL durable, commit by commit (tests, and the reason for each).
+#[derive(Default)]
+pub(super) struct SyncCounts {
+    pub(super) by_writer: AtomicU64,
+    pub(super) by_syncer: AtomicU64,
+}
 
 /// Makes committed batches durable, then answers them, while the writer goes on with the
 /// next batch: fsync latency is overlapped with work instead of stalling the writer. The
@@ -75,16 +87,15 @@ pub(super) fn syncer(
     database: File,
     batches: std::sync::mpsc::Receiver<Synced>,
     writer: Handover,
+    syncs: Arc<SyncCounts>,
 ) {
     while let Ok(first) = batches.recv() {
         let mut pending = vec![first];
         pending.extend(batches.try_iter());
         let commits = pending.iter().any(|p| matches!(p, Synced::Batch(..)));
         let synced = if commits {
-            wal.sync_data().map_err(|e| {
-                tracing::error!(error = %crate::telemetry::chain(&e), "Failed to fsync the SQLite WAL; answering the batch with an error");
-                format!("fsync failed: {e}")
-            })
+            syncs.by_syncer.fetch_add(1, Ordering::Relaxed);
+            sync_wal(&wal)
         } else {
             Ok(())
         };
@@ -117,6 +128,14 @@ pub(super) fn syncer(
     }
 }
 
+/// Fsyncs the WAL; the error is what every caller of the batches it covers hears.
+fn sync_wal(wal: &File) -> Result<(), String> {
+    wal.sync_data().map_err(|e| {
+        tracing::error!(error = %crate::telemetry::chain(&e), "Failed to fsync the SQLite WAL; answering the batch with an error");
+        format!("fsync failed: {e}")
+    })
+}
+
 /// How the syncer reaches the writer: how many commits it has not answered yet, and a
 /// weak handle on the writer's queue (so the queue still closes when the store is dropped).
 pub(super) struct Handover {
@@ -133,6 +152,10 @@ pub(super) struct Writer {
     pub(super) wal: Arc<WalState>,
     pub(super) stop_checkpoints: std::sync::mpsc::Sender<()>,
     pub(super) syncer: Option<(std::sync::mpsc::Sender<Synced>, std::thread::JoinHandle<()>)>,
+    /// The WAL, opened by its path (as SQLite does), for the small batches whose fsync the
+    /// writer makes itself (see [`INLINE_SYNC_MAX`]); `None` without a syncer.
+    pub(super) inline_wal: Option<File>,
+    pub(super) syncs: Arc<SyncCounts>,
     /// Commits (and database-file syncs) handed to the syncer and not yet done.
     pub(super) unsynced: Arc<AtomicUsize>,
     /// A checkpoint without fsyncs copied frames into the database file, whose fsync the
@@ -352,8 +375,22 @@ impl Writer {
         }
     }
 
-    /// Answers a committed batch: through the syncer once the WAL is on disk, or at once.
+    /// Answers a committed batch once the WAL is on disk: a small one after the writer's
+    /// own fsync when the syncer holds nothing (so every earlier commit is durable and
+    /// answered, and answers still leave in commit order), any other through the syncer.
+    /// Without a syncer (`synchronous = "normal"`), at once.
     fn answer(&self, replies: Vec<Reply>, committed: Result<(), String>) {
+        if let Some(wal) = &self.inline_wal
+            && replies.len() <= INLINE_SYNC_MAX
+            && self.unsynced.load(Ordering::Acquire) == 0
+        {
+            self.syncs.by_writer.fetch_add(1, Ordering::Relaxed);
+            let outcome = committed.and_then(|()| sync_wal(wal));
+            for reply in replies {
+                reply(outcome.clone());
+            }
+            return;
+        }
         match &self.syncer {
             Some((to_syncer, _)) => {
                 self.unsynced.fetch_add(1, Ordering::AcqRel);
