@@ -86,7 +86,7 @@ impl SqliteStore {
         tune_library();
         let mut conn = Connection::open(path)
             .with_context(|| format!("Failed to open the SQLite store {}", path.display()))?;
-        configure(&conn)?;
+        let page_bytes = configure(&conn)?;
         migrate(&mut conn)?;
         let released = conn
             .execute(
@@ -183,7 +183,7 @@ impl SqliteStore {
                 checkpointer(
                     checkpoint_path,
                     checkpoint_wal,
-                    restart_frames(wal_size_mib),
+                    restart_frames(wal_size_mib, page_bytes),
                     checkpoints_stopped,
                 )
             })

@@ -503,3 +503,45 @@ async fn a_small_batch_is_made_durable_by_the_writer_and_a_large_one_by_the_sync
         "every answered accept is in the file"
     );
 }
+
+/// A new store is made of 2 KiB pages; one created with SQLite's 4 KiB keeps them (SQLite
+/// cannot change them in WAL mode) and opens with everything in it, and the WAL's restart
+/// size in frames follows the page size either way.
+#[tokio::test]
+async fn a_new_store_has_small_pages_and_an_existing_one_keeps_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let page_size = |store: &SqliteStore| {
+        let reader = store.reader.lock().unwrap();
+        reader
+            .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    let fresh = SqliteStore::open(&dir.path().join("new.db"), Synchronous::Full)
+        .await
+        .unwrap();
+    assert_eq!(page_size(&fresh), schema::PAGE_SIZE);
+    assert_eq!(schema::PAGE_SIZE, 2048);
+
+    let old = dir.path().join("old.db");
+    {
+        let conn = Connection::open(&old).unwrap();
+        conn.execute_batch(
+            "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE kept (x);",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&old, Synchronous::Full).await.unwrap();
+    assert_eq!(
+        page_size(&store),
+        4096,
+        "an existing store keeps its page size"
+    );
+    store.accept(accept("s1")).await.unwrap();
+    assert!(matches!(
+        store.accept(accept("s1")).await.unwrap(),
+        IngestOutcome::Duplicate { .. }
+    ));
+
+    assert_eq!(wal::restart_frames(32, 4096), 8192);
+    assert_eq!(wal::restart_frames(32, 2048), 16384);
+}

@@ -16,12 +16,9 @@ pub(super) const CHECKPOINT_EVERY: Duration =
 /// in unit tests, so that they can show the WAL staying bounded without writing hundreds of
 /// megabytes).
 pub const DEFAULT_WAL_SIZE_MIB: u32 = if cfg!(test) { 1 } else { 32 };
-/// SQLite's page size, which is a WAL frame's payload.
-const PAGE_BYTES: i64 = 4096;
-
-/// The WAL frames in `mib` MiB.
-pub(super) fn restart_frames(mib: u32) -> i64 {
-    i64::from(mib) * 1024 * 1024 / PAGE_BYTES
+/// The WAL frames in `mib` MiB, for a store of `page_bytes` pages (a frame's payload).
+pub(super) fn restart_frames(mib: u32, page_bytes: i64) -> i64 {
+    i64::from(mib) * 1024 * 1024 / page_bytes.max(512)
 }
 /// Passes the checkpointer makes at most to catch up before it hands over to the writer, and
 /// the frames left uncopied that are few enough to hand over at once.
