@@ -128,30 +128,25 @@ impl SqliteStore {
             Synchronous::Full => {
                 let mut wal_path = path.as_os_str().to_owned();
                 wal_path.push("-wal");
-                let wal = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&wal_path)
-                    .with_context(|| {
-                        format!(
-                            "Failed to open the SQLite WAL {}",
-                            Path::new(&wal_path).display()
-                        )
-                    })?;
+                let open_wal = || {
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(&wal_path)
+                        .with_context(|| {
+                            format!(
+                                "Failed to open the SQLite WAL {}",
+                                Path::new(&wal_path).display()
+                            )
+                        })
+                };
+                let wal = open_wal()?;
                 // The writer's own handle for small batches. Opened by path, not duplicated:
                 // what fsyncs a file is then seen as the file's, by a kernel or a test's
                 // power-loss layer alike.
-                let inline_wal = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&wal_path)
-                    .with_context(|| {
-                        format!(
-                            "Failed to open the SQLite WAL {}",
-                            Path::new(&wal_path).display()
-                        )
-                    })?;
+                let inline_wal = open_wal()?;
                 // The database file, which the syncer fsyncs after a checkpoint.
                 let database = File::open(path).with_context(|| {
                     format!("Failed to open the SQLite store {}", path.display())

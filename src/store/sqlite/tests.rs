@@ -29,6 +29,32 @@ fn accept(session: &str) -> Inbound {
     }
 }
 
+/// Holds the writer inside an operation until `release` is sent (or 30 s pass): what is
+/// sent meanwhile queues behind it. Returns once the writer is held.
+fn hold_writer(
+    store: &Arc<SqliteStore>,
+) -> (
+    tokio::task::JoinHandle<Result<(), StoreError>>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (started, writer_busy) = std::sync::mpsc::channel();
+    let (release, until_released) = std::sync::mpsc::channel::<()>();
+    let blocked = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .call(move |_| {
+                    started.send(()).unwrap();
+                    let _ = until_released.recv_timeout(Duration::from_secs(30));
+                    Ok(())
+                })
+                .await
+        }
+    });
+    writer_busy.recv().unwrap();
+    (blocked, release)
+}
+
 /// A store written by a release with the first schema opens with everything in it.
 #[tokio::test]
 async fn migrating_from_the_first_schema_keeps_sessions_and_events() {
@@ -190,21 +216,7 @@ async fn delivery_counts_never_wait_for_the_writer() {
             .unwrap(),
     );
     store.accept(accept("s1")).await.unwrap();
-    let (started, writer_busy) = std::sync::mpsc::channel();
-    let (release, until_released) = std::sync::mpsc::channel::<()>();
-    let blocked = tokio::spawn({
-        let store = store.clone();
-        async move {
-            store
-                .call(move |_| {
-                    started.send(()).unwrap();
-                    let _ = until_released.recv_timeout(Duration::from_secs(30));
-                    Ok(())
-                })
-                .await
-        }
-    });
-    writer_busy.recv().unwrap();
+    let (blocked, release) = hold_writer(&store);
     let counts = tokio::time::timeout(Duration::from_secs(5), store.delivery_counts())
         .await
         .expect("counted while the writer is busy")
@@ -455,21 +467,7 @@ async fn a_small_batch_is_made_durable_by_the_writer_and_a_large_one_by_the_sync
     );
 
     // Hold the writer until more than INLINE_SYNC_MAX callers wait, so they share a batch.
-    let (started, writer_busy) = std::sync::mpsc::channel();
-    let (release, until_released) = std::sync::mpsc::channel::<()>();
-    let blocked = tokio::spawn({
-        let store = store.clone();
-        async move {
-            store
-                .call(move |_| {
-                    started.send(()).unwrap();
-                    let _ = until_released.recv_timeout(Duration::from_secs(30));
-                    Ok(())
-                })
-                .await
-        }
-    });
-    writer_busy.recv().unwrap();
+    let (blocked, release) = hold_writer(&store);
     let many = writer::INLINE_SYNC_MAX * 2;
     let waiting: Vec<_> = (0..many)
         .map(|n| {
