@@ -51,7 +51,7 @@ use queries::*;
 use schema::{configure, migrate, tune_library};
 pub use wal::DEFAULT_WAL_SIZE_MIB;
 use wal::{WalState, checkpointer, restart_frames};
-use writer::{Handover, Msg, QUEUE_DEPTH, Reply, SyncCounts, Work, Writer, syncer};
+use writer::{Handover, Msg, QUEUE_DEPTH, Reply, SyncCounts, SyncerHandle, Work, Writer, syncer};
 
 pub struct SqliteStore {
     tx: mpsc::Sender<Msg>,
@@ -124,7 +124,7 @@ impl SqliteStore {
         let unsynced = Arc::new(AtomicUsize::new(0));
         let database_failed = Arc::new(AtomicBool::new(false));
         let syncs = Arc::new(SyncCounts::default());
-        let (syncer, inline_wal) = match synchronous {
+        let syncer = match synchronous {
             Synchronous::Full => {
                 let mut wal_path = path.as_os_str().to_owned();
                 wal_path.push("-wal");
@@ -143,10 +143,8 @@ impl SqliteStore {
                         })
                 };
                 let wal = open_wal()?;
-                // The writer's own handle for small batches. Opened by path, not duplicated:
-                // what fsyncs a file is then seen as the file's, by a kernel or a test's
-                // power-loss layer alike.
-                let inline_wal = open_wal()?;
+                // The writer's own, opened again rather than duplicated (see SyncerHandle).
+                let writers_wal = open_wal()?;
                 // The database file, which the syncer fsyncs after a checkpoint.
                 let database = File::open(path).with_context(|| {
                     format!("Failed to open the SQLite store {}", path.display())
@@ -164,9 +162,13 @@ impl SqliteStore {
                         move || syncer(wal, database, batches, handover, syncs)
                     })
                     .context("Failed to start the SQLite sync thread")?;
-                (Some((to_syncer, thread)), Some(inline_wal))
+                Some(SyncerHandle {
+                    to_syncer,
+                    thread,
+                    wal: writers_wal,
+                })
             }
-            Synchronous::Normal => (None, None),
+            Synchronous::Normal => None,
         };
         let (stop_checkpoints, checkpoints_stopped) = std::sync::mpsc::channel();
         let checkpoint_path = path.to_owned();
@@ -189,7 +191,6 @@ impl SqliteStore {
             wal,
             stop_checkpoints,
             syncer,
-            inline_wal,
             syncs: syncs.clone(),
             unsynced,
             database_pending: Cell::new(false),

@@ -69,7 +69,7 @@ const SYNCER_POLL: Duration = Duration::from_micros(100);
 /// a large batch goes to the syncer, so that the next one gathers meanwhile.
 pub(super) const INLINE_SYNC_MAX: usize = 8;
 
-/// Which thread made the WAL durable, commit by commit (tests, and the reason for each).
+/// How many fsyncs of the WAL each thread made for commits (the unit tests read them).
 #[derive(Default)]
 pub(super) struct SyncCounts {
     pub(super) by_writer: AtomicU64,
@@ -136,6 +136,16 @@ fn sync_wal(wal: &File) -> Result<(), String> {
     })
 }
 
+/// The syncer as the writer holds it: its queue and its thread, and the writer's own handle
+/// on the WAL for the small batches it makes durable itself (see [`INLINE_SYNC_MAX`]),
+/// opened by its path as SQLite's is, so that a kernel or a test's power-loss layer sees
+/// its fsyncs as the file's.
+pub(super) struct SyncerHandle {
+    pub(super) to_syncer: std::sync::mpsc::Sender<Synced>,
+    pub(super) thread: std::thread::JoinHandle<()>,
+    pub(super) wal: File,
+}
+
 /// How the syncer reaches the writer: how many commits it has not answered yet, and a
 /// weak handle on the writer's queue (so the queue still closes when the store is dropped).
 pub(super) struct Handover {
@@ -151,10 +161,8 @@ pub(super) struct Writer {
     pub(super) lock: File,
     pub(super) wal: Arc<WalState>,
     pub(super) stop_checkpoints: std::sync::mpsc::Sender<()>,
-    pub(super) syncer: Option<(std::sync::mpsc::Sender<Synced>, std::thread::JoinHandle<()>)>,
-    /// The WAL, opened by its path (as SQLite does), for the small batches whose fsync the
-    /// writer makes itself (see [`INLINE_SYNC_MAX`]); `None` without a syncer.
-    pub(super) inline_wal: Option<File>,
+    /// `None` under `synchronous = "normal"`.
+    pub(super) syncer: Option<SyncerHandle>,
     pub(super) syncs: Arc<SyncCounts>,
     /// Commits (and database-file syncs) handed to the syncer and not yet done.
     pub(super) unsynced: Arc<AtomicUsize>,
@@ -244,7 +252,10 @@ impl Writer {
             ..
         } = self;
         // Let the syncer make the last batches durable and answer them.
-        if let Some((to_syncer, thread)) = syncer {
+        if let Some(SyncerHandle {
+            to_syncer, thread, ..
+        }) = syncer
+        {
             drop(to_syncer);
             if thread.join().is_err() {
                 // Its batches' callers were answered with an error when their replies dropped.
@@ -365,7 +376,7 @@ impl Writer {
             if self
                 .syncer
                 .as_ref()
-                .is_none_or(|(_, thread)| thread.is_finished())
+                .is_none_or(|syncer| syncer.thread.is_finished())
             {
                 // It has gone (it panicked): what it held was answered with an error.
                 self.database_failed.store(true, Ordering::Release);
@@ -380,19 +391,19 @@ impl Writer {
     /// answered, and answers still leave in commit order), any other through the syncer.
     /// Without a syncer (`synchronous = "normal"`), at once.
     fn answer(&self, replies: Vec<Reply>, committed: Result<(), String>) {
-        if let Some(wal) = &self.inline_wal
+        if let Some(syncer) = &self.syncer
             && replies.len() <= INLINE_SYNC_MAX
             && self.unsynced.load(Ordering::Acquire) == 0
         {
             self.syncs.by_writer.fetch_add(1, Ordering::Relaxed);
-            let outcome = committed.and_then(|()| sync_wal(wal));
+            let outcome = committed.and_then(|()| sync_wal(&syncer.wal));
             for reply in replies {
                 reply(outcome.clone());
             }
             return;
         }
         match &self.syncer {
-            Some((to_syncer, _)) => {
+            Some(SyncerHandle { to_syncer, .. }) => {
                 self.unsynced.fetch_add(1, Ordering::AcqRel);
                 if let Err(std::sync::mpsc::SendError(Synced::Batch(replies, _))) =
                     to_syncer.send(Synced::Batch(replies, committed))
@@ -422,7 +433,7 @@ impl Writer {
             return;
         }
         let outcome = match &self.syncer {
-            Some((to_syncer, _)) => self.checkpoint_synced(to_syncer),
+            Some(SyncerHandle { to_syncer, .. }) => self.checkpoint_synced(to_syncer),
             // SQLite's own checkpoint: it fsyncs the WAL, copies, fsyncs the database file.
             None => passive_checkpoint(&self.conn).map(drop),
         };
