@@ -19,6 +19,7 @@ mod listing;
 mod prune;
 mod queries;
 pub(crate) mod schema;
+mod vfs;
 mod wal;
 mod writer;
 
@@ -84,8 +85,11 @@ impl SqliteStore {
         }
         let lock = lock_file(path)?;
         tune_library();
-        let mut conn = Connection::open(path)
-            .with_context(|| format!("Failed to open the SQLite store {}", path.display()))?;
+        // The writer's connection hands each commit's WAL frames to the kernel in one write.
+        vfs::register()?;
+        let mut conn =
+            Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), vfs::NAME)
+                .with_context(|| format!("Failed to open the SQLite store {}", path.display()))?;
         let page_bytes = configure(&conn)?;
         migrate(&mut conn)?;
         let released = conn
