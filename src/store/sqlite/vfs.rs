@@ -1,5 +1,5 @@
-//! A VFS over SQLite's default one that hands each commit's WAL frames to the kernel in
-//! one write (of up to 124 KiB: a commit of ~150 pages takes three).
+//! A VFS over SQLite's default one that hands each commit's WAL frames to the kernel in a
+//! few large writes (of up to 124 KiB) instead of two a page.
 //!
 //! SQLite appends a commit to the WAL frame by frame, two `pwrite`s a frame (its 24-byte
 //! header, then the page): at ~150 pages a commit that was ~300 system calls, each walking
@@ -47,7 +47,7 @@ const FRAME_HEADER: usize = 24;
 struct File {
     base: ffi::sqlite3_file,
     inner: *mut ffi::sqlite3_file,
-    /// `Some` for a WAL: the frames written but not yet handed to the kernel.
+    /// A WAL's frames written but not yet handed to the kernel; null for other files.
     kept: *mut Kept,
 }
 
@@ -198,15 +198,6 @@ unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
     }
 }
 
-/// Flushes a WAL before `f` runs on it; every other file goes straight to `f`.
-macro_rules! after_flush {
-    ($file:expr, $call:expr) => {{
-        // SAFETY: SQLite calls these methods only on files this VFS opened.
-        let rc = unsafe { flush($file) };
-        if rc != ffi::SQLITE_OK { rc } else { $call }
-    }};
-}
-
 unsafe extern "C" fn write(
     file: *mut ffi::sqlite3_file,
     data: *const c_void,
@@ -272,132 +263,58 @@ unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     }
 }
 
-unsafe extern "C" fn read(
-    file: *mut ffi::sqlite3_file,
-    buf: *mut c_void,
-    amount: c_int,
-    offset: i64,
-) -> c_int {
-    after_flush!(file, unsafe {
-        let (inner, m) = inner(file);
-        (m.xRead.expect("every file reads"))(inner, buf, amount, offset)
-    })
-}
-
-unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
-    after_flush!(file, unsafe {
-        let (inner, m) = inner(file);
-        (m.xTruncate.expect("every file truncates"))(inner, size)
-    })
-}
-
-unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    after_flush!(file, unsafe {
-        let (inner, m) = inner(file);
-        (m.xSync.expect("every file syncs"))(inner, flags)
-    })
-}
-
-unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
-    after_flush!(file, unsafe {
-        let (inner, m) = inner(file);
-        (m.xFileSize.expect("every file has a size"))(inner, size)
-    })
-}
-
-unsafe extern "C" fn lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    after_flush!(file, unsafe {
-        let (inner, m) = inner(file);
-        (m.xLock.expect("every file locks"))(inner, level)
-    })
-}
-
-unsafe extern "C" fn unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    after_flush!(file, unsafe {
-        let (inner, m) = inner(file);
-        (m.xUnlock.expect("every file unlocks"))(inner, level)
-    })
-}
-
-unsafe extern "C" fn check_reserved_lock(file: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
-    after_flush!(file, unsafe {
-        let (inner, m) = inner(file);
-        (m.xCheckReservedLock.expect("every file checks locks"))(inner, out)
-    })
-}
-
-unsafe extern "C" fn file_control(
-    file: *mut ffi::sqlite3_file,
-    op: c_int,
-    arg: *mut c_void,
-) -> c_int {
-    after_flush!(file, unsafe {
-        let (inner, m) = inner(file);
-        (m.xFileControl.expect("every file takes file controls"))(inner, op, arg)
-    })
-}
-
-unsafe extern "C" fn sector_size(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: a file this VFS opened.
-    unsafe {
-        let (inner, m) = inner(file);
-        m.xSectorSize.map_or(4096, |f| f(inner))
-    }
-}
-
-unsafe extern "C" fn device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: a file this VFS opened.
-    unsafe {
-        let (inner, m) = inner(file);
-        m.xDeviceCharacteristics.map_or(0, |f| f(inner))
-    }
-}
-
-unsafe extern "C" fn shm_map(
-    file: *mut ffi::sqlite3_file,
-    region: c_int,
-    size: c_int,
-    extend: c_int,
-    out: *mut *mut c_void,
-) -> c_int {
-    // SAFETY: a file this VFS opened; the WAL index belongs to the database file, not the WAL.
-    unsafe {
-        let (inner, m) = inner(file);
-        m.xShmMap
-            .map_or(ffi::SQLITE_IOERR, |f| f(inner, region, size, extend, out))
-    }
-}
-
-unsafe extern "C" fn shm_lock(
-    file: *mut ffi::sqlite3_file,
-    offset: c_int,
-    n: c_int,
-    flags: c_int,
-) -> c_int {
-    // SAFETY: a file this VFS opened.
-    unsafe {
-        let (inner, m) = inner(file);
-        m.xShmLock
-            .map_or(ffi::SQLITE_IOERR, |f| f(inner, offset, n, flags))
-    }
-}
-
-unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
-    // SAFETY: a file this VFS opened.
-    unsafe {
-        let (inner, m) = inner(file);
-        if let Some(f) = m.xShmBarrier {
-            f(inner)
+/// Methods that write out a WAL's kept frames first, then call the default VFS's method
+/// (a database file has none kept, so its calls go straight through).
+macro_rules! after_flush {
+    ($($name:ident => $method:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file, $($arg: $ty),*) -> c_int {
+            // SAFETY: SQLite calls its methods only on files this VFS opened.
+            unsafe {
+                let rc = flush(file);
+                if rc != ffi::SQLITE_OK {
+                    return rc;
+                }
+                let (inner, methods) = inner(file);
+                (methods.$method.expect(concat!("the default VFS's files have ", stringify!($method))))(
+                    inner, $($arg),*
+                )
+            }
         }
-    }
+    )*};
 }
 
-unsafe extern "C" fn shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
-    // SAFETY: a file this VFS opened.
-    unsafe {
-        let (inner, m) = inner(file);
-        m.xShmUnmap.map_or(ffi::SQLITE_OK, |f| f(inner, delete))
-    }
+after_flush! {
+    read => xRead(buf: *mut c_void, amount: c_int, offset: i64);
+    truncate => xTruncate(size: i64);
+    sync => xSync(flags: c_int);
+    file_size => xFileSize(size: *mut i64);
+    lock => xLock(level: c_int);
+    unlock => xUnlock(level: c_int);
+    check_reserved_lock => xCheckReservedLock(out: *mut c_int);
+    file_control => xFileControl(op: c_int, arg: *mut c_void);
+}
+
+/// Methods that call the default VFS's method as they are (none touches a WAL's frames:
+/// the WAL index belongs to the database file), or answer `$missing` where it has none.
+macro_rules! straight {
+    ($($name:ident => $method:ident($($arg:ident: $ty:ty),*) -> $ret:ty, or $missing:expr;)*) => {$(
+        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file, $($arg: $ty),*) -> $ret {
+            // SAFETY: SQLite calls its methods only on files this VFS opened.
+            unsafe {
+                let (inner, methods) = inner(file);
+                methods.$method.map_or($missing, |f| f(inner, $($arg),*))
+            }
+        }
+    )*};
+}
+
+straight! {
+    sector_size => xSectorSize() -> c_int, or 4096;
+    device_characteristics => xDeviceCharacteristics() -> c_int, or 0;
+    shm_map => xShmMap(region: c_int, size: c_int, extend: c_int, out: *mut *mut c_void) -> c_int, or ffi::SQLITE_IOERR;
+    shm_lock => xShmLock(offset: c_int, n: c_int, flags: c_int) -> c_int, or ffi::SQLITE_IOERR;
+    shm_barrier => xShmBarrier() -> (), or ();
+    shm_unmap => xShmUnmap(delete: c_int) -> c_int, or ffi::SQLITE_OK;
 }
 
 unsafe extern "C" fn fetch(
@@ -406,7 +323,12 @@ unsafe extern "C" fn fetch(
     amount: c_int,
     out: *mut *mut c_void,
 ) -> c_int {
-    after_flush!(file, unsafe {
+    // SAFETY: a file this VFS opened; `out` is SQLite's to write the mapping to.
+    unsafe {
+        let rc = flush(file);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
         let (inner, m) = inner(file);
         match m.xFetch.filter(|_| m.iVersion >= 3) {
             Some(f) => f(inner, offset, amount, out),
@@ -415,7 +337,7 @@ unsafe extern "C" fn fetch(
                 ffi::SQLITE_OK
             }
         }
-    })
+    }
 }
 
 unsafe extern "C" fn unfetch(
