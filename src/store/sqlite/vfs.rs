@@ -213,6 +213,8 @@ unsafe extern "C" fn write(
             return (methods.xWrite.expect("every file writes"))(inner, data, amount, offset);
         }
         let data = std::slice::from_raw_parts(data.cast::<u8>(), amount.max(0) as usize);
+        #[cfg(test)]
+        tests::saw_write(data.len(), offset);
         let (start, len) = ((*kept).offset, (*kept).bytes.len());
         if len != 0 && offset != start + len as i64 {
             let rc = flush(file);
@@ -390,6 +392,26 @@ pub(super) mod tests {
         pub(in crate::store::sqlite) static WAL_WRITES: Cell<u64> = const { Cell::new(0) };
     }
 
+    thread_local! {
+        /// Pages SQLite wrote over a frame of its own transaction (no header before them),
+        /// and where this thread's last WAL write ended.
+        static OVERWRITES: Cell<u64> = const { Cell::new(0) };
+        static LAST_END: Cell<i64> = const { Cell::new(0) };
+    }
+
+    /// Counts a page written anywhere but right after its frame's header.
+    pub(super) fn saw_write(len: usize, offset: i64) {
+        let header = len == FRAME_HEADER || offset == 0;
+        if !header && LAST_END.with(Cell::get) != offset {
+            OVERWRITES.with(|n| n.set(n.get() + 1));
+        }
+        LAST_END.with(|end| end.set(offset + len as i64));
+    }
+
+    fn wal_bytes(dir: &std::path::Path) -> u64 {
+        std::fs::metadata(dir.join("store.db-wal")).unwrap().len()
+    }
+
     fn writes() -> u64 {
         WAL_WRITES.with(Cell::get)
     }
@@ -483,24 +505,40 @@ pub(super) mod tests {
         assert_eq!(count(&again), 2010);
     }
 
-    /// A transaction that spills its page cache into the WAL before it commits (frames
-    /// kept and written before the commit frame, some pages written twice) is whole in the
-    /// files when the commit returns.
+    /// A transaction that spills its page cache into the WAL and then changes the same pages
+    /// again has SQLite write them over its own frames and, at commit, rewrite the checksums
+    /// of its frames, the commit frame's header last with no page after it: that header too
+    /// is in the file when the commit returns (without its own write, the copy opened as
+    /// after a crash stops at the broken checksum and loses the whole transaction).
     #[test]
-    fn a_transaction_that_spilled_its_cache_is_whole_in_the_files() {
+    fn a_transaction_that_rewrote_its_frames_is_whole_in_the_files() {
         let dir = tempfile::tempdir().unwrap();
         let conn = writer(&dir.path().join("store.db"));
         insert(&conn, 50, 100);
         conn.execute_batch("PRAGMA cache_size = 10; BEGIN").unwrap();
         for round in 0..20 {
-            conn.execute("UPDATE t SET body = randomblob(100 + ?1)", [round])
+            conn.execute("INSERT INTO t (body) VALUES (randomblob(1500))", [])
                 .unwrap();
-            conn.execute("INSERT INTO t (body) VALUES (randomblob(3000))", [])
-                .unwrap();
+            for _ in 0..25 {
+                conn.execute("INSERT INTO t (body) VALUES (randomblob(1500))", [])
+                    .unwrap();
+            }
+            conn.execute(
+                "UPDATE t SET body = randomblob(100 + ?1) WHERE id <= 50",
+                [round],
+            )
+            .unwrap();
         }
+        // The path under test: SQLite spilled, then wrote pages over its own frames.
+        let (spilled, over) = (wal_bytes(dir.path()), OVERWRITES.with(Cell::get));
+        assert!(
+            spilled > 500 * 2048,
+            "{spilled} WAL bytes before the commit"
+        );
+        assert!(over > 0, "no page was written over its own frame");
         conn.execute_batch("COMMIT").unwrap();
         let (_copy, again) = reopened_copy(dir.path());
-        assert_eq!(count(&again), 70);
+        assert_eq!(count(&again), 570);
         let longest: i64 = again
             .query_row("SELECT max(length(body)) FROM t WHERE id <= 50", [], |r| {
                 r.get(0)
