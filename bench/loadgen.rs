@@ -565,7 +565,9 @@ fn gateway_config(
             "url = \"sqlite://{}\"\nsynchronous = \"full\"",
             dir.join("bench.db").display()
         ),
-        url if url.starts_with("postgres") => format!("url = \"{url}\"\npool_size = 32"),
+        // The pool as a deployment gets it: sized from the machine (`storage.pool_size`
+        // unset), not the 32 of the first runs, which only queued on 2 cores.
+        url if url.starts_with("postgres") => format!("url = \"{url}\""),
         other => bail!("--store must be sqlite or a postgres:// URL, not {other}"),
     };
     let config = format!(
