@@ -40,6 +40,8 @@ pub struct PgStore {
     pool: Pool,
     /// Reads "now" for leases and due times (tests: a manual clock).
     clock: Clock,
+    /// Delivery attempt results, recorded in groups.
+    results: std::sync::Arc<attempts::Results>,
 }
 
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -120,6 +122,7 @@ async fn prepared(client: &impl GenericClient, sql: &str) -> Result<Statement, S
 
 // After the macro, so that they may use it.
 mod accept;
+mod attempts;
 mod jobs;
 mod listing;
 mod queries;
@@ -169,6 +172,7 @@ impl PgStore {
             .build()
             .context("Failed to build the PostgreSQL pool")?;
         let store = PgStore {
+            results: std::sync::Arc::new(attempts::Results::new(pool.clone(), Clock::system())),
             pool,
             clock: Clock::system(),
         };
@@ -180,6 +184,8 @@ impl PgStore {
 
     /// The same store reading `clock` for leases and due times (tests: a manual clock).
     pub fn with_clock(mut self, clock: Clock) -> PgStore {
+        self.results =
+            std::sync::Arc::new(attempts::Results::new(self.pool.clone(), clock.clone()));
         self.clock = clock;
         self
     }

@@ -183,37 +183,7 @@ impl Store for PgStore {
     }
 
     async fn finish_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
-        let (status, next_attempt_at) = record.next.status();
-        // One statement, so one round trip and atomic: the attempt is logged only if the
-        // lease was still ours and the delivery moved on.
-        let logged = self
-            .execute(
-                "WITH u AS (
-                     UPDATE deliveries SET status = $2, attempts = $3,
-                         next_attempt_at = COALESCE($4, next_attempt_at), lease_until = NULL,
-                         lease_token = NULL, last_status = $5, last_error = $6, updated_at = $7
-                     WHERE id = $1 AND lease_token = $8
-                     RETURNING id)
-                 INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error)
-                 SELECT u.id, $3, $9, $10, $5, $6 FROM u",
-                &[
-                    &record.delivery_id.as_str(),
-                    &status.as_str(),
-                    &(record.attempt as i32),
-                    &next_attempt_at,
-                    &record.status_code.map(i32::from),
-                    &record.error,
-                    &self.clock.now_ms(),
-                    &record.lease_token,
-                    &record.started_at_ms,
-                    &record.duration_ms,
-                ],
-            )
-            .await?;
-        if logged == 0 {
-            tracing::warn!(delivery_id = %record.delivery_id, "Attempt result arrived after its lease passed on; dropped");
-        }
-        Ok(())
+        self.results.record(record).await
     }
 
     async fn next_due_at(&self, target: &str) -> Result<Option<i64>, StoreError> {

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use super::*;
 use crate::store::Store;
 use crate::store::schema::MIGRATIONS;
@@ -131,6 +133,135 @@ async fn a_dead_pooled_connection_is_replaced_not_answered_503() {
             .await;
         assert!(outcome.is_ok(), "round {round}: {outcome:?}");
     }
+}
+
+/// Results that arrive while a statement is on its way wait for the next one: a hundred
+/// results at once take a few statements (transactions), not a hundred, and each is
+/// answered only once its own statement has committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_arriving_together_share_statements() {
+    use crate::event::EventType;
+    use crate::store::{AttemptRecord, Completion};
+    let Some(url) = postgres_schema_url().await else {
+        return;
+    };
+    let store = std::sync::Arc::new(PgStore::open(&url, 4).await.unwrap());
+    for i in 0..100 {
+        store
+            .accept(crate::store::suite::accept(
+                &format!("s{i}"),
+                &[EventType::SessionEnded],
+                &["t"],
+            ))
+            .await
+            .unwrap();
+    }
+    let claimed = store
+        .claim_due("t", 100, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 100);
+    let before = store.results.statements();
+    let tasks: Vec<_> = claimed
+        .into_iter()
+        .map(|c| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .finish_attempt(AttemptRecord {
+                        delivery_id: c.id,
+                        lease_token: c.lease_token,
+                        attempt: 1,
+                        started_at_ms: 0,
+                        duration_ms: 1,
+                        status_code: Some(204),
+                        error: None,
+                        next: Completion::Delivered,
+                    })
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let statements = store.results.statements() - before;
+    let delivered: i64 = store
+        .query_one(
+            "SELECT count(*) FROM deliveries WHERE status = 'delivered'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let logged: i64 = store
+        .query_one("SELECT count(*) FROM attempts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((delivered, logged), (100, 100));
+    assert!(
+        statements < 50,
+        "{statements} statements recorded 100 results that arrived together"
+    );
+}
+
+/// A stale result and the current one for the same delivery in one statement: only the
+/// current lease's result moves the delivery on and is logged.
+#[tokio::test]
+async fn a_stale_result_in_the_same_group_is_dropped() {
+    use crate::event::EventType;
+    use crate::store::{AttemptRecord, Completion};
+    let Some(url) = postgres_schema_url().await else {
+        return;
+    };
+    let store = PgStore::open(&url, 2).await.unwrap();
+    store
+        .accept(crate::store::suite::accept(
+            "s1",
+            &[EventType::SessionEnded],
+            &["t"],
+        ))
+        .await
+        .unwrap();
+    let short = store
+        .claim_due("t", 1, Duration::from_millis(1))
+        .await
+        .unwrap()
+        .remove(0);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let current = store
+        .claim_due("t", 1, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0);
+    let result = |c: &crate::store::ClaimedDelivery, next| AttemptRecord {
+        delivery_id: c.id.clone(),
+        lease_token: c.lease_token,
+        attempt: 1,
+        started_at_ms: 0,
+        duration_ms: 1,
+        status_code: Some(500),
+        error: Some("HTTP 500".into()),
+        next,
+    };
+    let stale = result(&short, Completion::Dead);
+    let fresh = result(&current, Completion::Delivered);
+    let recorded = store.results.record_group(&[&stale, &fresh]).await.unwrap();
+    assert_eq!(
+        recorded.into_iter().collect::<Vec<_>>(),
+        [(current.id.to_string(), current.lease_token)]
+    );
+    let d = store
+        .deliveries(crate::store::DeliveryFilter {
+            limit: 10,
+            with_attempts: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(d[0].status, crate::store::DeliveryStatus::Delivered);
+    assert_eq!(d[0].attempt_log.as_ref().unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -213,6 +213,69 @@ pub(super) async fn a_result_after_the_lease_passed_on_is_dropped(s: Arc<dyn Sto
     );
 }
 
+/// Results arriving together are recorded together (both backends group them): each
+/// once, under its own lease, and a stale one among them is still dropped.
+pub(super) async fn results_arriving_together_are_each_recorded_once(s: Arc<dyn Store>) {
+    for i in 0..40 {
+        s.accept(accept(&format!("s{i}"), &[EventType::SessionEnded], &["t"]))
+            .await
+            .unwrap();
+    }
+    let short = s
+        .claim_due("t", 1, Duration::from_millis(1))
+        .await
+        .unwrap()
+        .remove(0);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let claimed = s
+        .claim_due("t", 100, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.len(),
+        40,
+        "the expired lease is claimed again with the rest"
+    );
+    let mut results: Vec<AttemptRecord> = claimed
+        .iter()
+        .map(|c| attempt(c, Completion::Delivered))
+        .collect();
+    // The stale worker's verdict arrives among the others.
+    results.insert(20, attempt(&short, Completion::Dead));
+    let tasks: Vec<_> = results
+        .into_iter()
+        .map(|r| {
+            let s = s.clone();
+            tokio::spawn(async move { s.finish_attempt(r).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let d = s
+        .deliveries(DeliveryFilter {
+            with_attempts: true,
+            ..all()
+        })
+        .await
+        .unwrap();
+    assert_eq!(d.len(), 40);
+    for delivery in &d {
+        assert_eq!(
+            delivery.status,
+            DeliveryStatus::Delivered,
+            "{}",
+            delivery.id
+        );
+        assert_eq!(delivery.attempts, 1);
+        assert_eq!(
+            delivery.attempt_log.as_ref().unwrap().len(),
+            1,
+            "one line per recorded attempt; none for the stale one"
+        );
+    }
+}
+
 pub(super) async fn retry_requeues_only_dead_deliveries_and_replay_adds_deliveries(
     s: Arc<dyn Store>,
 ) {

@@ -92,6 +92,7 @@ suite!(
         handed_over_deliveries_are_committed_leased,
         concurrent_events_of_one_session_all_merge,
         a_result_after_the_lease_passed_on_is_dropped,
+        results_arriving_together_are_each_recorded_once,
         retry_requeues_only_dead_deliveries_and_replay_adds_deliveries,
         events_and_deliveries_page_newest_first,
         ignored_requests_are_kept_and_ping_answers,
