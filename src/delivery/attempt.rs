@@ -30,16 +30,17 @@ pub(super) struct Job {
 }
 
 impl Job {
-    #[tracing::instrument(
-        name = "delivery_attempt",
-        skip_all,
-        fields(
+    /// What every line about attempt `attempt` of this delivery is logged within.
+    fn span(&self, attempt: u32) -> tracing::Span {
+        tracing::info_span!(
+            "delivery_attempt",
             target = %self.target.name,
             delivery_id = %self.delivery.id,
             event_id = %self.delivery.event_id,
-            attempt = self.delivery.attempts + 1,
+            attempt,
         )
-    )]
+    }
+
     /// Returns when this delivery falls due again (unix ms), if it stays pending: its retry
     /// time, or the end of its lease if the result could not be recorded.
     ///
@@ -89,14 +90,25 @@ impl Job {
                 },
             ),
         };
-        self.metrics.attempted(
-            &self.target.name,
-            result,
-            Duration::from_millis(duration_ms as u64),
-            answer.status,
-            self.delivery.received_at,
-            self.delivery.occurred_at,
-        );
+        let delivered = matches!(result, AttemptResult::Delivered);
+        let attempted = || {
+            self.metrics.attempted(
+                &self.target.name,
+                result,
+                Duration::from_millis(duration_ms as u64),
+                answer.status,
+                self.delivery.received_at,
+                self.delivery.occurred_at,
+            )
+        };
+        // A delivered attempt logs only at debug (from `metrics`): at the usual info level
+        // its span would be made (fields formatted, allocated) for no line at all, 2% of
+        // the gateway's CPU under load.
+        if delivered && !tracing::enabled!(target: "sessiongate::metrics", tracing::Level::DEBUG) {
+            attempted();
+        } else {
+            self.span(attempt).in_scope(attempted);
+        }
         let record = AttemptRecord {
             delivery_id: self.delivery.id.clone(),
             lease_token: self.delivery.lease_token,
@@ -117,7 +129,9 @@ impl Job {
             }
             Err(e) => {
                 // The lease expires and the delivery is attempted again: a repeat, not a loss.
-                tracing::error!(error = %chain(&e), "Failed to record a delivery attempt; it will be repeated");
+                self.span(attempt).in_scope(|| {
+                    tracing::error!(error = %chain(&e), "Failed to record a delivery attempt; it will be repeated")
+                });
                 Some(self.clock.now_ms() + self.target.lease.as_millis() as i64)
             }
         }

@@ -441,6 +441,92 @@ mod tests {
         assert_eq!(rig.status().await, (DeliveryStatus::Delivered, 1));
     }
 
+    /// What an info-level subscriber saw: its formatted lines, and how many
+    /// `delivery_attempt` spans were made.
+    #[derive(Clone, Default)]
+    struct Seen {
+        lines: Arc<Mutex<Vec<u8>>>,
+        spans: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl std::io::Write for Seen {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.lines.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Seen {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            if attrs.metadata().name() == "delivery_attempt" {
+                self.spans
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// At info, a delivered attempt makes no span (it would log nothing within it), and a
+    /// failed one logs its line within one that names the delivery.
+    #[tokio::test(start_paused = true)]
+    async fn only_attempts_that_log_make_a_span() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let seen = Seen::default();
+        let writer = seen.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::INFO)
+            .with(seen.clone())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone()),
+            );
+        // This test's runtime has one thread: the attempts run on it.
+        let _default = tracing::subscriber::set_default(subscriber);
+        let mut rig = rig(&[Verdict::Retry { retry_after: None }, Verdict::Delivered]).await;
+        rig.turn().await;
+        rig.ingest("s1").await;
+        rig.turn().await;
+        let spans = || seen.spans.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            spans(),
+            1,
+            "the failed attempt's line is logged within its span"
+        );
+        let lines = String::from_utf8(seen.lines.lock().unwrap().clone()).unwrap();
+        let line = lines
+            .lines()
+            .find(|l| l.contains("will retry"))
+            .expect("the failure is logged");
+        let id = &rig
+            .store
+            .store
+            .deliveries(DeliveryFilter {
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()[0]
+            .id;
+        assert!(
+            line.contains(&format!("delivery_id={id}")) && line.contains("attempt=1"),
+            "{line}"
+        );
+
+        let wait = rig.store.store.next_due_at("t").await.unwrap().unwrap() - rig.clock.now_ms();
+        crate::clock::advance(&rig.clock, Duration::from_millis(wait as u64)).await;
+        rig.turn().await;
+        assert_eq!(rig.status().await, (DeliveryStatus::Delivered, 2));
+        assert_eq!(spans(), 1, "no span for the delivered attempt");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_idle_worker_claims_every_idle_poll_for_leases_that_ended_elsewhere() {
         let mut rig = rig(&[]).await;
