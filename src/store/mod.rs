@@ -583,6 +583,17 @@ pub async fn open(
     }
 }
 
+/// An attempt's error as both stores keep it: a receiver's answer is quoted in it whatever
+/// bytes it held, and PostgreSQL's text refuses NUL, so a NUL becomes U+FFFD (on either
+/// store, so that both show the same).
+pub(crate) fn error_text(error: &str) -> std::borrow::Cow<'_, str> {
+    if error.contains('\0') {
+        error.replace('\0', "\u{FFFD}").into()
+    } else {
+        error.into()
+    }
+}
+
 /// A fresh lease token for a claim.
 pub(crate) fn lease_token() -> i64 {
     rand::random::<i64>()

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use super::{backend, connection_lost, prepared};
 use crate::clock::Clock;
-use crate::store::{AttemptRecord, StoreError};
+use crate::store::{AttemptRecord, StoreError, error_text};
 
 /// Results one statement records at most; more wait for the next.
 const GROUP_MAX: usize = 256;
@@ -152,7 +152,7 @@ impl Results {
             attempts.push(record.attempt as i32);
             next_at.push(next_attempt_at);
             codes.push(record.status_code.map(i32::from));
-            errors.push(record.error.as_deref());
+            errors.push(record.error.as_deref().map(error_text));
             started.push(record.started_at_ms);
             durations.push(record.duration_ms);
         }

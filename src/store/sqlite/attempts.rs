@@ -14,7 +14,7 @@ use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
 use super::writer::{Reply, Work};
-use crate::store::{AttemptRecord, StoreError};
+use crate::store::{AttemptRecord, StoreError, error_text};
 
 /// A result waiting for the writer: the record, when it arrived (unix ms), its caller.
 type Waiting = (AttemptRecord, i64, oneshot::Sender<Result<(), StoreError>>);
@@ -148,7 +148,7 @@ fn record_all(conn: &Connection, waiting: &[Waiting]) -> rusqlite::Result<()> {
             record.attempt,
             next_attempt_at,
             record.status_code,
-            record.error,
+            record.error.as_deref().map(error_text),
             now,
             record.lease_token
         ])?;
@@ -162,7 +162,7 @@ fn record_all(conn: &Connection, waiting: &[Waiting]) -> rusqlite::Result<()> {
             record.started_at_ms,
             record.duration_ms,
             record.status_code,
-            record.error
+            record.error.as_deref().map(error_text)
         ])?;
     }
     Ok(())

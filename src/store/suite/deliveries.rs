@@ -276,6 +276,31 @@ pub(super) async fn results_arriving_together_are_each_recorded_once(s: Arc<dyn 
     }
 }
 
+/// A receiver's answer is kept in the attempt's error as text, whatever bytes it held: a
+/// NUL (which PostgreSQL's text refuses) must not stop the result from being recorded, nor
+/// the results recorded with it.
+pub(super) async fn a_result_whose_error_holds_a_nul_is_recorded(s: Arc<dyn Store>) {
+    for i in 0..2 {
+        s.accept(accept(&format!("s{i}"), &[EventType::SessionEnded], &["t"]))
+            .await
+            .unwrap();
+    }
+    let claimed = s.claim_due("t", 10, Duration::from_secs(60)).await.unwrap();
+    let mut odd = attempt(&claimed[0], Completion::Dead);
+    odd.error = Some("HTTP 500: a\0b".into());
+    let (odd, fine) = tokio::join!(
+        s.finish_attempt(odd),
+        s.finish_attempt(attempt(&claimed[1], Completion::Dead))
+    );
+    odd.unwrap();
+    fine.unwrap();
+    let d = s.deliveries(all()).await.unwrap();
+    assert!(d.iter().all(|d| d.status == DeliveryStatus::Dead));
+    let odd = d.iter().find(|d| d.id == claimed[0].id).unwrap();
+    let kept = odd.last_error.as_deref().unwrap();
+    assert_eq!(kept, "HTTP 500: a\u{FFFD}b");
+}
+
 pub(super) async fn retry_requeues_only_dead_deliveries_and_replay_adds_deliveries(
     s: Arc<dyn Store>,
 ) {

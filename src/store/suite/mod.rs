@@ -93,6 +93,7 @@ suite!(
         concurrent_events_of_one_session_all_merge,
         a_result_after_the_lease_passed_on_is_dropped,
         results_arriving_together_are_each_recorded_once,
+        a_result_whose_error_holds_a_nul_is_recorded,
         retry_requeues_only_dead_deliveries_and_replay_adds_deliveries,
         events_and_deliveries_page_newest_first,
         ignored_requests_are_kept_and_ping_answers,
