@@ -42,6 +42,8 @@ pub struct PgStore {
     clock: Clock,
     /// Delivery attempt results, recorded in groups.
     results: std::sync::Arc<attempts::Results>,
+    /// Session reads by ingests so far (the tests count the ones skipped).
+    session_reads: std::sync::atomic::AtomicU64,
 }
 
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -175,6 +177,7 @@ impl PgStore {
             results: std::sync::Arc::new(attempts::Results::new(pool.clone(), Clock::system())),
             pool,
             clock: Clock::system(),
+            session_reads: Default::default(),
         };
         schema::migrate(&store.pool, schema)
             .await

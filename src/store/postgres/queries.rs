@@ -57,7 +57,7 @@ impl Store for PgStore {
         handoff: Handoff,
     ) -> Result<IngestOutcome, StoreError> {
         on_connection!(self, |client| {
-            accept_on(&client, &accept, &handoff, &self.clock).await
+            accept_on(&client, &accept, &handoff, &self.clock, &self.session_reads).await
         })
     }
 

@@ -264,6 +264,78 @@ async fn a_stale_result_in_the_same_group_is_dropped() {
     assert_eq!(d[0].attempt_log.as_ref().unwrap().len(), 1);
 }
 
+/// A session's first event is written without reading the session first; where the
+/// session exists after all (an event came before it, or this is a repeat), the write
+/// saves nothing and the ingest reads and merges as any other.
+#[tokio::test]
+async fn a_first_event_skips_the_read_unless_its_session_exists() {
+    use crate::event::EventType;
+    use crate::store::IngestOutcome;
+    use crate::store::suite::accept;
+    let Some(url) = postgres_schema_url().await else {
+        return;
+    };
+    let store = PgStore::open(&url, 2).await.unwrap();
+    let reads = || {
+        store
+            .session_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+
+    let started = store
+        .accept(accept("new", &[EventType::SessionStarted], &["t"]))
+        .await
+        .unwrap();
+    assert!(
+        matches!(started, IngestOutcome::Accepted { .. }),
+        "{started:?}"
+    );
+    assert_eq!(reads(), 0, "a new session's first event is written at once");
+    let again = store
+        .accept(accept("new", &[EventType::SessionStarted], &["t"]))
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, IngestOutcome::Duplicate { .. }),
+        "{again:?}"
+    );
+    assert_eq!(reads(), 1, "a repeat finds the session and reads it");
+
+    // The end before the start: the start merges into the session the end made.
+    store
+        .accept(accept("late", &[EventType::SessionEnded], &["t"]))
+        .await
+        .unwrap();
+    let before = reads();
+    let mut late_start = accept("late", &[EventType::SessionStarted], &["t"]);
+    late_start.events[0]
+        .facts
+        .variables
+        .insert("from_start".into(), serde_json::json!(true));
+    let merged = store.accept(late_start).await.unwrap();
+    assert!(
+        matches!(merged, IngestOutcome::Accepted { .. }),
+        "{merged:?}"
+    );
+    assert_eq!(reads() - before, 1);
+    let view = store.session("pathors", "late").await.unwrap().unwrap();
+    assert_eq!(
+        view.session.variables["from_start"],
+        serde_json::json!(true)
+    );
+    assert_eq!(
+        view.session.message_count,
+        Some(3),
+        "the end's facts are kept"
+    );
+    let events: i64 = store
+        .query_one("SELECT count(*) FROM events WHERE session_id = 'late'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(events >= 2, "both events stored ({events})");
+}
+
 #[tokio::test]
 async fn storage_schema_holds_the_tables_and_is_created_if_missing() {
     // A schema of its own within the test schema's database; the URL's own search path
