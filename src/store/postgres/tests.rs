@@ -140,22 +140,13 @@ async fn a_dead_pooled_connection_is_replaced_not_answered_503() {
 /// answered only once its own statement has committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_arriving_together_share_statements() {
-    use crate::event::EventType;
-    use crate::store::{AttemptRecord, Completion};
+    use crate::store::Completion;
+    use crate::store::suite::{attempt, ended_sessions};
     let Some(url) = postgres_schema_url().await else {
         return;
     };
     let store = std::sync::Arc::new(PgStore::open(&url, 4).await.unwrap());
-    for i in 0..100 {
-        store
-            .accept(crate::store::suite::accept(
-                &format!("s{i}"),
-                &[EventType::SessionEnded],
-                &["t"],
-            ))
-            .await
-            .unwrap();
-    }
+    ended_sessions(&*store, 100).await;
     let claimed = store
         .claim_due("t", 100, Duration::from_secs(60))
         .await
@@ -168,16 +159,7 @@ async fn results_arriving_together_share_statements() {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .finish_attempt(AttemptRecord {
-                        delivery_id: c.id,
-                        lease_token: c.lease_token,
-                        attempt: 1,
-                        started_at_ms: 0,
-                        duration_ms: 1,
-                        status_code: Some(204),
-                        error: None,
-                        next: Completion::Delivered,
-                    })
+                    .finish_attempt(attempt(&c, Completion::Delivered))
                     .await
             })
         })
@@ -210,43 +192,21 @@ async fn results_arriving_together_share_statements() {
 /// current lease's result moves the delivery on and is logged.
 #[tokio::test]
 async fn a_stale_result_in_the_same_group_is_dropped() {
-    use crate::event::EventType;
-    use crate::store::{AttemptRecord, Completion};
+    use crate::store::Completion;
+    use crate::store::suite::{a_lapsed_claim, attempt, ended_sessions};
     let Some(url) = postgres_schema_url().await else {
         return;
     };
     let store = PgStore::open(&url, 2).await.unwrap();
-    store
-        .accept(crate::store::suite::accept(
-            "s1",
-            &[EventType::SessionEnded],
-            &["t"],
-        ))
-        .await
-        .unwrap();
-    let short = store
-        .claim_due("t", 1, Duration::from_millis(1))
-        .await
-        .unwrap()
-        .remove(0);
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    ended_sessions(&store, 1).await;
+    let short = a_lapsed_claim(&store).await;
     let current = store
         .claim_due("t", 1, Duration::from_secs(60))
         .await
         .unwrap()
         .remove(0);
-    let result = |c: &crate::store::ClaimedDelivery, next| AttemptRecord {
-        delivery_id: c.id.clone(),
-        lease_token: c.lease_token,
-        attempt: 1,
-        started_at_ms: 0,
-        duration_ms: 1,
-        status_code: Some(500),
-        error: Some("HTTP 500".into()),
-        next,
-    };
-    let stale = result(&short, Completion::Dead);
-    let fresh = result(&current, Completion::Delivered);
+    let stale = attempt(&short, Completion::Dead);
+    let fresh = attempt(&current, Completion::Delivered);
     let recorded = store.results.record_group(&[&stale, &fresh]).await.unwrap();
     assert_eq!(
         recorded.into_iter().collect::<Vec<_>>(),

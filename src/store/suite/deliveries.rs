@@ -181,15 +181,8 @@ pub(super) async fn concurrent_events_of_one_session_all_merge(s: Arc<dyn Store>
 }
 
 pub(super) async fn a_result_after_the_lease_passed_on_is_dropped(s: Arc<dyn Store>) {
-    s.accept(accept("s1", &[EventType::SessionEnded], &["t"]))
-        .await
-        .unwrap();
-    let short = s
-        .claim_due("t", 1, Duration::from_millis(1))
-        .await
-        .unwrap()
-        .remove(0);
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    ended_sessions(&*s, 1).await;
+    let short = a_lapsed_claim(&*s).await;
     let taken_over = s
         .claim_due("t", 1, Duration::from_secs(60))
         .await
@@ -216,17 +209,8 @@ pub(super) async fn a_result_after_the_lease_passed_on_is_dropped(s: Arc<dyn Sto
 /// Results arriving together are recorded together (both backends group them): each
 /// once, under its own lease, and a stale one among them is still dropped.
 pub(super) async fn results_arriving_together_are_each_recorded_once(s: Arc<dyn Store>) {
-    for i in 0..40 {
-        s.accept(accept(&format!("s{i}"), &[EventType::SessionEnded], &["t"]))
-            .await
-            .unwrap();
-    }
-    let short = s
-        .claim_due("t", 1, Duration::from_millis(1))
-        .await
-        .unwrap()
-        .remove(0);
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    ended_sessions(&*s, 40).await;
+    let short = a_lapsed_claim(&*s).await;
     let claimed = s
         .claim_due("t", 100, Duration::from_secs(60))
         .await
@@ -280,11 +264,7 @@ pub(super) async fn results_arriving_together_are_each_recorded_once(s: Arc<dyn 
 /// NUL (which PostgreSQL's text refuses) must not stop the result from being recorded, nor
 /// the results recorded with it.
 pub(super) async fn a_result_whose_error_holds_a_nul_is_recorded(s: Arc<dyn Store>) {
-    for i in 0..2 {
-        s.accept(accept(&format!("s{i}"), &[EventType::SessionEnded], &["t"]))
-            .await
-            .unwrap();
-    }
+    ended_sessions(&*s, 2).await;
     let claimed = s.claim_due("t", 10, Duration::from_secs(60)).await.unwrap();
     let mut odd = attempt(&claimed[0], Completion::Dead);
     odd.error = Some("HTTP 500: a\0b".into());

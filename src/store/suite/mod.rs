@@ -153,7 +153,7 @@ fn all() -> DeliveryFilter {
     }
 }
 
-fn attempt(c: &ClaimedDelivery, next: Completion) -> AttemptRecord {
+pub(crate) fn attempt(c: &ClaimedDelivery, next: Completion) -> AttemptRecord {
     AttemptRecord {
         delivery_id: c.id.clone(),
         lease_token: c.lease_token,
@@ -310,4 +310,25 @@ async fn events_merge_into_the_session_record_in_any_order(s: Arc<dyn Store>) {
     assert_eq!(body["session"]["messageCount"], 8);
     assert_eq!(body["session"]["currentNodeId"], "end");
     assert!(s.session("pathors", "nope").await.unwrap().is_none());
+}
+
+/// Accepts `n` sessions (`s0`, `s1`, …), each with one `session.ended` for target `t`.
+pub(crate) async fn ended_sessions(s: &dyn Store, n: usize) {
+    for i in 0..n {
+        s.accept(accept(&format!("s{i}"), &[EventType::SessionEnded], &["t"]))
+            .await
+            .unwrap();
+    }
+}
+
+/// Claims one due delivery of `t` under a 1 ms lease and lets the lease end: what a stale
+/// worker holds once the delivery is claimed again.
+pub(crate) async fn a_lapsed_claim(s: &dyn Store) -> ClaimedDelivery {
+    let claim = s
+        .claim_due("t", 1, std::time::Duration::from_millis(1))
+        .await
+        .unwrap()
+        .remove(0);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    claim
 }
