@@ -1,5 +1,6 @@
-//! An ingest on PostgreSQL: one read, then one data-modifying statement that saves the
-//! session with a compare-and-set on its row version and writes everything else.
+//! An ingest on PostgreSQL: one read (none for a session's first event), then one
+//! data-modifying statement that saves the session with a compare-and-set on its row
+//! version and writes everything else.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -8,20 +8,25 @@
 //!   (`xmin`): if another request changed the session in between, nothing is written and the
 //!   ingest starts over from the read. So events of one session, on any replica, never lose
 //!   each other's facts, duplicates are caught, and `session.finalized` is stored once (the
-//!   events' unique id is a second guard). Two round trips, no transaction to hold open;
+//!   events' unique id is a second guard). Two round trips, no transaction to hold open; a
+//!   session's first event skips the read and writes as if the session were new (one round
+//!   trip), reading only if the compare-and-set finds it was not;
 //! - deliveries are claimed with `FOR UPDATE SKIP LOCKED` under a lease with a token; a
 //!   replica that dies mid-delivery leaves a lease that expires, and another replica takes
-//!   the delivery over. A result recorded after its lease passed on is dropped;
+//!   the delivery over. A result recorded after its lease passed on is dropped. Results
+//!   that arrive together are recorded by one statement (`attempts`);
 //! - migrations run at start-up under an advisory lock, so replicas starting together apply
 //!   them once;
 //! - a connection failure answers [`StoreError`] (ingest says 503) and the pool reconnects on
 //!   its own once PostgreSQL is back.
 //!
 //! Here: the pool, its connection handling and error mapping; `accept` the ingest path;
-//! `queries` every other operation; `schema` the migrations; [`tls`] `sslmode`.
+//! `attempts` the grouped results; `queries` every other operation; `schema` the
+//! migrations; [`tls`] `sslmode`.
 //!
 //! PostgreSQL commits concurrent statements with its own group commit, so each request uses
-//! its own statements on a pooled connection; every write is one statement (one round trip).
+//! its own statements on a pooled connection; every write is one statement (one round trip),
+//! and attempt results, as frequent as ingests, share theirs.
 
 use std::time::Duration;
 
