@@ -275,14 +275,73 @@ impl Child {
 
     /// User + system CPU time used so far.
     fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.id()))
-            .unwrap_or_default();
-        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-        Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+        process_cpu(&self.process.id().to_string())
     }
+}
+
+/// For each thread name of process `pid`: how many threads, the time they ran on a core and
+/// the time they were ready to run but waited for one (`/proc/PID/task/*/schedstat`, in ns).
+fn thread_times(pid: u32) -> std::collections::BTreeMap<String, (usize, u64, u64)> {
+    let mut threads = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
+    };
+    for task in tasks.flatten() {
+        let read = |file: &str| std::fs::read_to_string(task.path().join(file));
+        let (Ok(name), Ok(stat)) = (read("comm"), read("schedstat")) else {
+            continue;
+        };
+        let mut fields = stat
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().unwrap_or(0));
+        let (ran, waited) = (fields.next().unwrap_or(0), fields.next().unwrap_or(0));
+        let entry = threads.entry(name.trim().to_owned()).or_insert((0, 0, 0));
+        *entry = (entry.0 + 1, entry.1 + ran, entry.2 + waited);
+    }
+    threads
+}
+
+/// The share of `elapsed` each kind of thread spent on a core and waiting for one between
+/// two [`thread_times`], busiest first: on shared cores a single thread that every request
+/// passes through (the SQLite writer) bounds the rate before the cores are all busy.
+fn thread_shares(
+    before: &std::collections::BTreeMap<String, (usize, u64, u64)>,
+    after: &std::collections::BTreeMap<String, (usize, u64, u64)>,
+    elapsed: Duration,
+) -> String {
+    let wall = elapsed.as_nanos().max(1) as f64;
+    let mut shares: Vec<(String, usize, f64, f64)> = after
+        .iter()
+        .map(|(name, &(count, ran, waited))| {
+            let (_, ran_before, waited_before) = before.get(name).copied().unwrap_or_default();
+            let ran = ran.saturating_sub(ran_before) as f64 / wall;
+            let waited = waited.saturating_sub(waited_before) as f64 / wall;
+            (name.clone(), count, ran, waited)
+        })
+        .filter(|(_, _, ran, _)| *ran >= 0.01)
+        .collect();
+    shares.sort_by(|a, b| b.2.total_cmp(&a.2));
+    shares
+        .iter()
+        .map(|(name, count, ran, waited)| {
+            format!(
+                "{name} ×{count} {:.0}% / {:.0}%",
+                ran * 100.0,
+                waited * 100.0
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// User + system CPU time process `pid` (or `self`) has used so far, all threads.
+fn process_cpu(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
 }
 
 impl Drop for Child {
@@ -685,7 +744,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // The ceiling: a bare actix-web handler, same client, same requests.
     let bare = Child::spawn(&["bare"], dir.path())?;
     warm_up(bare.port, connections, traffic).await?;
+    let client_cpu_before = process_cpu("self");
     let ceiling = load(bare.port, connections, duration, None, traffic).await?;
+    // This process is the client (and, later, the receiver): what it costs per request is
+    // part of every server's budget on shared cores.
+    let client_cpu = process_cpu("self") - client_cpu_before;
     drop(bare);
 
     // A bare forwarder: receive, forward to the same receiver, answer; no verification,
@@ -716,6 +779,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
     // Closed loop: how much durable ingest the gateway sustains.
     let cpu_before = gateway.cpu();
+    let own_cpu_before = process_cpu("self");
+    let threads_before = thread_times(gateway.process.id());
     let written_before = gateway.written();
     let delivered_before = receiver.delivered.load(Ordering::Relaxed);
     let nats_before = match &nats {
@@ -724,6 +789,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let mut closed = load(gateway.port, connections, duration, None, traffic).await?;
     let cpu = gateway.cpu() - cpu_before;
+    let own_cpu = process_cpu("self") - own_cpu_before;
+    let threads = thread_shares(
+        &threads_before,
+        &thread_times(gateway.process.id()),
+        closed.elapsed,
+    );
     let written = gateway.written() - written_before;
     let delivered_during = receiver.delivered.load(Ordering::Relaxed) - delivered_before;
     let nats_during = match &nats {
@@ -849,6 +920,26 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     println!(
         "| gateway CPU per ingested request (closed loop) | {:.1} µs | |",
         cpu.as_secs_f64() * 1e6 / closed.requests.max(1) as f64
+    );
+    println!(
+        "| gateway threads in the closed loop: on a core / ready but waiting for one (share of the run's time) | {threads} | |"
+    );
+    // The budget the cores give: at a fifth of the ceiling, everything one request costs
+    // (the gateway, the client sending it, the receiver taking its deliveries) must fit in
+    // `cores / (0.2 × ceiling)` of CPU time.
+    let per_request = |d: Duration, n: u64| d.as_secs_f64() * 1e6 / n.max(1) as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let client_and_receiver = per_request(own_cpu, closed.requests);
+    let budget = cores as f64 * 1e6 / (0.2 * ceiling.rate().max(1.0));
+    println!(
+        "| client CPU per request (bare handler run) / client + receiver (closed loop) | {:.1} µs / {:.1} µs | |",
+        per_request(client_cpu, ceiling.requests),
+        client_and_receiver
+    );
+    println!(
+        "| CPU per request that {cores} cores give at 0.20 of the ceiling, all processes / left for the gateway | {:.1} µs / {:.1} µs | |",
+        budget,
+        budget - client_and_receiver
     );
     println!(
         "| store bytes written per ingested request (closed loop; WAL + checkpoints, /proc/PID/io) | {:.1} KiB | |",
