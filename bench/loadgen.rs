@@ -937,7 +937,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         client_and_receiver
     );
     println!(
-        "| CPU per request that {cores} cores give at 0.20 of the ceiling, all processes / left for the gateway | {:.1} µs / {:.1} µs | |",
+        "| CPU per request that {cores} cores give at 0.20 of the ceiling, all processes / left for the gateway (and a database on the same cores) | {:.1} µs / {:.1} µs | |",
         budget,
         budget - client_and_receiver
     );
