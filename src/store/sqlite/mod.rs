@@ -65,6 +65,9 @@ pub struct SqliteStore {
     /// Which thread made each commit durable (the unit tests look).
     #[cfg_attr(not(test), allow(dead_code))]
     syncs: Arc<SyncCounts>,
+    /// Ingests the writer planned itself, not using a plan made before its turn (the unit
+    /// tests count them).
+    planned_by_writer: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SqliteStore {
@@ -210,6 +213,7 @@ impl SqliteStore {
             clock: Clock::system(),
             attempts: AttemptQueue::default(),
             syncs,
+            planned_by_writer: Arc::default(),
         })
     }
 
@@ -292,8 +296,13 @@ impl Store for SqliteStore {
         handoff: Handoff,
     ) -> Result<IngestOutcome, StoreError> {
         let now = self.clock.now_ms();
-        self.call(move |conn| accept_in(conn, &accept, &handoff, now))
-            .await
+        let new_session =
+            NewSession::plan(&accept).map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let planned = self.planned_by_writer.clone();
+        self.call(move |conn| {
+            accept_in(conn, &accept, &handoff, now, new_session.as_ref(), &planned)
+        })
+        .await
     }
 
     async fn receipts(&self, filter: ReceiptFilter) -> Result<Vec<ReceiptInfo>, StoreError> {

@@ -1,8 +1,10 @@
 //! The statements an ingest runs, and the rows the store reads back.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::event::{EventId, Inbound, Timestamp};
+use crate::event::{EventId, EventType, Inbound, Timestamp};
 use crate::sessions::SessionRecord;
 use crate::sessions::{AcceptPlan, plan_accept};
 use crate::store::{
@@ -96,11 +98,65 @@ pub(super) fn insert_delivery(
     Ok(id)
 }
 
+/// What a request stores if its session is new, planned before the writer's turn.
+///
+/// The writer is the one thread every ingest passes through, and on shared cores it is the
+/// first to run out of time (the loadgen prints its share). Merging and rendering are most of
+/// a first event's work there, and a session's first event (`session.started`) almost always
+/// finds no session: so the caller plans it against an empty record, on its own thread, and
+/// the writer uses that plan only if it finds no session stored, which is exactly the
+/// state it was planned from ([`plan_accept`] is pure). Otherwise the writer plans again
+/// from the record as stored, as for every other event.
+pub(crate) struct NewSession {
+    /// The record's JSON.
+    record: String,
+    finalized: Option<EventId>,
+    /// Each event to store, by its index in the request, with its rendered body.
+    events: Vec<(usize, String)>,
+}
+
+impl NewSession {
+    /// The plan for `accept` if its first event starts a session; `None` for other events,
+    /// whose session is usually stored already.
+    pub(crate) fn plan(accept: &Inbound) -> Result<Option<NewSession>, serde_json::Error> {
+        if accept.events[0].event_type != EventType::SessionStarted {
+            return Ok(None);
+        }
+        match plan_accept(accept, SessionRecord::default(), None)? {
+            AcceptPlan::Store {
+                record,
+                finalized,
+                events,
+            } => Ok(Some(NewSession {
+                record: serde_json::to_string(&record)?,
+                finalized,
+                events: events
+                    .into_iter()
+                    .map(|(event, body)| {
+                        let index = accept
+                            .events
+                            .iter()
+                            .position(|e| std::ptr::eq(e, event))
+                            .expect("a planned event is one of the request's");
+                        (index, body)
+                    })
+                    .collect(),
+            })),
+            // Only a session already finalized answers this, and a new one is not.
+            AcceptPlan::AlreadyFinalized { .. } => Ok(None),
+        }
+    }
+}
+
+/// Ingests `accept`; `new_session` is its plan made before the writer's turn, if any, used
+/// only if the session is not stored.
 pub(super) fn accept_in(
     conn: &Connection,
     accept: &Inbound,
     handoff: &Handoff,
     now: i64,
+    new_session: Option<&NewSession>,
+    planned_here: &AtomicU64,
 ) -> rusqlite::Result<IngestOutcome> {
     let primary = &accept.events[0];
     let seen = conn
@@ -120,17 +176,8 @@ pub(super) fn accept_in(
             Ok((r.get(0)?, r.get(1)?))
         })
         .optional()?;
-    let (record, finalized) = match stored {
-        Some((json, finalized)) => (
-            serde_json::from_str::<SessionRecord>(&json).map_err(json_error)?,
-            finalized.map(EventId::from_stored),
-        ),
-        None => (SessionRecord::default(), None),
-    };
     // Saves the session's record and answers its sequence, which its events are kept under.
-    let save_record = |record: &SessionRecord,
-                       finalized: Option<&EventId>|
-     -> rusqlite::Result<i64> {
+    let save_record = |record: &str, finalized: Option<&EventId>| -> rusqlite::Result<i64> {
         conn.prepare_cached(
             "INSERT INTO sessions (vendor, session_id, record, finalized_event_id, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5)
@@ -143,7 +190,7 @@ pub(super) fn accept_in(
             params![
                 accept.vendor,
                 accept.session_id,
-                serde_json::to_string(record).map_err(json_error)?,
+                record,
                 finalized.map(EventId::as_str),
                 now
             ],
@@ -151,18 +198,44 @@ pub(super) fn accept_in(
         )
     };
 
-    let (record, finalized, events) =
-        match plan_accept(accept, record, finalized).map_err(json_error)? {
-            AcceptPlan::AlreadyFinalized { record, first } => {
-                save_record(&record, Some(&first))?;
-                return Ok(IngestOutcome::Duplicate { id: first });
+    let (record, finalized, events) = match (stored, new_session) {
+        (None, Some(plan)) => (
+            std::borrow::Cow::Borrowed(plan.record.as_str()),
+            plan.finalized.clone(),
+            plan.events
+                .iter()
+                .map(|(index, body)| (&accept.events[*index], body.clone()))
+                .collect(),
+        ),
+        (stored, _) => {
+            planned_here.fetch_add(1, Ordering::Relaxed);
+            let (record, finalized) = match stored {
+                Some((json, finalized)) => (
+                    serde_json::from_str::<SessionRecord>(&json).map_err(json_error)?,
+                    finalized.map(EventId::from_stored),
+                ),
+                None => (SessionRecord::default(), None),
+            };
+            match plan_accept(accept, record, finalized).map_err(json_error)? {
+                AcceptPlan::AlreadyFinalized { record, first } => {
+                    save_record(
+                        &serde_json::to_string(&record).map_err(json_error)?,
+                        Some(&first),
+                    )?;
+                    return Ok(IngestOutcome::Duplicate { id: first });
+                }
+                AcceptPlan::Store {
+                    record,
+                    finalized,
+                    events,
+                } => (
+                    std::borrow::Cow::Owned(serde_json::to_string(&record).map_err(json_error)?),
+                    finalized,
+                    events,
+                ),
             }
-            AcceptPlan::Store {
-                record,
-                finalized,
-                events,
-            } => (record, finalized, events),
-        };
+        }
+    };
 
     let session_seq = save_record(&record, finalized.as_ref())?;
     let received_at = accept.received_at.to_string();

@@ -543,3 +543,94 @@ async fn a_new_store_has_small_pages_and_an_existing_one_keeps_its_own() {
     assert_eq!(wal::restart_frames(32, 4096), 8192);
     assert_eq!(wal::restart_frames(32, 2048), 16384);
 }
+
+/// A session's first event is planned before the writer's turn, and that plan is used only
+/// if the writer finds no session stored: a start queued behind another start of the same
+/// session (two sources, say), or arriving after the session's end, is planned again by the
+/// writer from the record as stored, so no fact is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_event_planned_before_the_writer_is_used_only_for_a_new_session() {
+    use crate::store::suite::accept_from;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("s.db"), Synchronous::Full)
+            .await
+            .unwrap(),
+    );
+    let by_writer = || {
+        store
+            .planned_by_writer
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let started = |source: &str, session: &str, key: &str| {
+        let mut start = accept_from(source, session, &[EventType::SessionStarted], &["t"]);
+        start.events[0]
+            .facts
+            .variables
+            .insert(key.into(), serde_json::json!(true));
+        start
+    };
+
+    let outcome = store.accept(started("a", "new", "from_a")).await.unwrap();
+    assert!(
+        matches!(outcome, IngestOutcome::Accepted { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(by_writer(), 0, "a new session's first event comes planned");
+
+    // Two sources start one session while the writer is busy: both are planned against no
+    // session; the second finds the first's session stored and is planned again.
+    let (blocked, release) = hold_writer(&store);
+    let first = tokio::spawn({
+        let store = store.clone();
+        let start = started("a", "both", "from_a");
+        async move { store.accept(start).await }
+    });
+    let second = tokio::spawn({
+        let store = store.clone();
+        let start = started("b", "both", "from_b");
+        async move { store.accept(start).await }
+    });
+    // Both are queued behind the held writer before it is let go.
+    while store.tx.capacity() > QUEUE_DEPTH - 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    release.send(()).unwrap();
+    blocked.await.unwrap().unwrap();
+    for outcome in [first.await.unwrap(), second.await.unwrap()] {
+        assert!(
+            matches!(outcome, Ok(IngestOutcome::Accepted { .. })),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(by_writer(), 1, "only the second start was planned again");
+    let view = store.session("pathors", "both").await.unwrap().unwrap();
+    assert_eq!(view.session.variables["from_a"], serde_json::json!(true));
+    assert_eq!(view.session.variables["from_b"], serde_json::json!(true));
+
+    // The end before the start: the start merges into the session the end made.
+    store
+        .accept(accept_from("a", "late", &[EventType::SessionEnded], &["t"]))
+        .await
+        .unwrap();
+    let before = by_writer();
+    let outcome = store
+        .accept(started("a", "late", "from_start"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, IngestOutcome::Accepted { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(by_writer() - before, 1);
+    let view = store.session("pathors", "late").await.unwrap().unwrap();
+    assert_eq!(
+        view.session.variables["from_start"],
+        serde_json::json!(true)
+    );
+    assert_eq!(
+        view.session.message_count,
+        Some(3),
+        "the end's facts are kept"
+    );
+}

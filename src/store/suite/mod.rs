@@ -115,7 +115,12 @@ async fn on_postgres() -> Option<TestStore> {
     postgres().await
 }
 
-fn accept_from(source: &str, session: &str, types: &[EventType], targets: &[&str]) -> Inbound {
+pub(crate) fn accept_from(
+    source: &str,
+    session: &str,
+    types: &[EventType],
+    targets: &[&str],
+) -> Inbound {
     Inbound {
         source: source.into(),
         vendor: "pathors".into(),
