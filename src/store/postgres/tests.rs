@@ -262,32 +262,7 @@ async fn a_first_event_skips_the_read_unless_its_session_exists() {
     assert_eq!(reads(), 1, "a repeat finds the session and reads it");
 
     // The end before the start: the start merges into the session the end made.
-    store
-        .accept(accept("late", &[EventType::SessionEnded], &["t"]))
-        .await
-        .unwrap();
-    let before = reads();
-    let mut late_start = accept("late", &[EventType::SessionStarted], &["t"]);
-    late_start.events[0]
-        .facts
-        .variables
-        .insert("from_start".into(), serde_json::json!(true));
-    let merged = store.accept(late_start).await.unwrap();
-    assert!(
-        matches!(merged, IngestOutcome::Accepted { .. }),
-        "{merged:?}"
-    );
-    assert_eq!(reads() - before, 1);
-    let view = store.session("pathors", "late").await.unwrap().unwrap();
-    assert_eq!(
-        view.session.variables["from_start"],
-        serde_json::json!(true)
-    );
-    assert_eq!(
-        view.session.message_count,
-        Some(3),
-        "the end's facts are kept"
-    );
+    crate::store::suite::a_start_after_its_end(&store, reads).await;
     let events: i64 = store
         .query_one("SELECT count(*) FROM events WHERE session_id = 'late'", &[])
         .await

@@ -156,7 +156,7 @@ pub(super) fn accept_in(
     handoff: &Handoff,
     now: i64,
     new_session: Option<&NewSession>,
-    planned_here: &AtomicU64,
+    planned_by_writer: &AtomicU64,
 ) -> rusqlite::Result<IngestOutcome> {
     let primary = &accept.events[0];
     let seen = conn
@@ -208,7 +208,7 @@ pub(super) fn accept_in(
                 .collect(),
         ),
         (stored, _) => {
-            planned_here.fetch_add(1, Ordering::Relaxed);
+            planned_by_writer.fetch_add(1, Ordering::Relaxed);
             let (record, finalized) = match stored {
                 Some((json, finalized)) => (
                     serde_json::from_str::<SessionRecord>(&json).map_err(json_error)?,

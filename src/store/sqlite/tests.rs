@@ -609,28 +609,5 @@ async fn a_first_event_planned_before_the_writer_is_used_only_for_a_new_session(
     assert_eq!(view.session.variables["from_b"], serde_json::json!(true));
 
     // The end before the start: the start merges into the session the end made.
-    store
-        .accept(accept_from("a", "late", &[EventType::SessionEnded], &["t"]))
-        .await
-        .unwrap();
-    let before = by_writer();
-    let outcome = store
-        .accept(started("a", "late", "from_start"))
-        .await
-        .unwrap();
-    assert!(
-        matches!(outcome, IngestOutcome::Accepted { .. }),
-        "{outcome:?}"
-    );
-    assert_eq!(by_writer() - before, 1);
-    let view = store.session("pathors", "late").await.unwrap().unwrap();
-    assert_eq!(
-        view.session.variables["from_start"],
-        serde_json::json!(true)
-    );
-    assert_eq!(
-        view.session.message_count,
-        Some(3),
-        "the end's facts are kept"
-    );
+    crate::store::suite::a_start_after_its_end(&*store, by_writer).await;
 }

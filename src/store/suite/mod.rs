@@ -326,6 +326,38 @@ pub(crate) async fn ended_sessions(s: &dyn Store, n: usize) {
     }
 }
 
+/// A session's end stored before its start: the start, carrying a fact of its own, merges
+/// into the session the end made, and the end's facts are kept. `counted` (a store's count
+/// of ingests that read or planned from the stored session) goes up by exactly one: a
+/// first event that finds its session stored cannot use what it assumed.
+pub(crate) async fn a_start_after_its_end(s: &dyn Store, counted: impl Fn() -> u64) {
+    s.accept(accept("late", &[EventType::SessionEnded], &["t"]))
+        .await
+        .unwrap();
+    let before = counted();
+    let mut late_start = accept("late", &[EventType::SessionStarted], &["t"]);
+    late_start.events[0]
+        .facts
+        .variables
+        .insert("from_start".into(), serde_json::json!(true));
+    let merged = s.accept(late_start).await.unwrap();
+    assert!(
+        matches!(merged, IngestOutcome::Accepted { .. }),
+        "{merged:?}"
+    );
+    assert_eq!(counted() - before, 1);
+    let view = s.session("pathors", "late").await.unwrap().unwrap();
+    assert_eq!(
+        view.session.variables["from_start"],
+        serde_json::json!(true)
+    );
+    assert_eq!(
+        view.session.message_count,
+        Some(3),
+        "the end's facts are kept"
+    );
+}
+
 /// Claims one due delivery of `t` under a 1 ms lease and lets the lease end: what a stale
 /// worker holds once the delivery is claimed again.
 pub(crate) async fn a_lapsed_claim(s: &dyn Store) -> ClaimedDelivery {
