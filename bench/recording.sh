@@ -47,6 +47,7 @@ listen = "127.0.0.1:$gw_port"
 url = "sqlite://$dir/gate.db"
 [recordings]
 store = "file://$dir/recordings"
+allow_private_networks = true
 [[sources]]
 name = "pathors"
 vendor = "pathors"

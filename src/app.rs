@@ -22,7 +22,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::{WorkerHealth, Workers};
 use crate::enrich::Enricher;
-use crate::enrich::recordings::ArchiveStore;
+use crate::enrich::recordings::{ArchiveStore, Archiver};
 use crate::error::{ApiError, error_response};
 use crate::ingest::{self, IngestState};
 use crate::metrics::Metrics;
@@ -117,15 +117,18 @@ impl Application {
             .map(|r| ArchiveStore::open(&r.store))
             .transpose()
             .context("Cannot open the recordings store")?;
+        let archiver = match (&archive, &config.recordings) {
+            (Some(archive), Some(recordings)) => Some(Archiver::new(archive.clone(), recordings)?),
+            _ => None,
+        };
         let enricher = Enricher::new(
             store.clone(),
             transcripts,
-            archive
-                .clone()
-                .zip(config.recordings.as_ref().map(|r| r.max_bytes)),
+            archiver,
             dispatcher.clone(),
             clock.clone(),
             metrics.clone(),
+            config.recordings.as_ref().map(|r| r.lease),
         )?;
         let jobs = enricher.waker();
         let (stop_jobs, jobs_stopping) = tokio::sync::watch::channel(false);
@@ -170,7 +173,7 @@ impl Application {
             body_timeout: config.server.body_timeout,
             clock,
             jobs,
-            archive_recordings: config.recordings.is_some(),
+            archive_recordings: config.recordings.as_ref().map(|r| r.max_wait),
         });
         // With `admin_listen`, the admin API and /metrics answer only there (404 on `listen`).
         let separate_admin = config.server.admin_listen.is_some();

@@ -1,5 +1,6 @@
 //! `GET /admin/recordings/{vendor}/{session_id}`: the archived recording's bytes, streamed
-//! from the store (file or S3) with their content type.
+//! from the store (file or S3) with their content type, as a download that never runs in
+//! the browser (`attachment`, `nosniff`, a `sandbox` CSP).
 
 use actix_web::body::SizedStream;
 use actix_web::{HttpResponse, web};
@@ -57,7 +58,12 @@ pub(super) async fn get_recording(
         .await
         .map_err(|e| ApiError::Unavailable(StoreError::Backend(e.into())))?
         .ok_or_else(none)?;
+    // The bytes are whatever a vendor's host sent: never rendered on the console's origin
+    // (a downloaded HTML page would otherwise run there with the operator's session).
     Ok(HttpResponse::Ok()
+        .insert_header(("Content-Disposition", "attachment"))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .insert_header(("Content-Security-Policy", "sandbox"))
         .content_type(
             archive
                 .content_type

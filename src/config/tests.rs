@@ -572,7 +572,13 @@ fn recordings_stores_are_file_or_s3_with_their_keys() {
          s3_access_key_id = \"env:PATHORS_TOKEN\"\ns3_secret_access_key = \"env:AGNTIX_SECRET\"\n{SOURCE}"
     ))
     .unwrap();
-    let store = &c.recordings.as_ref().unwrap().store;
+    let recordings = c.recordings.as_ref().unwrap();
+    assert!(
+        !recordings.hosts.allow_private_networks && recordings.hosts.allow_hosts.is_empty(),
+        "private networks are refused by default"
+    );
+    assert_eq!(recordings.max_wait, std::time::Duration::from_secs(86_400));
+    let store = &recordings.store;
     assert!(
         matches!(store, crate::enrich::settings::StoreConfig::S3 { bucket, prefix, region, .. }
         if bucket == "bucket" && prefix == "some/prefix" && region == "us-east-1")
@@ -601,6 +607,22 @@ fn recordings_stores_are_file_or_s3_with_their_keys() {
         (
             "store = \"file://x\"\nmax_bytes = 0",
             "recordings.max_bytes",
+        ),
+        (
+            "store = \"file://x\"\nmax_wait = \"90d\"",
+            "recordings.max_wait`: `90d` is out of range: from 60s to 2592000s",
+        ),
+        (
+            "store = \"file://x\"\nattempt_timeout = \"0s\"",
+            "recordings.attempt_timeout`: must be greater than 0",
+        ),
+        (
+            "store = \"file://x\"\nlease = \"1s\"",
+            "recordings.lease`: `1s` is out of range",
+        ),
+        (
+            "store = \"file://x\"\nallow_hosts = [\"ok.example\", \"http://x/\"]",
+            "recordings.allow_hosts[1]`: `http://x/` is not a host name",
         ),
     ] {
         let e = error_of(&format!("[recordings]\n{table}\n{SOURCE}"));

@@ -1,25 +1,30 @@
-//! Enrichment: stored jobs that complete a session from outside its webhooks. Today: the
-//! Agntix transcript ([`transcripts`]), which `session.finalized` waits for.
+//! Enrichment: stored jobs that complete a session from outside its webhooks: the Agntix
+//! transcript ([`transcripts`]), which `session.finalized` waits for, and the recording
+//! archive ([`recordings`]), which `recording.ready` waits for.
 //!
 //! Jobs are committed with the request that leaves them ([`crate::event::NewJob`]), so a
-//! crash or restart loses none. One worker claims due jobs under a lease, runs them, and
-//! ends each with [`Store::finish_job`], which releases the events it held; their targets'
-//! delivery workers are woken. A job past its deadline ends with what is known.
+//! crash or restart loses none. One worker claims due jobs of each kind into that kind's
+//! own slots under a lease, runs them, renews the lease while a run lasts, and ends each
+//! with [`Store::finish_job`], which releases the events it held; their targets' delivery
+//! workers are woken. A run that dies lets its lease lapse: the job is due again behind the
+//! jobs already waiting, with that run counted as an attempt. A job past its deadline ends
+//! with what is known.
 
+pub mod hosts;
 pub mod recordings;
 pub mod settings;
 pub mod transcripts;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use self::recordings::ArchiveStore;
-use self::recordings::Downloaded;
+use self::recordings::{Archiver, Downloaded};
 use self::transcripts::Fetched;
 use crate::clock::Clock;
 use crate::delivery::Dispatcher;
@@ -29,11 +34,11 @@ use crate::metrics::Metrics;
 use crate::store::{ClaimedJob, JobEnd, JobResult, Store};
 use crate::telemetry::chain;
 
-/// Jobs run at once.
+/// Jobs of each kind run at once. Each kind has its own slots, so a transcript wait (a
+/// few seconds, which a `session.finalized` waits on) never queues behind downloads.
 const CONCURRENCY: usize = 8;
-/// How long a claimed job is this worker's before another (on any replica) may run it: a
-/// run makes its requests within [`REQUEST_TIMEOUT`] each. Should a run outlast it, the
-/// other run's end is the one recorded (a result with a lease that passed on is dropped).
+const KINDS: [JobKind; 2] = [JobKind::Transcript, JobKind::Recording];
+/// How long a claimed job is this worker's unless renewed, when `[recordings]` does not say.
 const LEASE: Duration = Duration::from_secs(60);
 /// One request to a vendor API.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,24 +50,54 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::fro
 pub struct Enricher {
     store: Arc<dyn Store>,
     transcripts: HashMap<String, Arc<Transcripts>>,
-    /// Where recordings are archived, and the largest taken.
-    recordings: Option<(ArchiveStore, u64)>,
+    /// Where recordings are archived, and how they are fetched.
+    recordings: Option<Archiver>,
     dispatcher: Dispatcher,
     clock: Clock,
     client: reqwest::Client,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// A run holds its job this long, and renews it every third of it while it lasts.
+    lease: Duration,
+    /// Runs in flight, by kind (`KINDS` order).
+    running: [AtomicUsize; 2],
+}
+
+/// What a run came to, told (logged and counted) once its end is recorded: a run whose
+/// lease passed on tells nothing, so a recording is counted once however often it ran.
+enum Outcome {
+    Silent,
+    Archived(u64),
+    NotArchived(String),
+}
+
+fn slot(kind: JobKind) -> usize {
+    match kind {
+        JobKind::Transcript => 0,
+        JobKind::Recording => 1,
+    }
+}
+
+/// Frees a run's slot however the run ends (a panic too).
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Enricher {
-    /// `transcripts`: each source that fetches them, by name.
+    /// `transcripts`: each source that fetches them, by name; `lease`: how long a run holds
+    /// its job between renewals (`[recordings] lease`).
     pub fn new(
         store: Arc<dyn Store>,
         transcripts: HashMap<String, Arc<Transcripts>>,
-        recordings: Option<(ArchiveStore, u64)>,
+        recordings: Option<Archiver>,
         dispatcher: Dispatcher,
         clock: Clock,
         metrics: Arc<Metrics>,
+        lease: Option<Duration>,
     ) -> anyhow::Result<Enricher> {
         Ok(Enricher {
             store,
@@ -73,6 +108,8 @@ impl Enricher {
             client: crate::delivery::outputs::http::client()?,
             wake: Arc::new(Notify::new()),
             metrics,
+            lease: lease.unwrap_or(LEASE),
+            running: [AtomicUsize::new(0), AtomicUsize::new(0)],
         })
     }
 
@@ -87,22 +124,37 @@ impl Enricher {
         let mut running: JoinSet<()> = JoinSet::new();
         while !*stop.borrow() {
             while running.try_join_next().is_some() {}
-            let room = CONCURRENCY.saturating_sub(running.len());
-            if room > 0 {
-                match this.store.claim_jobs(room, LEASE).await {
+            // The kinds with a free slot after this turn's claims: only their next due
+            // time is worth waking for (a full kind wakes the loop when a run ends).
+            let mut open = Vec::new();
+            for kind in KINDS {
+                let busy = &this.running[slot(kind)];
+                let room = CONCURRENCY.saturating_sub(busy.load(Ordering::SeqCst));
+                if room == 0 {
+                    continue;
+                }
+                match this.store.claim_jobs(kind, room, this.lease).await {
                     Ok(jobs) => {
+                        if jobs.len() < room {
+                            open.push(kind);
+                        }
                         for job in jobs {
+                            busy.fetch_add(1, Ordering::SeqCst);
                             let this = this.clone();
-                            running.spawn(async move { this.run_one(job).await });
+                            running.spawn(async move {
+                                let _slot = Running(&this.running[slot(job.kind)]);
+                                this.run_one(job).await
+                            });
                         }
                     }
                     Err(e) => {
+                        open.push(kind);
                         tracing::warn!(error = %chain(&e), "Failed to claim jobs; will ask again")
                     }
                 }
             }
-            let next = match this.store.next_job_due().await {
-                Ok(Some(at)) => this.clock.instant_at(at).min(Instant::now() + IDLE_POLL),
+            let next = match (open.is_empty(), this.store.next_job_due(&open).await) {
+                (false, Ok(Some(at))) => this.clock.instant_at(at).min(Instant::now() + IDLE_POLL),
                 _ => Instant::now() + IDLE_POLL,
             };
             tokio::select! {
@@ -117,9 +169,20 @@ impl Enricher {
 
     #[tracing::instrument(name = "job", skip_all, fields(job_id = %job.id, kind = job.kind.as_str(), session_id = %job.session_id))]
     async fn run_one(&self, job: ClaimedJob) {
-        let end = match job.kind {
-            JobKind::Transcript => self.transcript(&job).await,
-            JobKind::Recording => self.recording(&job).await,
+        let work = async {
+            match job.kind {
+                JobKind::Transcript => (self.transcript(&job).await, Outcome::Silent),
+                JobKind::Recording => self.recording(&job).await,
+            }
+        };
+        // The run keeps its lease while it lasts (each download attempt is bounded); once
+        // the lease is lost the job is another run's, and this one stops.
+        let (end, outcome) = tokio::select! {
+            done = work => done,
+            () = self.keep_lease(&job) => {
+                tracing::warn!("The job's lease passed to another run; this run stops");
+                return;
+            }
         };
         if let JobEnd::RetryAt { error, .. } = &end {
             tracing::warn!(error = %error, attempt = job.attempts + 1, "Job run failed; will try again");
@@ -130,11 +193,17 @@ impl Enricher {
             end,
         };
         match self.store.finish_job(result).await {
-            Ok(targets) => {
+            Ok(Some(targets)) => {
                 for target in targets {
                     self.dispatcher.notify(&target);
                 }
+                match outcome {
+                    Outcome::Silent => {}
+                    Outcome::Archived(bytes) => self.metrics.recording_archived(bytes),
+                    Outcome::NotArchived(reason) => self.metrics.recording_failed(&reason),
+                }
             }
+            Ok(None) => tracing::info!("The job's lease passed on; this run's result is dropped"),
             // The lease ends and the job runs again: a repeat, not a loss.
             Err(e) => {
                 tracing::error!(error = %chain(&e), "Failed to record a job's end; it will run again")
@@ -142,10 +211,28 @@ impl Enricher {
         }
     }
 
+    /// Renews the job's lease every third of it; returns once the lease is lost.
+    async fn keep_lease(&self, job: &ClaimedJob) {
+        let every = self.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            match self
+                .store
+                .renew_job(&job.id, job.lease_token, self.lease)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return,
+                // The store may be back before the lease ends; the next renewal tells.
+                Err(e) => tracing::warn!(error = %chain(&e), "Cannot renew a job's lease"),
+            }
+        }
+    }
+
     /// Archives the session's recording (the one its record holds now). The result joins
     /// the record at the `recording.ready`'s time; an object outranks the archive's null
     /// there (the merge's tie-break), so the archived record replaces the bare one.
-    async fn recording(&self, job: &ClaimedJob) -> JobEnd {
+    async fn recording(&self, job: &ClaimedJob) -> (JobEnd, Outcome) {
         let unchanged = JobEnd::Done {
             facts: Box::new(Session::default()),
         };
@@ -153,18 +240,19 @@ impl Enricher {
             Ok(Some(view)) => view.session.recording,
             Ok(None) => None,
             Err(e) => {
-                return JobEnd::RetryAt {
+                let end = JobEnd::RetryAt {
                     unix_ms: self.clock.now_ms() + BACKOFF.1.as_millis() as i64,
                     error: format!("cannot read the session: {}", chain(&e)),
                 };
+                return (end, Outcome::Silent);
             }
         };
         // Archiving was turned off since, or there is no URL: the event goes out as it is.
-        let (Some((store, max_bytes)), Some(recording)) = (&self.recordings, recording) else {
-            return unchanged;
+        let (Some(archiver), Some(recording)) = (&self.recordings, recording) else {
+            return (unchanged, Outcome::Silent);
         };
         let Some(url) = recording.url.clone() else {
-            return unchanged;
+            return (unchanged, Outcome::Silent);
         };
         let with = |archive: Archive| JobEnd::Done {
             facts: Box::new(Session {
@@ -175,6 +263,8 @@ impl Enricher {
                 ..Session::default()
             }),
         };
+        let failed =
+            |reason: String| (with(Archive::failed(&reason)), Outcome::NotArchived(reason));
         let left = job.deadline.unix_millis() - self.clock.now_ms();
         if left <= 0 {
             // The last answer, if the host gave one; else the URL simply ran out.
@@ -183,25 +273,27 @@ impl Enricher {
                 .as_deref()
                 .filter(|e| e.starts_with("http_"))
                 .unwrap_or("expired");
-            self.metrics.recording_failed(reason);
-            return with(Archive::failed(reason));
+            return failed(reason.to_owned());
         }
-        let timeout = Duration::from_millis(left as u64);
         let session = (job.vendor.as_str(), job.session_id.as_str());
-        match recordings::download(&self.client, &url, store, session, *max_bytes, timeout).await {
+        let left = Duration::from_millis(left as u64);
+        match archiver
+            .download(&url, session, job.lease_token, left)
+            .await
+        {
             Downloaded::Archived(archive) => {
-                self.metrics.recording_archived(archive.bytes.unwrap_or(0));
-                with(archive)
+                let bytes = archive.bytes.unwrap_or(0);
+                (with(archive), Outcome::Archived(bytes))
             }
-            Downloaded::Final(reason) => {
-                self.metrics.recording_failed(&reason);
-                with(Archive::failed(reason))
+            Downloaded::Final(reason) => failed(reason),
+            Downloaded::Retry(error) => {
+                let end = JobEnd::RetryAt {
+                    unix_ms: (self.clock.now_ms() + self.backoff(job).as_millis() as i64)
+                        .min(job.deadline.unix_millis()),
+                    error,
+                };
+                (end, Outcome::Silent)
             }
-            Downloaded::Retry(error) => JobEnd::RetryAt {
-                unix_ms: (self.clock.now_ms() + self.backoff(job).as_millis() as i64)
-                    .min(job.deadline.unix_millis()),
-                error,
-            },
         }
     }
 

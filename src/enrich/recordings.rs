@@ -2,6 +2,8 @@
 //! bounded whatever the size) and hashed with SHA-256 on the way, to a directory (`file://`:
 //! a temporary file, fsynced, then renamed into place) or an S3-compatible object store
 //! (`s3://`, through `object_store`: a multipart upload that counts only once completed).
+//! Every download is bounded (connect, idle read, whole attempt) and fetches only what the
+//! host rule of [`super::hosts`] allows.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,8 +18,12 @@ use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::settings::StoreConfig;
+use anyhow::Context as _;
+
+use super::hosts::{self, HostRule, Refused};
+use super::settings::{DownloadLimits, RecordingsConfig, StoreConfig};
 use crate::event::{Archive, ArchiveStatus, Timestamp};
+use crate::telemetry::chain;
 
 /// Where archived recordings are kept, opened once.
 #[derive(Clone)]
@@ -149,9 +155,10 @@ impl ArchiveStore {
 #[derive(Debug, PartialEq)]
 pub enum Downloaded {
     Archived(Archive),
-    /// It will not be archived: `too_large`, `io`.
+    /// It will not be archived, and trying again would not change that: `too_large`, `io`,
+    /// `invalid_url`, `forbidden_host`.
     Final(String),
-    /// Worth another try before the URL expires; `http_<status>` when the host answered.
+    /// Worth another try before the deadline; `http_<status>` when the host answered.
     Retry(String),
 }
 
@@ -160,66 +167,150 @@ pub fn object_path(dir: &Path, vendor: &str, session_id: &str) -> PathBuf {
     dir.join(ArchiveStore::key(vendor, session_id))
 }
 
-/// Downloads `url` into the store as the recording of `(vendor, session_id)`, within
-/// `timeout`.
-pub async fn download(
-    client: &reqwest::Client,
-    url: &str,
-    store: &ArchiveStore,
-    (vendor, session_id): (&str, &str),
+/// The most redirects a recording URL may take (each one checked like the URL).
+const MAX_REDIRECTS: usize = 5;
+
+/// Downloads recordings into the archive store, under `[recordings]`' host rule and limits.
+pub struct Archiver {
+    pub store: ArchiveStore,
     max_bytes: u64,
-    timeout: Duration,
-) -> Downloaded {
-    let response = match client.get(url).timeout(timeout).send().await {
-        Ok(response) => response,
-        Err(e) => return Downloaded::Retry(format!("the recording host did not answer: {e}")),
-    };
-    let status = response.status().as_u16();
-    if !(200..300).contains(&status) {
-        return Downloaded::Retry(format!("http_{status}"));
-    }
-    if response.content_length().is_some_and(|n| n > max_bytes) {
-        return Downloaded::Final("too_large".into());
-    }
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/octet-stream")
-        .to_owned();
-    let (streamed, shown) = match store {
-        ArchiveStore::File(dir) => {
-            let target = object_path(dir, vendor, session_id);
-            let url = format!("file://{}", target.display());
-            let sink = Sink::file(&target).await;
-            (pour_into(response, sink, max_bytes).await, url)
+    hosts: HostRule,
+    limits: DownloadLimits,
+    client: reqwest::Client,
+}
+
+impl Archiver {
+    pub fn new(store: ArchiveStore, config: &RecordingsConfig) -> anyhow::Result<Archiver> {
+        let hosts = config.hosts.clone();
+        let rule = hosts.clone();
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > MAX_REDIRECTS {
+                return attempt.error(Refused::InvalidUrl(format!(
+                    "more than {MAX_REDIRECTS} redirects"
+                )));
+            }
+            match rule.check_url(attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(refused) => attempt.error(refused),
+            }
+        });
+        let mut builder = reqwest::Client::builder()
+            .user_agent(format!("sessiongate/{}", crate::VERSION))
+            .connect_timeout(config.limits.connect_timeout)
+            .read_timeout(config.limits.read_timeout)
+            .redirect(redirects);
+        if hosts.restricts() {
+            // The checked addresses are the ones connected to; a proxy would resolve the
+            // name itself, out of the rule's sight.
+            builder = builder.dns_resolver(hosts.resolver()).no_proxy();
         }
-        ArchiveStore::S3 {
+        Ok(Archiver {
             store,
-            bucket,
-            prefix,
-        } => {
-            let path = ArchiveStore::s3_path(prefix, vendor, session_id);
-            let url = format!("s3://{bucket}/{path}");
-            let sink = Sink::upload(store.as_ref(), &path).await;
-            (pour_into(response, sink, max_bytes).await, url)
+            max_bytes: config.max_bytes,
+            hosts,
+            limits: config.limits,
+            client: builder
+                .build()
+                .context("Failed to build the recordings HTTP client")?,
+        })
+    }
+
+    /// Downloads `url` into the store as the recording of `(vendor, session_id)`, within
+    /// the attempt's limits and `left` (the time to the archive's deadline). `run` names
+    /// this run's temporary object, so runs never write into one another's.
+    pub async fn download(
+        &self,
+        url: &str,
+        (vendor, session_id): (&str, &str),
+        run: i64,
+        left: Duration,
+    ) -> Downloaded {
+        let shown = hosts::shown(url);
+        let parsed = match self.hosts.check(url) {
+            Ok(parsed) => parsed,
+            Err(refused) => return refusal(&refused, &shown),
+        };
+        let timeout = self.limits.attempt_timeout.min(left);
+        let response = match self.client.get(parsed).timeout(timeout).send().await {
+            Ok(response) => response,
+            Err(e) => {
+                if let Some(refused) = hosts::refused_in(&e) {
+                    return refusal(&refused, &shown);
+                }
+                return Downloaded::Retry(format!(
+                    "the recording host did not answer: {}",
+                    chain(&e.without_url())
+                ));
+            }
+        };
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Downloaded::Retry(format!("http_{status}"));
         }
-    };
-    match streamed {
-        Ok(Streamed::Done { sha256, bytes }) => Downloaded::Archived(Archive {
-            status: ArchiveStatus::Archived,
-            reason: None,
-            url: Some(shown),
-            sha256: Some(sha256),
-            bytes: Some(bytes),
-            content_type: Some(content_type),
-            archived_at: Some(Timestamp::now()),
-        }),
-        Ok(Streamed::TooLarge) => Downloaded::Final("too_large".into()),
-        Ok(Streamed::Interrupted(e)) => Downloaded::Retry(format!("the download broke off: {e}")),
-        Err(e) => {
-            tracing::error!(error = %e, "Cannot write a recording to the store");
-            Downloaded::Final("io".into())
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_bytes)
+        {
+            return Downloaded::Final("too_large".into());
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let max_bytes = self.max_bytes;
+        let (streamed, archived_url) = match &self.store {
+            ArchiveStore::File(dir) => {
+                let target = object_path(dir, vendor, session_id);
+                let url = format!("file://{}", target.display());
+                let sink = Sink::file(&target, run).await;
+                (pour_into(response, sink, max_bytes).await, url)
+            }
+            ArchiveStore::S3 {
+                store,
+                bucket,
+                prefix,
+            } => {
+                let path = ArchiveStore::s3_path(prefix, vendor, session_id);
+                let url = format!("s3://{bucket}/{path}");
+                let sink = Sink::upload(store.as_ref(), &path).await;
+                (pour_into(response, sink, max_bytes).await, url)
+            }
+        };
+        match streamed {
+            Ok(Streamed::Done { sha256, bytes }) => Downloaded::Archived(Archive {
+                status: ArchiveStatus::Archived,
+                reason: None,
+                url: Some(archived_url),
+                sha256: Some(sha256),
+                bytes: Some(bytes),
+                content_type: Some(content_type),
+                archived_at: Some(Timestamp::now()),
+            }),
+            Ok(Streamed::TooLarge) => Downloaded::Final("too_large".into()),
+            Ok(Streamed::Interrupted(e)) => Downloaded::Retry(format!(
+                "the download broke off: {}",
+                chain(&e.without_url())
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, url = %shown, "Cannot write a recording to the store");
+                Downloaded::Final("io".into())
+            }
+        }
+    }
+}
+
+/// A URL the rule refuses: final at once, and the operator hears of it.
+fn refusal(refused: &Refused, shown: &str) -> Downloaded {
+    match refused {
+        Refused::InvalidUrl(why) => {
+            tracing::warn!(url = %shown, why = %why, "A recording URL cannot be fetched");
+            Downloaded::Final("invalid_url".into())
+        }
+        Refused::ForbiddenHost { host, why } => {
+            tracing::warn!(%host, url = %shown, why = %why, "A recording URL names a forbidden host; not fetched");
+            Downloaded::Final("forbidden_host".into())
         }
     }
 }
@@ -232,8 +323,8 @@ enum Streamed {
 
 /// Where a download's bytes go while it runs.
 enum Sink {
-    /// A temporary file beside its object, named after it, so a run cut short (kill -9)
-    /// leaves at most one partial file, which the next run of the job overwrites.
+    /// A temporary file beside its object, named after it and the run, so two runs never
+    /// write into one file; a commit removes what runs cut short (kill -9) left behind.
     File {
         file: tokio::fs::File,
         partial: PathBuf,
@@ -244,14 +335,10 @@ enum Sink {
 }
 
 impl Sink {
-    async fn file(target: &Path) -> std::io::Result<Sink> {
+    async fn file(target: &Path, run: i64) -> std::io::Result<Sink> {
         let dir = target.parent().expect("an object path has a directory");
         tokio::fs::create_dir_all(dir).await?;
-        let name = target
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("object");
-        let partial = dir.join(format!(".partial-{name}"));
+        let partial = dir.join(format!("{}{run:x}", partial_prefix(target)));
         Ok(Sink::File {
             file: tokio::fs::File::create(&partial).await?,
             partial,
@@ -303,6 +390,8 @@ impl Sink {
                 let result = durable.await;
                 if result.is_err() {
                     remove(&partial).await;
+                } else {
+                    remove_leftovers(&target).await;
                 }
                 result
             }
@@ -378,10 +467,96 @@ async fn pour(
     }
 }
 
+/// The name a run's temporary file starts with: `.partial-<object>.`.
+fn partial_prefix(target: &Path) -> String {
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("object");
+    format!(".partial-{name}.")
+}
+
+/// Removes the temporary files of an object's earlier runs that were cut short.
+async fn remove_leftovers(target: &Path) {
+    let dir = target.parent().expect("an object path has a directory");
+    let prefix = partial_prefix(target);
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix))
+        {
+            remove(&entry.path()).await;
+        }
+    }
+}
+
 async fn remove(path: &Path) {
     if let Err(e) = tokio::fs::remove_file(path).await
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!(error = %e, path = %path.display(), "Cannot remove a partial recording");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enrich::settings::{RawRecordings, RecordingsConfig};
+
+    fn archiver(dir: &Path, keys: &str) -> Archiver {
+        let toml = format!("store = \"file://{}\"\n{keys}", dir.display());
+        let raw: RawRecordings = config::Config::builder()
+            .add_source(config::File::from_str(&toml, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .unwrap();
+        let env = |_: &str| None;
+        let config =
+            RecordingsConfig::parse(raw, &mut crate::settings::Context::new(&env)).unwrap();
+        Archiver::new(ArchiveStore::open(&config.store).unwrap(), &config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_download_never_repeats_the_urls_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let archiver = archiver(dir.path(), "allow_private_networks = true");
+        // Nothing listens on port 9 of loopback: the connection is refused.
+        let got = archiver
+            .download(
+                "http://127.0.0.1:9/rec.wav?token=SECRET-123",
+                ("pathors", "s1"),
+                1,
+                Duration::from_secs(5),
+            )
+            .await;
+        let Downloaded::Retry(error) = got else {
+            panic!("{got:?}")
+        };
+        assert!(
+            !error.contains("SECRET") && !error.contains("token"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_urls_are_final_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let archiver = archiver(dir.path(), "");
+        let session = ("pathors", "s1");
+        for (url, reason) in [
+            ("http://127.0.0.1:9/x", "forbidden_host"),
+            ("http://localhost:9/x", "forbidden_host"),
+            ("file:///etc/passwd", "invalid_url"),
+            ("::not a url", "invalid_url"),
+        ] {
+            let got = archiver
+                .download(url, session, 1, Duration::from_secs(5))
+                .await;
+            assert_eq!(got, Downloaded::Final(reason.into()), "{url}");
+        }
     }
 }

@@ -1,17 +1,40 @@
 //! `[recordings]`: where recordings are archived before the vendor's URL expires.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::settings::{ConfigError, Context, invalid, positive};
+use super::hosts::{HostRule, valid_pattern};
+use crate::settings::{ConfigError, Context, invalid, parse_duration, positive};
 
 #[derive(Debug, Clone)]
 pub struct RecordingsConfig {
     pub store: StoreConfig,
     /// A larger recording is not archived (reason `too_large`).
     pub max_bytes: u64,
+    /// Which hosts may be fetched (reason `forbidden_host` otherwise).
+    pub hosts: HostRule,
+    /// An archive ends by `received + max_wait` at the latest, whatever the vendor's expiry.
+    pub max_wait: Duration,
+    /// The bounds of one download attempt.
+    pub limits: DownloadLimits,
+    /// How long a job run holds its claim before another replica may take it over; a run
+    /// renews it every third of that while it lasts.
+    pub lease: Duration,
+}
+
+/// The bounds of one download attempt: so a host that never answers, or trickles, holds a
+/// job slot for a bounded time and the job is tried again later.
+#[derive(Debug, Clone, Copy)]
+pub struct DownloadLimits {
+    /// To establish the connection (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// The longest wait for the next bytes of the answer.
+    pub read_timeout: Duration,
+    /// The whole attempt, from connecting to the last byte.
+    pub attempt_timeout: Duration,
 }
 
 /// Where archived objects go: `<vendor>/<hex of the session id>` under either.
@@ -37,6 +60,20 @@ pub struct RawRecordings {
     store: String,
     #[serde(default = "default_max_bytes")]
     max_bytes: u64,
+    #[serde(default)]
+    allow_private_networks: bool,
+    #[serde(default)]
+    allow_hosts: Vec<String>,
+    #[serde(default = "default_max_wait")]
+    max_wait: String,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout: String,
+    #[serde(default = "default_read_timeout")]
+    read_timeout: String,
+    #[serde(default = "default_attempt_timeout")]
+    attempt_timeout: String,
+    #[serde(default = "default_lease")]
+    lease: String,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
     s3_access_key_id: Option<String>,
@@ -46,10 +83,79 @@ pub struct RawRecordings {
 fn default_max_bytes() -> u64 {
     512 * 1024 * 1024
 }
+fn default_max_wait() -> String {
+    "24h".into()
+}
+fn default_connect_timeout() -> String {
+    "10s".into()
+}
+fn default_read_timeout() -> String {
+    "30s".into()
+}
+fn default_attempt_timeout() -> String {
+    "10m".into()
+}
+fn default_lease() -> String {
+    "60s".into()
+}
+
+/// A duration key of `[recordings]` within `[min, max]`.
+fn bounded(key: &str, value: &str, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
+    let d = parse_duration(key, value)?;
+    if d < min || d > max {
+        return Err(invalid(
+            key,
+            format!(
+                "`{value}` is out of range: from {}s to {}s",
+                min.as_secs(),
+                max.as_secs()
+            ),
+        ));
+    }
+    Ok(d)
+}
 
 impl RecordingsConfig {
     pub fn parse(raw: RawRecordings, cx: &mut Context) -> Result<RecordingsConfig, ConfigError> {
         positive("recordings.max_bytes", raw.max_bytes)?;
+        let secs = Duration::from_secs;
+        let max_wait = bounded(
+            "recordings.max_wait",
+            &raw.max_wait,
+            secs(60),
+            secs(30 * 86_400),
+        )?;
+        let limits = DownloadLimits {
+            connect_timeout: bounded(
+                "recordings.connect_timeout",
+                &raw.connect_timeout,
+                secs(1),
+                secs(300),
+            )?,
+            read_timeout: bounded(
+                "recordings.read_timeout",
+                &raw.read_timeout,
+                secs(1),
+                secs(3600),
+            )?,
+            attempt_timeout: bounded(
+                "recordings.attempt_timeout",
+                &raw.attempt_timeout,
+                secs(1),
+                secs(86_400),
+            )?,
+        };
+        let lease = bounded("recordings.lease", &raw.lease, secs(3), secs(3600))?;
+        for (i, pattern) in raw.allow_hosts.iter().enumerate() {
+            if !valid_pattern(pattern) {
+                return Err(invalid(
+                    format!("recordings.allow_hosts[{i}]"),
+                    format!(
+                        "`{pattern}` is not a host name or `*.` followed by a domain (e.g. \"*.vendor.com\")"
+                    ),
+                ));
+            }
+        }
         let store = if let Some(rest) = raw.store.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
@@ -122,6 +228,13 @@ impl RecordingsConfig {
         Ok(RecordingsConfig {
             store,
             max_bytes: raw.max_bytes,
+            hosts: HostRule {
+                allow_private_networks: raw.allow_private_networks,
+                allow_hosts: raw.allow_hosts,
+            },
+            max_wait,
+            limits,
+            lease,
         })
     }
 }

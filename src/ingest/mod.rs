@@ -72,7 +72,8 @@ pub struct IngestState {
     /// Wakes the job worker after a request left a job behind.
     pub jobs: Arc<tokio::sync::Notify>,
     /// `[recordings]` is set: recordings are archived before they are delivered.
-    pub archive_recordings: bool,
+    /// With `[recordings]`: the longest an archive may wait after receipt (`max_wait`).
+    pub archive_recordings: Option<Duration>,
 }
 
 /// The JSON body ingest answers a vendor with.
@@ -275,7 +276,7 @@ pub fn build_accept(
     received_at: Timestamp,
     raw: Bytes,
     targets: &[Arc<Target>],
-    archive_recordings: bool,
+    archive_recordings: Option<Duration>,
 ) -> Inbound {
     let vendor_event_type = recognized.vendor_event_type.clone();
     let events = recognized
@@ -314,11 +315,14 @@ pub fn build_accept(
 }
 
 /// With `[recordings]`, a `recording.ready` that carries a URL leaves an archive job behind,
-/// due by the URL's expiry, and the event waits for it.
-fn recording_job(events: &[NewEvent], received_at: Timestamp, archive: bool) -> Option<NewJob> {
-    if !archive {
-        return None;
-    }
+/// due by the URL's expiry but never later than `max_wait` after receipt (the expiry comes
+/// from the sender's clock), and the event waits for it.
+fn recording_job(
+    events: &[NewEvent],
+    received_at: Timestamp,
+    max_wait: Option<Duration>,
+) -> Option<NewJob> {
+    let max_wait = max_wait?;
     let expires_at = events.iter().find_map(|e| {
         let recording = e.facts.recording.as_ref()?;
         (e.event_type == EventType::RecordingReady
@@ -329,7 +333,9 @@ fn recording_job(events: &[NewEvent], received_at: Timestamp, archive: bool) -> 
     Some(NewJob {
         kind: JobKind::Recording,
         // Pathors documents about 15 minutes when it gives no expiry.
-        deadline: expires_at.unwrap_or_else(|| received_at.plus_seconds(15 * 60)),
+        deadline: expires_at
+            .unwrap_or_else(|| received_at.plus_seconds(15 * 60))
+            .min(received_at.plus_millis(max_wait.as_millis() as i64)),
         holds: vec![EventType::RecordingReady],
     })
 }
@@ -390,4 +396,48 @@ async fn read_body<'a>(
     tokio::time::timeout_at(deadline, read)
         .await
         .map_err(|_| ApiError::BodyTimeout(timeout.as_millis() as u64))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Recording, RecordingStatus, Session};
+
+    fn recording_ready(expires_at: Option<Timestamp>) -> NewEvent {
+        NewEvent {
+            id: EventId::derive(
+                "pathors",
+                "s1",
+                "recording.ready",
+                EventType::RecordingReady,
+            ),
+            event_type: EventType::RecordingReady,
+            occurred_at: Timestamp::now(),
+            facts: Session {
+                recording: Some(Recording {
+                    status: RecordingStatus::Ready,
+                    url: Some("https://recordings.example/1.wav".into()),
+                    expires_at,
+                    archive: None,
+                }),
+                ..Session::default()
+            },
+            targets: vec![],
+        }
+    }
+
+    #[test]
+    fn an_archive_waits_at_most_max_wait_whatever_the_sender_says() {
+        let received = Timestamp::now();
+        let day = Duration::from_secs(86_400);
+        // A sender dated its event in the year 9000: its URL "expires" then.
+        let far = Timestamp::parse("9000-01-01T00:00:00Z").unwrap();
+        let job = recording_job(&[recording_ready(Some(far))], received, Some(day)).unwrap();
+        assert_eq!(job.deadline, received.plus_seconds(86_400));
+        // An earlier expiry stands.
+        let soon = received.plus_seconds(600);
+        let job = recording_job(&[recording_ready(Some(soon))], received, Some(day)).unwrap();
+        assert_eq!(job.deadline, soon);
+        assert!(recording_job(&[recording_ready(Some(soon))], received, None).is_none());
+    }
 }

@@ -34,7 +34,7 @@ pub(crate) use self::jobs::{holds, rerender};
 pub use self::listing::{Retried, SessionFilter, SessionListing, Timeline};
 use self::settings::StorageConfig;
 use crate::clock::Clock;
-use crate::event::{EventId, Inbound, NewEvent, Session, Timestamp};
+use crate::event::{EventId, Inbound, JobKind, NewEvent, Session, Timestamp};
 
 /// A delivery id, `dlv_` followed by a time-ordered UUID in hex.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -470,21 +470,34 @@ pub trait Store: Send + Sync {
         lease: Duration,
     ) -> Result<Vec<ClaimedDelivery>, StoreError>;
 
-    /// Leases up to `limit` due pending jobs for `lease` (a job past its deadline is due).
+    /// Leases up to `limit` due pending jobs of `kind` for `lease`, oldest due first (a job
+    /// past its deadline is due). A job whose previous lease lapsed (its run died or hung)
+    /// counts that run as an attempt; a leased job falls due again when its lease ends.
     async fn claim_jobs(
         &self,
+        kind: JobKind,
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError>;
 
+    /// Extends a run's lease to `lease` from now; false if it has passed to another run or
+    /// the job has ended (the run should stop: its result would be dropped).
+    async fn renew_job(
+        &self,
+        id: &str,
+        lease_token: i64,
+        lease: Duration,
+    ) -> Result<bool, StoreError>;
+
     /// Ends a job run: on `Done`, in one transaction, merges its facts into the session,
     /// re-renders the events it held, makes their deliveries and marks it done; returns the
     /// targets that got deliveries. On `RetryAt` it waits again. A result whose lease has
-    /// passed on is dropped (returns no targets).
-    async fn finish_job(&self, result: JobResult) -> Result<Vec<String>, StoreError>;
+    /// passed on is dropped: `None`.
+    async fn finish_job(&self, result: JobResult) -> Result<Option<Vec<String>>, StoreError>;
 
-    /// When the next pending, unleased job falls due (unix ms).
-    async fn next_job_due(&self) -> Result<Option<i64>, StoreError>;
+    /// When the next pending job of one of `kinds` falls due (unix ms); a leased one falls
+    /// due when its lease ends.
+    async fn next_job_due(&self, kinds: &[JobKind]) -> Result<Option<i64>, StoreError>;
 
     /// Records an attempt and moves its delivery on; releases the lease. If the lease has
     /// since passed to another worker (it expired), the result is dropped: that worker's

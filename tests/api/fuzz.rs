@@ -188,7 +188,7 @@ fn check_body(vendor: Vendor, body: &[u8]) -> Result<(), TestCaseError> {
                 Timestamp::now(),
                 verified.bytes().clone(),
                 &[],
-                false,
+                None,
             );
             let mut record = sessiongate::sessions::SessionRecord::default();
             for event in &accept.events {

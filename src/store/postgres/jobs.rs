@@ -14,27 +14,27 @@ use crate::store::{
 impl PgStore {
     pub(super) async fn claim_jobs_now(
         &self,
+        kind: JobKind,
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = self.clock.now_ms();
         let token = lease_token();
+        let until = now.saturating_add(lease.as_millis() as i64);
+        // `next_attempt_at` moves to the lease's end, so a run that dies or hangs falls due
+        // behind the jobs already waiting, and its lapsed lease counts as an attempt.
         let rows = self
             .query(
-                "UPDATE jobs SET lease_until = $1, lease_token = $2
+                "UPDATE jobs SET lease_until = $1, lease_token = $2, next_attempt_at = $1,
+                     attempts = attempts + CASE WHEN lease_until IS NULL THEN 0 ELSE 1 END
                  WHERE seq IN (
                      SELECT seq FROM jobs
-                     WHERE status = 'pending' AND next_attempt_at <= $3
+                     WHERE status = 'pending' AND kind = $5 AND next_attempt_at <= $3
                        AND (lease_until IS NULL OR lease_until <= $3)
-                     ORDER BY next_attempt_at LIMIT $4
+                     ORDER BY next_attempt_at, seq LIMIT $4
                      FOR UPDATE SKIP LOCKED)
                  RETURNING id, kind, source, vendor, session_id, attempts, deadline, last_error",
-                &[
-                    &(now + lease.as_millis() as i64),
-                    &token,
-                    &now,
-                    &(limit as i64),
-                ],
+                &[&until, &token, &now, &(limit as i64), &kind.as_str()],
             )
             .await?;
         Ok(rows
@@ -53,13 +53,33 @@ impl PgStore {
             .collect())
     }
 
-    pub(super) async fn next_job_due_now(&self) -> Result<Option<i64>, StoreError> {
-        let now = self.clock.now_ms();
+    pub(super) async fn renew_job_now(
+        &self,
+        id: &str,
+        token: i64,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let until = self.clock.now_ms().saturating_add(lease.as_millis() as i64);
+        let changed = self
+            .execute(
+                "UPDATE jobs SET lease_until = $3, next_attempt_at = $3
+                 WHERE id = $1 AND lease_token = $2 AND status = 'pending'",
+                &[&id, &token, &until],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    pub(super) async fn next_job_due_now(
+        &self,
+        kinds: &[JobKind],
+    ) -> Result<Option<i64>, StoreError> {
+        let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
         let row = self
             .query_one(
                 "SELECT MIN(next_attempt_at) FROM jobs
-                 WHERE status = 'pending' AND (lease_until IS NULL OR lease_until <= $1)",
-                &[&now],
+                 WHERE status = 'pending' AND kind = ANY($1)",
+                &[&kinds],
             )
             .await?;
         Ok(row.get(0))
@@ -68,17 +88,18 @@ impl PgStore {
     pub(super) async fn finish_job_now(
         &self,
         result: JobResult,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Option<Vec<String>>, StoreError> {
         let now = self.clock.now_ms();
         if let JobEnd::RetryAt { unix_ms, error } = &result.end {
-            self.execute(
+            let changed = self
+                .execute(
                 "UPDATE jobs SET attempts = attempts + 1, next_attempt_at = $3, last_error = $4,
                      lease_until = NULL, lease_token = NULL, updated_at = $5
                  WHERE id = $1 AND lease_token = $2 AND status = 'pending'",
                 &[&result.id, &result.lease_token, unix_ms, error, &now],
             )
             .await?;
-            return Ok(Vec::new());
+            return Ok((changed == 1).then(Vec::new));
         }
         let JobEnd::Done { facts } = &result.end else {
             unreachable!("handled above");
@@ -99,7 +120,7 @@ impl PgStore {
             .map_err(backend)?;
         // The lease passed to another run: that run decides.
         let Some(job) = job else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         let (vendor, session_id): (String, String) = (job.get(0), job.get(1));
         let at = Timestamp::parse(job.get(2)).unwrap_or_else(|| Timestamp::from_unix_millis(now));
@@ -191,6 +212,6 @@ impl PgStore {
         .await
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
-        Ok(targets)
+        Ok(Some(targets))
     }
 }

@@ -8,7 +8,7 @@ use tokio_postgres::Row;
 use super::accept::accept_on;
 use super::listing::receipt_row;
 use super::{PgStore, backend, connection_lost, prepared};
-use crate::event::{EventId, Timestamp};
+use crate::event::{EventId, JobKind, Timestamp};
 use crate::store::{
     AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, ClaimedJob, DeliveryFilter, DeliveryId,
     DeliveryInfo, DeliveryStatus, EVENT_COLUMNS, EventFilter, Handoff, Inbound, IngestOutcome,
@@ -168,18 +168,28 @@ impl Store for PgStore {
 
     async fn claim_jobs(
         &self,
+        kind: JobKind,
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
-        self.claim_jobs_now(limit, lease).await
+        self.claim_jobs_now(kind, limit, lease).await
     }
 
-    async fn finish_job(&self, result: JobResult) -> Result<Vec<String>, StoreError> {
+    async fn renew_job(
+        &self,
+        id: &str,
+        lease_token: i64,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        self.renew_job_now(id, lease_token, lease).await
+    }
+
+    async fn finish_job(&self, result: JobResult) -> Result<Option<Vec<String>>, StoreError> {
         self.finish_job_now(result).await
     }
 
-    async fn next_job_due(&self) -> Result<Option<i64>, StoreError> {
-        self.next_job_due_now().await
+    async fn next_job_due(&self, kinds: &[JobKind]) -> Result<Option<i64>, StoreError> {
+        self.next_job_due_now(kinds).await
     }
 
     async fn finish_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {

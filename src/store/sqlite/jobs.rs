@@ -13,21 +13,26 @@ use crate::store::{ClaimedJob, Hold, JobEnd, JobResult, rerender};
 pub(super) fn claim(
     conn: &Connection,
     now: i64,
+    kind: JobKind,
     limit: usize,
     lease: Duration,
     token: i64,
 ) -> rusqlite::Result<Vec<ClaimedJob>> {
+    let until = now.saturating_add(lease.as_millis() as i64);
+    // `next_attempt_at` moves to the lease's end, so a run that dies or hangs falls due
+    // behind the jobs already waiting, and its lapsed lease counts as an attempt.
     conn.prepare_cached(
-        "UPDATE jobs SET lease_until = ?1, lease_token = ?2
+        "UPDATE jobs SET lease_until = ?1, lease_token = ?2, next_attempt_at = ?1,
+             attempts = attempts + CASE WHEN lease_until IS NULL THEN 0 ELSE 1 END
          WHERE seq IN (
              SELECT seq FROM jobs
-             WHERE status = 'pending' AND next_attempt_at <= ?3
+             WHERE status = 'pending' AND kind = ?5 AND next_attempt_at <= ?3
                AND (lease_until IS NULL OR lease_until <= ?3)
-             ORDER BY next_attempt_at LIMIT ?4)
+             ORDER BY next_attempt_at, seq LIMIT ?4)
          RETURNING id, kind, source, vendor, session_id, attempts, deadline, last_error",
     )?
     .query_map(
-        params![now + lease.as_millis() as i64, token, now, limit as i64],
+        params![until, token, now, limit as i64, kind.as_str()],
         |r| {
             let kind: String = r.get(1)?;
             Ok(ClaimedJob {
@@ -46,19 +51,44 @@ pub(super) fn claim(
     .collect()
 }
 
-pub(super) fn next_due(conn: &Connection, now: i64) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached(
-        "SELECT MIN(next_attempt_at) FROM jobs
-         WHERE status = 'pending' AND (lease_until IS NULL OR lease_until <= ?1)",
-    )?
-    .query_row([now], |r| r.get(0))
+pub(super) fn renew(
+    conn: &Connection,
+    now: i64,
+    id: &str,
+    token: i64,
+    lease: Duration,
+) -> rusqlite::Result<bool> {
+    let until = now.saturating_add(lease.as_millis() as i64);
+    let changed = conn
+        .prepare_cached(
+            "UPDATE jobs SET lease_until = ?3, next_attempt_at = ?3
+             WHERE id = ?1 AND lease_token = ?2 AND status = 'pending'",
+        )?
+        .execute(params![id, token, until])?;
+    Ok(changed == 1)
+}
+
+pub(super) fn next_due(conn: &Connection, kinds: &[JobKind]) -> rusqlite::Result<Option<i64>> {
+    let mut next: Option<i64> = None;
+    for kind in kinds {
+        let due: Option<i64> = conn
+            .prepare_cached(
+                "SELECT MIN(next_attempt_at) FROM jobs WHERE status = 'pending' AND kind = ?1",
+            )?
+            .query_row([kind.as_str()], |r| r.get(0))?;
+        next = match (next, due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(next)
 }
 
 pub(super) fn finish(
     conn: &Connection,
     result: &JobResult,
     now: i64,
-) -> rusqlite::Result<Vec<String>> {
+) -> rusqlite::Result<Option<Vec<String>>> {
     let job: Option<(String, String, String, String)> = conn
         .prepare_cached(
             "SELECT vendor, session_id, at, holds FROM jobs
@@ -70,7 +100,7 @@ pub(super) fn finish(
         .optional()?;
     // The lease passed to another run: that run decides.
     let Some((vendor, session_id, at, holds)) = job else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     let facts = match &result.end {
         JobEnd::RetryAt { unix_ms, error } => {
@@ -80,7 +110,7 @@ pub(super) fn finish(
                  WHERE id = ?1 AND lease_token = ?2",
             )?
             .execute(params![result.id, result.lease_token, unix_ms, error, now])?;
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         JobEnd::Done { facts } => facts,
     };
@@ -132,5 +162,5 @@ pub(super) fn finish(
          WHERE id = ?1",
     )?
     .execute(params![result.id, now])?;
-    Ok(targets)
+    Ok(Some(targets))
 }

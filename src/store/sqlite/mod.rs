@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::settings::Synchronous;
 use crate::clock::Clock;
-use crate::event::{EventId, Timestamp};
+use crate::event::{EventId, JobKind, Timestamp};
 use crate::store::listing::SESSION_COLUMNS;
 use crate::store::{
     AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, ClaimedJob, DeliveryFilter, DeliveryId,
@@ -105,11 +105,15 @@ impl SqliteStore {
         if released > 0 {
             tracing::info!(released, "Released leases left by a previous run");
         }
-        // The same for jobs: one process per file, so no lease here is anyone else's.
+        // The same for jobs: one process per file, so no lease here is anyone else's. A
+        // claimed job is due at its lease's end; the run that was cut short counts as an
+        // attempt, and the job is due now.
+        let now = crate::clock::Clock::system().now_ms();
         conn.execute(
-            "UPDATE jobs SET lease_until = NULL, lease_token = NULL
+            "UPDATE jobs SET lease_until = NULL, lease_token = NULL, attempts = attempts + 1,
+                 next_attempt_at = MIN(next_attempt_at, ?1)
              WHERE status = 'pending' AND lease_until IS NOT NULL",
-            [],
+            [now],
         )
         .context("Failed to release stale job leases")?;
 
@@ -399,24 +403,37 @@ impl Store for SqliteStore {
 
     async fn claim_jobs(
         &self,
+        kind: JobKind,
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = self.clock.now_ms();
         let token = lease_token();
-        self.call(move |conn| jobs::claim(conn, now, limit, lease, token))
+        self.call(move |conn| jobs::claim(conn, now, kind, limit, lease, token))
             .await
     }
 
-    async fn finish_job(&self, result: JobResult) -> Result<Vec<String>, StoreError> {
+    async fn renew_job(
+        &self,
+        id: &str,
+        lease_token: i64,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let id = id.to_owned();
+        self.call(move |conn| jobs::renew(conn, now, &id, lease_token, lease))
+            .await
+    }
+
+    async fn finish_job(&self, result: JobResult) -> Result<Option<Vec<String>>, StoreError> {
         let now = self.clock.now_ms();
         self.call(move |conn| jobs::finish(conn, &result, now))
             .await
     }
 
-    async fn next_job_due(&self) -> Result<Option<i64>, StoreError> {
-        let now = self.clock.now_ms();
-        self.call(move |conn| jobs::next_due(conn, now)).await
+    async fn next_job_due(&self, kinds: &[JobKind]) -> Result<Option<i64>, StoreError> {
+        let kinds = kinds.to_vec();
+        self.call(move |conn| jobs::next_due(conn, &kinds)).await
     }
 
     async fn finish_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {

@@ -48,7 +48,10 @@ pub(super) async fn a_job_holds_its_events_deliveries_until_it_ends(s: Arc<dyn S
     assert_eq!(deliveries.len(), 1, "only session.ended goes out at once");
     assert_ne!(deliveries[0].event_id, finalized);
 
-    let jobs = s.claim_jobs(10, Duration::from_secs(60)).await.unwrap();
+    let jobs = s
+        .claim_jobs(JobKind::Transcript, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(jobs.len(), 1);
     let job = jobs[0].clone();
     assert_eq!(
@@ -56,7 +59,7 @@ pub(super) async fn a_job_holds_its_events_deliveries_until_it_ends(s: Arc<dyn S
         (JobKind::Transcript, "s1", 0)
     );
     assert!(
-        s.claim_jobs(10, Duration::from_secs(60))
+        s.claim_jobs(JobKind::Transcript, 10, Duration::from_secs(60))
             .await
             .unwrap()
             .is_empty(),
@@ -71,7 +74,7 @@ pub(super) async fn a_job_holds_its_events_deliveries_until_it_ends(s: Arc<dyn S
             facts: Box::new(transcript()),
         },
     };
-    assert!(s.finish_job(stale).await.unwrap().is_empty());
+    assert_eq!(s.finish_job(stale).await.unwrap(), None, "stale");
     assert_eq!(s.deliveries(all()).await.unwrap().len(), 1);
 
     let released = s
@@ -84,7 +87,7 @@ pub(super) async fn a_job_holds_its_events_deliveries_until_it_ends(s: Arc<dyn S
         })
         .await
         .unwrap();
-    assert_eq!(released, vec!["t".to_owned()]);
+    assert_eq!(released, Some(vec!["t".to_owned()]));
     let deliveries = s.deliveries(all()).await.unwrap();
     assert_eq!(deliveries.len(), 2);
     assert!(
@@ -122,13 +125,13 @@ pub(super) async fn a_job_holds_its_events_deliveries_until_it_ends(s: Arc<dyn S
         "merged into the record"
     );
     assert!(
-        s.claim_jobs(10, Duration::from_secs(60))
+        s.claim_jobs(JobKind::Transcript, 10, Duration::from_secs(60))
             .await
             .unwrap()
             .is_empty(),
         "done"
     );
-    assert_eq!(s.next_job_due().await.unwrap(), None);
+    assert_eq!(s.next_job_due(&[JobKind::Transcript]).await.unwrap(), None);
     // Retention takes an ended job once it is older than the cutoff.
     let later = Timestamp::now().plus_millis(60_000);
     assert_eq!(s.prune(later).await.unwrap().jobs, 1);
@@ -146,7 +149,7 @@ pub(super) async fn a_job_run_that_fails_waits_for_its_retry(s: Arc<dyn Store>) 
     let held = a.events[1].id.clone();
     s.accept(a).await.unwrap();
     let job = s
-        .claim_jobs(10, Duration::from_secs(60))
+        .claim_jobs(JobKind::Transcript, 10, Duration::from_secs(60))
         .await
         .unwrap()
         .remove(0);
@@ -162,10 +165,13 @@ pub(super) async fn a_job_run_that_fails_waits_for_its_retry(s: Arc<dyn Store>) 
         })
         .await
         .unwrap();
-    assert!(released.is_empty());
-    assert_eq!(s.next_job_due().await.unwrap(), Some(later));
+    assert_eq!(released, Some(Vec::new()));
+    assert_eq!(
+        s.next_job_due(&[JobKind::Transcript]).await.unwrap(),
+        Some(later)
+    );
     assert!(
-        s.claim_jobs(10, Duration::from_secs(60))
+        s.claim_jobs(JobKind::Transcript, 10, Duration::from_secs(60))
             .await
             .unwrap()
             .is_empty(),
@@ -179,7 +185,10 @@ pub(super) async fn a_job_run_that_fails_waits_for_its_retry(s: Arc<dyn Store>) 
         s.event(held.as_str()).await.unwrap().is_some(),
         "the held event is kept"
     );
-    assert_eq!(s.next_job_due().await.unwrap(), Some(later));
+    assert_eq!(
+        s.next_job_due(&[JobKind::Transcript]).await.unwrap(),
+        Some(later)
+    );
 }
 
 pub(super) async fn pruning_a_sessions_last_recording_job_names_its_object(s: Arc<dyn Store>) {
@@ -191,7 +200,7 @@ pub(super) async fn pruning_a_sessions_last_recording_job_names_its_object(s: Ar
     });
     s.accept(a).await.unwrap();
     let job = s
-        .claim_jobs(10, Duration::from_secs(60))
+        .claim_jobs(JobKind::Recording, 10, Duration::from_secs(60))
         .await
         .unwrap()
         .remove(0);
@@ -210,5 +219,104 @@ pub(super) async fn pruning_a_sessions_last_recording_job_names_its_object(s: Ar
     assert_eq!(
         pruned.recordings,
         vec![("pathors".to_owned(), "s3".to_owned())]
+    );
+}
+
+fn with_recording_job(mut a: Inbound) -> Inbound {
+    a.job = Some(NewJob {
+        kind: JobKind::Recording,
+        deadline: Timestamp::now().plus_millis(600_000),
+        holds: vec![EventType::RecordingReady],
+    });
+    a
+}
+
+/// A run that dies or hangs lets its lease lapse: the job is claimed again, counts that run
+/// as an attempt, and waits behind the jobs that fell due before its lease ended; a run
+/// that renews keeps it; a claim takes one kind only.
+pub(super) async fn a_lapsed_job_lease_is_an_attempt_and_waits_its_turn(s: Arc<dyn Store>) {
+    let lease = Duration::from_millis(300);
+    s.accept(with_recording_job(accept(
+        "slow",
+        &[EventType::RecordingReady],
+        &["t"],
+    )))
+    .await
+    .unwrap();
+    let first = s
+        .claim_jobs(JobKind::Recording, 1, lease)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!((first.session_id.as_str(), first.attempts), ("slow", 0));
+    s.accept(with_recording_job(accept(
+        "next",
+        &[EventType::RecordingReady],
+        &["t"],
+    )))
+    .await
+    .unwrap();
+    assert!(
+        s.claim_jobs(JobKind::Transcript, 10, lease)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a claim takes its own kind only"
+    );
+    tokio::time::sleep(lease + Duration::from_millis(50)).await;
+
+    let claimed = s.claim_jobs(JobKind::Recording, 1, lease).await.unwrap();
+    assert_eq!(
+        claimed[0].session_id, "next",
+        "the job that waited goes before the one whose lease lapsed"
+    );
+    let again = s
+        .claim_jobs(JobKind::Recording, 1, lease)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(again.session_id, "slow");
+    assert_eq!(again.attempts, 1, "the lapsed run counts as an attempt");
+    assert!(
+        !s.renew_job(&first.id, first.lease_token, lease)
+            .await
+            .unwrap(),
+        "the first run's lease has passed on"
+    );
+
+    // A run that renews keeps its job past the first lease.
+    assert!(
+        s.renew_job(&again.id, again.lease_token, Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(lease + Duration::from_millis(50)).await;
+    let others = s.claim_jobs(JobKind::Recording, 10, lease).await.unwrap();
+    assert!(
+        others.iter().all(|j| j.session_id != "slow"),
+        "renewed: {others:?}"
+    );
+    let due = s
+        .next_job_due(&[JobKind::Recording])
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(due <= crate::clock::Clock::system().now_ms() + 60_000);
+    let ended = s
+        .finish_job(JobResult {
+            id: again.id.clone(),
+            lease_token: again.lease_token,
+            end: JobEnd::Done {
+                facts: Box::default(),
+            },
+        })
+        .await
+        .unwrap();
+    assert_eq!(ended, Some(vec!["t".to_owned()]));
+    assert!(
+        !s.renew_job(&again.id, again.lease_token, lease)
+            .await
+            .unwrap(),
+        "an ended job is not renewed"
     );
 }
