@@ -11,7 +11,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, Service as _};
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use anyhow::Context;
@@ -24,6 +24,7 @@ use crate::delivery::{WorkerHealth, Workers};
 use crate::enrich::Enricher;
 use crate::enrich::recordings::{ArchiveStore, Archiver};
 use crate::error::{ApiError, error_response};
+use crate::ingest::connections::{self, Connections};
 use crate::ingest::{self, IngestState};
 use crate::metrics::Metrics;
 use crate::store::{self, Store};
@@ -200,6 +201,17 @@ impl Application {
             }
         };
         let ingest_routes = operator_routes.clone();
+        let connections = Connections::new(
+            config.server.max_connections,
+            config.server.max_connections_per_peer,
+            metrics.clone(),
+        );
+        let on_connect = {
+            let connections = connections.clone();
+            move |io: &dyn std::any::Any, extensions: &mut actix_web::dev::Extensions| {
+                connections.on_connect(io, extensions)
+            }
+        };
         let server = HttpServer::new(move || {
             let mut app = App::new()
                 .app_data(ingest_state.clone())
@@ -216,15 +228,22 @@ impl Application {
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .default_service(web::to(no_route))
+            // A connection with a request in progress is never the one closed for room.
+            .wrap_fn(|request, service| {
+                let busy = connections::track(&request);
+                let answer = service.call(request);
+                async move {
+                    let answer = answer.await;
+                    drop(busy);
+                    answer
+                }
+            })
         })
         .workers(config.server.workers)
-        // actix counts connections per worker; the configured cap is for the whole process.
-        .max_connections(
-            config
-                .server
-                .max_connections
-                .div_ceil(config.server.workers),
-        )
+        // The caps are kept by `connections` (per peer, and in total with idle ones closed
+        // to make room); actix's own cap, per worker, only has to stay out of its way.
+        .on_connect(on_connect)
+        .max_connections(connections.listener_cap())
         // A client that trickles its headers is cut off (408) after this; slow bodies are
         // bounded by server.body_timeout_ms in the ingest handler.
         .client_request_timeout(config.server.header_timeout)

@@ -317,6 +317,17 @@ pub fn socket_address(key: &str, value: &str) -> Result<SocketAddr, ConfigError>
         .ok_or_else(|| invalid(key, format!("`{value}` is not a host:port address")))
 }
 
+/// A number within `[min, max]`; the error names the key and the range.
+pub fn in_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(invalid(
+            key,
+            format!("{value} is out of range: from {min} to {max}"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(invalid(key, "must be greater than 0"));

@@ -6,6 +6,7 @@
 //! durably committed the event and its deliveries. Vendor specifics stay in
 //! [`crate::vendors`].
 
+pub mod connections;
 pub mod settings;
 
 use std::collections::HashMap;

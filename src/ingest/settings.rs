@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::auth::SourceAuth;
 use crate::settings::{
-    ConfigError, Context, invalid, parse_whsec, positive, socket_address, unique_name,
+    ConfigError, Context, in_range, invalid, parse_whsec, positive, socket_address, unique_name,
 };
 use crate::vendors::Vendor;
 
@@ -24,6 +24,8 @@ pub struct ServerConfig {
     pub max_body_bytes_in_flight: usize,
     /// Open connections across all HTTP workers.
     pub max_connections: usize,
+    /// Open connections of one peer address.
+    pub max_connections_per_peer: usize,
     pub admin_token: Option<SecretString>,
     pub workers: usize,
     pub body_timeout: Duration,
@@ -40,6 +42,7 @@ pub struct RawServer {
     max_body_bytes: usize,
     max_body_bytes_in_flight: usize,
     max_connections: usize,
+    max_connections_per_peer: usize,
     admin_token: Option<String>,
     workers: Option<usize>,
     body_timeout_ms: u64,
@@ -62,7 +65,19 @@ impl ServerConfig {
             ));
         }
         positive("server.max_body_bytes", s.max_body_bytes as u64)?;
-        positive("server.max_connections", s.max_connections as u64)?;
+        in_range(
+            "server.max_connections",
+            s.max_connections as u64,
+            1,
+            1_000_000,
+        )?;
+        // Above max_connections it is max_connections.
+        in_range(
+            "server.max_connections_per_peer",
+            s.max_connections_per_peer as u64,
+            1,
+            1_000_000,
+        )?;
         if s.max_body_bytes_in_flight / 2 < s.max_body_bytes {
             return Err(invalid(
                 "server.max_body_bytes_in_flight",
@@ -90,6 +105,7 @@ impl ServerConfig {
             max_body_bytes: s.max_body_bytes,
             max_body_bytes_in_flight: s.max_body_bytes_in_flight,
             max_connections: s.max_connections,
+            max_connections_per_peer: s.max_connections_per_peer,
             admin_token: s
                 .admin_token
                 .map(|t| cx.secret("server.admin_token", &t).map(SecretString::from))

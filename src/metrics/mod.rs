@@ -124,6 +124,7 @@ pub struct Metrics {
     recordings_archived: Counter,
     recordings_failed: Family<ReasonLabels, Counter>,
     recording_bytes: Counter,
+    connections_closed: Family<ReasonLabels, Counter>,
     attempt_seconds: Histograms<TargetLabels>,
     end_to_end_seconds: Histograms<TargetLabels>,
     vendor_to_receiver_seconds: Histograms<TargetLabels>,
@@ -158,6 +159,7 @@ impl Metrics {
             recordings_archived: Counter::default(),
             recordings_failed: Family::default(),
             recording_bytes: Counter::default(),
+            connections_closed: Family::default(),
             attempt_seconds: Family::new_with_constructor(attempt_buckets),
             end_to_end_seconds: Family::new_with_constructor(end_to_end_buckets),
             vendor_to_receiver_seconds: Family::new_with_constructor(end_to_end_buckets),
@@ -249,6 +251,11 @@ impl Metrics {
             "recording_bytes",
             "Bytes of recordings archived",
             m.recording_bytes.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections the server closed to keep room, by reason (peer_cap, idle_at_cap, full)",
+            m.connections_closed.clone(),
         );
         registry.register(
             "target_info",
@@ -412,6 +419,17 @@ impl Metrics {
         self.recordings_archived.inc();
         self.recording_bytes.inc_by(bytes);
         tracing::info!(bytes, "Recording archived");
+    }
+
+    /// Counts one connection closed to keep room for others (logged at debug: under a flood
+    /// there is one per connection; the counter is what an operator watches).
+    pub fn connection_closed(&self, reason: &str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+        tracing::debug!(reason, "Connection closed to keep room");
     }
 
     /// Counts one recording that could not be archived.

@@ -2,6 +2,10 @@
 //! that used to be stored and then fail, or fail in the database, now get a 4xx naming the
 //! problem, the same on both stores.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -322,30 +326,153 @@ async fn unauthenticated_bodies_cannot_exhaust_memory_nor_starve_a_vendor() {
     assert!(peak < 256, "peak RSS {peak} MiB (idle {idle} MiB)");
 }
 
-#[tokio::test]
-async fn connections_beyond_the_cap_wait_until_one_closes() {
+/// A client that holds a keep-alive connection from `from` and asks for `/healthz` every
+/// `every`, connecting again whenever the server closes it; it counts its answers.
+fn health_flood(
+    address: std::net::SocketAddr,
+    from: std::net::IpAddr,
+    every: std::time::Duration,
+    answers: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut stream) = connect_from(from, address).await else {
+                tokio::time::sleep(every).await;
+                continue;
+            };
+            let mut buffer = [0u8; 4096];
+            loop {
+                let asked = stream
+                    .write_all(b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n")
+                    .await;
+                if asked.is_err() || !matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {
+                    break;
+                }
+                answers.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(every).await;
+            }
+        }
+    })
+}
+
+async fn connect_from(
+    from: std::net::IpAddr,
+    to: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(from, 0))?;
+    socket.connect(to).await
+}
+
+fn loopback(last: u8) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, last))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_idle_connections_make_room_for_a_vendor() {
     let mut options = Options::with_targets("");
-    options.server_extra = "max_connections = 2".into();
+    options.server_extra = "max_connections = 40".into();
     let app = spawn_app_with(options, None).await;
-    let address = app.address.trim_start_matches("http://").to_owned();
-    let idle: Vec<_> = futures_util::future::join_all(
-        (0..2).map(|_| tokio::net::TcpStream::connect(address.clone())),
-    )
-    .await;
-    let health = || {
-        reqwest::Client::new()
-            .get(format!("{}/healthz", app.address))
-            .timeout(std::time::Duration::from_millis(700))
+    let address: std::net::SocketAddr = app.address.trim_start_matches("http://").parse().unwrap();
+    // 40 clients hold every connection, each asking every second: well inside keep-alive.
+    let answers = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..40)
+        .map(|_| {
+            health_flood(
+                address,
+                loopback(1),
+                Duration::from_secs(1),
+                answers.clone(),
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + PATIENCE;
+    while answers.load(Ordering::SeqCst) < 80 {
+        assert!(Instant::now() < deadline, "the flood never got going");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A vendor, from its own address, gets in within 2 s (three times over).
+    let vendor = reqwest::Client::builder()
+        .local_address(loopback(2))
+        .build()
+        .unwrap();
+    for i in 0..3 {
+        let started = Instant::now();
+        let response = vendor
+            .post(format!("{}/ingest/pathors", app.address))
+            .header("authorization", PATHORS_TOKEN)
+            .body(call_ended(&format!("s-flood-{i}")))
+            .timeout(Duration::from_secs(2))
             .send()
-    };
-    // Connections are accepted in the order they arrived, so the idle two are taken first.
+            .await
+            .expect("an authenticated vendor is answered within 2 s under the flood");
+        assert_eq!(response.status(), 202);
+        println!(
+            "vendor answered in {:?} under a 40-connection flood",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let metrics = app.metrics().await;
     assert!(
-        health().await.is_err(),
-        "a third connection is not served while two are open"
+        metrics.contains(r#"sessiongate_connections_closed_total{reason="idle_at_cap"}"#),
+        "{metrics}"
     );
-    drop(idle);
-    let response = health().await.expect("served once a connection closed");
-    assert_eq!(response.status(), 200);
+    for task in flood {
+        task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_holds_at_most_its_share_of_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut options = Options::with_targets("");
+    options.server_extra = "max_connections = 100\nmax_connections_per_peer = 3".into();
+    let app = spawn_app_with(options, None).await;
+    let address: std::net::SocketAddr = app.address.trim_start_matches("http://").parse().unwrap();
+    let ask = |mut stream: tokio::net::TcpStream| async move {
+        let mut buffer = [0u8; 4096];
+        let asked = stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n")
+            .await;
+        let n = match asked {
+            Ok(()) => stream.read(&mut buffer).await.unwrap_or(0),
+            Err(_) => 0,
+        };
+        (n > 0, stream)
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (answered, stream) = ask(connect_from(loopback(1), address).await.unwrap()).await;
+        assert!(answered, "within the peer's share");
+        held.push(stream);
+    }
+    let (answered, _) = ask(connect_from(loopback(1), address).await.unwrap()).await;
+    assert!(!answered, "a fourth connection from one address is closed");
+    // Another address is not affected.
+    let (answered, _) = ask(connect_from(loopback(2), address).await.unwrap()).await;
+    assert!(answered);
+    // Once one of the three closes, the peer may connect again.
+    drop(held.pop());
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (answered, _) = ask(connect_from(loopback(1), address).await.unwrap()).await;
+        if answered {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection was never forgotten"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"sessiongate_connections_closed_total{reason="peer_cap"}"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
