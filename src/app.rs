@@ -151,6 +151,7 @@ impl Application {
                     .map(|s| (s.name.clone(), s.vendor))
                     .collect(),
                 archive: archive.clone(),
+                guard: Default::default(),
             })
         });
         if admin.is_none() {

@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use svix::webhooks::{Webhook, WebhookError};
 
+use crate::event::MAX_ID_LEN;
+
 /// The two header sets a Svix-delivered request may carry: Svix's own and the Standard
 /// Webhooks names. Svix's take precedence, as in the `svix` crate.
 const HEADER_SETS: [[&str; 3]; 2] = [
@@ -66,8 +68,12 @@ pub enum AuthFailure {
     MissingSignature,
     MissingHeader(String),
     Malformed,
+    /// The message id header is empty, longer than ids may be, or holds control characters.
+    BadMessageId,
     Mismatch,
-    TimestampOutsideTolerance { tolerance_seconds: u64 },
+    TimestampOutsideTolerance {
+        tolerance_seconds: u64,
+    },
 }
 
 impl fmt::Display for AuthFailure {
@@ -79,6 +85,11 @@ impl fmt::Display for AuthFailure {
             ),
             AuthFailure::MissingHeader(name) => write!(f, "missing credentials header `{name}`"),
             AuthFailure::Malformed => f.write_str("malformed signature headers"),
+            AuthFailure::BadMessageId => write!(
+                f,
+                "the svix-id (or webhook-id) header must be 1 to {MAX_ID_LEN} bytes of text \
+                 without control characters"
+            ),
             AuthFailure::Mismatch => f.write_str("credentials or signature do not match"),
             AuthFailure::TimestampOutsideTolerance { tolerance_seconds } => write!(
                 f,
@@ -102,7 +113,7 @@ impl SourceAuth {
             SourceAuth::Svix { tolerance, .. } => {
                 let signed = signature_headers(headers)?;
                 check_timestamp(signed.timestamp, *tolerance, SystemTime::now())?;
-                if signed.id.is_empty() || !has_v1_signature(&signed.headers) {
+                if !has_v1_signature(&signed.headers) {
                     return Err(AuthFailure::Malformed);
                 }
                 Ok(())
@@ -186,11 +197,21 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     Sha256::digest(a).ct_eq(&Sha256::digest(b)).into()
 }
 
+/// A message id is kept as the events' `source.messageId`: the same limit as every id.
+fn check_message_id(id: &str) -> Result<(), AuthFailure> {
+    if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+        return Err(AuthFailure::BadMessageId);
+    }
+    Ok(())
+}
+
+/// The message id an unauthenticated source's sender named, if it is one an id may be.
 fn svix_message_id(headers: &HeaderMap) -> Option<String> {
     HEADER_SETS
         .iter()
         .find_map(|[id, _, _]| headers.get(*id))
         .and_then(|v| v.to_str().ok())
+        .filter(|id| check_message_id(id).is_ok())
         .map(str::to_owned)
 }
 
@@ -239,6 +260,7 @@ fn signature_headers(headers: &HeaderMap) -> Result<SignatureHeaders, AuthFailur
         .trim()
         .parse::<i64>()
         .map_err(|_| AuthFailure::Malformed)?;
+    check_message_id(values[0])?;
     Ok(SignatureHeaders {
         id: values[0].to_owned(),
         timestamp,
@@ -404,6 +426,29 @@ mod tests {
             svix(&[SECRET]).verify(&h, Bytes::new()).unwrap_err(),
             AuthFailure::Malformed
         );
+    }
+
+    #[test]
+    fn a_message_id_is_held_to_the_limit_of_every_id() {
+        let auth = svix(&[SECRET]);
+        for (id, ok) in [
+            ("x".repeat(MAX_ID_LEN), true),
+            ("x".repeat(MAX_ID_LEN + 1), false),
+        ] {
+            let mut h = signed("svix", SECRET, now(), b"{}");
+            h.insert(
+                HeaderName::from_static("svix-id"),
+                HeaderValue::from_str(&id).unwrap(),
+            );
+            assert_eq!(auth.check_head(&h).is_ok(), ok, "{} bytes", id.len());
+            if !ok {
+                assert_eq!(auth.check_head(&h).unwrap_err(), AuthFailure::BadMessageId);
+                assert_eq!(
+                    auth.verify(&h, Bytes::from_static(b"{}")).unwrap_err(),
+                    AuthFailure::BadMessageId
+                );
+            }
+        }
     }
 
     #[test]

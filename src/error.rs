@@ -33,6 +33,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("missing or wrong admin token: send Authorization: Bearer <server.admin_token>")]
     AdminUnauthorized,
+    /// Too many wrong admin tokens from this address: wait this many seconds.
+    #[error("too many wrong admin tokens from this address; retry after {0} s")]
+    TooManyAttempts(u64),
     #[error("{0}")]
     InvalidRequest(String),
     #[error("{0}")]
@@ -50,6 +53,7 @@ impl ApiError {
             ApiError::Unavailable(_) | ApiError::Overloaded => "unavailable",
             ApiError::NotFound(_) => "not_found",
             ApiError::AdminUnauthorized => "unauthorized",
+            ApiError::TooManyAttempts(_) => "too_many_requests",
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Conflict(_) => "conflict",
         }
@@ -79,6 +83,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::UnknownSource(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized(_) | ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::InvalidPayload(_) | ApiError::UnreadableBody(_) => StatusCode::BAD_REQUEST,
@@ -90,10 +95,15 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = error_response(self.status_code(), self.code(), &self.to_string());
-        if let ApiError::Unavailable(_) | ApiError::Overloaded = self {
+        let retry_after = match self {
+            ApiError::Unavailable(_) | ApiError::Overloaded => Some(5),
+            ApiError::TooManyAttempts(seconds) => Some(*seconds),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response.headers_mut().insert(
                 actix_web::http::header::RETRY_AFTER,
-                "5".parse().expect("a valid header"),
+                actix_web::http::header::HeaderValue::from(seconds),
             );
         }
         response

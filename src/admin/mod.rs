@@ -30,10 +30,13 @@ pub struct AdminState {
     pub sources: Vec<(String, crate::vendors::Vendor)>,
     /// Where recordings are archived (`[recordings]`), to serve them back.
     pub archive: Option<crate::enrich::recordings::ArchiveStore>,
+    /// Wrong tokens per peer, for the API and the console's login.
+    pub guard: guard::Guard,
 }
 
 mod deliveries;
 mod events;
+pub mod guard;
 pub(crate) use deliveries::{retry_dead, retry_one};
 pub(crate) use events::replay;
 pub(crate) use sessions::SessionsQuery;
@@ -95,6 +98,10 @@ impl FromRequest for AdminAuth {
                 "the admin API is not enabled".into(),
             )));
         };
+        let peer = request.peer_addr().map(|a| a.ip());
+        if let Err(wait) = state.guard.admit(peer, "admin API") {
+            return std::future::ready(Err(ApiError::TooManyAttempts(wait.seconds())));
+        }
         let presented = request
             .headers()
             .get(AUTHORIZATION)
@@ -104,9 +111,13 @@ impl FromRequest for AdminAuth {
         let expected = state.token.expose_secret().as_bytes();
         let matches = constant_time_eq(presented.as_bytes(), expected);
         std::future::ready(if matches && !presented.is_empty() {
+            state.guard.succeeded(peer);
             Ok(AdminAuth)
         } else {
-            Err(ApiError::AdminUnauthorized)
+            match state.guard.failed(peer, "admin API") {
+                Some(wait) => Err(ApiError::TooManyAttempts(wait.seconds())),
+                None => Err(ApiError::AdminUnauthorized),
+            }
         })
     }
 }

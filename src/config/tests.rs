@@ -228,6 +228,10 @@ fn empty_and_short_secrets_are_refused_wherever_they_come_from() {
         ),
         ("[server]\nadmin_token = \"\"", "server.admin_token"),
         (
+            "[server]\nadmin_token = \"x\"",
+            "server.admin_token`: is 1 bytes; use at least 24",
+        ),
+        (
             "[[sources]]\nname = \"a\"\nvendor = \"agntix\"\nauth = { kind = \"svix\", secrets = [\"whsec_eA==\"] }",
             "sources[0].auth.secrets[0]",
         ),
@@ -255,7 +259,7 @@ fn environment_overrides_keep_strings_as_strings() {
     let path = dir.path().join("c.toml");
     std::fs::write(&path, format!("[delivery]\nmax_attempts = 3{SOURCE}")).unwrap();
     let vars = [
-        ("SESSIONGATE__SERVER__ADMIN_TOKEN", "000123456789"),
+        ("SESSIONGATE__SERVER__ADMIN_TOKEN", "000123456789012345678901"),
         ("SESSIONGATE__DELIVERY__MAX_ATTEMPTS", "20"),
         ("SESSIONGATE__DELIVERY__JITTER", "0.5"),
     ]
@@ -266,7 +270,7 @@ fn environment_overrides_keep_strings_as_strings() {
     use secrecy::ExposeSecret;
     assert_eq!(
         c.server.admin_token.unwrap().expose_secret(),
-        "000123456789"
+        "000123456789012345678901"
     );
     assert_eq!(c.delivery.max_attempts, 20);
     assert_eq!(c.delivery.retry.jitter, 0.5);

@@ -283,14 +283,35 @@ async fn login(
     form: web::Form<LoginForm>,
 ) -> Result<HttpResponse, Refused> {
     same_origin(&request)?;
+    let peer = request.peer_addr().map(|a| a.ip());
+    let too_many = |wait: crate::admin::guard::Wait| {
+        let mut page = pages::html_status(
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            pages::login(Some(&format!(
+                "Too many wrong tokens from this address; try again in {} s.",
+                wait.seconds()
+            ))),
+        );
+        page.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from(wait.seconds()),
+        );
+        page
+    };
+    if let Err(wait) = state.guard.admit(peer, "console login") {
+        return Ok(too_many(wait));
+    }
     let expected = state.token.expose_secret().as_bytes();
     if form.token.is_empty() || !constant_time_eq(form.token.as_bytes(), expected) {
-        tracing::warn!("Console login refused: wrong admin token");
+        if let Some(wait) = state.guard.failed(peer, "console login") {
+            return Ok(too_many(wait));
+        }
         return Ok(pages::html_status(
             actix_web::http::StatusCode::UNAUTHORIZED,
             pages::login(Some("That is not the admin token.")),
         ));
     }
+    state.guard.succeeded(peer);
     let id = console.start();
     tracing::info!("Console login");
     Ok(HttpResponse::SeeOther()

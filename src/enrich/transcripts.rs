@@ -30,14 +30,10 @@ pub async fn fetch(
     session_id: &str,
     timeout: Duration,
 ) -> Fetched {
-    let mut url = settings.api_url.clone();
-    match url.path_segments_mut() {
-        Ok(mut path) => {
-            path.pop_if_empty()
-                .extend(["api", "v1", "chat", "sessions", session_id, "messages"]);
-        }
-        Err(()) => return Fetched::Final("invalid_answer".into()),
-    }
+    let Some(url) = messages_url(&settings.api_url, session_id) else {
+        // No session of the API can have such an id (ingest refuses them too).
+        return Fetched::Final("not_found".into());
+    };
     let mut key = HeaderValue::from_str(settings.api_key.expose_secret())
         .unwrap_or_else(|_| HeaderValue::from_static(""));
     key.set_sensitive(true);
@@ -105,6 +101,21 @@ pub async fn fetch(
     Fetched::Final("invalid_answer".into())
 }
 
+/// `{api_url}/api/v1/chat/sessions/{id}/messages`, the id one encoded path segment (a `/`,
+/// `?` or `%` in it cannot reach another path); `None` for `.` and `..`, which a URL path
+/// resolves instead of keeping.
+fn messages_url(api_url: &reqwest::Url, session_id: &str) -> Option<reqwest::Url> {
+    if matches!(session_id, "" | "." | "..") {
+        return None;
+    }
+    let mut url = api_url.clone();
+    url.path_segments_mut()
+        .ok()?
+        .pop_if_empty()
+        .extend(["api", "v1", "chat", "sessions", session_id, "messages"]);
+    Some(url)
+}
+
 /// One Agntix message, or `None` if it is not the documented shape.
 fn message(item: &Value) -> Option<TranscriptMessage> {
     let id = item
@@ -139,6 +150,24 @@ fn message(item: &Value) -> Option<TranscriptMessage> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_session_id_is_one_path_segment_of_the_messages_url() {
+        let api = reqwest::Url::parse("https://app.agntix.example/base/").unwrap();
+        let url = |id: &str| messages_url(&api, id).map(|u| u.to_string());
+        assert_eq!(
+            url("s-1").as_deref(),
+            Some("https://app.agntix.example/base/api/v1/chat/sessions/s-1/messages")
+        );
+        assert_eq!(
+            url("a/../b?x=1#f%2e").as_deref(),
+            Some(
+                "https://app.agntix.example/base/api/v1/chat/sessions/a%2F..%2Fb%3Fx=1%23f%252e/messages"
+            )
+        );
+        assert_eq!(url("."), None);
+        assert_eq!(url(".."), None);
+    }
 
     #[test]
     fn messages_map_to_the_canonical_shape() {

@@ -101,6 +101,10 @@ impl fmt::Display for EventId {
     }
 }
 
+/// The longest id or event type accepted (session ids are UUIDs; event types are short;
+/// message ids are a vendor's): every store keys on them.
+pub const MAX_ID_LEN: usize = 256;
+
 /// An instant, serialised as RFC 3339 UTC with milliseconds (`2026-05-03T08:42:11.512Z`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(transparent)]

@@ -14,6 +14,9 @@ use crate::settings::{
 };
 use crate::vendors::Vendor;
 
+/// The shortest admin token taken: it guards every stored event.
+const MIN_ADMIN_TOKEN_BYTES: usize = 24;
+
 #[derive(Debug)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -108,7 +111,21 @@ impl ServerConfig {
             max_connections_per_peer: s.max_connections_per_peer,
             admin_token: s
                 .admin_token
-                .map(|t| cx.secret("server.admin_token", &t).map(SecretString::from))
+                .map(|t| cx.secret("server.admin_token", &t))
+                .transpose()?
+                .map(|token| {
+                    if token.len() < MIN_ADMIN_TOKEN_BYTES {
+                        return Err(invalid(
+                            "server.admin_token",
+                            format!(
+                                "is {} bytes; use at least {MIN_ADMIN_TOKEN_BYTES} random bytes \
+                                 (e.g. `openssl rand -hex 32`)",
+                                token.len()
+                            ),
+                        ));
+                    }
+                    Ok(SecretString::from(token))
+                })
                 .transpose()?,
             workers,
             body_timeout: Duration::from_millis(s.body_timeout_ms),

@@ -39,6 +39,14 @@ pub(super) fn normalize(body: &Map<String, Value>) -> Result<Normalized, Payload
         }
     };
     let session_id = f.id("id")?;
+    // The id is a path segment of the Agntix API (transcripts); `.` and `..` would name
+    // another path there.
+    if matches!(session_id, "." | "..") {
+        return Err(PayloadError::WrongType {
+            field: "id".into(),
+            expected: "a session id other than `.` and `..`",
+        });
+    }
     let created_at = f.timestamp("createdAt")?;
     let ended_at = f.opt_timestamp("endedAt")?;
     let updated_at = f.opt_timestamp("updatedAt")?;
@@ -369,8 +377,11 @@ mod tests {
 
     #[test]
     fn required_fields_are_named() {
-        let cases: [(&[u8], &str); 5] = [
+        let cases: [(&[u8], &str); 7] = [
             (br#"{"id":"s","createdAt":"2026-04-08T05:00:00Z"}"#, "`eventType`"),
+            // The id is a path segment of the transcripts API.
+            (br#"{"id":".","eventType":"session.ended","createdAt":"2026-04-08T05:00:00Z"}"#, "`id` must be a session id other than"),
+            (br#"{"id":"..","eventType":"session.ended","createdAt":"2026-04-08T05:00:00Z"}"#, "`id` must be a session id other than"),
             (br#"{"eventType":"session.created","createdAt":"2026-04-08T05:00:00Z"}"#, "`id`"),
             (br#"{"id":"s","eventType":"session.created"}"#, "`createdAt`"),
             (

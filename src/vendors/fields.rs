@@ -31,8 +31,7 @@ pub enum PayloadError {
 /// serde_json's recursion limit of 128; real vendor payloads nest fewer than 10 levels.
 pub const MAX_DEPTH: usize = 64;
 
-/// The longest id or event type accepted (session ids are UUIDs; event types are short).
-pub const MAX_ID_LEN: usize = 256;
+pub use crate::event::MAX_ID_LEN;
 
 impl fmt::Display for PayloadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

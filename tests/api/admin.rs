@@ -335,3 +335,48 @@ async fn metrics_move_as_events_flow() {
         assert!(after.contains(line), "missing {line} in\n{after}");
     }
 }
+
+#[tokio::test]
+async fn guessing_the_admin_token_is_answered_429_with_a_growing_retry_after() {
+    let app = spawn_app("").await;
+    let guess = |token: &'static str| {
+        app.client
+            .get(format!("{}/admin/events", app.address))
+            .bearer_auth(token)
+            .send()
+    };
+    for _ in 0..sessiongate::admin::guard::FREE_FAILURES {
+        assert_eq!(guess("a-wrong-guess").await.unwrap().status(), 401);
+    }
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        let response = guess("a-wrong-guess").await.unwrap();
+        assert_eq!(response.status(), 429);
+        waits.push(
+            response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+        );
+        let (_, body) = json(response).await;
+        assert_eq!(body["error"]["code"], "too_many_requests");
+    }
+    assert!(
+        waits[0] >= 1 && waits[1] > waits[0] && waits[2] > waits[1],
+        "{waits:?}"
+    );
+    // While shut out, the right token waits too (a guess that hit would tell nothing).
+    let (status, _) = json(app.admin(Method::GET, "/admin/events").await).await;
+    assert_eq!(status, 429);
+    // The console's login counts against the same peer.
+    let login = app
+        .client
+        .post(format!("{}/console/login", app.address))
+        .form(&[("token", "another-wrong-guess")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 429);
+    assert!(login.headers().contains_key("retry-after"));
+}
