@@ -259,7 +259,10 @@ fn environment_overrides_keep_strings_as_strings() {
     let path = dir.path().join("c.toml");
     std::fs::write(&path, format!("[delivery]\nmax_attempts = 3{SOURCE}")).unwrap();
     let vars = [
-        ("SESSIONGATE__SERVER__ADMIN_TOKEN", "000123456789012345678901"),
+        (
+            "SESSIONGATE__SERVER__ADMIN_TOKEN",
+            "000123456789012345678901",
+        ),
         ("SESSIONGATE__DELIVERY__MAX_ATTEMPTS", "20"),
         ("SESSIONGATE__DELIVERY__JITTER", "0.5"),
     ]
@@ -631,5 +634,38 @@ fn recordings_stores_are_file_or_s3_with_their_keys() {
     ] {
         let e = error_of(&format!("[recordings]\n{table}\n{SOURCE}"));
         assert!(e.contains(expected), "{table}: {e}");
+    }
+}
+
+#[test]
+fn transcripts_keys_have_ranges() {
+    let agntix = |t: &str| {
+        format!(
+            "[[sources]]\nname = \"a\"\nvendor = \"agntix\"\nauth = {{ kind = \"svix\", secrets = [\"env:AGNTIX_SECRET\"] }}\n\
+             transcripts = {{ api_url = \"https://app.agntix.example\", api_key = \"env:PATHORS_TOKEN\"{t} }}"
+        )
+    };
+    let c = parse(&agntix("")).unwrap();
+    let t = c.sources[0].transcripts.as_ref().unwrap();
+    assert_eq!(
+        (t.max_bytes, t.wait.as_millis()),
+        (16 * 1024 * 1024, 30_000)
+    );
+    for (extra, expected) in [
+        (
+            ", max_bytes = 10",
+            "sources[0].transcripts.max_bytes`: 10 is out of range: from 1024 to 1073741824",
+        ),
+        (
+            ", wait_ms = 0",
+            "sources[0].transcripts.wait_ms`: 0 is out of range",
+        ),
+        (
+            ", wait_ms = 9223372036854775807",
+            "sources[0].transcripts.wait_ms`",
+        ),
+    ] {
+        let e = error_of(&agntix(extra));
+        assert!(e.contains(expected), "{extra}: {e}");
     }
 }

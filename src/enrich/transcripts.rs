@@ -17,7 +17,8 @@ const MAX_PAGES: usize = 1000;
 #[derive(Debug, PartialEq)]
 pub enum Fetched {
     Complete(Vec<TranscriptMessage>),
-    /// It will not come: `unauthorized`, `not_found`, `http_<status>`, `invalid_answer`.
+    /// It will not come: `unauthorized`, `not_found`, `http_<status>`, `invalid_answer`,
+    /// `too_large`.
     Final(String),
     /// Worth another try (5xx, 429, a connection error, a timeout).
     Retry(String),
@@ -39,6 +40,8 @@ pub async fn fetch(
     key.set_sensitive(true);
     let mut messages = Vec::new();
     let mut cursor: Option<String> = None;
+    // Bytes read of this session's pages so far, against `max_bytes`.
+    let mut read = 0u64;
     for _ in 0..MAX_PAGES {
         let mut page_url = url.clone();
         if let Some(cursor) = &cursor {
@@ -53,7 +56,12 @@ pub async fn fetch(
         let response = match answer {
             Ok(response) => response,
             // The error names the URL, never the key (a header).
-            Err(e) => return Fetched::Retry(format!("the Agntix API did not answer: {e}")),
+            Err(e) => {
+                return Fetched::Retry(format!(
+                    "the Agntix API did not answer: {}",
+                    crate::telemetry::chain(&e)
+                ));
+            }
         };
         let status = response.status().as_u16();
         match status {
@@ -63,10 +71,17 @@ pub async fn fetch(
             429 | 500..=599 => return Fetched::Retry(format!("the Agntix API answered {status}")),
             _ => return Fetched::Final(format!("http_{status}")),
         }
-        let bytes = match response.bytes().await {
-            Ok(bytes) => bytes,
-            Err(e) => return Fetched::Retry(format!("reading the Agntix answer failed: {e}")),
+        let bytes = match read_at_most(response, settings.max_bytes - read).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Fetched::Final("too_large".into()),
+            Err(e) => {
+                return Fetched::Retry(format!(
+                    "reading the Agntix answer failed: {}",
+                    crate::telemetry::chain(&e.without_url())
+                ));
+            }
         };
+        read += bytes.len() as u64;
         let Ok(body) = serde_json::from_slice::<Value>(&bytes) else {
             return Fetched::Final("invalid_answer".into());
         };
@@ -99,6 +114,25 @@ pub async fn fetch(
         }
     }
     Fetched::Final("invalid_answer".into())
+}
+
+/// The body of `response` if it is at most `limit` bytes (`None` past it), read in chunks
+/// so a huge answer is never held whole.
+async fn read_at_most(
+    mut response: reqwest::Response,
+    limit: u64,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if response.content_length().is_some_and(|n| n > limit) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() as u64 + chunk.len() as u64 > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 /// `{api_url}/api/v1/chat/sessions/{id}/messages`, the id one encoded path segment (a `/`,

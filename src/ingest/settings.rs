@@ -151,6 +151,8 @@ pub struct Transcripts {
     pub api_key: SecretString,
     /// How long `session.finalized` waits for the transcript.
     pub wait: Duration,
+    /// The most bytes read of one session's answers (all pages); more is `too_large`.
+    pub max_bytes: u64,
 }
 
 impl std::fmt::Debug for Transcripts {
@@ -181,6 +183,12 @@ struct RawTranscripts {
     api_key: String,
     #[serde(default = "default_wait_ms")]
     wait_ms: u64,
+    #[serde(default = "default_transcript_bytes")]
+    max_bytes: u64,
+}
+
+fn default_transcript_bytes() -> u64 {
+    16 * 1024 * 1024
 }
 
 /// Array entries take no defaults from the defaults layer, so this one is written here.
@@ -259,11 +267,15 @@ fn parse_transcripts(
             )
         })?;
     let api_key = cx.secret(&format!("{key}.api_key"), &t.api_key)?;
-    positive(&format!("{key}.wait_ms"), t.wait_ms)?;
+    // A day is far past any wait a finalized event should have (and keeps the deadline's
+    // arithmetic far from overflow).
+    in_range(&format!("{key}.wait_ms"), t.wait_ms, 1, 86_400_000)?;
+    in_range(&format!("{key}.max_bytes"), t.max_bytes, 1024, 1 << 30)?;
     Ok(Transcripts {
         api_url,
         api_key: SecretString::from(api_key),
         wait: Duration::from_millis(t.wait_ms),
+        max_bytes: t.max_bytes,
     })
 }
 

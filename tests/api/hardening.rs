@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use actix_web::web;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -763,4 +764,70 @@ fn check_config_shows_no_url_credentials_nor_query_strings() {
     for secret in ["hunter2-password", "k3y-secret", PATHORS_TOKEN] {
         assert!(!printed.contains(secret), "{secret} printed: {printed}");
     }
+}
+
+/// An Agntix messages API whose answer is `size` bytes of one JSON array, streamed.
+async fn huge_messages(size: web::Data<usize>) -> actix_web::HttpResponse {
+    let size = **size;
+    let piece = web::Bytes::from(
+        r#"{"id":"m","role":"USER","content":"ABCDEFGHIJKLMNOPQRSTUVWXYZABCDEFGHIJKLMNOPQRSTUVWXYZ"},"#
+            .repeat(1000),
+    );
+    let pieces = size / piece.len();
+    let stream = futures_util::stream::iter(
+        std::iter::once(web::Bytes::from_static(b"["))
+            .chain(std::iter::repeat_n(piece, pieces))
+            .chain(std::iter::once(web::Bytes::from_static(b"{}]")))
+            .map(Ok::<_, std::io::Error>),
+    );
+    actix_web::HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_transcript_answer_is_too_large_and_memory_stays_bounded() {
+    let (api, _server) = serve(web::Data::new(200usize * 1024 * 1024), huge_messages);
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = gateway_config(
+        dir.path(),
+        &sqlite_in(dir.path()),
+        &format!(
+            "{AGNTIX_SOURCE}\ntranscripts = {{ api_url = \"http://{api}\", api_key = \"k\", wait_ms = 60000 }}\n\
+             [[targets]]\nname = \"crm\"\nurl = \"{}\"",
+            receiver.url("/")
+        ),
+    );
+    let gateway = GatewayProcess::start(
+        &config,
+        &[
+            ("TEST_PATHORS_TOKEN", PATHORS_TOKEN),
+            ("TEST_AGNTIX_SECRET", AGNTIX_SECRET),
+        ],
+    );
+    let pid = gateway.child.id();
+    let (idle, _) = memory_mib(pid);
+    let body = fixture("agntix", "session-ended.json");
+    let mut request = reqwest::Client::new()
+        .post(gateway.url("/ingest/agntix"))
+        .body(body.clone());
+    for (name, value) in svix_headers(AGNTIX_SECRET, "msg_huge", unix_now(), &body) {
+        request = request.header(name, value);
+    }
+    assert_eq!(request.send().await.unwrap().status(), 202);
+
+    let got = receiver.wait_for(2).await;
+    let finalized = got
+        .iter()
+        .map(|r| r.json())
+        .find(|e| e["type"] == "session.finalized")
+        .expect("session.finalized goes out");
+    assert_eq!(
+        finalized["session"]["transcript"],
+        json!({"status": "unavailable", "reason": "too_large", "messages": []})
+    );
+    let (_, peak) = memory_mib(pid);
+    println!("RSS: idle {idle} MiB, peak {peak} MiB after a 200 MiB transcript answer");
+    assert!(peak < idle + 64, "peak RSS {peak} MiB (idle {idle} MiB)");
 }
