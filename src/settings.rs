@@ -317,6 +317,40 @@ pub fn socket_address(key: &str, value: &str) -> Result<SocketAddr, ConfigError>
         .ok_or_else(|| invalid(key, format!("`{value}` is not a host:port address")))
 }
 
+/// The ranges numeric keys share: long enough for any real use, short of what overflows
+/// arithmetic on instants and counters.
+pub mod limits {
+    /// An attempt's or a request's timeout: up to an hour.
+    pub const TIMEOUT_MS: u64 = 3_600_000;
+    /// A pause between retries: up to a week.
+    pub const BACKOFF_MS: u64 = 7 * 86_400_000;
+    /// Attempts of one delivery.
+    pub const ATTEMPTS: u64 = 1_000;
+    /// Deliveries in flight per target.
+    pub const IN_FLIGHT: u64 = 100_000;
+}
+
+/// A duration key (`"90s"`, `"15m"`, …) within `[min, max]`; the error names both.
+pub fn parse_duration_in(
+    key: &str,
+    value: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    let d = parse_duration(key, value)?;
+    if d < min || d > max {
+        return Err(invalid(
+            key,
+            format!(
+                "`{value}` is out of range: from {}s to {}s",
+                min.as_secs(),
+                max.as_secs()
+            ),
+        ));
+    }
+    Ok(d)
+}
+
 /// A number within `[min, max]`; the error names the key and the range.
 pub fn in_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if value < min || value > max {

@@ -669,3 +669,87 @@ fn transcripts_keys_have_ranges() {
         assert!(e.contains(expected), "{extra}: {e}");
     }
 }
+
+#[test]
+fn every_numeric_key_is_held_to_its_range() {
+    let huge = "9223372036854775807";
+    for (table, expected) in [
+        (
+            "[delivery]\nmax_in_flight = 2305843009213693953".into(),
+            "delivery.max_in_flight`: 2305843009213693953 is out of range: from 1 to 100000",
+        ),
+        (
+            format!("[delivery]\nbackoff_initial_ms = {huge}\nbackoff_max_ms = {huge}"),
+            "delivery.backoff_initial_ms`: 9223372036854775807 is out of range: from 1 to 604800000",
+        ),
+        (
+            format!("[delivery]\nbackoff_max_ms = {huge}"),
+            "delivery.backoff_max_ms`: 9223372036854775807 is out of range",
+        ),
+        (
+            format!("[delivery]\ntimeout_ms = {huge}"),
+            "delivery.timeout_ms`: 9223372036854775807 is out of range: from 1 to 3600000",
+        ),
+        (
+            "[delivery]\nmax_attempts = 1000000".into(),
+            "delivery.max_attempts`: 1000000 is out of range: from 1 to 1000",
+        ),
+        (
+            "[delivery]\nbackoff_multiplier = 1e300".into(),
+            "delivery.backoff_multiplier`",
+        ),
+        (
+            format!("[delivery]\nlease_ms = {huge}"),
+            "delivery.lease_ms`: 9223372036854775807 is out of range",
+        ),
+        (
+            format!("[server]\nbody_timeout_ms = {huge}"),
+            "server.body_timeout_ms`",
+        ),
+        (
+            format!("[server]\nheader_timeout_ms = {huge}"),
+            "server.header_timeout_ms`",
+        ),
+        (
+            format!("[server]\nshutdown_timeout_ms = {huge}"),
+            "server.shutdown_timeout_ms`",
+        ),
+        (
+            "[server]\nworkers = 100000".into(),
+            "server.workers`: 100000 is out of range: from 1 to 1024",
+        ),
+        (
+            "[server]\nmax_connections = 0".into(),
+            "server.max_connections`: 0 is out of range: from 1 to 1000000",
+        ),
+        (
+            "[server]\nmax_body_bytes = 2000000000\nmax_body_bytes_in_flight = 4000000000".into(),
+            "server.max_body_bytes`",
+        ),
+        (
+            "[storage]\npool_size = 100000\nurl = \"postgres://u@h/d\"".into(),
+            "storage.pool_size`: 100000 is out of range: from 1 to 1024",
+        ),
+        (
+            "[retention]\nmax_age = \"99999999d\"".into(),
+            "retention.max_age`: `99999999d` is out of range",
+        ),
+        (
+            "[retention]\nmax_age = \"30d\"\ninterval = \"400d\"".into(),
+            "retention.interval`: `400d` is out of range",
+        ),
+        (
+            format!("[[targets]]\nname = \"t\"\nurl = \"http://x/\"\ntimeout_ms = {huge}"),
+            "targets[0].timeout_ms`",
+        ),
+        (
+            format!(
+                "[[sources]]\nname = \"a\"\nvendor = \"agntix\"\nauth = {{ kind = \"svix\", secrets = [\"env:AGNTIX_SECRET\"], tolerance_seconds = {huge} }}"
+            ),
+            "sources[0].auth.tolerance_seconds`: 9223372036854775807 is out of range: from 1 to 86400",
+        ),
+    ] {
+        let e = error_of(&format!("{table}\n{SOURCE}"));
+        assert!(e.contains(expected), "{table}: {e}");
+    }
+}

@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::retry::RetryPolicy;
-use crate::settings::{ConfigError, invalid, positive};
+use crate::settings::limits::{ATTEMPTS, BACKOFF_MS, IN_FLIGHT, TIMEOUT_MS};
+use crate::settings::{ConfigError, in_range, invalid};
 
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
@@ -34,24 +35,41 @@ pub struct RawDelivery {
 
 impl DeliveryConfig {
     pub fn parse(d: RawDelivery) -> Result<DeliveryConfig, ConfigError> {
-        positive("delivery.timeout_ms", d.timeout_ms)?;
-        positive("delivery.max_attempts", d.max_attempts.into())?;
-        positive("delivery.backoff_initial_ms", d.backoff_initial_ms)?;
-        positive("delivery.max_in_flight", d.max_in_flight as u64)?;
+        in_range("delivery.timeout_ms", d.timeout_ms, 1, TIMEOUT_MS)?;
+        in_range("delivery.max_attempts", d.max_attempts.into(), 1, ATTEMPTS)?;
+        in_range(
+            "delivery.backoff_initial_ms",
+            d.backoff_initial_ms,
+            1,
+            BACKOFF_MS,
+        )?;
+        in_range("delivery.backoff_max_ms", d.backoff_max_ms, 1, BACKOFF_MS)?;
+        in_range(
+            "delivery.max_in_flight",
+            d.max_in_flight as u64,
+            1,
+            IN_FLIGHT,
+        )?;
+        if let Some(ms) = d.lease_ms {
+            in_range("delivery.lease_ms", ms, 1, 2 * TIMEOUT_MS)?;
+        }
         if d.backoff_max_ms < d.backoff_initial_ms {
             return Err(invalid(
                 "delivery.backoff_max_ms",
                 "must be at least delivery.backoff_initial_ms",
             ));
         }
-        if !(d.backoff_multiplier >= 1.0 && d.backoff_multiplier.is_finite()) {
+        if !(1.0..=100.0).contains(&d.backoff_multiplier) {
             return Err(invalid(
                 "delivery.backoff_multiplier",
-                "must be a number of at least 1",
+                format!("{} is out of range: from 1 to 100", d.backoff_multiplier),
             ));
         }
         if !(0.0..=1.0).contains(&d.jitter) {
-            return Err(invalid("delivery.jitter", "must be between 0 and 1"));
+            return Err(invalid(
+                "delivery.jitter",
+                format!("{} is out of range: from 0 to 1", d.jitter),
+            ));
         }
         Ok(DeliveryConfig {
             timeout: Duration::from_millis(d.timeout_ms),

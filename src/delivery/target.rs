@@ -10,8 +10,9 @@ use super::message::{Format, Shape};
 use super::outputs;
 use super::settings::DeliveryConfig;
 use crate::event::EventType;
+use crate::settings::limits::{ATTEMPTS, IN_FLIGHT, TIMEOUT_MS};
 use crate::settings::{
-    ConfigError, Context, invalid, parse_whsec, positive, redact_url, unique_name,
+    ConfigError, Context, in_range, invalid, parse_whsec, redact_url, unique_name,
 };
 
 /// A downstream receiver and what it wants.
@@ -238,13 +239,13 @@ impl Target {
             headers.push((header, value));
         }
         if let Some(ms) = t.timeout_ms {
-            positive(&format!("{key}.timeout_ms"), ms)?;
+            in_range(&format!("{key}.timeout_ms"), ms, 1, TIMEOUT_MS)?;
         }
         if let Some(n) = t.max_in_flight {
-            positive(&format!("{key}.max_in_flight"), n as u64)?;
+            in_range(&format!("{key}.max_in_flight"), n as u64, 1, IN_FLIGHT)?;
         }
         if let Some(n) = t.max_attempts {
-            positive(&format!("{key}.max_attempts"), n.into())?;
+            in_range(&format!("{key}.max_attempts"), n.into(), 1, ATTEMPTS)?;
         }
         let timeout = t.timeout_ms.map_or(delivery.timeout, Duration::from_millis);
         let lease = match delivery.lease {

@@ -7,7 +7,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::hosts::{HostRule, valid_pattern};
-use crate::settings::{ConfigError, Context, invalid, parse_duration, positive};
+use crate::settings::{ConfigError, Context, in_range, invalid, parse_duration_in};
 
 #[derive(Debug, Clone)]
 pub struct RecordingsConfig {
@@ -99,53 +99,37 @@ fn default_lease() -> String {
     "60s".into()
 }
 
-/// A duration key of `[recordings]` within `[min, max]`.
-fn bounded(key: &str, value: &str, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
-    let d = parse_duration(key, value)?;
-    if d < min || d > max {
-        return Err(invalid(
-            key,
-            format!(
-                "`{value}` is out of range: from {}s to {}s",
-                min.as_secs(),
-                max.as_secs()
-            ),
-        ));
-    }
-    Ok(d)
-}
-
 impl RecordingsConfig {
     pub fn parse(raw: RawRecordings, cx: &mut Context) -> Result<RecordingsConfig, ConfigError> {
-        positive("recordings.max_bytes", raw.max_bytes)?;
+        in_range("recordings.max_bytes", raw.max_bytes, 1, i64::MAX as u64)?;
         let secs = Duration::from_secs;
-        let max_wait = bounded(
+        let max_wait = parse_duration_in(
             "recordings.max_wait",
             &raw.max_wait,
             secs(60),
             secs(30 * 86_400),
         )?;
         let limits = DownloadLimits {
-            connect_timeout: bounded(
+            connect_timeout: parse_duration_in(
                 "recordings.connect_timeout",
                 &raw.connect_timeout,
                 secs(1),
                 secs(300),
             )?,
-            read_timeout: bounded(
+            read_timeout: parse_duration_in(
                 "recordings.read_timeout",
                 &raw.read_timeout,
                 secs(1),
                 secs(3600),
             )?,
-            attempt_timeout: bounded(
+            attempt_timeout: parse_duration_in(
                 "recordings.attempt_timeout",
                 &raw.attempt_timeout,
                 secs(1),
                 secs(86_400),
             )?,
         };
-        let lease = bounded("recordings.lease", &raw.lease, secs(3), secs(3600))?;
+        let lease = parse_duration_in("recordings.lease", &raw.lease, secs(3), secs(3600))?;
         for (i, pattern) in raw.allow_hosts.iter().enumerate() {
             if !valid_pattern(pattern) {
                 return Err(invalid(

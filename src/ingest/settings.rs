@@ -9,8 +9,9 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::auth::SourceAuth;
+use crate::settings::limits::TIMEOUT_MS;
 use crate::settings::{
-    ConfigError, Context, in_range, invalid, parse_whsec, positive, socket_address, unique_name,
+    ConfigError, Context, in_range, invalid, parse_whsec, socket_address, unique_name,
 };
 use crate::vendors::Vendor;
 
@@ -67,7 +68,7 @@ impl ServerConfig {
                 "must differ from server.listen (it keeps the admin API and /metrics off the ingest listener)",
             ));
         }
-        positive("server.max_body_bytes", s.max_body_bytes as u64)?;
+        in_range("server.max_body_bytes", s.max_body_bytes as u64, 1, 1 << 30)?;
         in_range(
             "server.max_connections",
             s.max_connections as u64,
@@ -95,11 +96,24 @@ impl ServerConfig {
                 format!("must be at most {} bytes", u32::MAX),
             ));
         }
-        positive("server.body_timeout_ms", s.body_timeout_ms)?;
-        positive("server.header_timeout_ms", s.header_timeout_ms)?;
+        in_range("server.body_timeout_ms", s.body_timeout_ms, 1, TIMEOUT_MS)?;
+        in_range(
+            "server.header_timeout_ms",
+            s.header_timeout_ms,
+            1,
+            TIMEOUT_MS,
+        )?;
+        in_range(
+            "server.shutdown_timeout_ms",
+            s.shutdown_timeout_ms,
+            0,
+            TIMEOUT_MS,
+        )?;
         let workers = match s.workers {
-            Some(0) => return Err(invalid("server.workers", "must be at least 1")),
-            Some(n) => n,
+            Some(n) => {
+                in_range("server.workers", n as u64, 1, 1024)?;
+                n
+            }
             None => std::thread::available_parallelism().map_or(2, |n| n.get()),
         };
         Ok(ServerConfig {
@@ -304,7 +318,13 @@ fn parse_auth(
                     parse_whsec(&k, &cx.secret(&k, value)?)
                 })
                 .collect::<Result<_, _>>()?;
-            positive(&format!("{key}.auth.tolerance_seconds"), tolerance_seconds)?;
+            // Up to a day: a larger window would switch replay protection off in all but name.
+            in_range(
+                &format!("{key}.auth.tolerance_seconds"),
+                tolerance_seconds,
+                1,
+                86_400,
+            )?;
             SourceAuth::Svix {
                 secrets,
                 tolerance: Duration::from_secs(tolerance_seconds),

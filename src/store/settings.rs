@@ -6,7 +6,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::settings::{ConfigError, Context, has_password, invalid, parse_duration, positive};
+use crate::settings::{ConfigError, Context, has_password, in_range, invalid, parse_duration_in};
 
 #[derive(Debug, Clone)]
 pub enum StorageConfig {
@@ -120,8 +120,19 @@ fn default_retention_interval() -> String {
 
 impl RetentionConfig {
     pub fn parse(r: RawRetention, cx: &mut Context) -> Result<RetentionConfig, ConfigError> {
-        let max_age = parse_duration("retention.max_age", &r.max_age)?;
-        let interval = parse_duration("retention.interval", &r.interval)?;
+        let day = Duration::from_secs(86_400);
+        let max_age = parse_duration_in(
+            "retention.max_age",
+            &r.max_age,
+            Duration::from_secs(1),
+            36_500 * day,
+        )?;
+        let interval = parse_duration_in(
+            "retention.interval",
+            &r.interval,
+            Duration::from_secs(1),
+            30 * day,
+        )?;
         if max_age < Duration::from_secs(48 * 3600) {
             cx.warn(format!(
                 "retention.max_age = \"{}\" is under 2 days: Agntix retries for 24 h, and a \
@@ -148,7 +159,7 @@ fn parse_url(url: &str, raw: &RawStorage) -> Result<StorageConfig, ConfigError> 
                 "sqlite:// needs a file path, e.g. sqlite://data/sessiongate.db",
             ));
         }
-        positive("storage.wal_size_mib", raw.wal_size_mib as u64)?;
+        in_range("storage.wal_size_mib", raw.wal_size_mib as u64, 1, 65_536)?;
         return Ok(StorageConfig::Sqlite {
             path: PathBuf::from(path),
             synchronous: raw.synchronous,
@@ -164,7 +175,7 @@ fn parse_url(url: &str, raw: &RawStorage) -> Result<StorageConfig, ConfigError> 
             ));
         }
         let pool_size = raw.pool_size.unwrap_or_else(default_pool_size);
-        positive("storage.pool_size", pool_size as u64)?;
+        in_range("storage.pool_size", pool_size as u64, 1, 1_024)?;
         if let Some(schema) = &raw.schema {
             let ok = schema.len() <= 63
                 && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
