@@ -32,6 +32,9 @@ use crate::telemetry::chain;
 
 /// How long `/readyz` waits for the store before calling it unreachable.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// `/readyz` answers 503 while ingest's latest commit failed less than this long ago (and
+/// none succeeded since); then it answers ready again and the next request tells.
+const COMMIT_FAILURE_WINDOW: Duration = Duration::from_secs(30);
 
 pub struct Application {
     /// The job worker (transcripts) and how to stop it.
@@ -53,6 +56,8 @@ pub struct Application {
 /// What the operational endpoints read.
 struct Ops {
     store: Arc<dyn Store>,
+    commits: Arc<ingest::Commits>,
+    clock: Clock,
     workers: WorkerHealth,
     metrics: Arc<Metrics>,
     targets: Vec<String>,
@@ -157,8 +162,11 @@ impl Application {
         if admin.is_none() {
             tracing::info!("No server.admin_token configured: the admin API is off");
         }
+        let commits = Arc::new(ingest::Commits::default());
         let ops = web::Data::new(Ops {
             store: store.clone(),
+            commits: commits.clone(),
+            clock: clock.clone(),
             workers: workers.health(),
             metrics: metrics.clone(),
             targets: targets.iter().map(|t| t.name.clone()).collect(),
@@ -176,6 +184,7 @@ impl Application {
             clock,
             jobs,
             archive_recordings: config.recordings.as_ref().map(|r| r.max_wait),
+            commits: commits.clone(),
         });
         // With `admin_listen`, the admin API and /metrics answer only there (404 on `listen`).
         let separate_admin = config.server.admin_listen.is_some();
@@ -431,14 +440,23 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(health: web::Data<Ops>) -> HttpResponse {
-    let store_ok = matches!(
+    let reachable = matches!(
         tokio::time::timeout(READY_TIMEOUT, health.store.ping()).await,
         Ok(Ok(()))
     );
+    // A store that answers but cannot commit (a full disk) is not ready either.
+    let failing = health
+        .commits
+        .failing(health.clock.now_ms(), COMMIT_FAILURE_WINDOW);
+    let store_ok = reachable && !failing;
     let workers_ok = health.workers.running();
     let body = json!({
         "status": if store_ok && workers_ok { "ready" } else { "not_ready" },
-        "store": if store_ok { "ok" } else { "unreachable" },
+        "store": match (reachable, failing) {
+            (false, _) => "unreachable",
+            (true, true) => "failing_commits",
+            (true, false) => "ok",
+        },
         "workers": if workers_ok { "running" } else { "stopped" },
     });
     if store_ok && workers_ok {

@@ -72,9 +72,37 @@ pub struct IngestState {
     pub clock: Clock,
     /// Wakes the job worker after a request left a job behind.
     pub jobs: Arc<tokio::sync::Notify>,
-    /// `[recordings]` is set: recordings are archived before they are delivered.
     /// With `[recordings]`: the longest an archive may wait after receipt (`max_wait`).
     pub archive_recordings: Option<Duration>,
+    /// What the latest commits came to, for `/readyz`.
+    pub commits: Arc<Commits>,
+}
+
+/// What ingest's latest commits came to: readiness follows the store's ability to commit,
+/// which a read-only ping does not show (a full disk reads fine).
+#[derive(Debug, Default)]
+pub struct Commits {
+    /// Unix ms of the latest commit that succeeded, and of the latest that failed.
+    last_ok: std::sync::atomic::AtomicI64,
+    last_failed: std::sync::atomic::AtomicI64,
+}
+
+impl Commits {
+    pub fn record<T, E>(&self, now_ms: i64, result: &Result<T, E>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match result {
+            Ok(_) => self.last_ok.fetch_max(now_ms, Relaxed),
+            Err(_) => self.last_failed.fetch_max(now_ms, Relaxed),
+        };
+    }
+
+    /// Whether the latest commit failed less than `window` ago, none succeeding since. After
+    /// the window the gateway says it is ready again and the next request tells.
+    pub fn failing(&self, now_ms: i64, window: Duration) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let failed = self.last_failed.load(Relaxed);
+        failed > self.last_ok.load(Relaxed) && now_ms - failed < window.as_millis() as i64
+    }
 }
 
 /// The JSON body ingest answers a vendor with.
@@ -188,7 +216,7 @@ async fn handle(
 
     match source.vendor.normalize(&verified)? {
         Normalized::Ignored { vendor_event_type } => {
-            state
+            let receipt = state
                 .store
                 .record_receipt(Receipt {
                     outcome: ReceiptOutcome::Ignored,
@@ -198,8 +226,9 @@ async fn handle(
                     received_at,
                     raw: verified.bytes().clone(),
                 })
-                .await
-                .map_err(ApiError::Unavailable)?;
+                .await;
+            state.commits.record(state.clock.now_ms(), &receipt);
+            receipt.map_err(ApiError::Unavailable)?;
             Ok(Outcome::Ignored(vendor_event_type))
         }
         Normalized::Events(recognized) => {
@@ -213,7 +242,9 @@ async fn handle(
                 &state.targets,
                 state.archive_recordings,
             );
-            match commit(state, accept).await? {
+            let committed = commit(state, accept).await;
+            state.commits.record(state.clock.now_ms(), &committed);
+            match committed? {
                 IngestOutcome::Accepted { id, .. } => Ok(Outcome::Accepted(id)),
                 IngestOutcome::Duplicate { id } => {
                     // The event is stored already, so the vendor hears "duplicate" even if
@@ -425,6 +456,19 @@ mod tests {
             },
             targets: vec![],
         }
+    }
+
+    #[test]
+    fn commits_fail_readiness_until_one_succeeds_or_the_window_passes() {
+        let commits = Commits::default();
+        let window = Duration::from_secs(30);
+        assert!(!commits.failing(1_000, window));
+        commits.record::<(), ()>(1_000, &Err(()));
+        assert!(commits.failing(1_000, window));
+        assert!(commits.failing(30_999, window));
+        assert!(!commits.failing(31_000, window), "the window passed");
+        commits.record::<(), ()>(2_000, &Ok(()));
+        assert!(!commits.failing(2_000, window), "a commit succeeded since");
     }
 
     #[test]

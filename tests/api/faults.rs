@@ -250,9 +250,11 @@ async fn a_full_disk_answers_503_never_2xx_and_recovers_without_a_restart() {
         body.to_string().into_bytes()
     };
     let (mut refused, mut stored) = (Vec::new(), Vec::new());
+    let mut last = 0;
     for i in 0..20 {
         let session = format!("full-{i}");
         let status = app.post_pathors(&padded(&session)).await.status().as_u16();
+        last = status;
         match status {
             503 => refused.push(session),
             202 => stored.push(session),
@@ -263,6 +265,21 @@ async fn a_full_disk_answers_503_never_2xx_and_recovers_without_a_restart() {
         !refused.is_empty(),
         "320 KiB of events on a full disk: at least one must be refused"
     );
+    // Readiness follows the store's ability to commit, not its ability to answer a read.
+    let ready = |app: &TestApp| {
+        let url = format!("{}/readyz", app.address);
+        let client = app.client.clone();
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    if last == 503 {
+        let (status, body) = ready(&app).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["store"], "failing_commits", "{body}");
+    }
     drop(filler);
     disk.free();
     for session in &refused {
@@ -285,6 +302,12 @@ async fn a_full_disk_answers_503_never_2xx_and_recovers_without_a_restart() {
             .status()
             .as_u16(),
         200
+    );
+    let (status, body) = ready(&app).await;
+    assert_eq!(
+        (status, &body["store"]),
+        (200, &Value::from("ok")),
+        "{body}"
     );
     let refused = refused.len();
     println!("full disk: {refused} requests answered 503, recovered without a restart");
