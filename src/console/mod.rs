@@ -197,18 +197,36 @@ fn see_other(location: &str) -> HttpResponse {
         .finish()
 }
 
-/// Where an action goes back to: a console page, never elsewhere.
-fn back_to(back: Option<&str>) -> &str {
-    match back {
-        Some(path)
-            if path.starts_with("/console/")
-                && !path.contains("//")
-                && !path.contains('\\')
-                && !path.chars().any(char::is_control) =>
-        {
-            path
+/// Where an action goes back to: a console page, never elsewhere. The path is resolved
+/// (`.` and `..` segments, also written `%2e`) before it is checked, so
+/// `/console/../admin/sessions` cannot leave the console.
+fn back_to(back: Option<&str>) -> String {
+    const HOME: &str = "/console/sessions";
+    let Some(back) = back else {
+        return HOME.into();
+    };
+    if !back.starts_with("/console/")
+        || back.contains("//")
+        || back.contains('\\')
+        || back.chars().any(char::is_control)
+    {
+        return HOME.into();
+    }
+    let (path, rest) = back.split_at(back.find(['?', '#']).unwrap_or(back.len()));
+    let mut resolved: Vec<&str> = Vec::new();
+    for segment in path.split('/').skip(1) {
+        match segment.to_ascii_lowercase().replace("%2e", ".").as_str() {
+            "." => {}
+            ".." => {
+                resolved.pop();
+            }
+            _ => resolved.push(segment),
         }
-        _ => "/console/sessions",
+    }
+    let resolved = format!("/{}{rest}", resolved.join("/"));
+    match resolved.starts_with("/console/") {
+        true => resolved,
+        false => HOME.into(),
     }
 }
 
@@ -326,26 +344,40 @@ async fn login(
         .finish())
 }
 
-/// Refuses a POST whose `Origin` (when the browser sends one) is not this host.
+/// Refuses a POST whose `Origin` (when the browser sends one) is not this console's origin:
+/// the same scheme, host and port (a default port written or not).
 fn same_origin(request: &HttpRequest) -> Result<(), Refused> {
     let Some(origin) = request.headers().get(header::ORIGIN) else {
         return Ok(());
     };
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let origin_host = origin
+    let info = request.connection_info();
+    let ours = origin_of(info.scheme(), info.host());
+    let theirs = origin
         .to_str()
         .ok()
         .and_then(|o| o.split_once("://"))
-        .map(|(_, rest)| rest);
-    if !host.is_empty() && origin_host == Some(host) {
+        .and_then(|(scheme, host)| origin_of(scheme, host));
+    if ours.is_some() && ours == theirs {
         return Ok(());
     }
     tracing::warn!(origin = ?origin, "Console request from another origin refused");
     Err(Refused::OtherOrigin)
+}
+
+/// `(scheme, host, port)` of an origin, the port filled in for http and https.
+fn origin_of(scheme: &str, authority: &str) -> Option<(String, String, u16)> {
+    let scheme = scheme.to_ascii_lowercase();
+    let default = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let url = reqwest::Url::parse(&format!("{scheme}://{authority}/")).ok()?;
+    if url.path() != "/" || !url.username().is_empty() || url.query().is_some() {
+        return None;
+    }
+    let host = url.host_str()?.to_ascii_lowercase();
+    Some((scheme, host, url.port().unwrap_or(default)))
 }
 
 /// The operator of a state-changing request: logged in, same origin, and the form's CSRF
@@ -410,7 +442,7 @@ fn finish(
         Err(e) => Notice::Failed(e.to_string()),
     };
     console.leave_notice(request, notice);
-    see_other(back_to(back))
+    see_other(&back_to(back))
 }
 
 async fn retry_one(
@@ -495,6 +527,30 @@ mod tests {
             );
         }
         assert_eq!(back_to(None), "/console/sessions");
+        for dotted in [
+            "/console/../admin/sessions",
+            "/console/%2e%2e/admin/sessions",
+            "/console/%2E%2e/metrics",
+            "/console/./../../admin/events?x=1",
+        ] {
+            assert_eq!(back_to(Some(dotted)), "/console/sessions", "{dotted}");
+        }
+        assert_eq!(
+            back_to(Some("/console/dead/../sessions/./x?back=..")),
+            "/console/sessions/x?back=.."
+        );
+    }
+
+    #[test]
+    fn an_origin_is_its_scheme_host_and_port() {
+        let o = |s, a| origin_of(s, a);
+        assert_eq!(o("http", "gw.example"), o("http", "gw.example:80"));
+        assert_eq!(o("HTTPS", "GW.example:443"), o("https", "gw.example"));
+        assert_ne!(o("http", "gw.example"), o("https", "gw.example"));
+        assert_ne!(o("http", "gw.example:8080"), o("http", "gw.example:9090"));
+        assert_ne!(o("http", "gw.example"), o("http", "gw.example.evil"));
+        assert_eq!(o("file", "x"), None);
+        assert_eq!(o("http", "user@gw.example"), None);
     }
 
     #[test]

@@ -232,6 +232,36 @@ async fn a_forged_form_from_another_site_is_refused_in_the_browser() {
     browser.quit().await;
 }
 
+#[tokio::test]
+async fn an_action_goes_back_only_to_a_console_page_however_its_path_is_written() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let (_receiver, app) = gateway_with_dead(&["call-ended.json"], 1).await;
+    log_in(&browser, &app).await;
+    for back in [
+        "/console/../admin/sessions",
+        "/console/%2e%2e/admin/sessions",
+    ] {
+        browser
+            .go(&format!("{}/console/dead", app.admin_address))
+            .await;
+        // The form's own `back` rewritten in the page, as a tampered request would send it.
+        browser
+            .execute(&format!(
+                "document.querySelectorAll('input[name=back]').forEach(i => i.value = {back:?});"
+            ))
+            .await;
+        browser.find("#retry-all").await.click_to_navigate().await;
+        let url = browser.url().await;
+        assert!(
+            url.starts_with(&format!("{}/console/", app.admin_address)),
+            "{back} led to {url}"
+        );
+    }
+    browser.quit().await;
+}
+
 /// The console over plain HTTP: the cookie's attributes, the CSP, and each way a
 /// state-changing request is refused.
 #[tokio::test]

@@ -149,6 +149,16 @@ impl Browser {
             .await;
     }
 
+    /// Runs `script` in the page (as a user's browser extension or devtools could).
+    pub async fn execute(&self, script: &str) -> Value {
+        self.command(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
     pub async fn url(&self) -> String {
         let url = self.command(reqwest::Method::GET, "/url", None).await;
         url.as_str().unwrap().to_owned()
