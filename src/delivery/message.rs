@@ -101,6 +101,18 @@ impl Shape {
         for path in &self.redact {
             redact(&mut event, path);
         }
+        // A canonical field redacted is redacted where it came from in the vendor's payload
+        // too: "this data never leaves" is what the operator means.
+        let vendor = event["source"]["vendor"]
+            .as_str()
+            .and_then(crate::vendors::Vendor::parse);
+        if let (Some(vendor), Some(raw)) = (vendor, event.get_mut("raw")) {
+            for path in &self.redact {
+                for source in vendor.raw_sources(path) {
+                    redact(raw, &source);
+                }
+            }
+        }
         let out = match self.format {
             Format::Canonical => event,
             Format::Cloudevents => cloudevent(event),

@@ -15,6 +15,29 @@ use crate::event::{
     SessionState,
 };
 
+/// Which field of the payload each canonical field is read from (canonical path, payload
+/// path): a target that redacts the canonical field also redacts the payload's in `raw`.
+pub(super) const RAW_FIELDS: &[(&str, &str)] = &[
+    ("session.id", "id"),
+    ("session.channel", "type"),
+    ("session.platform", "platform"),
+    ("session.direction", "direction"),
+    ("session.state", "state"),
+    ("session.agentId", "agentId"),
+    ("session.lastActivityAt", "lastActivityAt"),
+    (
+        "session.customer.phoneNumber",
+        "metadata.customerPhoneNumber",
+    ),
+    ("session.variables", "metadata.sessionVariables"),
+    ("session.extracted", "analysis.extractedData"),
+    ("session.analysis.summary", "analysis.summary"),
+    ("session.analysis.intent", "analysis.intent"),
+    ("session.analysis.sentiment", "analysis.sentiment"),
+    ("session.analysis.resolution", "analysis.resolution"),
+    ("session.recording.url", "recordingUrl"),
+];
+
 pub(super) fn normalize(body: &Map<String, Value>) -> Result<Normalized, PayloadError> {
     let f = Fields::root(body);
     let Some(vendor_event_type) = f.opt_id("eventType")? else {

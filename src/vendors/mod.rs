@@ -39,6 +39,31 @@ impl Vendor {
         }
     }
 
+    /// The payload fields (dotted, under `raw`) that the canonical field at `path`, or any
+    /// field under it, is read from. Redacting a field inside one of them redacts all of it:
+    /// a vendor's inner shape need not match the canonical one, and too much redacted is
+    /// safe where too little is a leak.
+    pub fn raw_sources(self, path: &[String]) -> Vec<Vec<String>> {
+        let table = match self {
+            Vendor::Pathors => pathors::RAW_FIELDS,
+            Vendor::Agntix => agntix::RAW_FIELDS,
+        };
+        let mut found: Vec<Vec<String>> = Vec::new();
+        for (canonical, raw) in table {
+            let canonical: Vec<&str> = canonical.split('.').collect();
+            let related = path.iter().zip(&canonical).all(|(a, b)| a == b);
+            let raw: Vec<String> = raw.split('.').map(str::to_owned).collect();
+            if related && !found.contains(&raw) {
+                found.push(raw);
+            }
+        }
+        found
+    }
+
+    pub fn parse(name: &str) -> Option<Vendor> {
+        Vendor::ALL.into_iter().find(|v| v.as_str() == name)
+    }
+
     /// Maps one verified request body to canonical event drafts.
     pub fn normalize(self, input: &Verified) -> Result<Normalized, PayloadError> {
         let body = fields::parse_object(input.body())?;
@@ -105,5 +130,43 @@ pub(crate) mod test_support {
             Ok(Normalized::Events(r)) => r,
             other => panic!("expected events, got {other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod raw_sources_tests {
+    use super::*;
+
+    fn sources(vendor: Vendor, path: &str) -> Vec<String> {
+        let path: Vec<String> = path.split('.').map(str::to_owned).collect();
+        vendor
+            .raw_sources(&path)
+            .into_iter()
+            .map(|p| p.join("."))
+            .collect()
+    }
+
+    #[test]
+    fn a_canonical_field_names_the_payload_fields_it_came_from() {
+        assert_eq!(
+            sources(Vendor::Agntix, "session.variables"),
+            ["metadata.sessionVariables"]
+        );
+        assert_eq!(
+            sources(Vendor::Agntix, "session.variables.customerName"),
+            ["metadata.sessionVariables"],
+            "a field inside one: all of it"
+        );
+        assert_eq!(
+            sources(Vendor::Agntix, "session.customer"),
+            ["metadata.customerPhoneNumber"],
+            "a field above one: each below it"
+        );
+        assert_eq!(
+            sources(Vendor::Pathors, "session.call"),
+            ["callStatus", "callDuration"]
+        );
+        assert!(sources(Vendor::Pathors, "session.customer").is_empty());
+        assert!(sources(Vendor::Agntix, "raw.metadata").is_empty());
     }
 }

@@ -15,6 +15,21 @@ use crate::event::{
 /// How long a Pathors recording URL stays valid after the event (vendor docs: ~15 minutes).
 const RECORDING_URL_LIFETIME_SECONDS: i64 = 15 * 60;
 
+/// Which field of the payload each canonical field is read from (canonical path, payload
+/// path): a target that redacts the canonical field also redacts the payload's in `raw`.
+pub(super) const RAW_FIELDS: &[(&str, &str)] = &[
+    ("session.id", "sessionId"),
+    ("session.projectId", "projectId"),
+    ("session.messageCount", "messagesCount"),
+    ("session.currentNodeId", "currentNodeId"),
+    ("session.extracted", "extractedVariables"),
+    ("session.call.vendorStatus", "callStatus"),
+    ("session.call.outcome", "callStatus"),
+    ("session.call.endedBy", "callStatus"),
+    ("session.call.durationSeconds", "callDuration"),
+    ("session.recording.url", "recordingUrl"),
+];
+
 pub(super) fn normalize(body: &Map<String, Value>) -> Result<Normalized, PayloadError> {
     let f = Fields::root(body);
     let vendor_event_type = match (f.opt_id("event")?, f.opt_id("reason")?) {

@@ -558,3 +558,47 @@ async fn cloudevents_over_http_with_redaction_are_signed_as_sent() {
     assert_eq!(event["raw"]["metadata"]["customerPhoneNumber"], phone);
     assert_eq!(event["session"]["customer"]["phoneNumber"], phone);
 }
+
+/// The README's redaction example, as written there: what it names never leaves, neither
+/// in the canonical session nor in the vendor's payload under `raw`.
+#[tokio::test]
+async fn the_readmes_redaction_example_leaks_nothing_it_names() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let redact_line = readme
+        .lines()
+        .find(|l| l.starts_with("redact = ["))
+        .expect("the README has a redaction example");
+    let receiver = TestReceiver::start().await;
+    let app = spawn_app(format!(
+        "[[targets]]\nname = \"analytics\"\nurl = \"{}\"\nevents = [\"session.ended\"]\n{redact_line}\n",
+        receiver.url("/")
+    ))
+    .await;
+    let raw = fixture("agntix", "session-ended.json");
+    let sent: Value = serde_json::from_slice(&raw).unwrap();
+    let secrets = [
+        sent["metadata"]["customerPhoneNumber"].as_str().unwrap(),
+        sent["metadata"]["sessionVariables"]["customerName"]
+            .as_str()
+            .unwrap(),
+        sent["metadata"]["sessionVariables"]["crmContactId"]
+            .as_str()
+            .unwrap(),
+    ];
+    assert_eq!(app.post_agntix(&raw).await.status().as_u16(), 202);
+    let got = receiver.wait_for(1).await;
+    let body = String::from_utf8(got[0].body.to_vec()).unwrap();
+    for secret in secrets {
+        assert!(!body.contains(secret), "{secret} left in {body}");
+    }
+    let event = got[0].json();
+    assert_eq!(
+        event["raw"]["metadata"]["sessionVariables"]["customerName"],
+        "[redacted]"
+    );
+    assert_eq!(
+        event["session"]["id"], sent["id"],
+        "what is not named stays"
+    );
+}
