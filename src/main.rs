@@ -45,12 +45,25 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Call the admin API of the gateway the configuration describes (its admin address
-    /// and token). Exit codes: 1 the API refused, 2 no admin API configured, 3 unreachable.
+    /// Call a gateway's admin API: the one --url and --token name, else the one the
+    /// configuration describes (only its admin address and token are read). Exit codes:
+    /// 1 the API refused, 2 no admin API to call, 3 unreachable.
     Admin {
-        /// Configuration file [default: $SESSIONGATE_CONFIG, else config/sessiongate.toml]
+        /// Configuration file [default: $SESSIONGATE_CONFIG, else config/sessiongate.toml];
+        /// read only for what --url and --token do not give.
         #[arg(long, global = true)]
         config: Option<PathBuf>,
+        /// The admin API's base URL, e.g. http://127.0.0.1:9090.
+        #[arg(long, global = true, env = "SESSIONGATE_ADMIN_URL")]
+        url: Option<String>,
+        /// The admin token (prefer the environment variable: a flag shows in `ps`).
+        #[arg(
+            long,
+            global = true,
+            env = "SESSIONGATE_ADMIN_TOKEN",
+            hide_env_values = true
+        )]
+        token: Option<String>,
         /// Print the API's JSON answer instead of a table.
         #[arg(long, global = true)]
         json: bool,
@@ -122,13 +135,17 @@ impl AdminCall {
     }
 }
 
-fn admin(config: Option<PathBuf>, json: bool, call: AdminCall) -> ExitCode {
-    let path = config_path(config);
-    let config = match Config::load(&path) {
-        Ok(config) => config,
+fn admin(
+    config: Option<PathBuf>,
+    (url, token): (Option<String>, Option<String>),
+    json: bool,
+    call: AdminCall,
+) -> ExitCode {
+    let endpoint = match sessiongate::operator::endpoint(url, token, &config_path(config)) {
+        Ok(endpoint) => endpoint,
         Err(e) => {
-            eprintln!("{}: {e}", path.display());
-            return ExitCode::from(sessiongate::operator::EXIT_CONFIG);
+            eprintln!("error: {e}");
+            return ExitCode::from(e.exit_code());
         }
     };
     let runtime = match runtime() {
@@ -138,7 +155,7 @@ fn admin(config: Option<PathBuf>, json: bool, call: AdminCall) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(sessiongate::operator::run(&config, &call.call(), json)) {
+    match runtime.block_on(sessiongate::operator::run(&endpoint, &call.call(), json)) {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS
@@ -159,9 +176,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => check_config(&config_path(config)),
-        Command::Admin { config, json, call } => {
+        Command::Admin {
+            config,
+            url,
+            token,
+            json,
+            call,
+        } => {
             telemetry::init(cli.log_format, "warn");
-            admin(config, json, call)
+            admin(config, (url, token), json, call)
         }
         Command::Demo => {
             // The tour goes to stdout; only warnings and errors go to stderr unless asked.

@@ -1,5 +1,7 @@
-//! `sessiongate admin …`: the operator's command line, a client of the admin API of the
-//! gateway that a configuration file describes (its admin address and token).
+//! `sessiongate admin …`: the operator's command line, a client of a gateway's admin API:
+//! the one `--url` and `--token` name (or `SESSIONGATE_ADMIN_URL` and
+//! `SESSIONGATE_ADMIN_TOKEN`), else the one a configuration file describes — of which only
+//! the admin address and token are read, so no other production secret is needed.
 //!
 //! Tables for people, `--json` for scripts (the API's own answer, unchanged). A call that
 //! fails prints the API's error message and exits non-zero: [`EXIT_API`] when the API said
@@ -9,10 +11,13 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use secrecy::ExposeSecret;
+use std::path::Path;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::Config;
+use crate::settings::{ConfigError, invalid, socket_address};
 
 /// The API answered with an error.
 pub const EXIT_API: u8 = 1;
@@ -67,10 +72,111 @@ impl CallError {
     }
 }
 
-/// Where the admin API of `config`'s gateway answers: `admin_listen`, else `listen`; an
-/// address that listens on every interface is called on loopback.
-pub fn admin_base(config: &Config) -> String {
-    let address = config.server.admin_listen.unwrap_or(config.server.listen);
+/// The admin API a call goes to.
+pub struct Endpoint {
+    /// `http://host:port`, no trailing slash.
+    pub base: String,
+    pub token: SecretString,
+}
+
+/// What `--url`/`--token` (or their environment variables) gave; the rest comes from the
+/// configuration file at `config`, which is read only when something is missing.
+pub fn endpoint(
+    url: Option<String>,
+    token: Option<String>,
+    config: &Path,
+) -> Result<Endpoint, CallError> {
+    let url = url.filter(|u| !u.is_empty());
+    let token = token.filter(|t| !t.is_empty());
+    let from_file = match (&url, &token) {
+        (Some(_), Some(_)) => None,
+        _ => Some(admin_of_file(config).map_err(|e| {
+            CallError::Config(format!(
+                "{}: {e} (or pass --url and --token, or set SESSIONGATE_ADMIN_URL and SESSIONGATE_ADMIN_TOKEN)",
+                config.display()
+            ))
+        })?),
+    };
+    let base = match url {
+        Some(url) => {
+            let parsed = reqwest::Url::parse(&url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if parsed.is_none() {
+                return Err(CallError::Config(format!(
+                    "--url `{}` is not an http(s) URL such as http://127.0.0.1:9090",
+                    crate::settings::redact_url(&url)
+                )));
+            }
+            url.trim_end_matches('/').to_owned()
+        }
+        None => from_file
+            .as_ref()
+            .expect("read when a part is missing")
+            .0
+            .clone(),
+    };
+    let token = match token {
+        Some(token) => SecretString::from(token),
+        None => from_file
+            .and_then(|(_, token)| token)
+            .ok_or_else(|| {
+                CallError::Config(
+                    "server.admin_token is not set in this configuration, so its gateway has no admin API \
+                     (or pass --token / set SESSIONGATE_ADMIN_TOKEN)"
+                        .into(),
+                )
+            })?,
+    };
+    Ok(Endpoint { base, token })
+}
+
+/// `[server]` as far as the admin command reads it; every other key is left unread.
+#[derive(Deserialize)]
+struct AdminFile {
+    server: AdminServer,
+}
+
+#[derive(Deserialize)]
+struct AdminServer {
+    listen: String,
+    admin_listen: Option<String>,
+    admin_token: Option<String>,
+}
+
+/// The admin address and token of the gateway a configuration file describes, its layers
+/// applied (defaults, the file, `SESSIONGATE__SERVER__…`); `env:` resolved for the token only.
+fn admin_of_file(path: &Path) -> Result<(String, Option<SecretString>), ConfigError> {
+    let layers = crate::settings::file_layers(path, std::env::vars().collect())?;
+    let file: AdminFile = layers
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| ConfigError::Load(e.to_string()))?;
+    let listen = socket_address("server.listen", &file.server.listen)?;
+    let admin_listen = file
+        .server
+        .admin_listen
+        .as_deref()
+        .map(|a| socket_address("server.admin_listen", a))
+        .transpose()?;
+    let written = file.server.admin_token.is_some();
+    let token = file
+        .server
+        .admin_token
+        .map(|t| crate::settings::reference("server.admin_token", &t, &|v| std::env::var(v).ok()))
+        .transpose()?
+        .filter(|t| !t.is_empty())
+        .map(SecretString::from);
+    if written && token.is_none() {
+        return Err(invalid("server.admin_token", "must not be empty"));
+    }
+    Ok((admin_base(listen, admin_listen), token))
+}
+
+/// Where the admin API answers: `admin_listen`, else `listen`; an address that listens on
+/// every interface is called on loopback.
+pub fn admin_base(listen: SocketAddr, admin_listen: Option<SocketAddr>) -> String {
+    let address = admin_listen.unwrap_or(listen);
     let ip = match address.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -133,15 +239,10 @@ fn path_segment(id: &str) -> String {
         .collect()
 }
 
-/// Makes `call` against the admin API of `config`'s gateway; answers what to print.
-pub async fn run(config: &Config, call: &Call, json: bool) -> Result<String, CallError> {
-    let token = config.server.admin_token.as_ref().ok_or_else(|| {
-        CallError::Config(
-            "server.admin_token is not set in this configuration, so its gateway has no admin API"
-                .into(),
-        )
-    })?;
-    let base = admin_base(config);
+/// Makes `call` against the admin API at `endpoint`; answers what to print.
+pub async fn run(endpoint: &Endpoint, call: &Call, json: bool) -> Result<String, CallError> {
+    let token = &endpoint.token;
+    let base = endpoint.base.clone();
     let (method, path, query) = call.request();
     let url = reqwest::Url::parse_with_params(&format!("{base}{path}"), &query)
         .map_err(|e| CallError::Config(format!("the admin address {base} is not a URL: {e}")))?;

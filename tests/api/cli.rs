@@ -176,3 +176,91 @@ async fn a_gateway_out_of_reach_or_without_an_admin_api_is_a_readable_error() {
         out.stderr
     );
 }
+
+/// `sessiongate admin` with an environment of exactly `env` (nothing inherited).
+async fn admin_with(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sessiongate"));
+    command.arg("admin").args(args).env_clear();
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn the_admin_command_needs_only_the_admin_address_and_token() {
+    let receiver = TestReceiver::start().await;
+    let app = spawn_app_with(options(&receiver), None).await;
+    let nowhere = "/nonexistent/sessiongate.toml";
+
+    // --url and --token: no configuration file at all.
+    let flags = admin_with(
+        &[
+            "deliveries",
+            "--json",
+            "--config",
+            nowhere,
+            "--url",
+            &app.admin_address,
+            "--token",
+            ADMIN_TOKEN,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(flags.code, 0, "{}", flags.stderr);
+    assert!(flags.stdout.contains("\"deliveries\""), "{}", flags.stdout);
+
+    // The same from the environment.
+    let from_env = admin_with(
+        &["deliveries", "--config", nowhere],
+        &[
+            ("SESSIONGATE_ADMIN_URL", &app.admin_address),
+            ("SESSIONGATE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ],
+    )
+    .await;
+    assert_eq!(from_env.code, 0, "{}", from_env.stderr);
+
+    // A production file whose other secrets are not in this environment: only the admin
+    // address and token are read from it.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prod.toml");
+    let port = app.admin_address.rsplit(':').next().unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_token = \"env:ONLY_THE_ADMIN_TOKEN\"\n\
+             [storage]\nurl = \"env:DATABASE_URL_NOT_HERE\"\n\
+             [[sources]]\nname = \"pathors\"\nvendor = \"pathors\"\n\
+             auth = {{ kind = \"header\", header = \"Authorization\", value = \"env:NOT_HERE_EITHER\" }}\n"
+        ),
+    )
+    .unwrap();
+    let config = file.to_str().unwrap();
+    let from_file = admin_with(
+        &["deliveries", "--config", config],
+        &[("ONLY_THE_ADMIN_TOKEN", ADMIN_TOKEN)],
+    )
+    .await;
+    assert_eq!(from_file.code, 0, "{}", from_file.stderr);
+
+    // Nothing to go on: a readable error naming the ways to give it.
+    let none = admin_with(&["deliveries", "--config", nowhere], &[]).await;
+    assert_eq!(none.code, 2, "{}", none.stderr);
+    assert!(none.stderr.contains("--url and --token"), "{}", none.stderr);
+    let bad = admin_with(&["deliveries", "--url", "ftp://x", "--token", "t"], &[]).await;
+    assert_eq!(bad.code, 2);
+    assert!(
+        bad.stderr.contains("is not an http(s) URL"),
+        "{}",
+        bad.stderr
+    );
+}
