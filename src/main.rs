@@ -294,6 +294,19 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     };
     println!("configuration {}: OK", path.display());
     println!("listen: {}", config.server.listen);
+    let admin_at =
+        sessiongate::operator::admin_base(config.server.listen, config.server.admin_listen);
+    match (&config.server.admin_token, config.server.admin_listen) {
+        (None, _) => println!("admin API and console: off (no server.admin_token)"),
+        (Some(_), Some(listen)) => {
+            println!("admin API, console and /metrics: {listen} (own listener)");
+            println!("console: {admin_at}/console");
+        }
+        (Some(_), None) => {
+            println!("admin API, console and /metrics: on the ingest listener");
+            println!("console: {admin_at}/console");
+        }
+    }
     println!("storage: {}", config.storage);
     println!("sources ({}):", config.sources.len());
     for s in &config.sources {

@@ -94,6 +94,35 @@ impl<'a> Context<'a> {
     }
 }
 
+/// Says which problems are at keys an environment variable set (`names`: the variables
+/// of the process), so that `SESSIONGATE__DELIVERY__MAX_ATEMPTS=3` is not looked for in
+/// the file.
+pub fn name_environment_keys(error: ConfigError, names: &[String]) -> ConfigError {
+    let variable = |key: &str| {
+        let wanted = format!("{ENV_PREFIX}__{}", key.replace('.', "__")).to_ascii_uppercase();
+        names
+            .iter()
+            .find(|n| n.to_ascii_uppercase() == wanted)
+            .cloned()
+    };
+    match error {
+        ConfigError::Invalid { key, message } => match variable(&key) {
+            Some(var) => ConfigError::Invalid {
+                message: format!("{message} (set by the environment variable {var})"),
+                key,
+            },
+            None => ConfigError::Invalid { key, message },
+        },
+        ConfigError::Many(problems) => ConfigError::Many(
+            problems
+                .into_iter()
+                .map(|p| name_environment_keys(p, names))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// The layers of a configuration file: defaults, the file, then `SESSIONGATE__…` variables.
 pub fn file_layers(
     path: &Path,
@@ -147,17 +176,51 @@ pub fn read<T: DeserializeOwned>(
         .and_then(|c| c.try_deserialize())
         .map_err(|e| ConfigError::Load(e.to_string()))?;
     let mut problems = Vec::new();
-    // Each unknown key fails deserialisation on its own: note it, drop it, read again.
+    let defaults: Option<config::Value> = defaults().build().and_then(|c| c.try_deserialize()).ok();
+    // Each unknown key, and each value of the wrong type, fails deserialisation on its own:
+    // note it, drop it (or put back its default), read again, so that one problem does not
+    // hide the others.
+    let mut dropped: Vec<String> = Vec::new();
     let raw = loop {
         match tree.clone().try_deserialize::<T>() {
             Ok(raw) => break Some(raw),
             Err(e) => {
                 let message = e.to_string();
-                match unknown_key(&message) {
-                    Some(path) if remove_key(&mut tree, &path) => {
-                        problems.push(invalid(path, "unknown key"));
+                if let Some(path) = unknown_key(&message)
+                    && remove_key(&mut tree, &path)
+                {
+                    problems.push(invalid(path, "unknown key"));
+                    continue;
+                }
+                match keyed(&message) {
+                    // A key dropped for its value is now missing: that was said already.
+                    Some((path, _)) if dropped.contains(&path) => break None,
+                    Some((path, what)) if what.starts_with("missing field") => {
+                        problems.push(invalid(path, "is required"));
+                        break None;
                     }
-                    _ => {
+                    Some((path, what)) => {
+                        problems.push(invalid(path.clone(), what.clone()));
+                        // A word not among the valid ones reads on as the first valid one.
+                        let default = defaults
+                            .as_ref()
+                            .and_then(|d| lookup(d, &path))
+                            .cloned()
+                            .or_else(|| {
+                                let first =
+                                    what.split_once("is not one of: ")?.1.split(", ").next()?;
+                                Some(config::Value::new(None, first))
+                            });
+                        let repaired = match default {
+                            Some(value) => replace_key(&mut tree, &path, value),
+                            None => remove_key(&mut tree, &path),
+                        };
+                        dropped.push(path);
+                        if !repaired {
+                            break None;
+                        }
+                    }
+                    None => {
                         problems.push(ConfigError::Load(message));
                         break None;
                     }
@@ -187,43 +250,99 @@ pub fn read<T: DeserializeOwned>(
 fn unknown_key(message: &str) -> Option<String> {
     let field = message.strip_prefix("unknown field `")?.split('`').next()?;
     match message.rsplit_once(" for key `") {
-        Some((_, key)) => Some(format!("{}.{field}", key.trim_end_matches('`'))),
+        Some((_, key)) => Some(format!("{}.{field}", normal_key(key.trim_end_matches('`')))),
         None => Some(field.to_owned()),
+    }
+}
+
+/// The key and the complaint of a `config` crate error that names one
+/// (`… for key `targets[0]format`` → `targets[0].format`). A missing field is named inside
+/// the table it is missing from.
+fn keyed(message: &str) -> Option<(String, String)> {
+    if let Some(key) = message
+        .strip_prefix("missing configuration field \"")
+        .and_then(|k| k.strip_suffix('"'))
+    {
+        return Some((normal_key(key), "missing field".into()));
+    }
+    let (what, key) = message.rsplit_once(" for key `")?;
+    let key = normal_key(key.trim_end_matches('`'));
+    if let Some(field) = what.strip_prefix("missing field `") {
+        let field = field.split('`').next().unwrap_or(field);
+        return Some((format!("{key}.{field}"), "missing field".into()));
+    }
+    Some((key, what.to_owned()))
+}
+
+/// `targets[0]format` (as the `config` crate writes it) → `targets[0].format`.
+fn normal_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    let mut chars = key.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == ']' && chars.peek().is_some_and(|n| *n != '.' && *n != '[') {
+            out.push('.');
+        }
+    }
+    out
+}
+
+/// The value at `path` of a configuration tree.
+fn lookup<'a>(tree: &'a config::Value, path: &str) -> Option<&'a config::Value> {
+    let mut node = tree;
+    for segment in path.split('.') {
+        let config::ValueKind::Table(table) = &node.kind else {
+            return None;
+        };
+        node = table.get(segment)?;
+    }
+    Some(node)
+}
+
+/// Puts `value` at `path` (which must exist); false if it is not there.
+fn replace_key(tree: &mut config::Value, path: &str, value: config::Value) -> bool {
+    let (parent, last) = path.rsplit_once('.').unwrap_or(("", path));
+    match parent_table(tree, parent) {
+        Some(table) if table.contains_key(last) => table.insert(last.to_owned(), value).is_some(),
+        _ => false,
     }
 }
 
 /// Removes `path` (`a.b[0].c`) from a configuration tree; false if it is not there.
 fn remove_key(tree: &mut config::Value, path: &str) -> bool {
+    let (parent, last) = path.rsplit_once('.').unwrap_or(("", path));
+    parent_table(tree, parent).is_some_and(|table| table.remove(last).is_some())
+}
+
+/// The table at `path` (`a.b[0]`; empty for the root) of a configuration tree.
+fn parent_table<'a>(
+    tree: &'a mut config::Value,
+    path: &str,
+) -> Option<&'a mut config::Map<String, config::Value>> {
     let mut node = tree;
-    let mut segments: Vec<&str> = path.split('.').collect();
-    let Some(last) = segments.pop() else {
-        return false;
-    };
-    for segment in segments {
+    for segment in path.split('.').filter(|s| !s.is_empty()) {
         let (name, index) = match segment.split_once('[') {
-            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            Some((name, rest)) => (
+                name,
+                Some(rest.trim_end_matches(']').parse::<usize>().ok()?),
+            ),
             None => (segment, None),
         };
         let config::ValueKind::Table(table) = &mut node.kind else {
-            return false;
+            return None;
         };
-        let Some(child) = table.get_mut(name) else {
-            return false;
-        };
+        let child = table.get_mut(name)?;
         node = match index {
             None => child,
             Some(i) => match &mut child.kind {
-                config::ValueKind::Array(items) => match items.get_mut(i) {
-                    Some(item) => item,
-                    None => return false,
-                },
-                _ => return false,
+                config::ValueKind::Array(items) => items.get_mut(i)?,
+                _ => return None,
             },
         };
     }
     match &mut node.kind {
-        config::ValueKind::Table(table) => table.remove(last).is_some(),
-        _ => false,
+        config::ValueKind::Table(table) => Some(table),
+        _ => None,
     }
 }
 
@@ -349,6 +468,25 @@ pub fn parse_duration_in(
         ));
     }
     Ok(d)
+}
+
+/// Deserializes one of a fixed set of words, the error listing them all (the `config`
+/// crate's own message for an enum names none): for the enums a configuration holds.
+pub fn one_of<'de, D, T: Copy>(deserializer: D, values: &[(&'static str, T)]) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let word = <String as serde::Deserialize>::deserialize(deserializer)?;
+    match values.iter().find(|(name, _)| *name == word) {
+        Some((_, value)) => Ok(*value),
+        None => {
+            let names: Vec<&'static str> = values.iter().map(|(name, _)| *name).collect();
+            Err(serde::de::Error::custom(format!(
+                "`{word}` is not one of: {}",
+                names.join(", ")
+            )))
+        }
+    }
 }
 
 /// A number within `[min, max]`; the error names the key and the range.

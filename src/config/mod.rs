@@ -55,7 +55,9 @@ impl Config {
         vars: std::collections::HashMap<String, String>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        let names: Vec<String> = vars.keys().cloned().collect();
         Self::build(settings::file_layers(path, vars)?, env)
+            .map_err(|e| settings::name_environment_keys(e, &names))
     }
 
     /// Parses a TOML document over the defaults (no environment overrides); `env:` secrets

@@ -753,3 +753,45 @@ fn every_numeric_key_is_held_to_its_range() {
         assert!(e.contains(expected), "{table}: {e}");
     }
 }
+
+#[test]
+fn check_config_names_every_problem_with_its_key_and_the_valid_words() {
+    let toml = "[server]\nmax_connections = \"many\"\n[delivery]\nmax_atempts = 3\n\
+                [[sources]]\nname = \"x\"\nvendor = \"agnitx\"\nauth = { kind = \"none\" }\n\
+                [[targets]]\nname = \"t\"\nurl = \"http://127.0.0.1:1/\"\nformat = \"cloudevent\"\n\
+                [storage]\nsynchronous = \"fsync\"\n";
+    let e = error_of(toml);
+    for expected in [
+        "`server.max_connections`: invalid type: string \"many\", expected an integer",
+        "`delivery.max_atempts`: unknown key",
+        "`sources[0].vendor`: `agnitx` is not one of: pathors, agntix",
+        "`targets[0].format`: `cloudevent` is not one of: canonical, cloudevents",
+        "`storage.synchronous`: `fsync` is not one of: full, normal",
+    ] {
+        assert!(e.contains(expected), "{expected} in\n{e}");
+    }
+    assert!(
+        !e.contains("cannot load"),
+        "one type error hides nothing: {e}"
+    );
+}
+
+#[test]
+fn a_bad_key_from_the_environment_names_its_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, SOURCE).unwrap();
+    let vars = [(
+        "SESSIONGATE__DELIVERY__MAX_ATEMPTS".to_owned(),
+        "3".to_owned(),
+    )]
+    .into_iter()
+    .collect();
+    let e = Config::load_with_env(&path, vars, &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`delivery.max_atempts`: unknown key (set by the environment variable SESSIONGATE__DELIVERY__MAX_ATEMPTS)"),
+        "{e}"
+    );
+}

@@ -24,13 +24,19 @@ static PARSED: std::sync::LazyLock<Value> =
 pub const REDACTED: &str = "[redacted]";
 
 /// The body's shape (`format` of a target).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// The canonical event itself (`application/json`).
     Canonical,
     /// A CloudEvents 1.0 structured-mode envelope whose `data` is the canonical event.
     Cloudevents,
+}
+
+impl<'de> Deserialize<'de> for Format {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Format, D::Error> {
+        let all = [Format::Canonical, Format::Cloudevents];
+        crate::settings::one_of(d, &all.map(|f| (f.as_str(), f)))
+    }
 }
 
 impl Format {

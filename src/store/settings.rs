@@ -56,11 +56,19 @@ impl std::fmt::Display for StorageConfig {
 }
 
 /// SQLite's `synchronous` setting. `full` makes every acknowledged event survive power loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synchronous {
     Full,
     Normal,
+}
+
+impl<'de> Deserialize<'de> for Synchronous {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Synchronous, D::Error> {
+        crate::settings::one_of(
+            d,
+            &[("full", Synchronous::Full), ("normal", Synchronous::Normal)],
+        )
+    }
 }
 
 #[derive(Deserialize)]

@@ -21,11 +21,16 @@ use crate::auth::Verified;
 use crate::event::{EventType, Session, Timestamp};
 
 /// The vendors sessiongate understands, as written in `[[sources]] vendor = "…"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Vendor {
     Pathors,
     Agntix,
+}
+
+impl<'de> Deserialize<'de> for Vendor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Vendor, D::Error> {
+        crate::settings::one_of(d, &Vendor::ALL.map(|v| (v.as_str(), v)))
+    }
 }
 
 impl Vendor {

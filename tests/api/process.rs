@@ -65,6 +65,44 @@ fn check_config_exits_0_for_a_valid_file_and_1_naming_the_key_otherwise() {
         "{out}"
     );
     assert!(!out.contains(AGNTIX_SECRET) && !out.contains(TARGET_SECRET));
+    assert!(
+        out.contains("admin API and console: off (no server.admin_token)"),
+        "where the admin API and console are: {out}"
+    );
+
+    // With an admin token and listener, check-config says where the console is.
+    let admin = dir.path().join("admin.toml");
+    std::fs::write(
+        &admin,
+        config(&dir.path().join("x.db"), "http://127.0.0.1:9/x").replace(
+            "[server]\n",
+            "[server]\nadmin_token = \"env:TEST_ADMIN\"\nadmin_listen = \"0.0.0.0:9191\"\n",
+        ),
+    )
+    .unwrap();
+    let with_admin = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&admin)
+        .env("TEST_PATHORS_TOKEN", "t")
+        .env("TEST_AGNTIX_SECRET", AGNTIX_SECRET)
+        .env("TEST_TARGET_SECRET", TARGET_SECRET)
+        .env("TEST_ADMIN", "an-admin-token-of-24-bytes-or-more")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&with_admin.stdout);
+    assert!(
+        with_admin.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_admin.stderr)
+    );
+    assert!(
+        out.contains("admin API, console and /metrics: 0.0.0.0:9191 (own listener)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("console: http://127.0.0.1:9191/console"),
+        "{out}"
+    );
 
     let missing_env = Command::new(BIN)
         .args(["check-config", "--config"])
