@@ -17,8 +17,8 @@ pub struct ErrorBody {
 
 #[derive(Serialize, ToSchema)]
 struct ErrorDetail {
-    /// A stable code: `invalid_request`, `unauthorized`, `not_found`, `conflict`,
-    /// `unavailable`.
+    /// A stable code: `invalid_request`, `unauthorized`, `too_many_requests`, `not_found`,
+    /// `conflict`, `unavailable`.
     code: String,
     /// What is wrong, for people.
     message: String,
@@ -41,6 +41,73 @@ impl Modify for BearerToken {
     }
 }
 
+/// The answers every operation of a kind can give, added where a handler's annotation
+/// leaves them out, so the document lists every status the API answers: 401 and 429 (with
+/// `Retry-After`) behind the token, 400 for a query string that is not the operation's
+/// (an unknown key, a malformed value).
+struct CommonAnswers;
+
+impl Modify for CommonAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, header::HeaderBuilder};
+        let error = |description: &str, retry_after: bool| {
+            let mut response = ResponseBuilder::new().description(description).content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            );
+            if retry_after {
+                response = response.header(
+                    "Retry-After",
+                    HeaderBuilder::new()
+                        .schema(utoipa::openapi::schema::Object::with_type(
+                            utoipa::openapi::schema::Type::Integer,
+                        ))
+                        .description(Some("Seconds to wait before the next try"))
+                        .build(),
+                );
+            }
+            RefOr::T(response.build())
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let responses = &mut operation.responses.responses;
+                if operation.security.is_some() {
+                    responses
+                        .entry("401".into())
+                        .or_insert_with(|| error("No or a wrong admin token", false));
+                    responses.entry("429".into()).or_insert_with(|| {
+                        error(
+                            "Too many wrong admin tokens from this address: wait Retry-After seconds",
+                            true,
+                        )
+                    });
+                }
+                let takes_a_query = operation
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| matches!(p.parameter_in, ParameterIn::Query));
+                if takes_a_query {
+                    responses.entry("400".into()).or_insert_with(|| {
+                        error("A query parameter is unknown or malformed", false)
+                    });
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -60,7 +127,7 @@ impl Modify for BearerToken {
         super::deliveries::retry_deliveries,
         document,
     ),
-    modifiers(&BearerToken)
+    modifiers(&BearerToken, &CommonAnswers)
 )]
 pub struct AdminApi;
 
