@@ -17,7 +17,7 @@ python3 deploy/check_manifests.py "$work"
 
 # Signing keys must be 24 bytes or more (Standard Webhooks).
 dummy_key=whsec_ZHVtbXktc2VjcmV0LWZvci1jaGVjay1jb25maWctb25seQ==
-export SESSIONGATE_ADMIN_TOKEN=dummy-admin-token-for-check-config PATHORS_TOKEN=dummy \
+export SESSIONGATE_ADMIN_TOKEN=dummy-admin-token-for-check-config PATHORS_TOKEN="Bearer dummy" \
     SESSIONGATE_DATABASE_URL=postgres://sessiongate@127.0.0.1/sessiongate \
     AGNTIX_WEBHOOK_SECRET="$dummy_key" CRM_SIGNING_SECRET="$dummy_key" \
     WAREHOUSE_SIGNING_SECRET="$dummy_key" RECEIVER_SIGNING_SECRET="$dummy_key"

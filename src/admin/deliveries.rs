@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::openapi::ErrorBody;
-use super::{AdminAuth, AdminState, cursor, limit, next_cursor};
+use super::{AdminAuth, AdminState, cursor, limit, page};
 use crate::error::ApiError;
 use crate::store::{DeliveryFilter, DeliveryInfo, DeliveryStatus, Retried, RetryOutcome};
 
@@ -70,7 +70,7 @@ pub(super) async fn list_deliveries(
         },
     };
     let limit = limit(query.limit)?;
-    let deliveries = state
+    let mut deliveries = state
         .store
         .deliveries(DeliveryFilter {
             status,
@@ -78,12 +78,12 @@ pub(super) async fn list_deliveries(
             target: query.target,
             event_id: query.event,
             before: cursor(query.cursor.as_deref())?,
-            limit,
+            limit: limit + 1,
             with_attempts: true,
         })
         .await
         .map_err(ApiError::Unavailable)?;
-    let next_cursor = next_cursor(deliveries.len(), limit, deliveries.last().map(|d| d.seq));
+    let next_cursor = page(&mut deliveries, limit, |d| d.seq.to_string());
     Ok(HttpResponse::Ok().json(DeliveriesPage {
         deliveries,
         next_cursor,

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
 use super::openapi::ErrorBody;
-use super::{AdminAuth, AdminState, cursor, limit, next_cursor};
+use super::{AdminAuth, AdminState, cursor, limit, page};
 use crate::error::ApiError;
 use crate::event::{EventType, with_raw};
 use crate::store::{DeliveryId, EventFilter};
@@ -71,18 +71,18 @@ pub(super) async fn list_events(
         )));
     }
     let limit = limit(query.limit)?;
-    let events = state
+    let mut events = state
         .store
         .events(EventFilter {
             source: query.source,
             session_id: query.session,
             event_type: query.event_type,
             before: cursor(query.cursor.as_deref())?,
-            limit,
+            limit: limit + 1,
         })
         .await
         .map_err(ApiError::Unavailable)?;
-    let next_cursor = next_cursor(events.len(), limit, events.last().map(|e| e.seq));
+    let next_cursor = page(&mut events, limit, |e| e.seq.to_string());
     let events = events
         .iter()
         .map(|e| {

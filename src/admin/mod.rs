@@ -141,10 +141,12 @@ fn cursor(raw: Option<&str>) -> Result<Option<i64>, ApiError> {
     .transpose()
 }
 
-/// The cursor for the page after one that ended at `last_seq`, if the page was full.
-fn next_cursor(len: usize, limit: usize, last_seq: Option<i64>) -> Option<String> {
-    (len == limit)
-        .then_some(last_seq)
-        .flatten()
-        .map(|s| s.to_string())
+/// Cuts a page read with `limit + 1` rows to `limit`, and answers the cursor of the next
+/// page only when that extra row showed one follows.
+fn page<T>(rows: &mut Vec<T>, limit: usize, cursor: impl Fn(&T) -> String) -> Option<String> {
+    if rows.len() <= limit {
+        return None;
+    }
+    rows.truncate(limit);
+    rows.last().map(cursor)
 }

@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
 use super::openapi::ErrorBody;
-use super::{AdminAuth, AdminState, cursor, limit, next_cursor};
+use super::{AdminAuth, AdminState, cursor, limit, page};
 use crate::error::ApiError;
 use crate::store::ReceiptFilter;
 
@@ -81,17 +81,17 @@ pub(super) async fn list_receipts(
         )));
     }
     let limit = limit(query.limit)?;
-    let receipts = state
+    let mut receipts = state
         .store
         .receipts(ReceiptFilter {
             source: query.source,
             outcome: query.status,
             before: cursor(query.cursor.as_deref())?,
-            limit,
+            limit: limit + 1,
         })
         .await
         .map_err(ApiError::Unavailable)?;
-    let next_cursor = next_cursor(receipts.len(), limit, receipts.last().map(|r| r.seq));
+    let next_cursor = page(&mut receipts, limit, |r| r.seq.to_string());
     let receipts = receipts
         .into_iter()
         .map(|r| {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::openapi::ErrorBody;
-use super::{AdminAuth, AdminState, limit};
+use super::{AdminAuth, AdminState, limit, page};
 use crate::error::ApiError;
 use crate::event::Timestamp;
 use crate::store::{SessionFilter, SessionView};
@@ -103,16 +103,15 @@ pub(super) async fn list_sessions(
     query: web::Query<SessionsQuery>,
     state: web::Data<AdminState>,
 ) -> Result<HttpResponse, ApiError> {
-    let filter = query.into_inner().filter()?;
+    let mut filter = query.into_inner().filter()?;
     let limit = filter.limit;
-    let found = state
+    filter.limit += 1;
+    let mut found = state
         .store
         .sessions(filter)
         .await
         .map_err(ApiError::Unavailable)?;
-    let next_cursor = (found.len() == limit)
-        .then(|| found.last().map(|l| l.cursor()))
-        .flatten();
+    let next_cursor = page(&mut found, limit, |l| l.cursor());
     Ok(HttpResponse::Ok().json(SessionsPage {
         sessions: found.into_iter().map(|l| l.view).collect(),
         next_cursor,

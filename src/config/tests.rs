@@ -795,3 +795,22 @@ fn a_bad_key_from_the_environment_names_its_variable() {
         "{e}"
     );
 }
+
+#[test]
+fn an_authorization_value_without_a_scheme_is_warned_of() {
+    let bare = "[[sources]]\nname = \"p\"\nvendor = \"pathors\"\nauth = { kind = \"header\", header = \"Authorization\", value = \"env:PATHORS_TOKEN\" }\n";
+    let c = Config::from_toml(bare, &|_| Some("t0ken-without-scheme".into())).unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("sources[0].auth.value") && w.contains("Bearer <token>")),
+        "{:?}",
+        c.warnings
+    );
+    let with_scheme = Config::from_toml(bare, &|_| Some("Bearer t0ken".into())).unwrap();
+    assert!(
+        !with_scheme.warnings.iter().any(|w| w.contains("scheme")),
+        "{:?}",
+        with_scheme.warnings
+    );
+}

@@ -344,6 +344,14 @@ fn parse_auth(
                     "is not a valid header value",
                 ));
             }
+            // The value is the header's whole value: for Authorization, scheme included.
+            if header_name == actix_web::http::header::AUTHORIZATION && !value.contains(' ') {
+                cx.warn(format!(
+                    "{key}.auth.value is compared with the whole Authorization header, which \
+                     senders write with a scheme (\"Bearer <token>\"); this value has none, so \
+                     no request will match unless the sender sends the bare token"
+                ));
+            }
             SourceAuth::Header {
                 name: header_name,
                 value: SecretString::from(value),

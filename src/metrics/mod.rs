@@ -398,7 +398,8 @@ impl Metrics {
                     status,
                     error,
                     max_attempts,
-                    "Delivery is dead after its last attempt; retry it from the admin API"
+                    "Delivery is dead after its last attempt; retry it with `sessiongate admin retry <delivery id>`, \
+                     from the console's Dead letters page (/console/dead) or POST /admin/deliveries/{{id}}/retry"
                 );
             }
         }

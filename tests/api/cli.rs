@@ -106,6 +106,11 @@ async fn deliveries_retry_and_replay_from_the_command_line() {
         ]
     );
 
+    // One delivery, a page of one: nothing follows, so no cursor is offered.
+    let one = cli.run(&["deliveries", "--limit", "1"]).await;
+    assert_eq!(one.code, 0, "{}", one.stderr);
+    assert!(!one.stdout.contains("more:"), "{}", one.stdout);
+
     let as_json = cli.run(&["deliveries", "--json", "--target", "crm"]).await;
     assert_eq!(as_json.code, 0, "{}", as_json.stderr);
     let page: Value = serde_json::from_str(&as_json.stdout).unwrap();
