@@ -266,17 +266,20 @@ async fn sessions_page(
         @if found.is_empty() && problem.is_none() { p.empty { "No session matches." } }
         @else if !found.is_empty() {
             table #sessions {
-                thead { tr { th { "Session" } th { "Vendor" } th { "State" } th { "Channel" } th { "First seen" } th { "Updated" } th { "Finalized" } } }
+                thead { tr { th { "Session" } th { "Vendor" } th { "Agent" } th { "State" } th { "Channel" } th { "Outcome" } th { "Duration" } th { "First seen" } th { "Updated" } th { "Finalized" } } }
                 tbody {
                     @for l in &found {
                         @let s = serde_json::to_value(&l.view.session).unwrap_or_default();
                         tr {
                             td { a.session href={ "/console/sessions/" (l.view.vendor) "/" (urlencode(&l.view.session.id)) } { code { (l.view.session.id) } } }
                             td { (l.view.vendor) }
+                            td.agent { (s["agentId"].as_str().unwrap_or("–")) }
                             td { (s["state"].as_str().unwrap_or("–")) }
                             td { (s["channel"].as_str().unwrap_or("–")) }
-                            td { (l.view.first_seen_at.to_string()) }
-                            td { (l.view.updated_at.to_string()) }
+                            td.outcome { (s["call"]["outcome"].as_str().unwrap_or("–")) }
+                            td.duration { (duration(&s).unwrap_or_else(|| "–".into())) }
+                            td { (utc(l.view.first_seen_at)) }
+                            td { (utc(l.view.updated_at)) }
                             td { @if l.view.finalized_event_id.is_some() { "yes" } @else { "not yet" } }
                         }
                     }
@@ -317,6 +320,50 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// A stored time as people read it, saying its zone: `2026-05-03 08:43:02.117 UTC`.
+fn utc(time: impl std::fmt::Display) -> String {
+    let text = time.to_string();
+    match text.strip_suffix('Z') {
+        Some(bare) => format!("{} UTC", bare.replacen('T', " ", 1)),
+        None => text,
+    }
+}
+
+/// `1 attempt`, `2 attempts`.
+fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// A session's length: the call's duration when the vendor gave one, else from its start
+/// to its end.
+fn duration(session: &Value) -> Option<String> {
+    let seconds = session["call"]["durationSeconds"].as_f64().or_else(|| {
+        let at = |key: &str| {
+            session[key]
+                .as_str()
+                .and_then(crate::event::Timestamp::parse)
+                .map(|t| t.unix_millis())
+        };
+        Some((at("endedAt")? - at("startedAt")?) as f64 / 1000.0)
+    })?;
+    let seconds = seconds.max(0.0).round() as u64;
+    Some(match seconds {
+        0..60 => format!("{seconds} s"),
+        _ => format!("{} min {} s", seconds / 60, seconds % 60),
+    })
+}
+
+/// At most `max` characters of `text`, with an ellipsis when cut.
+fn shortened(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max - 1).collect();
+    cut.push('…');
+    cut
+}
+
 fn status_badge(status: DeliveryStatus) -> Markup {
     html! { span class={ "badge " (status.as_str()) } { (status.as_str()) } }
 }
@@ -329,10 +376,15 @@ fn attempts_table(d: &DeliveryInfo) -> Markup {
             table.attempts {
                 thead { tr { th { "#" } th { "Time" } th { "Answer" } th { "Duration" } } }
                 tbody {
-                    @for a in log {
-                        tr {
-                            td { (a.attempt) }
-                            td { (a.started_at.to_string()) }
+                    // Numbered through: an operator's retry starts the schedule over at
+                    // attempt 1, which is marked rather than numbered 1 again.
+                    @for (i, a) in log.iter().enumerate() {
+                        tr.retried[i > 0 && a.attempt == 1] {
+                            td {
+                                (i + 1)
+                                @if i > 0 && a.attempt == 1 { " " span.retry-mark { "after a retry" } }
+                            }
+                            td { (utc(a.started_at)) }
                             td {
                                 @match (a.status_code, &a.error) {
                                     (Some(code), _) if (200..300).contains(&code) => span.ok { "HTTP " (code) },
@@ -416,8 +468,8 @@ async fn timeline_page(
         h1 { "Session " code #session-id { (session_id) } }
         dl.summary {
             dt { "Vendor" } dd { (vendor) }
-            dt { "First seen" } dd { (view.first_seen_at.to_string()) }
-            dt { "Updated" } dd { (view.updated_at.to_string()) }
+            dt { "First seen" } dd { (utc(view.first_seen_at)) }
+            dt { "Updated" } dd { (utc(view.updated_at)) }
             dt { "Finalized" } dd {
                 @match &view.finalized_event_id { Some(id) => code { (id.as_str()) }, None => "not yet" }
             }
@@ -425,12 +477,15 @@ async fn timeline_page(
         section #requests {
             h2 { "Vendor requests (" (timeline.receipts.len()) ")" }
             @for r in &timeline.receipts {
-                article.request {
+                article.request data-outcome=(r.outcome) {
                     p {
-                        b { (r.received_at) } " · source " code { (r.source) }
+                        b { (utc(&r.received_at)) } " · source " code { (r.source) }
                         @if let Some(t) = &r.vendor_event_type { " · " code { (t) } }
                         @if let Some(m) = &r.message_id { " · message " code { (m) } }
-                        " · answered " span.ok { "202 " (r.outcome) }
+                        " · answered " span.ok {
+                            @if r.outcome == "duplicate" { "200 duplicate (already received; nothing new stored)" }
+                            @else { "202 " (r.outcome) }
+                        }
                     }
                     details { summary { "Raw body as received (" (r.raw.len()) " bytes)" } pre { (pretty_bytes(&r.raw)) } }
                 }
@@ -454,8 +509,8 @@ async fn timeline_page(
                             p {
                                 "to " b { (d.target) } " " (status_badge(d.status)) " "
                                 small { code { (d.id.as_str()) } } " · "
-                                (d.attempts) " attempts in this schedule"
-                                @if let Some(next) = d.next_attempt_at { " · next " (next.to_string()) }
+                                (count(d.attempts, "attempt", "attempts")) " in this schedule"
+                                @if let Some(next) = d.next_attempt_at { " · next " (utc(next)) }
                                 " " (retry_button(&operator, d, &back))
                             }
                             (attempts_table(d))
@@ -576,10 +631,11 @@ async fn dead_letters_page(
                             td { (d.attempt_log.as_ref().map_or(0, Vec::len)) }
                             td { @match (d.last_status, &d.last_error) {
                                 (Some(code), _) => span.bad { "HTTP " (code) },
-                                (None, Some(e)) => span.bad { (e) },
+                                // The whole text is on the delivery, in its session's timeline.
+                                (None, Some(e)) => span.bad.error title=(e) { (shortened(e, 80)) },
                                 _ => "–",
                             } }
-                            td { (d.updated_at.to_string()) }
+                            td { (utc(d.updated_at)) }
                             td { (retry_button(&operator, d, &back)) }
                         }
                     }

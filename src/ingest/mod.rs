@@ -225,6 +225,7 @@ async fn handle(
                     message_id,
                     received_at,
                     raw: verified.bytes().clone(),
+                    repeats: None,
                 })
                 .await;
             state.commits.record(state.clock.now_ms(), &receipt);
@@ -256,6 +257,7 @@ async fn handle(
                         message_id,
                         received_at,
                         raw: verified.bytes().clone(),
+                        repeats: Some(id.as_str().to_owned()),
                     };
                     if let Err(e) = state.store.record_receipt(receipt).await {
                         tracing::warn!(error = %crate::telemetry::chain(&e), "Cannot keep the receipt of a duplicate");

@@ -100,6 +100,8 @@ pub struct Receipt {
     pub message_id: Option<String>,
     pub received_at: Timestamp,
     pub raw: Bytes,
+    /// A duplicate's: the id of the event it repeated (its session's timeline shows it).
+    pub repeats: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -227,6 +227,15 @@ UPDATE events SET session_seq = (SELECT s.seq FROM sessions s
 "#,
         ),
     ],
+    // A duplicate request names the event it repeated, so a session's timeline shows every
+    // request its vendor sent, duplicates too. Only duplicates carry it: the partial index
+    // costs accepted requests nothing.
+    &[Shared(
+        r#"
+ALTER TABLE receipts ADD COLUMN repeats TEXT;
+CREATE INDEX receipts_repeating ON receipts(repeats) WHERE repeats IS NOT NULL;
+"#,
+    )],
 ];
 
 /// Refuses a store migrated by a newer sessiongate: an older binary must not write to it.

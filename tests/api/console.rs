@@ -115,7 +115,7 @@ async fn an_operator_finds_a_session_reads_its_timeline_retries_and_replays() {
         .text()
         .await;
     assert!(
-        dead.contains("HTTP 500") && dead.contains("1 attempts"),
+        dead.contains("HTTP 500") && dead.contains("1 attempt in this schedule"),
         "{dead}"
     );
     browser.save_screenshot("console-timeline.png").await;
@@ -194,6 +194,125 @@ async fn an_operator_finds_a_session_reads_its_timeline_retries_and_replays() {
             .text()
             .await
             .starts_with("No dead delivery")
+    );
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn the_console_shows_every_request_utc_times_and_attempts_as_an_operator_reads_them() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let receiver = TestReceiver::start().await;
+    receiver.answer(Reply::status(500));
+    // crm answers 500; "gone" refuses connections, an error longer than a table cell.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut options = Options::with_targets(format!(
+        "[[targets]]\nname = \"crm\"\nurl = \"{}\"\nevents = [\"call.ended\"]\n\
+         [[targets]]\nname = \"gone\"\nurl = \"http://127.0.0.1:{closed_port}/hook\"\nevents = [\"session.finalized\"]\nsources = [\"agntix\"]\n",
+        receiver.url("/crm")
+    ));
+    options.max_attempts = 1;
+    let app = spawn_app_with(options, None).await;
+    // The same Pathors request twice (the second a duplicate), and an Agntix session.
+    let call = fixture("pathors", "call-ended.json");
+    assert_eq!(app.post_pathors(&call).await.status(), 202);
+    assert_eq!(app.post_pathors(&call).await.status(), 200);
+    assert_eq!(
+        app.post_agntix(&fixture("agntix", "session-ended.json"))
+            .await
+            .status(),
+        202
+    );
+    app.wait_for_deliveries(DeliveryStatus::Dead, 2).await;
+    log_in(&browser, &app).await;
+
+    // The sessions list: agent, outcome and duration; times in UTC.
+    let rows = browser.find("#sessions tbody").await.text().await;
+    assert!(
+        rows.contains("40235145-aa3d-443e-9d0c-841dd0716a2f"),
+        "the agent: {rows}"
+    );
+    assert!(
+        rows.contains("completed") && rows.contains("1 min 18 s"),
+        "outcome and duration: {rows}"
+    );
+    assert!(rows.contains(" UTC"), "{rows}");
+
+    // The Pathors session's timeline: both requests, the duplicate said to be one.
+    browser
+        .go(&format!(
+            "{}/console/sessions/pathors/{SESSION}",
+            app.admin_address
+        ))
+        .await;
+    let requests = browser.find("#requests").await.text().await;
+    assert!(requests.contains("Vendor requests (2)"), "{requests}");
+    assert_eq!(
+        browser
+            .count("article.request[data-outcome=duplicate]")
+            .await,
+        1
+    );
+    assert!(requests.contains("200 duplicate"), "{requests}");
+    assert!(requests.contains(" UTC"), "{requests}");
+    let dead = browser
+        .find("div.delivery[data-status=dead]")
+        .await
+        .text()
+        .await;
+    assert!(dead.contains("1 attempt in this schedule"), "{dead}");
+
+    // A retry that fails again: the second attempt is numbered 2 and marked.
+    browser
+        .find("div.delivery[data-status=dead] button.retry")
+        .await
+        .click_to_navigate()
+        .await;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let died_again = app
+            .store
+            .deliveries(sessiongate::store::DeliveryFilter {
+                status: Some(DeliveryStatus::Dead),
+                limit: 10,
+                with_attempts: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.target == "crm" && d.attempt_log.as_ref().is_some_and(|l| l.len() == 2));
+        if died_again {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retried delivery never died again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    browser.go(&browser.url().await).await;
+    let attempts = browser
+        .find("div.delivery[data-status=dead] table.attempts tbody")
+        .await
+        .text()
+        .await;
+    let lines: Vec<&str> = attempts.lines().collect();
+    assert!(lines[0].starts_with("1 "), "{attempts}");
+    assert!(lines[1].starts_with("2 after a retry"), "{attempts}");
+
+    // Dead letters: a long error is cut in the table, whole in its title.
+    browser
+        .go(&format!("{}/console/dead", app.admin_address))
+        .await;
+    let cell = browser.find("#dead span.error").await.text().await;
+    assert!(cell.ends_with('…') && cell.chars().count() <= 80, "{cell}");
+    assert!(
+        browser.source().await.contains("title=\"connection failed"),
+        "the whole error is kept"
     );
     browser.quit().await;
 }

@@ -161,16 +161,21 @@ impl PgStore {
         let mut receipt_seqs: Vec<i64> = rows.iter().map(|r| r.get("receipt_seq")).collect();
         receipt_seqs.sort_unstable();
         receipt_seqs.dedup();
+        let event_ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        // The requests that made the events, and the duplicates that repeated them.
         let receipts = self
             .query(
-                &format!("SELECT {RECEIPT_COLUMNS} FROM receipts WHERE seq = ANY($1) ORDER BY seq"),
-                &[&receipt_seqs],
+                &format!(
+                    "SELECT {RECEIPT_COLUMNS} FROM receipts WHERE seq = ANY($1)
+                     UNION SELECT {RECEIPT_COLUMNS} FROM receipts WHERE repeats = ANY($2)
+                     ORDER BY 1"
+                ),
+                &[&receipt_seqs, &event_ids],
             )
             .await?
             .iter()
             .map(receipt_row)
             .collect();
-        let event_ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
         let mut deliveries: Vec<DeliveryInfo> = self
             .query(
                 &format!(

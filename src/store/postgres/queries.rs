@@ -83,8 +83,8 @@ impl Store for PgStore {
 
     async fn record_receipt(&self, receipt: Receipt) -> Result<(), StoreError> {
         self.execute(
-                "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
-                 VALUES ($1, $6, $2, $3, $4, $5)",
+                "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw, repeats)
+                 VALUES ($1, $6, $2, $3, $4, $5, $7)",
                 &[
                     &receipt.source,
                     &receipt.vendor_event_type,
@@ -92,6 +92,7 @@ impl Store for PgStore {
                     &receipt.received_at.to_string(),
                     &&receipt.raw[..],
                     &receipt.outcome.as_str(),
+                    &receipt.repeats,
                 ],
             ).await?;
         Ok(())

@@ -142,6 +142,16 @@ pub(super) fn timeline_in(
             .receipts
             .push(receipt_stmt.query_row([seq], receipt_row)?);
     }
+    // The duplicates that repeated the session's events (by `receipts_repeating`).
+    let mut repeats_stmt = conn.prepare_cached(&format!(
+        "SELECT {RECEIPT_COLUMNS} FROM receipts WHERE repeats = ?1"
+    ))?;
+    for event in &timeline.events {
+        for receipt in repeats_stmt.query_map([event.id.as_str()], receipt_row)? {
+            timeline.receipts.push(receipt?);
+        }
+    }
+    timeline.receipts.sort_by_key(|r| r.seq);
     let mut delivery_stmt = conn.prepare_cached(&format!(
         "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE event_seq = ?1 ORDER BY seq"
     ))?;

@@ -334,8 +334,8 @@ impl Store for SqliteStore {
     async fn record_receipt(&self, ignored: Receipt) -> Result<(), StoreError> {
         self.call(move |conn| {
             conn.prepare_cached(
-                "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw)
-                 VALUES (?1, ?6, ?2, ?3, ?4, ?5)",
+                "INSERT INTO receipts (source, outcome, vendor_event_type, message_id, received_at, raw, repeats)
+                 VALUES (?1, ?6, ?2, ?3, ?4, ?5, ?7)",
             )?
             .execute(params![
                 ignored.source,
@@ -343,7 +343,8 @@ impl Store for SqliteStore {
                 ignored.message_id,
                 ignored.received_at.to_string(),
                 &ignored.raw[..],
-                ignored.outcome.as_str()
+                ignored.outcome.as_str(),
+                ignored.repeats
             ])?;
             Ok(())
         })

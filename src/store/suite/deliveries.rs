@@ -423,6 +423,7 @@ pub(super) async fn ignored_requests_are_kept_and_ping_answers(s: Arc<dyn Store>
         message_id: Some("msg_1".into()),
         received_at: Timestamp::now(),
         raw: b"{}".to_vec().into(),
+        repeats: None,
     })
     .await
     .unwrap();
@@ -468,6 +469,7 @@ pub(super) async fn pruning_deletes_finished_work_and_never_pending_work(s: Arc<
         message_id: None,
         received_at: Timestamp::now(),
         raw: b"{}".to_vec().into(),
+        repeats: None,
     })
     .await
     .unwrap();

@@ -106,6 +106,19 @@ pub(super) async fn a_timeline_holds_requests_events_and_every_attempt(s: Arc<dy
         .await
         .unwrap();
     kill_all(&s, "u").await;
+    // The vendor sent the start again: a duplicate, shown with the requests it repeated.
+    let started = EventId::derive("a", "s1", "x", EventType::SessionStarted);
+    s.record_receipt(Receipt {
+        outcome: ReceiptOutcome::Duplicate,
+        source: "a".into(),
+        vendor_event_type: Some("x".into()),
+        message_id: None,
+        received_at: Timestamp::now(),
+        raw: b"{\"again\":true}".to_vec().into(),
+        repeats: Some(started.as_str().to_owned()),
+    })
+    .await
+    .unwrap();
 
     let timeline = s
         .timeline("pathors", vec!["a".into(), "b".into()], "s1")
@@ -117,8 +130,14 @@ pub(super) async fn a_timeline_holds_requests_events_and_every_attempt(s: Arc<dy
         .map(|e| e.event_type.as_str())
         .collect();
     assert_eq!(types, ["session.started", "session.ended"], "oldest first");
-    assert_eq!(timeline.receipts.len(), 2);
+    assert_eq!(
+        timeline.receipts.len(),
+        3,
+        "both requests and the duplicate"
+    );
     assert_eq!(&timeline.receipts[0].raw[..], br#"{"raw":true}"#);
+    assert_eq!(timeline.receipts[2].outcome, "duplicate");
+    assert_eq!(&timeline.receipts[2].raw[..], br#"{"again":true}"#);
     assert_eq!(timeline.deliveries.len(), 3);
     let dead: Vec<_> = timeline
         .deliveries
