@@ -38,17 +38,13 @@ pub fn svix_headers(
     ]
 }
 
-/// A URL to a fresh, empty schema of the test database, or `None` (with the reason printed)
-/// when no test database is configured.
+/// A URL to a fresh, empty schema of the test database. Only tests that run with
+/// PostgreSQL call it (`cfg(sg_postgres)`, see `build.rs`: the others are ignored with
+/// their reason), so a database that is not there is a failure, never a skip.
 pub async fn postgres_schema_url() -> Option<String> {
-    let Ok(base) = std::env::var(POSTGRES_URL_VAR) else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{POSTGRES_URL_VAR} must be set in CI: the PostgreSQL store tests may not be skipped"
-        );
-        println!("skipped: {POSTGRES_URL_VAR} is not set, so the PostgreSQL half does not run");
-        return None;
-    };
+    let base = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
+        panic!("{POSTGRES_URL_VAR} must be set: the PostgreSQL tests run (CI, or it was set when built)")
+    });
     let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
         .await
         .unwrap_or_else(|e| panic!("cannot reach the test database {base}: {e}"));
@@ -84,9 +80,9 @@ pub async fn postgres_schema_url() -> Option<String> {
     Some(format!("{base}{separator}options=-csearch_path%3D{schema}"))
 }
 
-/// Whether the broker `name` answers at `address` (`host:port`). Outside CI a broker that
-/// is down skips its tests with a printed reason; under `CI=true` that is a failure, since
-/// `.ci/run` starts every broker.
+/// Whether the broker `name` answers at `address` (`host:port`); its tests run only with
+/// `SESSIONGATE_TEST_BROKERS` set or under `CI=true` (`build.rs`), so one that is down is a
+/// failure, never a skip.
 pub fn broker(name: &str, address: &str) -> bool {
     use std::net::ToSocketAddrs;
     let up = address
@@ -96,13 +92,10 @@ pub fn broker(name: &str, address: &str) -> bool {
         .is_some_and(|a| {
             std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1)).is_ok()
         });
-    if !up {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{name} must be running at {address} in CI: its tests may not be skipped"
-        );
-        println!("skipped: {name} is not running at {address}");
-    }
+    assert!(
+        up,
+        "{name} must be running at {address}: the broker tests run (CI, or SESSIONGATE_TEST_BROKERS)"
+    );
     up
 }
 
@@ -125,15 +118,8 @@ pub fn s3() -> Option<TestS3> {
             key,
             secret,
         }),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "SESSIONGATE_TEST_S3_ENDPOINT, _BUCKET, _KEY and _SECRET must be set in CI: the S3 tests may not be skipped"
-            );
-            println!(
-                "skipped: SESSIONGATE_TEST_S3_ENDPOINT (and _BUCKET, _KEY, _SECRET) are not set"
-            );
-            None
-        }
+        _ => panic!(
+            "SESSIONGATE_TEST_S3_ENDPOINT, _BUCKET, _KEY and _SECRET must be set: the S3 tests run"
+        ),
     }
 }

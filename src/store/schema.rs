@@ -293,7 +293,6 @@ mod tests {
 
     /// `(table, column)` for every column of the store's tables, sorted.
     type Columns = Vec<(String, String)>;
-
     fn sqlite_columns() -> Columns {
         let mut conn = rusqlite::Connection::open_in_memory().unwrap();
         crate::store::sqlite::schema::migrate(&mut conn).unwrap();
@@ -320,6 +319,10 @@ mod tests {
     /// The two backends end with the same tables and columns (their indexes may differ,
     /// and only where a dialect step says why). SQLite's sessions keep a rowid `seq`.
     #[tokio::test]
+    #[cfg_attr(
+        not(sg_postgres),
+        ignore = "needs PostgreSQL: set SESSIONGATE_TEST_POSTGRES_URL"
+    )]
     async fn both_dialects_end_with_the_same_tables_and_columns() {
         let sqlite = sqlite_columns();
         assert!(sqlite.contains(&("deliveries".into(), "lease_token".into())));

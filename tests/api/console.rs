@@ -66,6 +66,10 @@ async fn log_in(browser: &Browser, app: &TestApp) {
     );
 }
 
+#[cfg_attr(
+    not(sg_browser),
+    ignore = "needs chromium and chromedriver: set SESSIONGATE_TEST_BROWSER=1"
+)]
 #[tokio::test]
 async fn an_operator_finds_a_session_reads_its_timeline_retries_and_replays() {
     let Some(browser) = Browser::start().await else {
@@ -198,6 +202,10 @@ async fn an_operator_finds_a_session_reads_its_timeline_retries_and_replays() {
     browser.quit().await;
 }
 
+#[cfg_attr(
+    not(sg_browser),
+    ignore = "needs chromium and chromedriver: set SESSIONGATE_TEST_BROWSER=1"
+)]
 #[tokio::test]
 async fn the_console_shows_every_request_utc_times_and_attempts_as_an_operator_reads_them() {
     let Some(browser) = Browser::start().await else {
@@ -324,6 +332,10 @@ async fn forged_form(data: web::Data<String>) -> HttpResponse {
         .body(data.get_ref().clone())
 }
 
+#[cfg_attr(
+    not(sg_browser),
+    ignore = "needs chromium and chromedriver: set SESSIONGATE_TEST_BROWSER=1"
+)]
 #[tokio::test]
 async fn a_forged_form_from_another_site_is_refused_in_the_browser() {
     let Some(browser) = Browser::start().await else {
@@ -351,6 +363,10 @@ async fn a_forged_form_from_another_site_is_refused_in_the_browser() {
     browser.quit().await;
 }
 
+#[cfg_attr(
+    not(sg_browser),
+    ignore = "needs chromium and chromedriver: set SESSIONGATE_TEST_BROWSER=1"
+)]
 #[tokio::test]
 async fn an_action_goes_back_only_to_a_console_page_however_its_path_is_written() {
     let Some(browser) = Browser::start().await else {

@@ -86,6 +86,10 @@ async fn create_stream(
     .unwrap()
 }
 
+#[cfg_attr(
+    not(sg_brokers),
+    ignore = "needs NATS, RabbitMQ and Redis on their ports: set SESSIONGATE_TEST_BROKERS=1"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_takes_each_event_once_signed_and_acknowledged() {
     if !broker("NATS", NATS) {
@@ -147,6 +151,10 @@ async fn jetstream_takes_each_event_once_signed_and_acknowledged() {
     js.delete_stream(&name).await.unwrap();
 }
 
+#[cfg_attr(
+    not(sg_brokers),
+    ignore = "needs NATS, RabbitMQ and Redis on their ports: set SESSIONGATE_TEST_BROKERS=1"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subject_no_stream_captures_is_retried_until_one_does() {
     if !broker("NATS", NATS) {
@@ -245,6 +253,10 @@ impl Drop for Relay {
     }
 }
 
+#[cfg_attr(
+    not(sg_brokers),
+    ignore = "needs NATS, RabbitMQ and Redis on their ports: set SESSIONGATE_TEST_BROKERS=1"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_down_then_up_loses_nothing_and_counts_nothing_early() {
     if !broker("NATS", NATS) {
@@ -294,6 +306,10 @@ async fn a_broker_down_then_up_loses_nothing_and_counts_nothing_early() {
     js.delete_stream(&name).await.unwrap();
 }
 
+#[cfg_attr(
+    not(sg_brokers),
+    ignore = "needs NATS, RabbitMQ and Redis on their ports: set SESSIONGATE_TEST_BROKERS=1"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_lost_mid_connection_delays_only_its_own_target_and_loses_nothing() {
     if !broker("NATS", NATS) {
@@ -366,6 +382,10 @@ async fn rabbit() -> (lapin::Connection, lapin::Channel) {
     (connection, channel)
 }
 
+#[cfg_attr(
+    not(sg_brokers),
+    ignore = "needs NATS, RabbitMQ and Redis on their ports: set SESSIONGATE_TEST_BROKERS=1"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_unroutable_is_retried_and_a_confirmed_message_carries_its_properties() {
     if !broker("RabbitMQ", RABBITMQ) {
@@ -464,6 +484,10 @@ async fn rabbitmq_unroutable_is_retried_and_a_confirmed_message_carries_its_prop
         .unwrap();
 }
 
+#[cfg_attr(
+    not(sg_brokers),
+    ignore = "needs NATS, RabbitMQ and Redis on their ports: set SESSIONGATE_TEST_BROKERS=1"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_streams_add_each_event_once_even_when_replayed() {
     if !broker("Redis", REDIS) {

@@ -258,6 +258,10 @@ async fn retention_deletes_the_archived_object_with_its_events() {
     assert_eq!(response.status().as_u16(), 404);
 }
 
+#[cfg_attr(
+    not(sg_s3),
+    ignore = "needs an S3 store: set SESSIONGATE_TEST_S3_ENDPOINT, _BUCKET, _KEY, _SECRET"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recordings_archive_to_an_s3_compatible_store_and_come_back() {
     let Some(s3) = sessiongate::testing::s3() else {

@@ -7,6 +7,10 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
+#[cfg_attr(
+    not(sg_postgres),
+    ignore = "needs PostgreSQL: set SESSIONGATE_TEST_POSTGRES_URL"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_lose_nothing_when_one_is_killed_mid_run() {
     let Some(url) = postgres_schema_url().await else {
@@ -106,6 +110,10 @@ async fn two_replicas_lose_nothing_when_one_is_killed_mid_run() {
     drop(b);
 }
 
+#[cfg_attr(
+    not(sg_postgres),
+    ignore = "needs PostgreSQL: set SESSIONGATE_TEST_POSTGRES_URL"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_answers_503_never_2xx_and_recovers_without_a_restart() {
     let Some(url) = postgres_schema_url().await else {

@@ -66,6 +66,10 @@ async fn every_arrival_order_merges_to_the_same_record_and_finalizes_once() {
     every_arrival_order(None).await;
 }
 
+#[cfg_attr(
+    not(sg_postgres),
+    ignore = "needs PostgreSQL: set SESSIONGATE_TEST_POSTGRES_URL"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_arrival_order_on_postgres() {
     let Some(url) = postgres_schema_url().await else {

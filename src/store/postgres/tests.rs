@@ -5,6 +5,10 @@ use crate::store::Store;
 use crate::store::schema::MIGRATIONS;
 use crate::store::suite::postgres_schema_url;
 
+#[cfg_attr(
+    not(sg_postgres),
+    ignore = "needs PostgreSQL: set SESSIONGATE_TEST_POSTGRES_URL"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_migrate_once() {
     let Some(url) = postgres_schema_url().await else {
@@ -42,6 +46,10 @@ async fn encrypted(store: &PgStore) -> bool {
 
 /// The local server has `ssl = on` with Debian's snakeoil certificate (CN and SAN
 /// `localhost`, self-signed): each mode is tried against it.
+#[cfg_attr(
+    not(sg_postgres),
+    ignore = "needs PostgreSQL: set SESSIONGATE_TEST_POSTGRES_URL"
+)]
 #[tokio::test]
 async fn each_sslmode_does_what_it_promises() {
     let Some(url) = postgres_schema_url().await else {
@@ -97,6 +105,10 @@ async fn each_sslmode_does_what_it_promises() {
 /// A backend that dies under a pooled connection (a server restart, an operator's
 /// pg_terminate_backend) costs no ingest a 503: the operation runs once more on a fresh
 /// connection.
+#[cfg_attr(
+    not(sg_postgres),
+    ignore = "needs PostgreSQL: set SESSIONGATE_TEST_POSTGRES_URL"
+)]
 #[tokio::test]
 async fn a_dead_pooled_connection_is_replaced_not_answered_503() {
     let Some(url) = postgres_schema_url().await else {
@@ -138,6 +150,10 @@ async fn a_dead_pooled_connection_is_replaced_not_answered_503() {
 /// Results that arrive while a statement is on its way wait for the next one: a hundred
 /// results at once take a few statements (transactions), not a hundred, and each is
 /// answered only once its own statement has committed.
+#[cfg_attr(
+    not(sg_postgres),
+    ignore = "needs PostgreSQL: set SESSIONGATE_TEST_POSTGRES_URL"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_arriving_together_share_statements() {
     use crate::store::Completion;
@@ -190,6 +206,10 @@ async fn results_arriving_together_share_statements() {
 
 /// A stale result and the current one for the same delivery in one statement: only the
 /// current lease's result moves the delivery on and is logged.
+#[cfg_attr(
+    not(sg_postgres),
+    ignore = "needs PostgreSQL: set SESSIONGATE_TEST_POSTGRES_URL"
+)]
 #[tokio::test]
 async fn a_stale_result_in_the_same_group_is_dropped() {
     use crate::store::Completion;
@@ -227,6 +247,10 @@ async fn a_stale_result_in_the_same_group_is_dropped() {
 /// A session's first event is written without reading the session first; where the
 /// session exists after all (an event came before it, or this is a repeat), the write
 /// saves nothing and the ingest reads and merges as any other.
+#[cfg_attr(
+    not(sg_postgres),
+    ignore = "needs PostgreSQL: set SESSIONGATE_TEST_POSTGRES_URL"
+)]
 #[tokio::test]
 async fn a_first_event_skips_the_read_unless_its_session_exists() {
     use crate::event::EventType;
@@ -271,6 +295,10 @@ async fn a_first_event_skips_the_read_unless_its_session_exists() {
     assert!(events >= 2, "both events stored ({events})");
 }
 
+#[cfg_attr(
+    not(sg_postgres),
+    ignore = "needs PostgreSQL: set SESSIONGATE_TEST_POSTGRES_URL"
+)]
 #[tokio::test]
 async fn storage_schema_holds_the_tables_and_is_created_if_missing() {
     // A schema of its own within the test schema's database; the URL's own search path

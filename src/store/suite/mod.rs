@@ -58,7 +58,8 @@ use jobs::*;
 use listing::*;
 
 /// Generates every case for one backend: `mod $backend { #[tokio::test] fn $case … }`,
-/// where `$backend()` opens a fresh store of that kind (`None` = skipped, with a reason).
+/// where `$backend()` opens a fresh store of that kind. PostgreSQL's cases are ignored, with
+/// how to run them, unless the build has `cfg(sg_postgres)` (`build.rs`).
 macro_rules! cases_on {
     ($backend:ident, [$($case:ident),* $(,)?]) => {
         mod $backend {
@@ -71,12 +72,25 @@ macro_rules! cases_on {
             )*
         }
     };
+    ($backend:ident needs postgres, [$($case:ident),* $(,)?]) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(not(sg_postgres), ignore = "needs PostgreSQL: set SESSIONGATE_TEST_POSTGRES_URL")]
+                async fn $case() {
+                    let Some(s) = super::$backend().await else { return };
+                    super::$case(s.store.clone()).await;
+                }
+            )*
+        }
+    };
 }
 
 /// Every case on every backend.
 macro_rules! suite {
-    (backends: [$($backend:ident),* $(,)?], cases: $cases:tt) => {
-        $( cases_on!($backend, $cases); )*
+    (backends: [$sqlite:ident, $postgres:ident $(,)?], cases: $cases:tt) => {
+        cases_on!($sqlite, $cases);
+        cases_on!($postgres needs postgres, $cases);
     };
 }
 
