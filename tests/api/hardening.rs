@@ -695,7 +695,10 @@ async fn receipts_show_what_vendors_sent_even_when_it_made_no_event() {
         .json()
         .await
         .unwrap();
-    assert!(all["nextCursor"].is_string(), "three receipts, a page of two: {all}");
+    assert!(
+        all["nextCursor"].is_string(),
+        "three receipts, a page of two: {all}"
+    );
     let bad = app
         .admin(reqwest::Method::GET, "/admin/receipts?status=lost")
         .await;
