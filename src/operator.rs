@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::settings::{ConfigError, invalid, socket_address};
+use crate::telemetry::shorten;
 
 /// The API answered with an error.
 pub const EXIT_API: u8 = 1;
@@ -302,16 +303,6 @@ pub async fn run(endpoint: &Endpoint, call: &Call, json: bool) -> Result<String,
             )
         }
     })
-}
-
-/// `text`, cut to `max` characters with an ellipsis when longer.
-fn shorten(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_owned();
-    }
-    let mut cut: String = text.chars().take(max - 1).collect();
-    cut.push('…');
-    cut
 }
 
 fn deliveries_table(answer: &Value) -> String {

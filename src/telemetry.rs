@@ -36,6 +36,16 @@ pub fn init(format: LogFormat, default_level: &str) {
 }
 
 /// Formats an error with its chain of causes, for logs.
+/// `text`, cut to `max` characters with an ellipsis when longer (for a table's cell).
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();

@@ -354,16 +354,6 @@ fn duration(session: &Value) -> Option<String> {
     })
 }
 
-/// At most `max` characters of `text`, with an ellipsis when cut.
-fn shortened(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_owned();
-    }
-    let mut cut: String = text.chars().take(max - 1).collect();
-    cut.push('…');
-    cut
-}
-
 fn status_badge(status: DeliveryStatus) -> Markup {
     html! { span class={ "badge " (status.as_str()) } { (status.as_str()) } }
 }
@@ -632,7 +622,7 @@ async fn dead_letters_page(
                             td { @match (d.last_status, &d.last_error) {
                                 (Some(code), _) => span.bad { "HTTP " (code) },
                                 // The whole text is on the delivery, in its session's timeline.
-                                (None, Some(e)) => span.bad.error title=(e) { (shortened(e, 80)) },
+                                (None, Some(e)) => span.bad.error title=(e) { (crate::telemetry::shorten(e, 80)) },
                                 _ => "–",
                             } }
                             td { (utc(d.updated_at)) }
