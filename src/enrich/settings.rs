@@ -93,7 +93,7 @@ fn default_read_timeout() -> String {
     "30s".into()
 }
 fn default_attempt_timeout() -> String {
-    "10m".into()
+    "5m".into()
 }
 fn default_lease() -> String {
     "60s".into()
