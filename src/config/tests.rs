@@ -814,3 +814,67 @@ fn an_authorization_value_without_a_scheme_is_warned_of() {
         with_scheme.warnings
     );
 }
+
+#[test]
+fn the_signature_kinds_of_the_voice_platforms_are_checked_when_read() {
+    let source = |auth: &str| {
+        format!("[[sources]]\nname = \"v\"\nvendor = \"pathors\"\nauth = {{ {auth} }}\n")
+    };
+    for ok in [
+        "kind = \"retell\", api_key = \"env:PATHORS_TOKEN\"",
+        "kind = \"elevenlabs\", secret = \"env:PATHORS_TOKEN\"",
+        "kind = \"hmac\", secret = \"env:PATHORS_TOKEN\", header = \"X-Webhook-Signature\"",
+        "kind = \"hmac\", secret = \"env:PATHORS_TOKEN\", algorithm = \"sha512\", header = \"x-signature\", timestamp_header = \"x-timestamp\", payload = \"{timestamp}.{body}\", encoding = \"base64\", prefix = \"sha512=\"",
+    ] {
+        let c = parse(&source(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert!(
+            !format!("{:?}", c.sources).contains("t0ken"),
+            "no secret in Debug"
+        );
+    }
+    for (auth, expected) in [
+        (
+            "kind = \"hmac\", secret = \"s\", header = \"x-sig\", payload = \"{timestamp}\", timestamp_header = \"x-t\"",
+            "sources[0].auth.payload`: must contain {body}",
+        ),
+        (
+            "kind = \"hmac\", secret = \"s\", header = \"x-sig\", payload = \"{timestamp}.{body}\"",
+            "sources[0].auth.payload`: uses {timestamp}, so timestamp_header",
+        ),
+        (
+            "kind = \"hmac\", secret = \"s\", header = \"x-sig\", payload = \"{url}{body}\"",
+            "uses {url}, so public_url",
+        ),
+        (
+            "kind = \"hmac\", secret = \"s\", header = \"x-sig\", payload = \"{bodi}\"",
+            "`{bodi}` is not a placeholder",
+        ),
+        (
+            "kind = \"hmac\", secret = \"s\", header = \"x-sig\", algorithm = \"md5\"",
+            "sources[0].auth.algorithm`: `md5` is not one of: sha256, sha512, sha1",
+        ),
+        (
+            "kind = \"hmac\", secret = \"s\", header = \"x-sig\", encoding = \"b32\"",
+            "sources[0].auth.encoding`: `b32` is not one of: hex, base64",
+        ),
+        (
+            "kind = \"hmac\", secret = \"@@@\", header = \"x-sig\", secret_base64 = true",
+            "sources[0].auth.secret`: is not base64",
+        ),
+        (
+            "kind = \"hmac\", secret = \"s\", header = \"bad header\"",
+            "sources[0].auth.header`",
+        ),
+        (
+            "kind = \"retell\", api_key = \"\"",
+            "sources[0].auth.api_key",
+        ),
+        (
+            "kind = \"elevenlabs\", secret = \"s\", tolerance_seconds = 0",
+            "sources[0].auth.tolerance_seconds`: 0 is out of range",
+        ),
+    ] {
+        let e = error_of(&source(auth));
+        assert!(e.contains(expected), "{auth}: {e}");
+    }
+}

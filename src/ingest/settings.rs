@@ -222,12 +222,60 @@ enum RawAuth {
         header: String,
         value: String,
     },
+    Retell {
+        api_key: String,
+        #[serde(default = "default_tolerance")]
+        tolerance_seconds: u64,
+    },
+    Elevenlabs {
+        secret: String,
+        #[serde(default = "default_elevenlabs_tolerance")]
+        tolerance_seconds: u64,
+    },
+    Hmac {
+        secret: String,
+        #[serde(default = "default_algorithm")]
+        algorithm: String,
+        header: String,
+        timestamp_header: Option<String>,
+        id_header: Option<String>,
+        #[serde(default = "default_payload")]
+        payload: String,
+        #[serde(default = "default_encoding")]
+        encoding: String,
+        #[serde(default)]
+        prefix: String,
+        #[serde(default)]
+        secret_base64: bool,
+        #[serde(default = "default_tolerance")]
+        tolerance_seconds: u64,
+        public_url: Option<String>,
+    },
     None,
 }
 
-/// Array entries take no defaults from the defaults layer, so this one is written here.
+/// Array entries take no defaults from the defaults layer, so these are written here.
 fn default_tolerance() -> u64 {
     300
+}
+/// ElevenLabs' SDKs take signatures up to 30 minutes old.
+fn default_elevenlabs_tolerance() -> u64 {
+    1800
+}
+fn default_algorithm() -> String {
+    "sha256".into()
+}
+fn default_payload() -> String {
+    "{body}".into()
+}
+fn default_encoding() -> String {
+    "hex".into()
+}
+
+/// A header name written in the configuration, checked.
+fn header_name(key: &str, name: &str) -> Result<HeaderName, ConfigError> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| invalid(key, format!("`{name}` is not a valid header name")))
 }
 
 impl Source {
@@ -329,6 +377,126 @@ fn parse_auth(
                 secrets,
                 tolerance: Duration::from_secs(tolerance_seconds),
             }
+        }
+        RawAuth::Retell {
+            api_key,
+            tolerance_seconds,
+        } => {
+            in_range(
+                &format!("{key}.auth.tolerance_seconds"),
+                tolerance_seconds,
+                1,
+                86_400,
+            )?;
+            SourceAuth::Retell {
+                api_key: SecretString::from(cx.secret(&format!("{key}.auth.api_key"), &api_key)?),
+                tolerance: Duration::from_secs(tolerance_seconds),
+            }
+        }
+        RawAuth::Elevenlabs {
+            secret,
+            tolerance_seconds,
+        } => {
+            in_range(
+                &format!("{key}.auth.tolerance_seconds"),
+                tolerance_seconds,
+                1,
+                86_400,
+            )?;
+            SourceAuth::ElevenLabs {
+                secret: SecretString::from(cx.secret(&format!("{key}.auth.secret"), &secret)?),
+                past: Duration::from_secs(tolerance_seconds),
+                // Stricter than the vendor's SDKs, which take any future time.
+                future: Duration::from_secs(300),
+            }
+        }
+        RawAuth::Hmac {
+            secret,
+            algorithm,
+            header,
+            timestamp_header,
+            id_header,
+            payload,
+            encoding,
+            prefix,
+            secret_base64,
+            tolerance_seconds,
+            public_url,
+        } => {
+            use crate::auth::schemes::{self, Piece};
+            let k = |name: &str| format!("{key}.auth.{name}");
+            let algorithm = schemes::Algorithm::parse(&algorithm).ok_or_else(|| {
+                invalid(
+                    k("algorithm"),
+                    format!("`{algorithm}` is not one of: sha256, sha512, sha1"),
+                )
+            })?;
+            let encoding = match encoding.as_str() {
+                "hex" => schemes::Encoding::Hex,
+                "base64" => schemes::Encoding::Base64,
+                other => {
+                    return Err(invalid(
+                        k("encoding"),
+                        format!("`{other}` is not one of: hex, base64"),
+                    ));
+                }
+            };
+            let pieces = schemes::template(&payload).map_err(|e| invalid(k("payload"), e))?;
+            if !pieces.contains(&Piece::Body) {
+                return Err(invalid(
+                    k("payload"),
+                    "must contain {body}: the signature has to cover the body",
+                ));
+            }
+            let timestamp_header = timestamp_header
+                .map(|h| header_name(&k("timestamp_header"), &h))
+                .transpose()?;
+            let id_header = id_header
+                .map(|h| header_name(&k("id_header"), &h))
+                .transpose()?;
+            if pieces.contains(&Piece::Timestamp) && timestamp_header.is_none() {
+                return Err(invalid(
+                    k("payload"),
+                    "uses {timestamp}, so timestamp_header must name the header that carries it",
+                ));
+            }
+            if pieces.contains(&Piece::Id) && id_header.is_none() {
+                return Err(invalid(
+                    k("payload"),
+                    "uses {id}, so id_header must name the header that carries it",
+                ));
+            }
+            if pieces.contains(&Piece::Url) && public_url.is_none() {
+                return Err(invalid(
+                    k("payload"),
+                    "uses {url}, so public_url must be the URL the vendor calls",
+                ));
+            }
+            in_range(&k("tolerance_seconds"), tolerance_seconds, 1, 86_400)?;
+            let secret = cx.secret(&k("secret"), &secret)?;
+            let key_bytes = match secret_base64 {
+                false => secret.into_bytes(),
+                true => {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD
+                        .decode(secret.trim())
+                        .map_err(|_| {
+                            invalid(k("secret"), "is not base64, and secret_base64 = true")
+                        })?
+                }
+            };
+            SourceAuth::Hmac(Box::new(crate::auth::HmacAuth {
+                algorithm,
+                key: secrecy::SecretSlice::from(key_bytes),
+                header: header_name(&k("header"), &header)?,
+                timestamp_header,
+                id_header,
+                payload: pieces,
+                encoding,
+                prefix,
+                tolerance: Duration::from_secs(tolerance_seconds),
+                public_url,
+            }))
         }
         RawAuth::Header { header, value } => {
             let header_name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {

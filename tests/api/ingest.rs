@@ -348,3 +348,126 @@ async fn health_and_unknown_routes() {
         "ingest is POST only"
     );
 }
+
+/// The voice platforms' signature kinds over HTTP: a source signed Retell's way, one signed
+/// ElevenLabs' way and one with the generic HMAC scheme (Bland's settings), each taking a
+/// request signed as its vendor signs and refusing a wrong, stale or missing signature.
+#[tokio::test]
+async fn retell_elevenlabs_and_hmac_signatures_are_verified_over_the_raw_body() {
+    use sessiongate::auth::schemes::Algorithm;
+    let mut options = Options::with_targets("");
+    options.tables = "[[sources]]\nname = \"retell\"\nvendor = \"pathors\"\n\
+        auth = { kind = \"retell\", api_key = \"key_retell_0123456789\" }\n\
+        [[sources]]\nname = \"eleven\"\nvendor = \"pathors\"\n\
+        auth = { kind = \"elevenlabs\", secret = \"wsec_test_0123456789\" }\n\
+        [[sources]]\nname = \"bland\"\nvendor = \"pathors\"\n\
+        auth = { kind = \"hmac\", secret = \"bland_test_secret\", header = \"X-Webhook-Signature\", payload = \"{body}\", encoding = \"hex\" }\n"
+        .into();
+    let app = spawn_app_with(options, None).await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let session = |n: &str| {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&fixture("pathors", "session-ended.json")).unwrap();
+        v["sessionId"] = format!("sig-{n}").into();
+        serde_json::to_vec(&v).unwrap()
+    };
+
+    // Retell: the body followed by the timestamp in ms.
+    let retell = |body: &[u8], ts: i64, key: &[u8]| {
+        let d = hex::encode(Algorithm::Sha256.mac(key, &[body, ts.to_string().as_bytes()]));
+        vec![("x-retell-signature", format!("v={ts},d={d}"))]
+    };
+    let body = session("retell");
+    let ok = app
+        .post(
+            "/ingest/retell",
+            &body,
+            &retell(&body, now_ms, b"key_retell_0123456789"),
+        )
+        .await;
+    assert_eq!(ok.status(), 202);
+    let wrong = app
+        .post(
+            "/ingest/retell",
+            &session("r2"),
+            &retell(&body, now_ms, b"key_retell_0123456789"),
+        )
+        .await;
+    assert_eq!(wrong.status(), 401, "signed another body");
+    let stale = app
+        .post(
+            "/ingest/retell",
+            &body,
+            &retell(&body, now_ms - 400_000, b"key_retell_0123456789"),
+        )
+        .await;
+    assert_eq!(stale.status(), 401);
+    assert!(stale.text().await.unwrap().contains("300 s"));
+    let none = app.post("/ingest/retell", &body, &[]).await;
+    assert_eq!(none.status(), 401);
+    assert!(none.text().await.unwrap().contains("x-retell-signature"));
+
+    // ElevenLabs: `t.body`, the timestamp in seconds.
+    let eleven = |body: &[u8], t: i64| {
+        let v0 = hex::encode(Algorithm::Sha256.mac(
+            b"wsec_test_0123456789",
+            &[t.to_string().as_bytes(), b".", body],
+        ));
+        vec![("elevenlabs-signature", format!("t={t},v0={v0}"))]
+    };
+    let body = session("eleven");
+    let t = now_ms / 1000;
+    assert_eq!(
+        app.post("/ingest/eleven", &body, &eleven(&body, t))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        app.post("/ingest/eleven", &body, &eleven(&body, t))
+            .await
+            .status(),
+        200,
+        "the same request again is a duplicate"
+    );
+    assert_eq!(
+        app.post("/ingest/eleven", &session("e2"), &eleven(&body, t))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        app.post("/ingest/eleven", &body, &eleven(&body, t + 600))
+            .await
+            .status(),
+        401,
+        "ahead of the clock"
+    );
+
+    // The generic scheme with Bland's settings: hex HMAC-SHA256 of the body, any case.
+    let body = session("bland");
+    let mac = hex::encode(Algorithm::Sha256.mac(b"bland_test_secret", &[&body]));
+    assert_eq!(
+        app.post(
+            "/ingest/bland",
+            &body,
+            &[("x-webhook-signature", mac.to_uppercase())]
+        )
+        .await
+        .status(),
+        202
+    );
+    assert_eq!(
+        app.post(
+            "/ingest/bland",
+            &session("b2"),
+            &[("x-webhook-signature", mac)]
+        )
+        .await
+        .status(),
+        401
+    );
+}

@@ -17,6 +17,10 @@ use svix::webhooks::{Webhook, WebhookError};
 
 use crate::event::MAX_ID_LEN;
 
+pub mod schemes;
+
+use self::schemes::{Algorithm, Encoding, Piece};
+
 /// The two header sets a Svix-delivered request may carry: Svix's own and the Standard
 /// Webhooks names. Svix's take precedence, as in the `svix` crate.
 const HEADER_SETS: [[&str; 3]; 2] = [
@@ -58,8 +62,113 @@ pub enum SourceAuth {
         name: HeaderName,
         value: SecretString,
     },
+    /// Retell: `x-retell-signature`, keyed with the API key, ±`tolerance`.
+    Retell {
+        api_key: SecretString,
+        tolerance: Duration,
+    },
+    /// ElevenLabs: `ElevenLabs-Signature`, no older than `past`, no further ahead than
+    /// `future`.
+    ElevenLabs {
+        secret: SecretString,
+        past: Duration,
+        future: Duration,
+    },
+    /// A generic HMAC scheme, every part configured (Vapi's HMAC credential, Bland, …).
+    Hmac(Box<HmacAuth>),
     /// No authentication. Only when configured explicitly; start-up warns.
     None,
+}
+
+/// The generic HMAC scheme of a source (`auth.kind = "hmac"`).
+pub struct HmacAuth {
+    pub algorithm: Algorithm,
+    pub key: secrecy::SecretSlice<u8>,
+    pub header: HeaderName,
+    pub timestamp_header: Option<HeaderName>,
+    pub id_header: Option<HeaderName>,
+    pub payload: Vec<Piece>,
+    pub encoding: Encoding,
+    pub prefix: String,
+    /// Applies when the payload holds the timestamp.
+    pub tolerance: Duration,
+    /// What `{url}` stands for: the URL the vendor calls.
+    pub public_url: Option<String>,
+}
+
+const RETELL_HEADER: &str = "x-retell-signature";
+const ELEVENLABS_HEADER: &str = "elevenlabs-signature";
+
+fn now_ms(now: SystemTime) -> i64 {
+    now.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, AuthFailure> {
+    headers
+        .get(name)
+        .ok_or_else(|| AuthFailure::MissingHeader(name.to_owned()))?
+        .to_str()
+        .map_err(|_| AuthFailure::Malformed)
+}
+
+impl HmacAuth {
+    /// The timestamp and id the payload needs, checked: present, in tolerance, an id's size.
+    fn parts<'h>(
+        &self,
+        headers: &'h HeaderMap,
+        now: SystemTime,
+    ) -> Result<(Option<&'h str>, Option<&'h str>), AuthFailure> {
+        let timestamp = match &self.timestamp_header {
+            Some(name) if self.payload.contains(&Piece::Timestamp) => {
+                let text = header_text(headers, name.as_str())?;
+                let value: i64 = text.trim().parse().map_err(|_| AuthFailure::Malformed)?;
+                schemes::within(
+                    schemes::unix_ms(value),
+                    now_ms(now),
+                    self.tolerance,
+                    self.tolerance,
+                )?;
+                Some(text)
+            }
+            _ => None,
+        };
+        let id = match &self.id_header {
+            Some(name) => {
+                let id = header_text(headers, name.as_str())?;
+                check_message_id(id)?;
+                Some(id)
+            }
+            None => None,
+        };
+        Ok((timestamp, id))
+    }
+
+    fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<Option<String>, AuthFailure> {
+        let signature = header_text(headers, self.header.as_str())?;
+        let (timestamp, id) = self.parts(headers, now)?;
+        let signed = schemes::Signed {
+            body,
+            timestamp,
+            id,
+            method: "POST",
+            url: self.public_url.as_deref(),
+        };
+        schemes::generic_matches(
+            self.algorithm,
+            self.key.expose_secret(),
+            signature,
+            &self.prefix,
+            self.encoding,
+            &schemes::payload(&self.payload, &signed),
+        )?;
+        Ok(id.map(str::to_owned))
+    }
 }
 
 /// Why a request was not authenticated. Answered as 401 `unauthorized`.
@@ -118,6 +227,23 @@ impl SourceAuth {
                 }
                 Ok(())
             }
+            SourceAuth::Retell { tolerance, .. } => {
+                let (ts, _) = schemes::retell_header(header_text(headers, RETELL_HEADER)?)?;
+                schemes::within(ts, now_ms(SystemTime::now()), *tolerance, *tolerance)
+            }
+            SourceAuth::ElevenLabs { past, future, .. } => {
+                let (ts, _) = schemes::elevenlabs_header(header_text(headers, ELEVENLABS_HEADER)?)?;
+                schemes::within(
+                    ts.saturating_mul(1000),
+                    now_ms(SystemTime::now()),
+                    *past,
+                    *future,
+                )
+            }
+            SourceAuth::Hmac(hmac) => {
+                header_text(headers, hmac.header.as_str())?;
+                hmac.parts(headers, SystemTime::now()).map(drop)
+            }
         }
     }
 
@@ -167,6 +293,40 @@ impl SourceAuth {
                 }
                 Err(failure)
             }
+            SourceAuth::Retell { api_key, tolerance } => {
+                schemes::retell_verify(
+                    api_key.expose_secret().as_bytes(),
+                    header_text(headers, RETELL_HEADER)?,
+                    &body,
+                    now_ms(SystemTime::now()),
+                    *tolerance,
+                )?;
+                Ok(Verified {
+                    body,
+                    message_id: None,
+                })
+            }
+            SourceAuth::ElevenLabs {
+                secret,
+                past,
+                future,
+            } => {
+                schemes::elevenlabs_verify(
+                    secret.expose_secret().as_bytes(),
+                    header_text(headers, ELEVENLABS_HEADER)?,
+                    &body,
+                    now_ms(SystemTime::now()),
+                    (*past, *future),
+                )?;
+                Ok(Verified {
+                    body,
+                    message_id: None,
+                })
+            }
+            SourceAuth::Hmac(hmac) => {
+                let message_id = hmac.verify(headers, &body, SystemTime::now())?;
+                Ok(Verified { body, message_id })
+            }
         }
     }
 
@@ -180,6 +340,25 @@ impl SourceAuth {
                 tolerance.as_secs()
             ),
             SourceAuth::Header { name, .. } => format!("header `{name}`"),
+            SourceAuth::Retell { tolerance, .. } => format!(
+                "retell (x-retell-signature, tolerance {} s)",
+                tolerance.as_secs()
+            ),
+            SourceAuth::ElevenLabs { past, future, .. } => format!(
+                "elevenlabs (ElevenLabs-Signature, up to {} s old, {} s ahead)",
+                past.as_secs(),
+                future.as_secs()
+            ),
+            SourceAuth::Hmac(h) => format!(
+                "hmac-{} in `{}`{}",
+                h.algorithm.as_str(),
+                h.header,
+                if h.payload.contains(&Piece::Timestamp) {
+                    format!(", tolerance {} s", h.tolerance.as_secs())
+                } else {
+                    ", no timestamp (replays are answered as duplicates)".to_owned()
+                }
+            ),
             SourceAuth::None => "none (unauthenticated)".to_owned(),
         }
     }
