@@ -130,6 +130,21 @@ impl RawConfig {
             .map(|r| RecordingsConfig::parse(r, &mut cx))
             .transpose()?;
         let sources = Source::parse_all(self.sources, &mut cx)?;
+        // A source's own body limit must fit its half of the body budget, as the server's does.
+        for (i, source) in sources.iter().enumerate() {
+            if let Some(limit) = source.max_body_bytes
+                && limit > server.max_body_bytes_in_flight / 2
+            {
+                return Err(crate::settings::invalid(
+                    format!("sources[{i}].max_body_bytes"),
+                    format!(
+                        "{limit} is more than half of server.max_body_bytes_in_flight ({}): \
+                         raise that, or a body of this size could never be read",
+                        server.max_body_bytes_in_flight
+                    ),
+                ));
+            }
+        }
         let source_names: HashSet<&str> = sources.iter().map(|s| s.name.as_str()).collect();
         let targets = Target::parse_all(self.targets, &delivery, &source_names, &mut cx)?;
         Ok(Config {

@@ -878,3 +878,17 @@ fn the_signature_kinds_of_the_voice_platforms_are_checked_when_read() {
         assert!(e.contains(expected), "{auth}: {e}");
     }
 }
+
+#[test]
+fn a_sources_body_limit_fits_its_half_of_the_budget() {
+    let source = |limit: u64| {
+        format!(
+            "[[sources]]\nname = \"e\"\nvendor = \"pathors\"\nmax_body_bytes = {limit}\nauth = {{ kind = \"none\" }}\n"
+        )
+    };
+    let c = parse(&source(33_554_432)).unwrap();
+    assert_eq!(c.sources[0].max_body_bytes, Some(33_554_432));
+    let e = error_of(&source(40_000_000));
+    assert!(e.contains("sources[0].max_body_bytes`: 40000000 is more than half of server.max_body_bytes_in_flight"), "{e}");
+    assert!(error_of(&source(0)).contains("sources[0].max_body_bytes`: 0 is out of range"));
+}

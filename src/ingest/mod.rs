@@ -209,7 +209,8 @@ async fn handle(
     // Refuse what the head already shows to be unauthenticated before reading any body.
     source.auth.check_head(request.headers())?;
     let budget = state.body_budget.for_source(source);
-    let (body, _reserved) = read_body(request, payload, budget, state).await?;
+    let limit = source.max_body_bytes.unwrap_or(state.max_body_bytes);
+    let (body, _reserved) = read_body(request, payload, budget, limit, state).await?;
     let received_at = Timestamp::from_unix_millis(state.clock.now_ms());
     let verified = source.auth.verify(request.headers(), body)?;
     let message_id = verified.message_id().map(str::to_owned);
@@ -390,15 +391,15 @@ fn transcript_job(
 }
 
 /// Reads the whole body within `body_timeout`, refusing it as soon as it is known to exceed
-/// `max_body_bytes`. The bytes are first reserved from the source's share of the body budget (the declared
+/// `limit` (the source's `max_body_bytes`, else the server's). The bytes are first reserved from the source's share of the body budget (the declared
 /// length, else the limit); the reservation is held for as long as the body is.
 async fn read_body<'a>(
     request: &HttpRequest,
     mut payload: web::Payload,
     budget: &'a Semaphore,
+    limit: usize,
     state: &IngestState,
 ) -> Result<(Bytes, SemaphorePermit<'a>), ApiError> {
-    let limit = state.max_body_bytes;
     let timeout = state.body_timeout;
     let declared = request
         .headers()

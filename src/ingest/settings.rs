@@ -157,6 +157,8 @@ pub struct Source {
     pub auth: SourceAuth,
     /// Agntix only: fetch each ended session's transcript from the vendor's API.
     pub transcripts: Option<std::sync::Arc<Transcripts>>,
+    /// This source's own body limit (`max_body_bytes`), else `server.max_body_bytes`.
+    pub max_body_bytes: Option<usize>,
 }
 
 /// `transcripts = { api_url, api_key, wait_ms }` of an Agntix source.
@@ -188,6 +190,7 @@ pub struct RawSource {
     vendor: Vendor,
     auth: RawAuth,
     transcripts: Option<RawTranscripts>,
+    max_body_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -292,11 +295,15 @@ impl Source {
                 .map(|t| parse_transcripts(&format!("{key}.transcripts"), s.vendor, t, cx))
                 .transpose()?
                 .map(std::sync::Arc::new);
+            if let Some(limit) = s.max_body_bytes {
+                in_range(&format!("{key}.max_body_bytes"), limit as u64, 1, 1 << 30)?;
+            }
             sources.push(Source {
                 name: s.name,
                 vendor: s.vendor,
                 auth,
                 transcripts,
+                max_body_bytes: s.max_body_bytes,
             });
         }
         Ok(sources)

@@ -165,6 +165,7 @@ fn source(vendor: Vendor) -> Source {
         vendor,
         auth: SourceAuth::None,
         transcripts: None,
+        max_body_bytes: None,
     }
 }
 

@@ -471,3 +471,31 @@ async fn retell_elevenlabs_and_hmac_signatures_are_verified_over_the_raw_body() 
         401
     );
 }
+
+/// A source may take larger bodies than the server's limit (ElevenLabs sends the whole call
+/// as base64), and only that source.
+#[tokio::test]
+async fn a_source_may_have_a_body_limit_of_its_own() {
+    let mut options = Options::with_targets("");
+    // The server's limit is 64 KiB; this source's is 1 MiB.
+    options.tables =
+        "[[sources]]\nname = \"big\"\nvendor = \"pathors\"\nmax_body_bytes = 1048576\n\
+        auth = { kind = \"header\", header = \"Authorization\", value = \"env:PATHORS_TOKEN\" }\n"
+            .into();
+    let app = spawn_app_with(options, None).await;
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&fixture("pathors", "session-ended.json")).unwrap();
+    v["padding"] = "x".repeat(200 * 1024).into();
+    let body = serde_json::to_vec(&v).unwrap();
+    let auth = [("authorization", PATHORS_TOKEN.to_owned())];
+    assert_eq!(app.post("/ingest/big", &body, &auth).await.status(), 202);
+    let refused = app.post("/ingest/pathors", &body, &auth).await;
+    assert_eq!(
+        refused.status(),
+        413,
+        "the other source keeps the server's limit"
+    );
+    v["padding"] = "x".repeat(1100 * 1024).into();
+    let too_big = serde_json::to_vec(&v).unwrap();
+    assert_eq!(app.post("/ingest/big", &too_big, &auth).await.status(), 413);
+}
