@@ -892,3 +892,11 @@ fn a_sources_body_limit_fits_its_half_of_the_budget() {
     assert!(e.contains("sources[0].max_body_bytes`: 40000000 is more than half of server.max_body_bytes_in_flight"), "{e}");
     assert!(error_of(&source(0)).contains("sources[0].max_body_bytes`: 0 is out of range"));
 }
+
+#[test]
+fn a_key_beside_kind_none_is_unknown_too() {
+    let e = error_of(
+        "[[sources]]\nname = \"x\"\nvendor = \"pathors\"\nauth = { kind = \"none\", value = \"meant-a-header\" }\n",
+    );
+    assert!(e.contains("`sources[0].auth.value`: unknown key"), "{e}");
+}

@@ -254,7 +254,8 @@ enum RawAuth {
         tolerance_seconds: u64,
         public_url: Option<String>,
     },
-    None,
+    // A struct variant, so that a key written beside `kind = "none"` is refused too.
+    None {},
 }
 
 /// Array entries take no defaults from the defaults layer, so these are written here.
@@ -532,7 +533,7 @@ fn parse_auth(
                 value: SecretString::from(value),
             }
         }
-        RawAuth::None => {
+        RawAuth::None {} => {
             cx.warn(format!(
                 "source `{name}` accepts unauthenticated requests (auth kind = \"none\")"
             ));
