@@ -276,6 +276,13 @@ fn default_encoding() -> String {
     "hex".into()
 }
 
+/// A signature's timestamp tolerance: up to a day, since a larger window would switch
+/// replay protection off in all but name.
+fn tolerance(key: &str, seconds: u64) -> Result<Duration, ConfigError> {
+    in_range(&format!("{key}.auth.tolerance_seconds"), seconds, 1, 86_400)?;
+    Ok(Duration::from_secs(seconds))
+}
+
 /// A header name written in the configuration, checked.
 fn header_name(key: &str, name: &str) -> Result<HeaderName, ConfigError> {
     HeaderName::from_bytes(name.as_bytes())
@@ -374,46 +381,27 @@ fn parse_auth(
                     parse_whsec(&k, &cx.secret(&k, value)?)
                 })
                 .collect::<Result<_, _>>()?;
-            // Up to a day: a larger window would switch replay protection off in all but name.
-            in_range(
-                &format!("{key}.auth.tolerance_seconds"),
-                tolerance_seconds,
-                1,
-                86_400,
-            )?;
-            SourceAuth::Svix {
-                secrets,
-                tolerance: Duration::from_secs(tolerance_seconds),
-            }
+            let tolerance = tolerance(key, tolerance_seconds)?;
+            SourceAuth::Svix { secrets, tolerance }
         }
         RawAuth::Retell {
             api_key,
             tolerance_seconds,
         } => {
-            in_range(
-                &format!("{key}.auth.tolerance_seconds"),
-                tolerance_seconds,
-                1,
-                86_400,
-            )?;
+            let tolerance = tolerance(key, tolerance_seconds)?;
             SourceAuth::Retell {
                 api_key: SecretString::from(cx.secret(&format!("{key}.auth.api_key"), &api_key)?),
-                tolerance: Duration::from_secs(tolerance_seconds),
+                tolerance,
             }
         }
         RawAuth::Elevenlabs {
             secret,
             tolerance_seconds,
         } => {
-            in_range(
-                &format!("{key}.auth.tolerance_seconds"),
-                tolerance_seconds,
-                1,
-                86_400,
-            )?;
+            let tolerance = tolerance(key, tolerance_seconds)?;
             SourceAuth::ElevenLabs {
                 secret: SecretString::from(cx.secret(&format!("{key}.auth.secret"), &secret)?),
-                past: Duration::from_secs(tolerance_seconds),
+                past: tolerance,
                 // Stricter than the vendor's SDKs, which take any future time.
                 future: Duration::from_secs(300),
             }
@@ -480,7 +468,7 @@ fn parse_auth(
                     "uses {url}, so public_url must be the URL the vendor calls",
                 ));
             }
-            in_range(&k("tolerance_seconds"), tolerance_seconds, 1, 86_400)?;
+            let tolerance = tolerance(key, tolerance_seconds)?;
             let secret = cx.secret(&k("secret"), &secret)?;
             let key_bytes = match secret_base64 {
                 false => secret.into_bytes(),
@@ -502,17 +490,12 @@ fn parse_auth(
                 payload: pieces,
                 encoding,
                 prefix,
-                tolerance: Duration::from_secs(tolerance_seconds),
+                tolerance,
                 public_url,
             }))
         }
         RawAuth::Header { header, value } => {
-            let header_name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
-                invalid(
-                    format!("{key}.auth.header"),
-                    format!("`{header}` is not a valid header name"),
-                )
-            })?;
+            let header_name = header_name(&format!("{key}.auth.header"), &header)?;
             let value = cx.secret(&format!("{key}.auth.value"), &value)?;
             if HeaderValue::from_str(&value).is_err() {
                 return Err(invalid(
