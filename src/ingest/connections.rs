@@ -152,15 +152,6 @@ impl Connections {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.remove(conn);
     }
-
-    /// Open connections (for tests and gauges).
-    pub fn open(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .open
-            .len()
-    }
 }
 
 impl Inner {
