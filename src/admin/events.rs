@@ -36,7 +36,7 @@ pub(super) struct EventsQuery {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct EventsPage {
-    /// Canonical events as delivered (schema/session-event.v2.json), `raw` included.
+    /// Canonical events as delivered (schema/session-event.v3.json), `raw` included.
     #[schema(value_type = Vec<Object>)]
     events: Vec<Box<RawValue>>,
     /// Pass as `cursor` for the next page; null on the last.

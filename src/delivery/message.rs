@@ -13,7 +13,7 @@ use crate::settings::{ConfigError, invalid};
 use crate::store::ClaimedDelivery;
 
 /// The canonical event's JSON Schema; redaction paths are checked against it.
-const SCHEMA: &str = include_str!("../../schema/session-event.v2.json");
+const SCHEMA: &str = include_str!("../../schema/session-event.v3.json");
 
 /// The schema, parsed once (redaction paths are checked against it at start-up, and its
 /// `$id` is every CloudEvent's `dataschema`).
@@ -84,7 +84,7 @@ impl Shape {
                 if !schema_knows(schema, schema, &segments) {
                     return Err(invalid(
                         format!("{key}[{i}]"),
-                        format!("the canonical event has no field at `{path}` (see schema/session-event.v2.json; `raw.…` reaches into the vendor's payload)"),
+                        format!("the canonical event has no field at `{path}` (see schema/session-event.v3.json; `raw.…` reaches into the vendor's payload)"),
                     ));
                 }
                 Ok(segments)
@@ -281,7 +281,7 @@ mod tests {
         assert_eq!(v["datacontenttype"], "application/json");
         assert_eq!(
             v["dataschema"],
-            "https://sessiongate.dev/schema/session-event.v2.json"
+            "https://sessiongate.dev/schema/session-event.v3.json"
         );
         assert_eq!(v["data"]["session"]["customer"]["phoneNumber"], REDACTED);
         assert_eq!(v["data"]["raw"]["transcript"][0]["text"], "hi");

@@ -1,4 +1,4 @@
-//! The canonical session event (schema v2, `schema/session-event.v2.json`) and its ids.
+//! The canonical session event (schema v3, `schema/session-event.v3.json`) and its ids.
 //!
 //! This module only describes the shape every delivery carries; vendors fill it
 //! ([`crate::vendors`]) and the ingest path stamps ids and times on it. It knows nothing of
@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 mod session;
 pub use session::*;
 
-/// A canonical event type. The closed set of `schema/session-event.v2.json`.
+/// A canonical event type. The closed set of `schema/session-event.v3.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventType {
     #[serde(rename = "session.started")]
@@ -198,6 +198,8 @@ pub struct SourceRef<'a> {
     pub event_type: &'a str,
     /// The Svix message id, where the vendor sent one.
     pub message_id: Option<&'a str>,
+    /// Recovered from the vendor's list API rather than received as a webhook.
+    pub recovered: bool,
 }
 
 /// A canonical event as stored: everything but `raw`, which is attached per target at
@@ -215,7 +217,7 @@ pub struct CanonicalEvent<'a> {
     pub session: &'a Session,
 }
 
-pub const SPEC_VERSION: &str = "2";
+pub const SPEC_VERSION: &str = "3";
 
 /// Appends `"raw": <raw>` to a serialised event object.
 ///
@@ -316,6 +318,7 @@ impl Inbound {
                 vendor: &self.vendor,
                 event_type: &self.vendor_event_type,
                 message_id: self.message_id.as_deref(),
+                recovered: false,
             },
             session,
         })

@@ -73,10 +73,14 @@ pub struct Session {
     pub message_count: Option<u64>,
     pub current_node_id: Option<String>,
     pub customer: Option<Customer>,
+    /// The agent's own phone number (E.164), where the vendor states it.
+    pub agent_number: Option<String>,
     pub variables: Map<String, Value>,
     pub extracted: Map<String, Value>,
     pub call: Option<Call>,
     pub analysis: Option<Analysis>,
+    /// What the session cost, where the vendor states money.
+    pub cost: Option<Cost>,
     pub recording: Option<Recording>,
     /// The conversation, where the source fetches it (Agntix `transcripts`); else null.
     pub transcript: Option<Transcript>,
@@ -174,6 +178,17 @@ pub struct Analysis {
     pub intent: Option<Intent>,
     pub sentiment: Option<Sentiment>,
     pub resolution: Option<Resolution>,
+    /// The vendor's verdict on whether the call did its job; null where it gives none.
+    #[serde(default)]
+    pub successful: Option<bool>,
+}
+
+/// `session.cost`: money the vendor states (never credits or other units).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cost {
+    pub amount: Number,
+    /// ISO 4217, upper case.
+    pub currency: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

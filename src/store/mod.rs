@@ -414,7 +414,7 @@ pub struct EventFilter {
 pub struct SessionView {
     pub vendor: String,
     /// The merged session: the canonical event's `session` object
-    /// (schema/session-event.v2.json).
+    /// (schema/session-event.v3.json).
     #[schema(value_type = Object)]
     pub session: Session,
     #[schema(value_type = Option<String>)]

@@ -3,7 +3,7 @@
 //! Both events of one session share the top-level `id` (the session UUID); the kind is in
 //! `eventType`. Agntix's announced envelope (`{id, type, createdAt, data}`, no `eventType`)
 //! is recognised and ignored. The mapping fills the canonical schema
-//! (`schema/session-event.v2.json`) from Agntix fields.
+//! (`schema/session-event.v3.json`) from Agntix fields.
 
 use serde_json::{Map, Value};
 
@@ -229,6 +229,7 @@ fn read_analysis(a: &Fields<'_>) -> Result<Analysis, PayloadError> {
         intent,
         sentiment,
         resolution,
+        successful: None,
     })
 }
 
@@ -330,7 +331,8 @@ mod tests {
                     "satisfiedChecklistItems": ["delivery_slot_agreed"],
                     "evidence": ["Customer: yes Wednesday afternoon works."],
                     "explanation": "Customer agreed to a specific slot."
-                }
+                },
+                "successful": null
             })
         );
     }

@@ -2,7 +2,7 @@
 //!
 //! Pathors signs nothing and never retries (authentication is a custom header, handled by
 //! [`crate::auth`]). The mapping fills the canonical schema
-//! (`schema/session-event.v2.json`) from Pathors fields.
+//! (`schema/session-event.v3.json`) from Pathors fields.
 
 use serde_json::{Map, Value};
 

@@ -24,7 +24,7 @@ use crate::helpers::*;
 fn validator() -> &'static jsonschema::Validator {
     static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
     VALIDATOR.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/session-event.v2.json");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/session-event.v3.json");
         let schema: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         jsonschema::validator_for(&schema).unwrap()
     })

@@ -1,5 +1,5 @@
 //! Every event the gateway produces from the vendors' documented examples validates against
-//! `schema/session-event.v2.json`.
+//! `schema/session-event.v3.json`.
 
 use serde_json::Value;
 use sessiongate::store::DeliveryStatus;
@@ -7,7 +7,7 @@ use sessiongate::store::DeliveryStatus;
 use crate::helpers::*;
 
 fn validator() -> jsonschema::Validator {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/session-event.v2.json");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/session-event.v3.json");
     let schema: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema")
 }
@@ -100,18 +100,18 @@ async fn every_fixture_produces_events_that_validate_against_the_schema() {
 fn the_schema_rejects_what_the_contract_forbids() {
     let validator = validator();
     let good: Value = serde_json::json!({
-        "specVersion": "2",
+        "specVersion": "3",
         "id": "evt_0123456789abcdef0123456789abcdef",
         "type": "session.ended",
         "occurredAt": "2026-05-03T08:42:11.512Z",
         "receivedAt": "2026-05-03T08:42:11.530Z",
-        "source": {"name": "p", "vendor": "pathors", "eventType": "session.ended", "messageId": null},
+        "source": {"name": "p", "vendor": "pathors", "eventType": "session.ended", "messageId": null, "recovered": false},
         "session": {
             "id": "s", "channel": null, "platform": null, "direction": null, "state": "closed",
             "agentId": null, "projectId": null, "startedAt": null, "endedAt": null,
             "lastActivityAt": null, "messageCount": 3, "currentNodeId": null, "customer": null,
-            "variables": {}, "extracted": {}, "call": null, "analysis": null, "recording": null,
-            "transcript": null
+            "agentNumber": null, "variables": {}, "extracted": {}, "call": null, "analysis": null,
+            "cost": null, "recording": null, "transcript": null
         }
     });
     assert!(validator.is_valid(&good));
@@ -129,6 +129,14 @@ fn the_schema_rejects_what_the_contract_forbids() {
     assert!(!validator.is_valid(&broken(&["session", "messageCount"], (-1).into())));
     assert!(!validator.is_valid(&broken(&["occurredAt"], "2026-05-03 08:42".into())));
     assert!(!validator.is_valid(&broken(&["id"], "123".into())));
+    let cost = |c: Value| broken(&["session", "cost"], c);
+    assert!(validator.is_valid(&cost(
+        serde_json::json!({"amount": 0.175, "currency": "USD"})
+    )));
+    assert!(!validator.is_valid(&cost(
+        serde_json::json!({"amount": 412, "currency": "credits"})
+    )));
+    assert!(!validator.is_valid(&broken(&["source", "recovered"], Value::Null)));
     let transcript = |t: Value| broken(&["session", "transcript"], t);
     assert!(validator.is_valid(&transcript(serde_json::json!({
         "status": "complete",
