@@ -156,18 +156,38 @@ pub enum AcceptPlan<'a> {
         finalized: Option<EventId>,
         /// Events to insert, each rendered with the record as of that event.
         events: Vec<(&'a NewEvent, String)>,
+        /// A `session.finalized` held by a finalize wait that this request's own takes the
+        /// place of: the backend deletes it (it was never delivered) and ends its job.
+        supersedes: Option<EventId>,
     },
+}
+
+/// Whether a request finalizes its session with an event of its own (not one it implies).
+pub fn finalizes(accept: &Inbound) -> bool {
+    accept
+        .events
+        .iter()
+        .any(|e| e.event_type == EventType::SessionFinalized && !e.implied)
 }
 
 /// Decides what an accepted request does to its session. Pure; the caller has read the
 /// session as stored, checked that the request is not a duplicate, and writes the plan only
-/// if the session has not changed since.
+/// if the session has not changed since. `waiting`: the stored `finalized` is still held
+/// by a finalize wait (the backend looks only when the request [`finalizes`]).
 pub fn plan_accept(
     accept: &Inbound,
     mut record: SessionRecord,
     mut finalized: Option<EventId>,
+    waiting: bool,
 ) -> Result<AcceptPlan<'_>, serde_json::Error> {
-    let primary = &accept.events[0];
+    // The vendor's completing event came within the wait: it finalizes the session, and
+    // the event the wait held goes.
+    let supersedes = if waiting && finalizes(accept) {
+        finalized.take()
+    } else {
+        None
+    };
+    let primary = accept.primary();
     if primary.event_type == EventType::SessionFinalized
         && let Some(first) = finalized
     {
@@ -207,6 +227,7 @@ pub fn plan_accept(
         record,
         finalized,
         events,
+        supersedes,
     })
 }
 
@@ -430,6 +451,7 @@ mod tests {
                     occurred_at: d.occurred_at,
                     facts: d.session.clone(),
                     targets: vec![],
+                    implied: false,
                 })
                 .collect(),
         };
@@ -437,7 +459,7 @@ mod tests {
         before.merge(&created[0].session, created[0].occurred_at);
         for start in [SessionRecord::default(), before] {
             let AcceptPlan::Store { events, record, .. } =
-                plan_accept(&inbound, start.clone(), None).unwrap()
+                plan_accept(&inbound, start.clone(), None, false).unwrap()
             else {
                 panic!("a new session is stored");
             };

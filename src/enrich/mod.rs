@@ -1,6 +1,7 @@
 //! Enrichment: stored jobs that complete a session from outside its webhooks: the Agntix
-//! transcript ([`transcripts`]), which `session.finalized` waits for, and the recording
-//! archive ([`recordings`]), which `recording.ready` waits for.
+//! transcript ([`transcripts`]), which `session.finalized` waits for, the recording
+//! archive ([`recordings`]), which the event carrying the recording waits for, and the
+//! finalize wait, which holds a `session.finalized` for the vendor's completing event.
 //!
 //! Jobs are committed with the request that leaves them ([`crate::event::NewJob`]), so a
 //! crash or restart loses none. One worker claims due jobs of each kind into that kind's
@@ -37,7 +38,7 @@ use crate::telemetry::chain;
 /// Jobs of each kind run at once. Each kind has its own slots, so a transcript wait (a
 /// few seconds, which a `session.finalized` waits on) never queues behind downloads.
 const CONCURRENCY: usize = 8;
-const KINDS: [JobKind; 2] = [JobKind::Transcript, JobKind::Recording];
+const KINDS: [JobKind; 3] = [JobKind::Transcript, JobKind::Recording, JobKind::Finalize];
 /// How long a claimed job is this worker's unless renewed, when `[recordings]` does not say.
 const LEASE: Duration = Duration::from_secs(60);
 /// One request to a vendor API.
@@ -60,7 +61,7 @@ pub struct Enricher {
     /// A run holds its job this long, and renews it every third of it while it lasts.
     lease: Duration,
     /// Runs in flight, by kind (`KINDS` order).
-    running: [AtomicUsize; 2],
+    running: [AtomicUsize; 3],
 }
 
 /// What a run came to, told (logged and counted) once its end is recorded: a run whose
@@ -75,6 +76,7 @@ fn slot(kind: JobKind) -> usize {
     match kind {
         JobKind::Transcript => 0,
         JobKind::Recording => 1,
+        JobKind::Finalize => 2,
     }
 }
 
@@ -109,7 +111,11 @@ impl Enricher {
             wake: Arc::new(Notify::new()),
             metrics,
             lease: lease.unwrap_or(LEASE),
-            running: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            running: [
+                AtomicUsize::new(0),
+                AtomicUsize::new(0),
+                AtomicUsize::new(0),
+            ],
         })
     }
 
@@ -173,6 +179,14 @@ impl Enricher {
             match job.kind {
                 JobKind::Transcript => (self.transcript(&job).await, Outcome::Silent),
                 JobKind::Recording => self.recording(&job).await,
+                // The completing event never came within the wait: the held
+                // `session.finalized` goes out with what is known.
+                JobKind::Finalize => (
+                    JobEnd::Done {
+                        facts: Box::new(Session::default()),
+                    },
+                    Outcome::Silent,
+                ),
             }
         };
         // The run keeps its lease while it lasts (each download attempt is bounded); once

@@ -249,7 +249,8 @@ pub struct Inbound {
     pub received_at: Timestamp,
     /// The vendor's body exactly as received.
     pub raw: Bytes,
-    /// In emission order. The first event's id is the request's duplicate key.
+    /// In emission order. The first event not [`NewEvent::implied`] is the request's
+    /// own: its id is the request's duplicate key ([`Inbound::primary`]).
     pub events: Vec<NewEvent>,
     /// Work the request leaves behind, committed with it (a transcript to fetch).
     pub job: Option<NewJob>,
@@ -266,12 +267,27 @@ pub struct NewJob {
     pub holds: Vec<EventType>,
 }
 
+impl NewJob {
+    /// When the job is first due (unix ms), committed at `now_ms`: a finalize wait at its
+    /// deadline, other work at once.
+    pub fn first_due(&self, now_ms: i64) -> i64 {
+        match self.kind {
+            JobKind::Finalize => self.deadline.unix_millis(),
+            JobKind::Transcript | JobKind::Recording => now_ms,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {
     /// Fetch an Agntix session's transcript from the vendor's messages API.
     Transcript,
     /// Archive a recording before the vendor's URL expires.
     Recording,
+    /// Hold a `session.finalized` for the vendor's completing event, at most the source's
+    /// `finalize_wait`: due at its deadline, it then releases the event with what is known.
+    /// The completing event, arriving first, takes the held event's place.
+    Finalize,
 }
 
 impl JobKind {
@@ -279,6 +295,7 @@ impl JobKind {
         match self {
             JobKind::Transcript => "transcript",
             JobKind::Recording => "recording",
+            JobKind::Finalize => "finalize",
         }
     }
 
@@ -286,6 +303,7 @@ impl JobKind {
         match s {
             "transcript" => Some(JobKind::Transcript),
             "recording" => Some(JobKind::Recording),
+            "finalize" => Some(JobKind::Finalize),
             _ => None,
         }
     }
@@ -300,9 +318,21 @@ pub struct NewEvent {
     pub facts: Session,
     /// Targets to deliver to: one pending delivery each, created in the same transaction.
     pub targets: Vec<String>,
+    /// Stands in for another vendor event that may not have arrived (its id is derived from
+    /// that event's key): stored only if that event was not, and never the request's
+    /// duplicate key.
+    pub implied: bool,
 }
 
 impl Inbound {
+    /// The request's own first event, whose id is its duplicate key.
+    pub fn primary(&self) -> &NewEvent {
+        self.events
+            .iter()
+            .find(|e| !e.implied)
+            .expect("a request has an event of its own")
+    }
+
     /// The canonical event one of this request's events becomes around the merged
     /// `session`, serialised: the one place a canonical event is built and rendered. It
     /// is stored without `raw`, which [`with_raw`] adds per target.

@@ -304,6 +304,10 @@ async fn commit(state: &IngestState, accept: Inbound) -> Result<IngestOutcome, A
 /// Stamps ids on a vendor's drafts, picks each event's targets and the job the request
 /// leaves behind, if any (`archive_recordings`: `[recordings]` is set). The store merges
 /// the facts into the session record and renders the events in its transaction.
+///
+/// A request that ends its session without finalizing it, from a source with a
+/// `finalize_wait`, also carries the `session.finalized` the wait may release: held by a
+/// finalize job due when the wait ends (at once for a wait of zero).
 pub fn build_accept(
     source: &Source,
     recognized: Recognized,
@@ -313,34 +317,68 @@ pub fn build_accept(
     targets: &[Arc<Target>],
     archive_recordings: Option<Duration>,
 ) -> Inbound {
-    let vendor_event_type = recognized.vendor_event_type.clone();
-    let events = recognized
+    let new_event = |key: &str, event_type: EventType, occurred_at, facts, implied| NewEvent {
+        id: EventId::derive(&source.name, &recognized.session_id, key, event_type),
+        event_type,
+        occurred_at,
+        facts,
+        targets: targets
+            .iter()
+            .filter(|t| t.accepts(&source.name, event_type))
+            .map(|t| t.name.clone())
+            .collect(),
+        implied,
+    };
+    let key = recognized.duplicate_key.as_str();
+    let mut events = recognized
         .events
         .into_iter()
-        .map(|draft| NewEvent {
-            id: EventId::derive(
-                &source.name,
-                &recognized.session_id,
-                &recognized.vendor_event_type,
+        .map(|draft| {
+            let implied = draft.implied_by.is_some();
+            new_event(
+                draft.implied_by.as_deref().unwrap_or(key),
                 draft.event_type,
-            ),
-            event_type: draft.event_type,
-            occurred_at: draft.occurred_at,
-            facts: draft.session,
-            targets: targets
-                .iter()
-                .filter(|t| t.accepts(&source.name, draft.event_type))
-                .map(|t| t.name.clone())
-                .collect(),
+                draft.occurred_at,
+                draft.session,
+                implied,
+            )
         })
         .collect::<Vec<_>>();
-    let job = transcript_job(source, &vendor_event_type, received_at)
-        .or_else(|| recording_job(&events, received_at, archive_recordings));
+    let has = |events: &[NewEvent], t: EventType| events.iter().any(|e| e.event_type == t);
+    let mut job = None;
+    if let Some(wait) = source.finalize_wait
+        && !has(&events, EventType::SessionFinalized)
+        && let Some(ended) = events
+            .iter()
+            .find(|e| e.event_type == EventType::SessionEnded)
+    {
+        let finalized = new_event(
+            key,
+            EventType::SessionFinalized,
+            ended.occurred_at,
+            ended.facts.clone(),
+            false,
+        );
+        events.push(finalized);
+        if !wait.is_zero() {
+            job = Some(NewJob {
+                kind: JobKind::Finalize,
+                deadline: received_at.plus_millis(wait.as_millis() as i64),
+                holds: vec![EventType::SessionFinalized],
+            });
+        }
+    }
+    let job = job
+        .or_else(|| transcript_job(source, &events, received_at))
+        .or_else(|| {
+            let archive = archive_recordings.filter(|_| source.vendor.archives_recordings());
+            recording_job(&events, received_at, archive)
+        });
     Inbound {
         source: source.name.clone(),
         vendor: source.vendor.as_str().to_owned(),
         session_id: recognized.session_id,
-        vendor_event_type: vendor_event_type.clone(),
+        vendor_event_type: recognized.vendor_event_type,
         message_id,
         received_at,
         raw,
@@ -349,45 +387,51 @@ pub fn build_accept(
     }
 }
 
-/// With `[recordings]`, a `recording.ready` that carries a URL leaves an archive job behind,
-/// due by the URL's expiry but never later than `max_wait` after receipt (the expiry comes
-/// from the sender's clock), and the event waits for it.
+/// With `[recordings]`, a request whose own `recording.ready` or `session.finalized`
+/// carries a recording URL leaves an archive job behind, due by the URL's expiry but never
+/// later than `max_wait` after receipt (the expiry comes from the sender's clock), and
+/// those events wait for it.
 fn recording_job(
     events: &[NewEvent],
     received_at: Timestamp,
     max_wait: Option<Duration>,
 ) -> Option<NewJob> {
     let max_wait = max_wait?;
-    let expires_at = events.iter().find_map(|e| {
-        let recording = e.facts.recording.as_ref()?;
-        (e.event_type == EventType::RecordingReady
-            && recording.status == crate::event::RecordingStatus::Ready
-            && recording.url.is_some())
-        .then_some(recording.expires_at)
-    })?;
+    let carrying = |e: &&NewEvent| {
+        let ready =
+            e.facts.recording.as_ref().is_some_and(|r| {
+                r.status == crate::event::RecordingStatus::Ready && r.url.is_some()
+            });
+        ready
+            && !e.implied
+            && matches!(
+                e.event_type,
+                EventType::RecordingReady | EventType::SessionFinalized
+            )
+    };
+    let event = events.iter().find(carrying)?;
+    let latest = received_at.plus_millis(max_wait.as_millis() as i64);
+    let expires_at = event.facts.recording.as_ref().and_then(|r| r.expires_at);
     Some(NewJob {
         kind: JobKind::Recording,
-        // Pathors documents about 15 minutes when it gives no expiry.
-        deadline: expires_at
-            .unwrap_or_else(|| received_at.plus_seconds(15 * 60))
-            .min(received_at.plus_millis(max_wait.as_millis() as i64)),
-        holds: vec![EventType::RecordingReady],
+        deadline: expires_at.map_or(latest, |e| e.min(latest)),
+        holds: vec![event.event_type],
     })
 }
 
-/// An Agntix `session.ended` of a source that fetches transcripts leaves a transcript job
-/// behind, and its `session.finalized` waits for it (at most `wait_ms`).
-fn transcript_job(
-    source: &Source,
-    vendor_event_type: &str,
-    received_at: Timestamp,
-) -> Option<NewJob> {
+/// A request that finalizes a session of a source that fetches transcripts (Agntix's
+/// `session.ended`) leaves a transcript job behind, and its `session.finalized` waits for
+/// it (at most `wait_ms`).
+fn transcript_job(source: &Source, events: &[NewEvent], received_at: Timestamp) -> Option<NewJob> {
     let transcripts = source.transcripts.as_ref()?;
-    (vendor_event_type == "session.ended").then(|| NewJob {
-        kind: JobKind::Transcript,
-        deadline: received_at.plus_millis(transcripts.wait.as_millis() as i64),
-        holds: vec![EventType::SessionFinalized],
-    })
+    events
+        .iter()
+        .any(|e| e.event_type == EventType::SessionFinalized)
+        .then(|| NewJob {
+            kind: JobKind::Transcript,
+            deadline: received_at.plus_millis(transcripts.wait.as_millis() as i64),
+            holds: vec![EventType::SessionFinalized],
+        })
 }
 
 /// Reads the whole body within `body_timeout`, refusing it as soon as it is known to exceed
@@ -458,6 +502,7 @@ mod tests {
                 ..Session::default()
             },
             targets: vec![],
+            implied: false,
         }
     }
 

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use crate::auth::SourceAuth;
 use crate::settings::limits::TIMEOUT_MS;
 use crate::settings::{
-    ConfigError, Context, in_range, invalid, parse_whsec, socket_address, unique_name,
+    ConfigError, Context, in_range, invalid, parse_duration_in, parse_whsec, socket_address,
+    unique_name,
 };
 use crate::vendors::Vendor;
 
@@ -159,6 +160,10 @@ pub struct Source {
     pub transcripts: Option<std::sync::Arc<Transcripts>>,
     /// This source's own body limit (`max_body_bytes`), else `server.max_body_bytes`.
     pub max_body_bytes: Option<usize>,
+    /// How long a `session.finalized` waits for the vendor's completing event after the
+    /// session ended (`finalize_wait`, defaulting to the vendor's); `None`: it waits for
+    /// that event alone.
+    pub finalize_wait: Option<Duration>,
 }
 
 /// `transcripts = { api_url, api_key, wait_ms }` of an Agntix source.
@@ -191,6 +196,7 @@ pub struct RawSource {
     auth: RawAuth,
     transcripts: Option<RawTranscripts>,
     max_body_bytes: Option<usize>,
+    finalize_wait: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -306,12 +312,34 @@ impl Source {
             if let Some(limit) = s.max_body_bytes {
                 in_range(&format!("{key}.max_body_bytes"), limit as u64, 1, 1 << 30)?;
             }
+            let finalize_wait = match s.finalize_wait {
+                Some(wait) => {
+                    let key = format!("{key}.finalize_wait");
+                    if !s.vendor.ends_before_it_finalizes() {
+                        return Err(invalid(
+                            &key,
+                            format!(
+                                "a {} session is finalized by the event that ends it; there is nothing to wait for",
+                                s.vendor
+                            ),
+                        ));
+                    }
+                    Some(parse_duration_in(
+                        &key,
+                        &wait,
+                        Duration::ZERO,
+                        Duration::from_secs(7 * 24 * 3600),
+                    )?)
+                }
+                None => s.vendor.finalize_wait(),
+            };
             sources.push(Source {
                 name: s.name,
                 vendor: s.vendor,
                 auth,
                 transcripts,
                 max_body_bytes: s.max_body_bytes,
+                finalize_wait,
             });
         }
         Ok(sources)

@@ -236,6 +236,12 @@ ALTER TABLE receipts ADD COLUMN repeats TEXT;
 CREATE INDEX receipts_repeating ON receipts(repeats) WHERE repeats IS NOT NULL;
 "#,
     )],
+    // A vendor's completing event looks up the finalize wait holding its session's
+    // `session.finalized`, among the pending jobs only: the partial index costs the jobs
+    // that ended nothing.
+    &[Shared(
+        "CREATE INDEX jobs_pending_by_session ON jobs(vendor, session_id, kind) WHERE status = 'pending';",
+    )],
 ];
 
 /// Refuses a store migrated by a newer sessiongate: an older binary must not write to it.

@@ -141,18 +141,14 @@ pub(super) fn normalize(body: &Map<String, Value>) -> Result<Normalized, Payload
         ..Session::default()
     };
 
-    Ok(Normalized::Events(Recognized {
-        session_id: session_id.to_owned(),
-        vendor_event_type: vendor_event_type.to_owned(),
-        events: event_types
+    Ok(Normalized::Events(Recognized::new(
+        session_id,
+        vendor_event_type,
+        event_types
             .iter()
-            .map(|&event_type| Draft {
-                event_type,
-                occurred_at,
-                session: session.clone(),
-            })
+            .map(|&event_type| Draft::new(event_type, occurred_at, session.clone()))
             .collect(),
-    }))
+    )))
 }
 
 /// An upper-case vendor enum. A value we do not know maps to null (the raw payload keeps

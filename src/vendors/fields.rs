@@ -114,6 +114,11 @@ impl<'a> Fields<'a> {
         Fields { map, path: "" }
     }
 
+    /// An object found at `path` (an array's element, say `call.transcript_object.3`).
+    pub fn at(map: &'a Map<String, Value>, path: &'a str) -> Self {
+        Fields { map, path }
+    }
+
     fn name(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_owned()
@@ -186,6 +191,37 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| PayloadError::Missing(self.name(key)))
     }
 
+    /// A Unix time in milliseconds (Retell's `start_timestamp`, Vapi's `timestamp`).
+    pub fn opt_unix_millis(&self, key: &str) -> Result<Option<Timestamp>, PayloadError> {
+        self.opt_unix(key, 1, "a Unix time in milliseconds")
+    }
+
+    /// A Unix time in seconds (ElevenLabs' `event_timestamp`).
+    pub fn opt_unix_seconds(&self, key: &str) -> Result<Option<Timestamp>, PayloadError> {
+        self.opt_unix(key, 1000, "a Unix time in seconds")
+    }
+
+    fn opt_unix(
+        &self,
+        key: &str,
+        millis_per_unit: i64,
+        expected: &'static str,
+    ) -> Result<Option<Timestamp>, PayloadError> {
+        /// The last millisecond of the year 9999: later instants cannot be written back.
+        const LATEST_MS: f64 = 253_402_300_799_999.0;
+        let Some(n) = self
+            .opt_number(key)
+            .map_err(|_| self.wrong(key, expected))?
+        else {
+            return Ok(None);
+        };
+        let ms = n.as_f64().unwrap_or(-1.0) * millis_per_unit as f64;
+        if !(0.0..=LATEST_MS).contains(&ms) {
+            return Err(self.wrong(key, expected));
+        }
+        Ok(Some(Timestamp::from_unix_millis(ms.round() as i64)))
+    }
+
     pub fn opt_number(&self, key: &str) -> Result<Option<Number>, PayloadError> {
         match self.present(key) {
             None => Ok(None),
@@ -246,6 +282,11 @@ impl<'a> Fields<'a> {
         Ok(self.opt_map(key)?.map(|map| Fields { map, path }))
     }
 
+    /// A field of any type, verbatim (a vendor's tool calls).
+    pub fn opt_value(&self, key: &str) -> Option<&'a Value> {
+        self.present(key)
+    }
+
     pub fn has(&self, key: &str) -> bool {
         self.present(key).is_some()
     }
@@ -291,6 +332,29 @@ mod tests {
         assert_eq!(root.opt_str("s").unwrap(), None);
         assert_eq!(root.opt_timestamp("t").unwrap(), None);
         assert!(matches!(root.str("s"), Err(PayloadError::Missing(_))));
+    }
+
+    #[test]
+    fn unix_times_are_read_in_their_unit_and_bounded() {
+        let o = obj(
+            json!({"ms": 1778594587412_u64, "s": 1778601676, "neg": -1, "far": 1e20, "t": "1"}),
+        );
+        let f = Fields::root(&o);
+        assert_eq!(
+            f.opt_unix_millis("ms").unwrap().unwrap().to_string(),
+            "2026-05-12T14:03:07.412Z"
+        );
+        assert_eq!(
+            f.opt_unix_seconds("s").unwrap().unwrap().to_string(),
+            "2026-05-12T16:01:16.000Z"
+        );
+        assert_eq!(f.opt_unix_seconds("absent").unwrap(), None);
+        for bad in ["neg", "far", "t"] {
+            assert_eq!(
+                f.opt_unix_millis(bad).unwrap_err().to_string(),
+                format!("field `{bad}` must be a Unix time in milliseconds")
+            );
+        }
     }
 
     #[test]

@@ -8,8 +8,12 @@
 //! Adding a vendor: a new file with a `normalize` function, one arm here.
 
 mod agntix;
+mod elevenlabs;
 mod fields;
 mod pathors;
+mod retell;
+mod vapi;
+mod voice;
 
 use std::fmt;
 
@@ -25,6 +29,9 @@ use crate::event::{EventType, Session, Timestamp};
 pub enum Vendor {
     Pathors,
     Agntix,
+    Retell,
+    Vapi,
+    ElevenLabs,
 }
 
 impl<'de> Deserialize<'de> for Vendor {
@@ -35,12 +42,21 @@ impl<'de> Deserialize<'de> for Vendor {
 
 impl Vendor {
     /// Every vendor sessiongate speaks.
-    pub const ALL: [Vendor; 2] = [Vendor::Pathors, Vendor::Agntix];
+    pub const ALL: [Vendor; 5] = [
+        Vendor::Pathors,
+        Vendor::Agntix,
+        Vendor::Retell,
+        Vendor::Vapi,
+        Vendor::ElevenLabs,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Vendor::Pathors => "pathors",
             Vendor::Agntix => "agntix",
+            Vendor::Retell => "retell",
+            Vendor::Vapi => "vapi",
+            Vendor::ElevenLabs => "elevenlabs",
         }
     }
 
@@ -52,6 +68,9 @@ impl Vendor {
         let table = match self {
             Vendor::Pathors => pathors::RAW_FIELDS,
             Vendor::Agntix => agntix::RAW_FIELDS,
+            Vendor::Retell => retell::RAW_FIELDS,
+            Vendor::Vapi => vapi::RAW_FIELDS,
+            Vendor::ElevenLabs => elevenlabs::RAW_FIELDS,
         };
         let mut found: Vec<Vec<String>> = Vec::new();
         for (canonical, raw) in table {
@@ -65,6 +84,34 @@ impl Vendor {
         found
     }
 
+    /// Whether a session of this vendor can end before it is finalized (its completing
+    /// event comes later), so that a `finalize_wait` can bound the wait for that event.
+    pub fn ends_before_it_finalizes(self) -> bool {
+        match self {
+            Vendor::Pathors | Vendor::Retell | Vendor::Vapi => true,
+            // The event that ends the session finalizes it.
+            Vendor::Agntix | Vendor::ElevenLabs => false,
+        }
+    }
+
+    /// How long a session that ended waits for the vendor's completing event unless the
+    /// source says (`finalize_wait`). Retell sends `call_analyzed` after every call, the
+    /// post-call analysis taking seconds to minutes (unconfirmed how long at most); 15
+    /// minutes bounds a lost one. Pathors and Vapi send their completing event right
+    /// after the end, so none is set: the source may.
+    pub fn finalize_wait(self) -> Option<std::time::Duration> {
+        match self {
+            Vendor::Retell => Some(std::time::Duration::from_secs(15 * 60)),
+            _ => None,
+        }
+    }
+
+    /// Whether the recording URL this vendor sends is the recording itself (archived with
+    /// `[recordings]`) rather than a page about it (Agntix links its dashboard).
+    pub fn archives_recordings(self) -> bool {
+        !matches!(self, Vendor::Agntix)
+    }
+
     pub fn parse(name: &str) -> Option<Vendor> {
         Vendor::ALL.into_iter().find(|v| v.as_str() == name)
     }
@@ -75,6 +122,9 @@ impl Vendor {
         match self {
             Vendor::Pathors => pathors::normalize(&body),
             Vendor::Agntix => agntix::normalize(&body),
+            Vendor::Retell => retell::normalize(&body),
+            Vendor::Vapi => vapi::normalize(&body),
+            Vendor::ElevenLabs => elevenlabs::normalize(&body),
         }
     }
 }
@@ -98,11 +148,27 @@ pub enum Normalized {
 /// A recognised vendor event and the canonical events it becomes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recognized {
-    /// The vendor's session id (Pathors `sessionId`, Agntix `id`).
+    /// The vendor's session id (Pathors `sessionId`, Agntix `id`, Retell `call_id`, …).
     pub session_id: String,
-    /// The vendor's event type; with the session id and the source it is the duplicate key.
+    /// The vendor's event type, verbatim (`source.eventType`).
     pub vendor_event_type: String,
+    /// With the session id and the source, what tells this vendor event from every other:
+    /// the event type, or more where one type carries several events (Vapi's
+    /// `status-update:ended`).
+    pub duplicate_key: String,
     pub events: Vec<Draft>,
+}
+
+impl Recognized {
+    /// A vendor event whose type is its duplicate key.
+    pub fn new(session_id: &str, vendor_event_type: &str, events: Vec<Draft>) -> Recognized {
+        Recognized {
+            session_id: session_id.to_owned(),
+            vendor_event_type: vendor_event_type.to_owned(),
+            duplicate_key: vendor_event_type.to_owned(),
+            events,
+        }
+    }
 }
 
 /// One canonical event before ingest gives it an id and a receive time.
@@ -111,6 +177,22 @@ pub struct Draft {
     pub event_type: EventType,
     pub occurred_at: Timestamp,
     pub session: Session,
+    /// The duplicate key of the vendor event this one stands in for, when it is not the
+    /// request's own: Vapi's `end-of-call-report` implies the `session.ended` of the
+    /// `status-update` `ended` it may have missed, under that message's key, so that the
+    /// event is stored once whichever arrives.
+    pub implied_by: Option<String>,
+}
+
+impl Draft {
+    pub fn new(event_type: EventType, occurred_at: Timestamp, session: Session) -> Draft {
+        Draft {
+            event_type,
+            occurred_at,
+            session,
+            implied_by: None,
+        }
+    }
 }
 
 #[cfg(test)]

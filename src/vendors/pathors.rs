@@ -88,15 +88,11 @@ pub(super) fn normalize(body: &Map<String, Value>) -> Result<Normalized, Payload
         recording,
         ..Session::default()
     };
-    Ok(Normalized::Events(Recognized {
-        session_id: session_id.to_owned(),
-        vendor_event_type,
-        events: vec![Draft {
-            event_type,
-            occurred_at: timestamp,
-            session,
-        }],
-    }))
+    Ok(Normalized::Events(Recognized::new(
+        session_id,
+        &vendor_event_type,
+        vec![Draft::new(event_type, timestamp, session)],
+    )))
 }
 
 fn read_call(f: &Fields<'_>) -> Result<Option<Call>, PayloadError> {

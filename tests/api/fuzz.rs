@@ -124,14 +124,19 @@ fn mutated_fixture() -> impl Strategy<Value = (Vendor, Value)> {
         ("pathors", "session-finalized-text.json"),
         ("agntix", "session-created.json"),
         ("agntix", "session-ended.json"),
+        ("retell", "call-started.json"),
+        ("retell", "call-ended.json"),
+        ("retell", "call-analyzed.json"),
+        ("vapi", "status-update-in-progress.json"),
+        ("vapi", "status-update-ended.json"),
+        ("vapi", "end-of-call-report.json"),
+        ("elevenlabs", "post-call-transcription.json"),
+        ("elevenlabs", "call-initiation-failure.json"),
+        ("elevenlabs", "post-call-audio.json"),
     ]
     .iter()
     .map(|(dir, name)| {
-        let vendor = if *dir == "pathors" {
-            Vendor::Pathors
-        } else {
-            Vendor::Agntix
-        };
+        let vendor = Vendor::parse(dir).expect("a fixture folder is a vendor's name");
         (vendor, serde_json::from_slice(&fixture(dir, name)).unwrap())
     })
     .collect();
@@ -166,6 +171,7 @@ fn source(vendor: Vendor) -> Source {
         auth: SourceAuth::None,
         transcripts: None,
         max_body_bytes: None,
+        finalize_wait: vendor.finalize_wait(),
     }
 }
 

@@ -8,9 +8,9 @@ use deadpool_postgres::GenericClient;
 
 use super::{backend, prepared};
 use crate::clock::Clock;
-use crate::event::{EventId, EventType, Inbound, NewEvent};
+use crate::event::{EventId, EventType, Inbound, JobKind, NewEvent};
 use crate::sessions::SessionRecord;
-use crate::sessions::{AcceptPlan, plan_accept};
+use crate::sessions::{AcceptPlan, finalizes, plan_accept};
 use crate::store::{
     DeliveryId, Handoff, IngestOutcome, Leased, StoreError, holds, job_id, lease_token,
 };
@@ -24,6 +24,10 @@ const READ_SESSION: &str = "SELECT s.record, s.finalized_event_id, s.xmin::text,
         EXISTS (SELECT 1 FROM events WHERE id = $3)
     FROM (VALUES (1)) AS one (x)
     LEFT JOIN sessions s ON s.vendor = $1 AND s.session_id = $2";
+
+/// The finalize wait still holding a session's `session.finalized`, if any.
+const WAITING_FINALIZE: &str = "SELECT id FROM jobs
+    WHERE vendor = $1 AND session_id = $2 AND kind = 'finalize' AND status = 'pending'";
 
 /// Saves a session record if its row is still the version that was read (`$6`, NULL if
 /// there was none): a compare-and-set, so replicas merging events of one session at once
@@ -68,10 +72,14 @@ static WRITE_ACCEPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
               RETURNING id),
         j AS (INSERT INTO jobs (id, kind, source, vendor, session_id, at, holds, status,
                   attempts, next_attempt_at, deadline, created_at, updated_at)
-              SELECT $21::text, $22::text, $7, $1, $2, $23::text, $24::text, 'pending', 0, $5,
-                  $25::int8, $5, $5
+              SELECT $21::text, $22::text, $7, $1, $2, $23::text, $24::text, 'pending', 0,
+                  $26::int8, $25::int8, $5, $5
               FROM s WHERE $21::text IS NOT NULL
-              ON CONFLICT (id) DO NOTHING)
+              ON CONFLICT (id) DO NOTHING),
+        x AS (DELETE FROM events WHERE id = $27::text AND EXISTS (SELECT 1 FROM s)),
+        y AS (UPDATE jobs SET status = 'done', lease_until = NULL, lease_token = NULL,
+                  updated_at = $5
+              WHERE id = $28::text AND EXISTS (SELECT 1 FROM s))
         SELECT (SELECT count(*) FROM s), ARRAY(SELECT id FROM d)"
     )
 });
@@ -81,6 +89,9 @@ struct Planned<'a> {
     record: &'a SessionRecord,
     finalized: Option<&'a EventId>,
     events: &'a [(&'a NewEvent, String)],
+    /// The held `session.finalized` this request's own replaces, and its finalize wait:
+    /// the event is deleted (never delivered) and the job ended.
+    supersedes: Option<(&'a EventId, &'a str)>,
 }
 
 /// Writes an accepted request's plan if the session is still at `version`; `None` if it
@@ -97,9 +108,16 @@ async fn write_accept(
         record,
         finalized,
         events,
+        supersedes,
     } = planned;
     let token = lease_token();
     let held = holds(accept, events);
+    let primary = accept.primary();
+    // A finalize wait holding nothing (the session was finalized already) has no work.
+    let job = accept
+        .job
+        .as_ref()
+        .filter(|j| j.kind != JobKind::Finalize || !held.is_empty());
     // (id, event, its body, target, lease end if handed over), in insertion order; the
     // deliveries of held events are made when their job ends.
     let mut deliveries = Vec::new();
@@ -150,19 +168,16 @@ async fn write_accept(
                     .iter()
                     .map(|d| d.4.map(|_| token))
                     .collect::<Vec<_>>(),
-                &accept.job.as_ref().map(|_| job_id(&accept.events[0].id)),
-                &accept.job.as_ref().map(|j| j.kind.as_str()),
-                &accept
-                    .job
-                    .as_ref()
-                    .map(|_| accept.events[0].occurred_at.to_string()),
-                &accept
-                    .job
-                    .as_ref()
-                    .map(|_| serde_json::to_string(&held))
+                &job.map(|_| job_id(&primary.id)),
+                &job.map(|j| j.kind.as_str()),
+                &job.map(|_| primary.occurred_at.to_string()),
+                &job.map(|_| serde_json::to_string(&held))
                     .transpose()
                     .map_err(backend)?,
-                &accept.job.as_ref().map(|j| j.deadline.unix_millis()),
+                &job.map(|j| j.deadline.unix_millis()),
+                &job.map(|j| j.first_due(now)),
+                &supersedes.map(|(event, _)| event.as_str()),
+                &supersedes.map(|(_, job)| job),
             ],
         )
         .await
@@ -184,7 +199,7 @@ async fn write_accept(
         }
     }
     Ok(Some(IngestOutcome::Accepted {
-        id: accept.events[0].id.clone(),
+        id: primary.id.clone(),
         targets,
         handed,
     }))
@@ -207,7 +222,7 @@ pub(super) async fn accept_on(
     reads: &AtomicU64,
 ) -> Result<IngestOutcome, StoreError> {
     let read = prepared(client, READ_SESSION).await?;
-    let primary = &accept.events[0];
+    let primary = accept.primary();
     let mut assume_new = primary.event_type == EventType::SessionStarted;
     for _ in 0..MAX_SESSION_RACES {
         let (record, finalized, version) = if std::mem::take(&mut assume_new) {
@@ -236,47 +251,64 @@ pub(super) async fn accept_on(
                 None => (SessionRecord::default(), None, version),
             }
         };
-        let saved = match plan_accept(accept, record, finalized).map_err(backend)? {
-            AcceptPlan::AlreadyFinalized { record, first } => {
-                let saved = client
-                    .query_one(
-                        &prepared(client, &SAVE_SESSION_ONLY).await?,
-                        &[
-                            &accept.vendor,
-                            &accept.session_id,
-                            &serde_json::to_string(&record).map_err(backend)?,
-                            &first.as_str(),
-                            &clock.now_ms(),
-                            &version,
-                        ],
-                    )
-                    .await
-                    .map_err(backend)?;
-                if saved.get::<_, i64>(0) == 1 {
-                    return Ok(IngestOutcome::Duplicate { id: first });
-                }
-                None
-            }
-            AcceptPlan::Store {
-                record,
-                finalized,
-                events,
-            } => {
-                write_accept(
-                    client,
-                    accept,
-                    handoff,
-                    Planned {
-                        record: &record,
-                        finalized: finalized.as_ref(),
-                        events: &events,
-                    },
-                    version,
-                    clock.now_ms(),
+        // A completing event may take the place of a `session.finalized` held by a finalize
+        // wait: only then is the wait looked up. Should the wait end meanwhile, its end
+        // changes the session row, and the compare-and-set below fails and reads again.
+        let waiting: Option<String> = match &finalized {
+            Some(_) if finalizes(accept) => client
+                .query_opt(
+                    &prepared(client, WAITING_FINALIZE).await?,
+                    &[&accept.vendor, &accept.session_id],
                 )
-                .await?
-            }
+                .await
+                .map_err(backend)?
+                .map(|row| row.get(0)),
+            _ => None,
         };
+        let saved =
+            match plan_accept(accept, record, finalized, waiting.is_some()).map_err(backend)? {
+                AcceptPlan::AlreadyFinalized { record, first } => {
+                    let saved = client
+                        .query_one(
+                            &prepared(client, &SAVE_SESSION_ONLY).await?,
+                            &[
+                                &accept.vendor,
+                                &accept.session_id,
+                                &serde_json::to_string(&record).map_err(backend)?,
+                                &first.as_str(),
+                                &clock.now_ms(),
+                                &version,
+                            ],
+                        )
+                        .await
+                        .map_err(backend)?;
+                    if saved.get::<_, i64>(0) == 1 {
+                        return Ok(IngestOutcome::Duplicate { id: first });
+                    }
+                    None
+                }
+                AcceptPlan::Store {
+                    record,
+                    finalized,
+                    events,
+                    supersedes,
+                } => {
+                    write_accept(
+                        client,
+                        accept,
+                        handoff,
+                        Planned {
+                            record: &record,
+                            finalized: finalized.as_ref(),
+                            events: &events,
+                            supersedes: supersedes.as_ref().zip(waiting.as_deref()),
+                        },
+                        version,
+                        clock.now_ms(),
+                    )
+                    .await?
+                }
+            };
         if let Some(outcome) = saved {
             return Ok(outcome);
         }

@@ -4,9 +4,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::event::{EventId, EventType, Inbound, Timestamp};
+use crate::event::{EventId, EventType, Inbound, JobKind, Timestamp};
 use crate::sessions::SessionRecord;
-use crate::sessions::{AcceptPlan, plan_accept};
+use crate::sessions::{AcceptPlan, finalizes, plan_accept};
 use crate::store::{
     AttemptInfo, DeliveryId, DeliveryInfo, DeliveryStatus, Handoff, IngestOutcome, Leased,
     StoredEvent, holds, job_id, lease_token,
@@ -119,14 +119,15 @@ impl NewSession {
     /// The plan for `accept` if its first event starts a session; `None` for other events,
     /// whose session is usually stored already.
     pub(crate) fn plan(accept: &Inbound) -> Result<Option<NewSession>, serde_json::Error> {
-        if accept.events[0].event_type != EventType::SessionStarted {
+        if accept.primary().event_type != EventType::SessionStarted {
             return Ok(None);
         }
-        match plan_accept(accept, SessionRecord::default(), None)? {
+        match plan_accept(accept, SessionRecord::default(), None, false)? {
             AcceptPlan::Store {
                 record,
                 finalized,
                 events,
+                supersedes: _,
             } => Ok(Some(NewSession {
                 record: serde_json::to_string(&record)?,
                 finalized,
@@ -158,7 +159,7 @@ pub(super) fn accept_in(
     new_session: Option<&NewSession>,
     planned_by_writer: &AtomicU64,
 ) -> rusqlite::Result<IngestOutcome> {
-    let primary = &accept.events[0];
+    let primary = accept.primary();
     let seen = conn
         .prepare_cached("SELECT 1 FROM events WHERE id = ?1")?
         .exists([primary.id.as_str()])?;
@@ -216,7 +217,13 @@ pub(super) fn accept_in(
                 ),
                 None => (SessionRecord::default(), None),
             };
-            match plan_accept(accept, record, finalized).map_err(json_error)? {
+            // A completing event may take the place of a `session.finalized` held by a
+            // finalize wait: only then is the wait looked up.
+            let waiting = match &finalized {
+                Some(_) if finalizes(accept) => waiting_finalize(conn, accept)?,
+                _ => None,
+            };
+            match plan_accept(accept, record, finalized, waiting.is_some()).map_err(json_error)? {
                 AcceptPlan::AlreadyFinalized { record, first } => {
                     save_record(
                         &serde_json::to_string(&record).map_err(json_error)?,
@@ -228,11 +235,27 @@ pub(super) fn accept_in(
                     record,
                     finalized,
                     events,
-                } => (
-                    std::borrow::Cow::Owned(serde_json::to_string(&record).map_err(json_error)?),
-                    finalized,
-                    events,
-                ),
+                    supersedes,
+                } => {
+                    if let (Some(held), Some(job)) = (supersedes, waiting) {
+                        // Never delivered (it was held), so nobody has seen its id.
+                        conn.prepare_cached("DELETE FROM events WHERE id = ?1")?
+                            .execute([held.as_str()])?;
+                        conn.prepare_cached(
+                            "UPDATE jobs SET status = 'done', lease_until = NULL,
+                                 lease_token = NULL, updated_at = ?2
+                             WHERE id = ?1",
+                        )?
+                        .execute(params![job, now])?;
+                    }
+                    (
+                        std::borrow::Cow::Owned(
+                            serde_json::to_string(&record).map_err(json_error)?,
+                        ),
+                        finalized,
+                        events,
+                    )
+                }
             }
         }
     };
@@ -289,11 +312,16 @@ pub(super) fn accept_in(
             }
         }
     }
-    if let Some(job) = &accept.job {
+    // A finalize wait holding nothing (the session was finalized already) has no work.
+    if let Some(job) = accept
+        .job
+        .as_ref()
+        .filter(|j| j.kind != JobKind::Finalize || !held.is_empty())
+    {
         conn.prepare_cached(
             "INSERT OR IGNORE INTO jobs (id, kind, source, vendor, session_id, at, holds, status,
                  attempts, next_attempt_at, deadline, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?9, ?8, ?8)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?10, ?9, ?8, ?8)",
         )?
         .execute(params![
             job_id(&primary.id),
@@ -305,6 +333,7 @@ pub(super) fn accept_in(
             serde_json::to_string(&held).map_err(json_error)?,
             now,
             job.deadline.unix_millis(),
+            job.first_due(now),
         ])?;
     }
     Ok(IngestOutcome::Accepted {
@@ -312,6 +341,16 @@ pub(super) fn accept_in(
         targets,
         handed,
     })
+}
+
+/// The finalize wait still holding the session's `session.finalized`, if any.
+fn waiting_finalize(conn: &Connection, accept: &Inbound) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached(
+        "SELECT id FROM jobs
+         WHERE vendor = ?1 AND session_id = ?2 AND kind = 'finalize' AND status = 'pending'",
+    )?
+    .query_row([&accept.vendor, &accept.session_id], |r| r.get(0))
+    .optional()
 }
 
 pub(super) fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {

@@ -25,6 +25,7 @@ fn accept(session: &str) -> Inbound {
                 ..Session::default()
             },
             targets: vec!["t".into()],
+            implied: false,
         }],
     }
 }

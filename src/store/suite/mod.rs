@@ -157,6 +157,7 @@ pub(crate) fn accept_from(
                     ..Session::default()
                 },
                 targets: targets.iter().map(|s| s.to_string()).collect(),
+                implied: false,
             })
             .collect(),
     }
