@@ -320,3 +320,122 @@ pub(super) async fn a_lapsed_job_lease_is_an_attempt_and_waits_its_turn(s: Arc<d
         "an ended job is not renewed"
     );
 }
+
+/// A session's end carrying a `session.finalized` held by a finalize wait of `wait_ms`.
+fn ended_with_wait(session: &str, wait_ms: i64) -> Inbound {
+    let mut a = accept(
+        session,
+        &[EventType::SessionEnded, EventType::SessionFinalized],
+        &["t"],
+    );
+    a.job = Some(NewJob {
+        kind: JobKind::Finalize,
+        deadline: Timestamp::now().plus_millis(wait_ms),
+        holds: vec![EventType::SessionFinalized],
+    });
+    a
+}
+
+/// The vendor's completing event: a `session.finalized` under a key of its own.
+fn completing(session: &str) -> Inbound {
+    let mut a = accept(session, &[EventType::SessionFinalized], &["t"]);
+    a.vendor_event_type = "completing".into();
+    a.events[0].id = EventId::derive("src", session, "completing", EventType::SessionFinalized);
+    a.events[0].facts.message_count = Some(9);
+    a
+}
+
+pub(super) async fn a_completing_event_takes_the_place_of_a_waiting_finalize(s: Arc<dyn Store>) {
+    let ended = ended_with_wait("w1", 60_000);
+    let held = ended.events[1].id.clone();
+    s.accept(ended).await.unwrap();
+    assert_eq!(
+        s.deliveries(all()).await.unwrap().len(),
+        1,
+        "session.ended only"
+    );
+    let wait = s.next_job_due(&[JobKind::Finalize]).await.unwrap().unwrap();
+    assert!(wait > Timestamp::now().plus_millis(50_000).unix_millis());
+    assert!(
+        s.claim_jobs(JobKind::Finalize, 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty(),
+        "due only when the wait ends"
+    );
+
+    let c = completing("w1");
+    let own = c.events[0].id.clone();
+    let IngestOutcome::Accepted { id, .. } = s.accept(c.clone()).await.unwrap() else {
+        panic!("the completing event is accepted, not a duplicate");
+    };
+    assert_eq!(id, own);
+    let deliveries = s.deliveries(all()).await.unwrap();
+    assert_eq!(deliveries.len(), 2);
+    assert!(deliveries.iter().any(|d| d.event_id == own));
+    assert!(
+        s.event(held.as_str()).await.unwrap().is_none(),
+        "the held one is gone"
+    );
+    let view = s.session("pathors", "w1").await.unwrap().unwrap();
+    assert_eq!(view.finalized_event_id, Some(own.clone()));
+    assert_eq!(view.session.message_count, Some(9));
+    assert_eq!(
+        s.next_job_due(&[JobKind::Finalize]).await.unwrap(),
+        None,
+        "the wait ended"
+    );
+    assert_eq!(
+        s.accept(c).await.unwrap(),
+        IngestOutcome::Duplicate { id: own }
+    );
+}
+
+pub(super) async fn a_finalize_wait_that_ends_releases_its_event_once(s: Arc<dyn Store>) {
+    let ended = ended_with_wait("w2", 0);
+    let held = ended.events[1].id.clone();
+    s.accept(ended).await.unwrap();
+    let jobs = s
+        .claim_jobs(JobKind::Finalize, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1, "a wait that has ended is due");
+    let released = s
+        .finish_job(JobResult {
+            id: jobs[0].id.clone(),
+            lease_token: jobs[0].lease_token,
+            end: JobEnd::Done {
+                facts: Box::new(Session::default()),
+            },
+        })
+        .await
+        .unwrap();
+    assert_eq!(released, Some(vec!["t".to_owned()]));
+    // The completing event, late: its facts join the record, nothing more goes out.
+    let late = s.accept(completing("w2")).await.unwrap();
+    assert_eq!(late, IngestOutcome::Duplicate { id: held.clone() });
+    let deliveries = s.deliveries(all()).await.unwrap();
+    assert_eq!(deliveries.len(), 2);
+    assert_eq!(deliveries.iter().filter(|d| d.event_id == held).count(), 1);
+
+    // The other order: completed first, then the end with a wait, which holds nothing.
+    s.accept(completing("w3")).await.unwrap();
+    s.accept(ended_with_wait("w3", 0)).await.unwrap();
+    assert!(
+        s.claim_jobs(JobKind::Finalize, 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty(),
+        "no wait for a session finalized already"
+    );
+    let finalized = s
+        .events(EventFilter {
+            session_id: Some("w3".into()),
+            event_type: Some("session.finalized".into()),
+            limit: 10,
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(finalized.len(), 1);
+}
