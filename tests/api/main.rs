@@ -21,4 +21,5 @@ mod replicas;
 mod schema;
 mod sessions;
 mod transcripts;
+mod voice;
 mod webdriver;

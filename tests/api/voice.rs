@@ -1,0 +1,325 @@
+//! The voice platforms through the real server: Retell, Vapi and ElevenLabs requests signed
+//! exactly as each vendor signs them, their documented examples delivered as canonical v3
+//! events, one `session.finalized` per session in every arrival order, and the finalize
+//! wait for a completing event that never comes.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use sessiongate::auth::schemes::Algorithm;
+use sessiongate::store::DeliveryStatus;
+
+use crate::helpers::*;
+
+const RETELL_KEY: &str = "key_retell_test_0123456789";
+const VAPI_SECRET: &str = "vapi_hmac_test_secret";
+const ELEVENLABS_SECRET: &str = "wsec_test_0123456789";
+
+/// The three sources, configured as the README's "Vendors" section says, with `extra`
+/// written into the Retell source.
+fn sources(retell_extra: &str) -> String {
+    format!(
+        "[[sources]]\nname = \"retell\"\nvendor = \"retell\"\n\
+         auth = {{ kind = \"retell\", api_key = \"{RETELL_KEY}\" }}\n{retell_extra}\n\
+         [[sources]]\nname = \"vapi\"\nvendor = \"vapi\"\n\
+         auth = {{ kind = \"hmac\", secret = \"{VAPI_SECRET}\", header = \"x-signature\", \
+         timestamp_header = \"x-timestamp\", payload = \"{{timestamp}}.{{body}}\" }}\n\
+         [[sources]]\nname = \"elevenlabs\"\nvendor = \"elevenlabs\"\n\
+         auth = {{ kind = \"elevenlabs\", secret = \"{ELEVENLABS_SECRET}\" }}\n"
+    )
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The headers each vendor signs `body` with, now.
+fn signed(vendor: &str, body: &[u8]) -> Vec<(&'static str, String)> {
+    let ms = now_ms();
+    match vendor {
+        // Retell: HMAC-SHA256 with the API key of the body followed by the time in ms.
+        "retell" => {
+            let d =
+                Algorithm::Sha256.mac(RETELL_KEY.as_bytes(), &[body, ms.to_string().as_bytes()]);
+            vec![("x-retell-signature", format!("v={ms},d={}", hex::encode(d)))]
+        }
+        // Vapi's HMAC credential with its defaults: hex of `{timestamp}.{body}`.
+        "vapi" => {
+            let mac = Algorithm::Sha256.mac(
+                VAPI_SECRET.as_bytes(),
+                &[ms.to_string().as_bytes(), b".", body],
+            );
+            vec![
+                ("x-signature", hex::encode(mac)),
+                ("x-timestamp", ms.to_string()),
+            ]
+        }
+        // ElevenLabs: `t=<s>,v0=<hex of "t.body">`.
+        "elevenlabs" => {
+            let t = (ms / 1000).to_string();
+            let mac =
+                Algorithm::Sha256.mac(ELEVENLABS_SECRET.as_bytes(), &[t.as_bytes(), b".", body]);
+            vec![(
+                "elevenlabs-signature",
+                format!("t={t},v0={}", hex::encode(mac)),
+            )]
+        }
+        other => panic!("no signer for {other}"),
+    }
+}
+
+/// A fixture with its call id replaced (`pointer` is where the vendor keeps it).
+fn with_call_id(vendor: &str, name: &str, pointer: &str, id: &str) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&fixture(vendor, name)).unwrap();
+    *v.pointer_mut(pointer).unwrap() = id.into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn validator() -> jsonschema::Validator {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/session-event.v3.json");
+    let schema: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+/// The types each session received, in arrival order.
+fn by_session(received: &[Received]) -> HashMap<String, Vec<String>> {
+    let mut sessions: HashMap<String, Vec<String>> = HashMap::new();
+    for r in received {
+        let event = r.json();
+        sessions
+            .entry(event["session"]["id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(event["type"].as_str().unwrap().to_owned());
+    }
+    sessions
+}
+
+#[tokio::test]
+async fn every_voice_platform_fixture_is_delivered_as_canonical_v3_events() {
+    let receiver = TestReceiver::start().await;
+    let mut options = Options::with_targets(format!(
+        "[[targets]]\nname = \"all\"\nurl = \"{}\"",
+        receiver.url("/")
+    ));
+    options.tables = sources("");
+    let app = spawn_app_with(options, None).await;
+    let requests = [
+        ("retell", "call-started.json", 202),
+        ("retell", "call-ended.json", 202),
+        ("retell", "call-analyzed.json", 202),
+        ("vapi", "status-update-in-progress.json", 202),
+        ("vapi", "status-update-ended.json", 202),
+        ("vapi", "end-of-call-report.json", 202),
+        ("elevenlabs", "post-call-transcription.json", 202),
+        ("elevenlabs", "post-call-audio.json", 202),
+        ("elevenlabs", "call-initiation-failure.json", 202),
+    ];
+    for (vendor, name, status) in requests {
+        let body = fixture(vendor, name);
+        let path = format!("/ingest/{vendor}");
+        let answer = app.post(&path, &body, &signed(vendor, &body)).await;
+        assert_eq!(answer.status(), status, "{vendor} {name}");
+        // Re-delivered (Retell retries; the others may if the customer set it up): 200.
+        let again = app.post(&path, &body, &signed(vendor, &body)).await;
+        assert_eq!(again.status(), 200, "{vendor} {name} again");
+        // Signed with another key, or not at all: 401.
+        let mut forged = signed(vendor, &body);
+        forged[0].1 = forged[0].1.replace('a', "b").replace('1', "2");
+        assert_eq!(
+            app.post(&path, &body, &forged).await.status(),
+            401,
+            "{vendor} {name} forged"
+        );
+        assert_eq!(
+            app.post(&path, &body, &[]).await.status(),
+            401,
+            "{vendor} {name} unsigned"
+        );
+    }
+    // Retell 4 (started, ended, call.ended, finalized); Vapi 4 (the report's session.ended
+    // is the ended update's, stored once); ElevenLabs 4 + 3.
+    let received = receiver.wait_for(15).await;
+    app.wait_for_deliveries(DeliveryStatus::Delivered, 15).await;
+    let validator = validator();
+    for r in &received {
+        let event = r.json();
+        let errors: Vec<String> = validator
+            .iter_errors(&event)
+            .map(|e| format!("{e} at {}", e.instance_path))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{}: {errors:?}",
+            event["source"]["eventType"]
+        );
+        assert_eq!(event["specVersion"], "3");
+        assert_eq!(event["source"]["recovered"], false);
+    }
+    let sessions = by_session(&received);
+    let expect = |id: &str, types: &[&str]| {
+        let mut got = sessions[id].clone();
+        got.sort();
+        let mut want: Vec<String> = types.iter().map(|t| t.to_string()).collect();
+        want.sort();
+        assert_eq!(got, want, "{id}");
+    };
+    let call = [
+        "session.started",
+        "session.ended",
+        "call.ended",
+        "session.finalized",
+    ];
+    expect("call_3f9d2a61c84b4e07b1d5e9a7c20f4b18", &call);
+    expect("6e0b2f3c-1a4d-4b7e-9f21-8c5d3a7e0b94", &call);
+    expect(
+        "conv_01jx8m3q5v7w9y1z3b5d7f9h2k",
+        &[
+            "session.ended",
+            "call.ended",
+            "session.finalized",
+            "recording.ready",
+        ],
+    );
+    expect(
+        "conv_01jx8k7d2f4h6j8m0p2r4t6v8x",
+        &["session.ended", "call.ended", "session.finalized"],
+    );
+
+    let finalized = |id: &str| {
+        received
+            .iter()
+            .map(Received::json)
+            .find(|e| e["session"]["id"] == id && e["type"] == "session.finalized")
+            .unwrap()
+    };
+    let retell = finalized("call_3f9d2a61c84b4e07b1d5e9a7c20f4b18");
+    assert_eq!(retell["source"]["eventType"], "call_analyzed");
+    assert_eq!(retell["session"]["analysis"]["successful"], true);
+    assert_eq!(
+        retell["session"]["cost"],
+        serde_json::json!({"amount": 0.175, "currency": "USD"})
+    );
+    assert_eq!(retell["session"]["call"]["outcome"], "completed");
+    assert_eq!(retell["session"]["transcript"]["status"], "complete");
+    assert_eq!(retell["raw"]["event"], "call_analyzed");
+    let vapi = finalized("6e0b2f3c-1a4d-4b7e-9f21-8c5d3a7e0b94");
+    assert_eq!(vapi["session"]["call"]["endedBy"], "user");
+    assert_eq!(vapi["session"]["extracted"]["rescheduled"], true);
+    let eleven = finalized("conv_01jx8m3q5v7w9y1z3b5d7f9h2k");
+    assert_eq!(eleven["session"]["agentNumber"], "+14155550123");
+    assert_eq!(eleven["session"]["cost"], Value::Null);
+    let failed = finalized("conv_01jx8k7d2f4h6j8m0p2r4t6v8x");
+    assert_eq!(failed["session"]["call"]["outcome"], "no_answer");
+}
+
+/// Retell's events are not blocking and a retry can come late: whatever the order, and
+/// however often each comes, one `session.finalized`, carrying the analysis.
+#[tokio::test]
+async fn a_retell_call_is_finalized_once_in_every_arrival_order() {
+    let receiver = TestReceiver::start().await;
+    let mut options = Options::with_targets(format!(
+        "[[targets]]\nname = \"all\"\nurl = \"{}\"",
+        receiver.url("/")
+    ));
+    options.tables = sources("");
+    let app = spawn_app_with(options, None).await;
+    let orders: [&[&str]; 4] = [
+        &["call-started.json", "call-ended.json", "call-analyzed.json"],
+        &["call-analyzed.json", "call-ended.json", "call-started.json"],
+        &[
+            "call-ended.json",
+            "call-analyzed.json",
+            "call-ended.json",
+            "call-analyzed.json",
+        ],
+        &[
+            "call-ended.json",
+            "call-started.json",
+            "call-analyzed.json",
+            "call-started.json",
+        ],
+    ];
+    let mut expected = 0;
+    for (n, order) in orders.iter().enumerate() {
+        let id = format!("call_order_{n}");
+        for name in *order {
+            let body = with_call_id("retell", name, "/call/call_id", &id);
+            let answer = app
+                .post("/ingest/retell", &body, &signed("retell", &body))
+                .await;
+            assert!(matches!(answer.status().as_u16(), 200 | 202), "{id} {name}");
+        }
+        let mut types: Vec<&str> = order.to_vec();
+        types.sort();
+        types.dedup();
+        // started 1, ended 2 (session.ended and call.ended), analyzed 1.
+        expected += types
+            .iter()
+            .map(|t| if *t == "call-ended.json" { 2 } else { 1 })
+            .sum::<usize>();
+    }
+    let received = receiver.wait_for(expected).await;
+    app.wait_for_deliveries(DeliveryStatus::Delivered, expected)
+        .await;
+    assert_eq!(receiver.received().len(), expected, "nothing more");
+    for n in 0..orders.len() {
+        let id = format!("call_order_{n}");
+        let finals: Vec<Value> = received
+            .iter()
+            .map(Received::json)
+            .filter(|e| e["session"]["id"] == id.as_str() && e["type"] == "session.finalized")
+            .collect();
+        assert_eq!(finals.len(), 1, "{id}");
+        assert_eq!(finals[0]["source"]["eventType"], "call_analyzed", "{id}");
+        assert_eq!(finals[0]["session"]["analysis"]["successful"], true, "{id}");
+        assert_eq!(finals[0]["session"]["state"], "closed", "{id}");
+    }
+}
+
+/// A Retell `call_analyzed` that never comes: `finalize_wait` after the `call_ended`, the
+/// session is finalized with what is known.
+#[tokio::test]
+async fn the_finalize_wait_finalizes_a_session_whose_completing_event_never_came() {
+    let receiver = TestReceiver::start().await;
+    let mut options = Options::with_targets(format!(
+        "[[targets]]\nname = \"all\"\nurl = \"{}\"",
+        receiver.url("/")
+    ));
+    options.tables = sources("finalize_wait = \"1s\"");
+    let app = spawn_app_with(options, None).await;
+    let body = fixture("retell", "call-ended.json");
+    let sent = std::time::Instant::now();
+    let answer = app
+        .post("/ingest/retell", &body, &signed("retell", &body))
+        .await;
+    assert_eq!(answer.status(), 202);
+    let received = receiver.wait_for(3).await;
+    let finalized = received
+        .iter()
+        .map(Received::json)
+        .find(|e| e["type"] == "session.finalized")
+        .expect("the wait released session.finalized");
+    assert!(
+        sent.elapsed() >= std::time::Duration::from_secs(1),
+        "not before the wait ended"
+    );
+    assert_eq!(finalized["source"]["eventType"], "call_ended");
+    assert_eq!(finalized["session"]["call"]["vendorStatus"], "user_hangup");
+    assert_eq!(
+        finalized["session"]["analysis"],
+        Value::Null,
+        "no analysis came"
+    );
+    assert_eq!(finalized["raw"]["event"], "call_ended");
+    // The analysis, late: its facts join the record; nothing more is delivered.
+    let late = fixture("retell", "call-analyzed.json");
+    let answer = app
+        .post("/ingest/retell", &late, &signed("retell", &late))
+        .await;
+    assert_eq!(answer.status(), 200);
+    app.wait_for_deliveries(DeliveryStatus::Delivered, 3).await;
+    assert_eq!(receiver.received().len(), 3);
+}
