@@ -36,11 +36,19 @@ mod examples {
         include_str!("../tests/fixtures/pathors/recording-ready.json");
     pub const AGNTIX_CREATED: &str = include_str!("../tests/fixtures/agntix/session-created.json");
     pub const AGNTIX_ENDED: &str = include_str!("../tests/fixtures/agntix/session-ended.json");
+    pub const RETELL_ENDED: &str = include_str!("../tests/fixtures/retell/call-ended.json");
+    pub const RETELL_ANALYZED: &str = include_str!("../tests/fixtures/retell/call-analyzed.json");
+    pub const VAPI_REPORT: &str = include_str!("../tests/fixtures/vapi/end-of-call-report.json");
+    pub const ELEVENLABS_TRANSCRIPTION: &str =
+        include_str!("../tests/fixtures/elevenlabs/post-call-transcription.json");
 }
 
 /// Events the receiver must get: 4 of the Pathors call session, 1 of the text session,
-/// and 3 of the Agntix session (started, ended, finalized).
-const EXPECTED_DELIVERIES: usize = 8;
+/// 3 of the Agntix session (started, ended, finalized), and 3 of each voice platform's
+/// call (session.ended, call.ended, session.finalized).
+const EXPECTED_DELIVERIES: usize = 17;
+/// Sessions, each finalized once.
+const SESSIONS: usize = 6;
 const PATIENCE: Duration = Duration::from_secs(20);
 
 struct Sent {
@@ -70,7 +78,29 @@ fn script() -> Vec<Sent> {
         ),
         sent("agntix", AGNTIX_CREATED, ""),
         sent("agntix", AGNTIX_ENDED, "Svix retry with a new message id"),
+        sent("retell", RETELL_ENDED, ""),
+        sent("retell", RETELL_ANALYZED, "the completing event"),
+        sent("retell", RETELL_ANALYZED, "Retell retry"),
+        sent("vapi", VAPI_REPORT, "the ended status update never came"),
+        sent("elevenlabs", ELEVENLABS_TRANSCRIPTION, ""),
     ]
+}
+
+/// The secrets the demo's voice platforms sign with.
+const RETELL_KEY: &str = "key_demo_retell";
+const VAPI_SECRET: &str = "demo-vapi-hmac-secret";
+const ELEVENLABS_SECRET: &str = "wsec_demo_elevenlabs";
+
+/// The vendor's own name for an event type, as the demo prints it.
+fn vendor_event_type(vendor: &str, body: &Value) -> String {
+    let found = match vendor {
+        "pathors" => body.get("event"),
+        "agntix" => body.get("eventType"),
+        "retell" => body.get("event"),
+        "vapi" => body.pointer("/message/type"),
+        _ => body.get("type"),
+    };
+    found.and_then(Value::as_str).unwrap_or("?").to_owned()
 }
 
 fn random_secret() -> String {
@@ -260,6 +290,18 @@ name = "agntix"
 vendor = "agntix"
 auth = {{ kind = "svix", secrets = ["env:AGNTIX_SECRET"] }}
 transcripts = {{ api_url = "{api_url}", api_key = "env:AGNTIX_API_KEY", wait_ms = 10000 }}
+[[sources]]
+name = "retell"
+vendor = "retell"
+auth = {{ kind = "retell", api_key = "env:RETELL_API_KEY" }}
+[[sources]]
+name = "vapi"
+vendor = "vapi"
+auth = {{ kind = "hmac", secret = "env:VAPI_HMAC_SECRET", header = "x-signature", timestamp_header = "x-timestamp", payload = "{{timestamp}}.{{body}}" }}
+[[sources]]
+name = "elevenlabs"
+vendor = "elevenlabs"
+auth = {{ kind = "elevenlabs", secret = "env:ELEVENLABS_WEBHOOK_SECRET" }}
 [[targets]]
 name = "receiver"
 url = "{receiver_url}"
@@ -274,6 +316,9 @@ include_raw = false
         "AGNTIX_SECRET" => Some(agntix_secret.clone()),
         "TARGET_SECRET" => Some(target_secret.clone()),
         "AGNTIX_API_KEY" => Some(api_key.clone()),
+        "RETELL_API_KEY" => Some(RETELL_KEY.to_owned()),
+        "VAPI_HMAC_SECRET" => Some(VAPI_SECRET.to_owned()),
+        "ELEVENLABS_WEBHOOK_SECRET" => Some(ELEVENLABS_SECRET.to_owned()),
         _ => None,
     };
     let config = Config::from_toml(&toml, &env).context("The demo configuration is invalid")?;
@@ -297,38 +342,51 @@ include_raw = false
     let client = reqwest::Client::new();
     let signer = Webhook::new(&agntix_secret)?;
     for (i, sent) in script().iter().enumerate() {
-        let event_type = serde_json::from_str::<Value>(sent.body)?
-            .get(if sent.vendor == "pathors" {
-                "event"
-            } else {
-                "eventType"
-            })
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_owned();
-        // The recording's URL points at the stand-in host, sent now (its 15 minutes run).
-        let body = if event_type == "recording.ready" {
-            let mut v: Value = serde_json::from_str(sent.body)?;
-            v["timestamp"] = crate::event::Timestamp::now().to_string().into();
-            v["recordingUrl"] = recording_url.clone().into();
-            serde_json::to_string(&v)?
-        } else {
-            sent.body.to_owned()
+        let mut v: Value = serde_json::from_str(sent.body)?;
+        let event_type = vendor_event_type(sent.vendor, &v);
+        // Recording URLs point at the stand-in host, sent now (a Pathors URL's 15 minutes
+        // run from the event).
+        let body = match (sent.vendor, event_type.as_str()) {
+            ("pathors", "recording.ready") => {
+                v["timestamp"] = crate::event::Timestamp::now().to_string().into();
+                v["recordingUrl"] = recording_url.clone().into();
+                serde_json::to_string(&v)?
+            }
+            ("retell", _) => {
+                v["call"]["recording_url"] = recording_url.clone().into();
+                serde_json::to_string(&v)?
+            }
+            ("vapi", _) => {
+                v["message"]["artifact"]["presignedMonoUrl"] = recording_url.clone().into();
+                v["message"]["artifact"]["presignedUrlsExpiresAt"] = crate::event::Timestamp::now()
+                    .plus_seconds(3600)
+                    .to_string()
+                    .into();
+                serde_json::to_string(&v)?
+            }
+            _ => sent.body.to_owned(),
         };
         let mut request = client
             .post(format!("{gateway}/ingest/{}", sent.vendor))
             .header("content-type", "application/json")
             .body(body.clone());
-        if sent.vendor == "pathors" {
-            request = request.header("authorization", &pathors_token);
-        } else {
-            let msg_id = format!("msg_demo{i}");
-            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
-            for (name, value) in
-                crate::testing::svix_headers(&signer, &msg_id, now, body.as_bytes())
-            {
-                request = request.header(name, value);
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+        let bytes = body.as_bytes();
+        // Each signed as its vendor signs.
+        let headers: Vec<(&str, String)> = match sent.vendor {
+            "pathors" => vec![("authorization", pathors_token.clone())],
+            "agntix" => {
+                let msg_id = format!("msg_demo{i}");
+                crate::testing::svix_headers(&signer, &msg_id, now_ms / 1000, bytes).to_vec()
             }
+            "retell" => crate::testing::retell_headers(RETELL_KEY, now_ms, bytes).to_vec(),
+            "vapi" => crate::testing::vapi_hmac_headers(VAPI_SECRET, now_ms, bytes).to_vec(),
+            _ => {
+                crate::testing::elevenlabs_headers(ELEVENLABS_SECRET, now_ms / 1000, bytes).to_vec()
+            }
+        };
+        for (name, value) in headers {
+            request = request.header(name, value);
         }
         let response = request.send().await.context("The gateway did not answer")?;
         let status = response.status().as_u16();
@@ -340,7 +398,7 @@ include_raw = false
         };
         writeln!(
             out,
-            "  {:<8} {:<18} {} {:<9} {}{note}",
+            "  {:<10} {:<24} {} {:<9} {}{note}",
             sent.vendor,
             event_type,
             status,
@@ -386,7 +444,7 @@ include_raw = false
         }
         writeln!(
             out,
-            "  {:<18} {:<8} session {}…  {}  signature {}",
+            "  {:<18} {:<10} session {}…  {}  signature {}",
             e["type"].as_str().unwrap_or("?"),
             e["source"]["vendor"].as_str().unwrap_or("?"),
             session.get(..8).unwrap_or(session),
@@ -408,8 +466,8 @@ include_raw = false
         "a delivery's signature did not verify"
     );
     ensure!(
-        finalized.len() == 3 && finalized.values().all(|&n| n == 1),
-        "expected one session.finalized for each of 3 sessions, got {finalized:?}"
+        finalized.len() == SESSIONS && finalized.values().all(|&n| n == 1),
+        "expected one session.finalized for each of {SESSIONS} sessions, got {finalized:?}"
     );
 
     let shown = got

@@ -21,6 +21,35 @@ pub fn fixture(vendor: &str, name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
+/// Retell's `x-retell-signature` for `body` at `ms` (Unix milliseconds): HMAC-SHA256 with
+/// the API key of the body followed by the decimal time.
+pub fn retell_headers(api_key: &str, ms: i64, body: &[u8]) -> [(&'static str, String); 1] {
+    let d = crate::auth::schemes::Algorithm::Sha256
+        .mac(api_key.as_bytes(), &[body, ms.to_string().as_bytes()]);
+    [("x-retell-signature", format!("v={ms},d={}", hex::encode(d)))]
+}
+
+/// ElevenLabs' `ElevenLabs-Signature` for `body` at `t` (Unix seconds): `t=<t>,v0=<hex of
+/// HMAC-SHA256 of "t.body">`.
+pub fn elevenlabs_headers(secret: &str, t: i64, body: &[u8]) -> [(&'static str, String); 1] {
+    let t = t.to_string();
+    let v0 =
+        crate::auth::schemes::Algorithm::Sha256.mac(secret.as_bytes(), &[t.as_bytes(), b".", body]);
+    [(
+        "elevenlabs-signature",
+        format!("t={t},v0={}", hex::encode(v0)),
+    )]
+}
+
+/// Vapi's HMAC credential with its defaults: `x-signature` the hex HMAC-SHA256 of
+/// `{timestamp}.{body}`, `x-timestamp` the time (here Unix milliseconds).
+pub fn vapi_hmac_headers(secret: &str, ms: i64, body: &[u8]) -> [(&'static str, String); 2] {
+    let ts = ms.to_string();
+    let mac = crate::auth::schemes::Algorithm::Sha256
+        .mac(secret.as_bytes(), &[ts.as_bytes(), b".", body]);
+    [("x-signature", hex::encode(mac)), ("x-timestamp", ts)]
+}
+
 /// The Svix headers for `body`, signed by the `svix` crate as Agntix's sender does.
 pub fn svix_headers(
     signer: &Webhook,

@@ -894,6 +894,36 @@ fn a_sources_body_limit_fits_its_half_of_the_budget() {
 }
 
 #[test]
+fn finalize_wait_defaults_to_the_vendors_and_is_refused_where_nothing_waits() {
+    let source = |vendor: &str, extra: &str| {
+        format!(
+            "[[sources]]\nname = \"s\"\nvendor = \"{vendor}\"\nauth = {{ kind = \"none\" }}\n{extra}\n"
+        )
+    };
+    let wait =
+        |vendor: &str, extra: &str| parse(&source(vendor, extra)).unwrap().sources[0].finalize_wait;
+    assert_eq!(wait("retell", ""), Some(Duration::from_secs(900)));
+    assert_eq!(
+        wait("retell", "finalize_wait = \"0s\""),
+        Some(Duration::ZERO)
+    );
+    assert_eq!(wait("vapi", ""), None);
+    assert_eq!(
+        wait("vapi", "finalize_wait = \"10m\""),
+        Some(Duration::from_secs(600))
+    );
+    for vendor in ["agntix", "elevenlabs"] {
+        let e = error_of(&source(vendor, "finalize_wait = \"1m\""));
+        assert!(
+            e.contains("sources[0].finalize_wait`: a") && e.contains("nothing to wait for"),
+            "{e}"
+        );
+    }
+    let e = error_of(&source("retell", "finalize_wait = \"30d\""));
+    assert!(e.contains("sources[0].finalize_wait`"), "{e}");
+}
+
+#[test]
 fn a_key_beside_kind_none_is_unknown_too() {
     let e = error_of(
         "[[sources]]\nname = \"x\"\nvendor = \"pathors\"\nauth = { kind = \"none\", value = \"meant-a-header\" }\n",

@@ -324,12 +324,20 @@ impl Source {
                             ),
                         ));
                     }
-                    Some(parse_duration_in(
-                        &key,
-                        &wait,
-                        Duration::ZERO,
-                        Duration::from_secs(7 * 24 * 3600),
-                    )?)
+                    // "0s" is meaningful here: finalized when the session ends.
+                    let zero = wait
+                        .strip_suffix(['s', 'm', 'h', 'd'])
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b == b'0'));
+                    Some(if zero {
+                        Duration::ZERO
+                    } else {
+                        parse_duration_in(
+                            &key,
+                            &wait,
+                            Duration::from_secs(1),
+                            Duration::from_secs(7 * 24 * 3600),
+                        )?
+                    })
                 }
                 None => s.vendor.finalize_wait(),
             };

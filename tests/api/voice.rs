@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
-use sessiongate::auth::schemes::Algorithm;
 use sessiongate::store::DeliveryStatus;
 
 use crate::helpers::*;
@@ -38,35 +37,12 @@ fn now_ms() -> i64 {
 
 /// The headers each vendor signs `body` with, now.
 fn signed(vendor: &str, body: &[u8]) -> Vec<(&'static str, String)> {
+    use sessiongate::testing::{elevenlabs_headers, retell_headers, vapi_hmac_headers};
     let ms = now_ms();
     match vendor {
-        // Retell: HMAC-SHA256 with the API key of the body followed by the time in ms.
-        "retell" => {
-            let d =
-                Algorithm::Sha256.mac(RETELL_KEY.as_bytes(), &[body, ms.to_string().as_bytes()]);
-            vec![("x-retell-signature", format!("v={ms},d={}", hex::encode(d)))]
-        }
-        // Vapi's HMAC credential with its defaults: hex of `{timestamp}.{body}`.
-        "vapi" => {
-            let mac = Algorithm::Sha256.mac(
-                VAPI_SECRET.as_bytes(),
-                &[ms.to_string().as_bytes(), b".", body],
-            );
-            vec![
-                ("x-signature", hex::encode(mac)),
-                ("x-timestamp", ms.to_string()),
-            ]
-        }
-        // ElevenLabs: `t=<s>,v0=<hex of "t.body">`.
-        "elevenlabs" => {
-            let t = (ms / 1000).to_string();
-            let mac =
-                Algorithm::Sha256.mac(ELEVENLABS_SECRET.as_bytes(), &[t.as_bytes(), b".", body]);
-            vec![(
-                "elevenlabs-signature",
-                format!("t={t},v0={}", hex::encode(mac)),
-            )]
-        }
+        "retell" => retell_headers(RETELL_KEY, ms, body).to_vec(),
+        "vapi" => vapi_hmac_headers(VAPI_SECRET, ms, body).to_vec(),
+        "elevenlabs" => elevenlabs_headers(ELEVENLABS_SECRET, ms / 1000, body).to_vec(),
         other => panic!("no signer for {other}"),
     }
 }
