@@ -65,6 +65,23 @@ pub(crate) fn holds(accept: &Inbound, events: &[(&NewEvent, String)]) -> Vec<Hol
         .collect()
 }
 
+/// The `session.finalized` of a request that would go out at once (its own job does not
+/// hold it): if the session has an archive or a transcript fetch still running, it waits
+/// for that job instead, so that it carries the result (the backends look that job up
+/// only when there is such an event).
+pub(crate) fn finalized_to_hold<'a>(
+    events: &[(&'a NewEvent, String)],
+    held: &[Hold],
+) -> Option<&'a NewEvent> {
+    events.iter().map(|(e, _)| *e).find(|e| {
+        e.event_type == crate::event::EventType::SessionFinalized
+            && !held.iter().any(|h| h.event == e.id.as_str())
+    })
+}
+
+/// The pending jobs a session's `session.finalized` waits for, by kind.
+pub(crate) const ENRICHMENT_KINDS: &str = "('recording', 'transcript')";
+
 /// A held event's body re-rendered around the session as it now is.
 pub(crate) fn rerender(body: &str, session: &Session) -> Result<String, serde_json::Error> {
     let mut event: serde_json::Value = serde_json::from_str(body)?;

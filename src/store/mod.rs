@@ -30,7 +30,7 @@ use serde::Serialize;
 use secrecy::ExposeSecret;
 
 pub use self::jobs::{ClaimedJob, Hold, JobEnd, JobResult, job_id};
-pub(crate) use self::jobs::{holds, rerender};
+pub(crate) use self::jobs::{ENRICHMENT_KINDS, finalized_to_hold, holds, rerender};
 pub use self::listing::{Retried, SessionFilter, SessionListing, Timeline};
 use self::settings::StorageConfig;
 use crate::clock::Clock;

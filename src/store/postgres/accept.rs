@@ -12,7 +12,8 @@ use crate::event::{EventId, EventType, Inbound, JobKind, NewEvent};
 use crate::sessions::SessionRecord;
 use crate::sessions::{AcceptPlan, finalizes, plan_accept};
 use crate::store::{
-    DeliveryId, Handoff, IngestOutcome, Leased, StoreError, holds, job_id, lease_token,
+    DeliveryId, ENRICHMENT_KINDS, Handoff, Hold, IngestOutcome, Leased, StoreError,
+    finalized_to_hold, holds, job_id, lease_token,
 };
 
 /// How often an ingest reads its session again after losing a race to change it.
@@ -24,6 +25,14 @@ const READ_SESSION: &str = "SELECT s.record, s.finalized_event_id, s.xmin::text,
         EXISTS (SELECT 1 FROM events WHERE id = $3)
     FROM (VALUES (1)) AS one (x)
     LEFT JOIN sessions s ON s.vendor = $1 AND s.session_id = $2";
+
+/// An archive or transcript job of a session still running.
+static RUNNING_ENRICHMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT id FROM jobs WHERE vendor = $1 AND session_id = $2 AND status = 'pending'
+             AND kind IN {ENRICHMENT_KINDS} ORDER BY seq LIMIT 1"
+    )
+});
 
 /// The finalize wait still holding a session's `session.finalized`, if any.
 const WAITING_FINALIZE: &str = "SELECT id FROM jobs
@@ -79,7 +88,10 @@ static WRITE_ACCEPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         x AS (DELETE FROM events WHERE id = $27::text AND EXISTS (SELECT 1 FROM s)),
         y AS (UPDATE jobs SET status = 'done', lease_until = NULL, lease_token = NULL,
                   updated_at = $5
-              WHERE id = $28::text AND EXISTS (SELECT 1 FROM s))
+              WHERE id = $28::text AND EXISTS (SELECT 1 FROM s)),
+        h AS (UPDATE jobs SET holds = (holds::jsonb || $29::text::jsonb)::text
+              WHERE id = $30::text AND status = 'pending' AND EXISTS (SELECT 1 FROM s)
+                AND EXISTS (SELECT 1 FROM e WHERE e.id = $31::text))
         SELECT (SELECT count(*) FROM s), ARRAY(SELECT id FROM d)"
     )
 });
@@ -118,11 +130,37 @@ async fn write_accept(
         .job
         .as_ref()
         .filter(|j| j.kind != JobKind::Finalize || !held.is_empty());
+    // A session.finalized waits for its session's archive or transcript still running.
+    // Should that job end meanwhile, its end changes the session row: the compare-and-set
+    // fails and the ingest reads again.
+    let joining = match finalized_to_hold(events, &held) {
+        Some(finalized) => client
+            .query_opt(
+                &prepared(client, &RUNNING_ENRICHMENT).await?,
+                &[&accept.vendor, &accept.session_id],
+            )
+            .await
+            .map_err(backend)?
+            .map(|row| (row.get::<_, String>(0), finalized)),
+        None => None,
+    };
+    let joined = joining.as_ref().map(|(job, finalized)| {
+        let hold = Hold {
+            event: finalized.id.as_str().to_owned(),
+            targets: finalized.targets.clone(),
+        };
+        let hold = serde_json::to_string(&[hold]).expect("a hold serialises");
+        (job.as_str(), finalized.id.as_str(), hold)
+    });
     // (id, event, its body, target, lease end if handed over), in insertion order; the
     // deliveries of held events are made when their job ends.
     let mut deliveries = Vec::new();
     for (event, body) in events {
-        if held.iter().any(|h| h.event == event.id.as_str()) {
+        if held.iter().any(|h| h.event == event.id.as_str())
+            || joined
+                .as_ref()
+                .is_some_and(|(_, id, _)| *id == event.id.as_str())
+        {
             continue;
         }
         for target in &event.targets {
@@ -178,6 +216,9 @@ async fn write_accept(
                 &job.map(|j| j.first_due(now)),
                 &supersedes.map(|(event, _)| event.as_str()),
                 &supersedes.map(|(_, job)| job),
+                &joined.as_ref().map(|(_, _, hold)| hold),
+                &joined.as_ref().map(|(job, _, _)| *job),
+                &joined.as_ref().map(|(_, id, _)| *id),
             ],
         )
         .await

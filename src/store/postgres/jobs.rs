@@ -106,25 +106,20 @@ impl PgStore {
         };
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
-        let job = tx
+        // The session row is locked before the job's, the order an ingest takes them in
+        // (its session's compare-and-set, then a job it ends or adds a hold to), so the two
+        // never wait for each other.
+        let Some(owner) = tx
             .query_opt(
-                &prepared(
-                    &tx,
-                    "SELECT vendor, session_id, at, holds FROM jobs
-                     WHERE id = $1 AND status = 'pending' AND lease_token = $2 FOR UPDATE",
-                )
-                .await?,
-                &[&result.id, &result.lease_token],
+                &prepared(&tx, "SELECT vendor, session_id FROM jobs WHERE id = $1").await?,
+                &[&result.id],
             )
             .await
-            .map_err(backend)?;
-        // The lease passed to another run: that run decides.
-        let Some(job) = job else {
+            .map_err(backend)?
+        else {
             return Ok(None);
         };
-        let (vendor, session_id): (String, String) = (job.get(0), job.get(1));
-        let at = Timestamp::parse(job.get(2)).unwrap_or_else(|| Timestamp::from_unix_millis(now));
-        let holds: Vec<Hold> = serde_json::from_str(job.get(3)).map_err(backend)?;
+        let (vendor, session_id): (String, String) = (owner.get(0), owner.get(1));
         let stored = tx
             .query_opt(
                 &prepared(
@@ -136,6 +131,24 @@ impl PgStore {
             )
             .await
             .map_err(backend)?;
+        let job = tx
+            .query_opt(
+                &prepared(
+                    &tx,
+                    "SELECT at, holds FROM jobs
+                     WHERE id = $1 AND status = 'pending' AND lease_token = $2 FOR UPDATE",
+                )
+                .await?,
+                &[&result.id, &result.lease_token],
+            )
+            .await
+            .map_err(backend)?;
+        // The lease passed to another run, or an ingest ended the job: that decides.
+        let Some(job) = job else {
+            return Ok(None);
+        };
+        let at = Timestamp::parse(job.get(0)).unwrap_or_else(|| Timestamp::from_unix_millis(now));
+        let holds: Vec<Hold> = serde_json::from_str(job.get(1)).map_err(backend)?;
         let mut record = match stored {
             Some(row) => serde_json::from_str::<SessionRecord>(row.get(0)).map_err(backend)?,
             None => SessionRecord::default(),

@@ -8,8 +8,8 @@ use crate::event::{EventId, EventType, Inbound, JobKind, Timestamp};
 use crate::sessions::SessionRecord;
 use crate::sessions::{AcceptPlan, finalizes, plan_accept};
 use crate::store::{
-    AttemptInfo, DeliveryId, DeliveryInfo, DeliveryStatus, Handoff, IngestOutcome, Leased,
-    StoredEvent, holds, job_id, lease_token,
+    AttemptInfo, DeliveryId, DeliveryInfo, DeliveryStatus, ENRICHMENT_KINDS, Handoff, Hold,
+    IngestOutcome, Leased, StoredEvent, finalized_to_hold, holds, job_id, lease_token,
 };
 
 /// Lets JSON (de)serialisation failures travel as SQLite errors inside a store call.
@@ -283,6 +283,11 @@ pub(super) fn accept_in(
     let mut handed = Vec::new();
     let token = lease_token();
     let held = holds(accept, &events);
+    // A session.finalized waits for its session's archive or transcript still running.
+    let joining = match finalized_to_hold(&events, &held) {
+        Some(finalized) => running_enrichment(conn, accept)?.map(|job| (job, finalized)),
+        None => None,
+    };
     for (event, body) in events {
         let inserted = insert_event.execute(params![
             event.id.as_str(),
@@ -296,6 +301,21 @@ pub(super) fn accept_in(
             body,
         ])?;
         if inserted == 0 || held.iter().any(|h| h.event == event.id.as_str()) {
+            continue;
+        }
+        if let Some(((job, holds), finalized)) = &joining
+            && std::ptr::eq(*finalized, event)
+        {
+            let mut holds: Vec<Hold> = serde_json::from_str(holds).map_err(json_error)?;
+            holds.push(Hold {
+                event: event.id.as_str().to_owned(),
+                targets: event.targets.clone(),
+            });
+            conn.prepare_cached("UPDATE jobs SET holds = ?2 WHERE id = ?1")?
+                .execute(params![
+                    job,
+                    serde_json::to_string(&holds).map_err(json_error)?
+                ])?;
             continue;
         }
         let key = EventKey {
@@ -341,6 +361,22 @@ pub(super) fn accept_in(
         targets,
         handed,
     })
+}
+
+/// An archive or transcript job of the session still running: its id and holds.
+fn running_enrichment(
+    conn: &Connection,
+    accept: &Inbound,
+) -> rusqlite::Result<Option<(String, String)>> {
+    conn.prepare_cached(&format!(
+        "SELECT id, holds FROM jobs
+         WHERE vendor = ?1 AND session_id = ?2 AND status = 'pending' AND kind IN {ENRICHMENT_KINDS}
+         ORDER BY seq LIMIT 1"
+    ))?
+    .query_row([&accept.vendor, &accept.session_id], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .optional()
 }
 
 /// The finalize wait still holding the session's `session.finalized`, if any.

@@ -439,3 +439,56 @@ pub(super) async fn a_finalize_wait_that_ends_releases_its_event_once(s: Arc<dyn
         .unwrap();
     assert_eq!(finalized.len(), 1);
 }
+
+pub(super) async fn a_finalized_waits_for_its_sessions_running_archive(s: Arc<dyn Store>) {
+    let mut ready = accept("h1", &[EventType::RecordingReady], &["t"]);
+    ready.job = Some(NewJob {
+        kind: JobKind::Recording,
+        deadline: Timestamp::now().plus_millis(60_000),
+        holds: vec![EventType::RecordingReady],
+    });
+    s.accept(ready).await.unwrap();
+    let finalized = accept("h1", &[EventType::SessionFinalized], &["t"]);
+    let finalized_id = finalized.events[0].id.clone();
+    assert!(matches!(
+        s.accept(finalized).await.unwrap(),
+        IngestOutcome::Accepted { .. }
+    ));
+    assert!(
+        s.deliveries(all()).await.unwrap().is_empty(),
+        "both wait for the archive"
+    );
+    let jobs = s
+        .claim_jobs(JobKind::Recording, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let archived = Session {
+        agent_number: Some("+14155550100".into()),
+        ..Session::default()
+    };
+    let released = s
+        .finish_job(JobResult {
+            id: jobs[0].id.clone(),
+            lease_token: jobs[0].lease_token,
+            end: JobEnd::Done {
+                facts: Box::new(archived),
+            },
+        })
+        .await
+        .unwrap();
+    assert_eq!(released, Some(vec!["t".to_owned()]));
+    let deliveries = s.deliveries(all()).await.unwrap();
+    assert_eq!(deliveries.len(), 2);
+    let event = s.event(finalized_id.as_str()).await.unwrap().unwrap();
+    let body: serde_json::Value = serde_json::from_str(&event.body).unwrap();
+    assert_eq!(
+        body["session"]["agentNumber"], "+14155550100",
+        "it carries the archive's result"
+    );
+
+    // With no job running, a session.finalized goes out at once.
+    s.accept(accept("h2", &[EventType::SessionFinalized], &["t"]))
+        .await
+        .unwrap();
+    assert_eq!(s.deliveries(all()).await.unwrap().len(), 3);
+}

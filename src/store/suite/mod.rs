@@ -117,6 +117,7 @@ suite!(
         a_lapsed_job_lease_is_an_attempt_and_waits_its_turn,
         a_completing_event_takes_the_place_of_a_waiting_finalize,
         a_finalize_wait_that_ends_releases_its_event_once,
+        a_finalized_waits_for_its_sessions_running_archive,
         pruning_a_sessions_last_recording_job_names_its_object,
         sessions_are_searched_newest_first_and_paged,
         a_timeline_holds_requests_events_and_every_attempt,
