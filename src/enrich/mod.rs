@@ -265,9 +265,6 @@ impl Enricher {
         let (Some(archiver), Some(recording)) = (&self.recordings, recording) else {
             return (unchanged, Outcome::Silent);
         };
-        let Some(url) = recording.url.clone() else {
-            return (unchanged, Outcome::Silent);
-        };
         let with = |archive: Archive| JobEnd::Done {
             facts: Box::new(Session {
                 recording: Some(Recording {
@@ -279,22 +276,57 @@ impl Enricher {
         };
         let failed =
             |reason: String| (with(Archive::failed(&reason)), Outcome::NotArchived(reason));
-        let left = job.deadline.unix_millis() - self.clock.now_ms();
-        if left <= 0 {
-            // The last answer, if the host gave one; else the URL simply ran out.
-            let reason = job
-                .last_error
-                .as_deref()
-                .filter(|e| e.starts_with("http_"))
-                .unwrap_or("expired");
-            return failed(reason.to_owned());
-        }
         let session = (job.vendor.as_str(), job.session_id.as_str());
-        let left = Duration::from_millis(left as u64);
-        match archiver
-            .download(&url, session, job.lease_token, left)
-            .await
-        {
+        let downloaded = match recording.url.clone() {
+            Some(url) => {
+                let left = job.deadline.unix_millis() - self.clock.now_ms();
+                if left <= 0 {
+                    // The last answer, if the host gave one; else the URL simply ran out.
+                    let reason = job
+                        .last_error
+                        .as_deref()
+                        .filter(|e| e.starts_with("http_"))
+                        .unwrap_or("expired");
+                    return failed(reason.to_owned());
+                }
+                let left = Duration::from_millis(left as u64);
+                archiver
+                    .download(&url, session, job.lease_token, left)
+                    .await
+            }
+            // No URL: the vendor sent the audio in the body (ElevenLabs), stored with the
+            // request that left this job; archived from there, nothing is downloaded.
+            None => {
+                let event = crate::store::event_of_job(&job.id);
+                let raw = match self.store.event(&event).await {
+                    Ok(Some(stored)) => stored.raw,
+                    // Pruned meanwhile: nothing left to archive.
+                    Ok(None) => return (unchanged, Outcome::Silent),
+                    Err(e) => {
+                        let end = JobEnd::RetryAt {
+                            unix_ms: self.clock.now_ms() + BACKOFF.1.as_millis() as i64,
+                            error: format!("cannot read the request's body: {}", chain(&e)),
+                        };
+                        return (end, Outcome::Silent);
+                    }
+                };
+                let audio = crate::vendors::Vendor::parse(&job.vendor)
+                    .ok_or_else(|| format!("unknown vendor {}", job.vendor))
+                    .and_then(|vendor| vendor.audio_in_body(&raw));
+                match audio {
+                    Ok(audio) => {
+                        archiver
+                            .archive_base64(&audio, session, job.lease_token, "audio/mpeg")
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "A recording has neither a URL nor audio in its body");
+                        return failed("invalid_audio".into());
+                    }
+                }
+            }
+        };
+        match downloaded {
             Downloaded::Archived(archive) => {
                 let bytes = archive.bytes.unwrap_or(0);
                 (with(archive), Outcome::Archived(bytes))

@@ -259,13 +259,52 @@ impl Archiver {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/octet-stream")
             .to_owned();
+        match self
+            .archive(body_of(response), (vendor, session_id), run, content_type)
+            .await
+        {
+            Ok(archived) => archived,
+            Err(e) => Downloaded::Retry(format!("the download broke off: {e}")),
+        }
+    }
+
+    /// Archives audio the vendor sent in its request's body, base64 (ElevenLabs
+    /// `post_call_audio`), decoding it a slice at a time on its way to the store.
+    pub async fn archive_base64(
+        &self,
+        base64: &str,
+        session: (&str, &str),
+        run: i64,
+        content_type: &str,
+    ) -> Downloaded {
+        match self
+            .archive(decoded(base64), session, run, content_type.to_owned())
+            .await
+        {
+            Ok(archived) => archived,
+            Err(e) => {
+                tracing::warn!(error = %e, "The audio in the body is not base64");
+                Downloaded::Final("invalid_audio".into())
+            }
+        }
+    }
+
+    /// Pours `chunks` into the store as the recording of `(vendor, session_id)`: archived,
+    /// or final (`too_large`, `io`); `Err` says why the chunks broke off.
+    async fn archive(
+        &self,
+        chunks: impl futures_util::Stream<Item = Result<Bytes, String>> + Unpin,
+        (vendor, session_id): (&str, &str),
+        run: i64,
+        content_type: String,
+    ) -> Result<Downloaded, String> {
         let max_bytes = self.max_bytes;
         let (streamed, archived_url) = match &self.store {
             ArchiveStore::File(dir) => {
                 let target = object_path(dir, vendor, session_id);
                 let url = format!("file://{}", target.display());
                 let sink = Sink::file(&target, run).await;
-                (pour_into(response, sink, max_bytes).await, url)
+                (pour_into(chunks, sink, max_bytes).await, url)
             }
             ArchiveStore::S3 {
                 store,
@@ -275,11 +314,11 @@ impl Archiver {
                 let path = ArchiveStore::s3_path(prefix, vendor, session_id);
                 let url = format!("s3://{bucket}/{path}");
                 let sink = Sink::upload(store.as_ref(), &path).await;
-                (pour_into(response, sink, max_bytes).await, url)
+                (pour_into(chunks, sink, max_bytes).await, url)
             }
         };
         match streamed {
-            Ok(Streamed::Done { sha256, bytes }) => Downloaded::Archived(Archive {
+            Ok(Streamed::Done { sha256, bytes }) => Ok(Downloaded::Archived(Archive {
                 status: ArchiveStatus::Archived,
                 reason: None,
                 url: Some(archived_url),
@@ -287,15 +326,12 @@ impl Archiver {
                 bytes: Some(bytes),
                 content_type: Some(content_type),
                 archived_at: Some(Timestamp::now()),
-            }),
-            Ok(Streamed::TooLarge) => Downloaded::Final("too_large".into()),
-            Ok(Streamed::Interrupted(e)) => Downloaded::Retry(format!(
-                "the download broke off: {}",
-                chain(&e.without_url())
-            )),
+            })),
+            Ok(Streamed::TooLarge) => Ok(Downloaded::Final("too_large".into())),
+            Ok(Streamed::Interrupted(e)) => Err(e),
             Err(e) => {
-                tracing::error!(error = %e, url = %shown, "Cannot write a recording to the store");
-                Downloaded::Final("io".into())
+                tracing::error!(error = %e, vendor, "Cannot write a recording to the store");
+                Ok(Downloaded::Final("io".into()))
             }
         }
     }
@@ -316,9 +352,13 @@ fn refusal(refused: &Refused, shown: &str) -> Downloaded {
 }
 
 enum Streamed {
-    Done { sha256: String, bytes: u64 },
+    Done {
+        sha256: String,
+        bytes: u64,
+    },
     TooLarge,
-    Interrupted(reqwest::Error),
+    /// Why the chunks broke off.
+    Interrupted(String),
 }
 
 /// Where a download's bytes go while it runs.
@@ -421,24 +461,52 @@ impl Sink {
 
 /// [`pour`] into a sink that could be opened.
 async fn pour_into(
-    response: reqwest::Response,
+    chunks: impl futures_util::Stream<Item = Result<Bytes, String>> + Unpin,
     sink: std::io::Result<Sink>,
     max_bytes: u64,
 ) -> std::io::Result<Streamed> {
-    pour(response, sink?, max_bytes).await
+    pour(chunks, sink?, max_bytes).await
 }
 
-/// Streams the body into `sink`, counting and hashing it, and commits it only whole.
+/// A response's body as a stream of chunks; an error says why it broke off.
+fn body_of(response: reqwest::Response) -> impl futures_util::Stream<Item = Result<Bytes, String>> {
+    Box::pin(futures_util::stream::unfold(
+        response,
+        |mut response| async move {
+            match response.chunk().await {
+                Ok(Some(chunk)) => Some((Ok(chunk), response)),
+                Ok(None) => None,
+                Err(e) => Some((Err(chain(&e.without_url())), response)),
+            }
+        },
+    ))
+}
+
+/// Base64 text decoded a slice at a time (a multiple of 4 characters, so every slice
+/// decodes on its own): the decoded audio is never whole in memory.
+fn decoded(base64: &str) -> impl futures_util::Stream<Item = Result<Bytes, String>> + '_ {
+    use base64::Engine as _;
+    const SLICE: usize = 64 * 1024;
+    let text = base64.trim().as_bytes();
+    futures_util::stream::iter(text.chunks(SLICE).map(|slice| {
+        base64::engine::general_purpose::STANDARD
+            .decode(slice)
+            .map(Bytes::from)
+            .map_err(|e| format!("invalid_audio: {e}"))
+    }))
+}
+
+/// Streams the chunks into `sink`, counting and hashing them, and commits it only whole.
 async fn pour(
-    mut response: reqwest::Response,
+    mut chunks: impl futures_util::Stream<Item = Result<Bytes, String>> + Unpin,
     mut sink: Sink,
     max_bytes: u64,
 ) -> std::io::Result<Streamed> {
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
     let outcome = loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
+        match chunks.next().await {
+            Some(Ok(chunk)) => {
                 bytes += chunk.len() as u64;
                 if bytes > max_bytes {
                     break Streamed::TooLarge;
@@ -449,13 +517,13 @@ async fn pour(
                     return Err(e);
                 }
             }
-            Ok(None) => {
+            None => {
                 break Streamed::Done {
                     sha256: hex::encode(hasher.finalize()),
                     bytes,
                 };
             }
-            Err(e) => break Streamed::Interrupted(e),
+            Some(Err(e)) => break Streamed::Interrupted(e),
         }
     };
     match outcome {

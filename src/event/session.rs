@@ -243,6 +243,10 @@ pub struct Recording {
     /// The gateway's copy of the recording (`[recordings]`); null where none was attempted.
     #[serde(default)]
     pub archive: Option<Archive>,
+    /// The vendor sent the audio itself in the request's body (ElevenLabs `post_call_audio`)
+    /// rather than a URL: what ingest archives is that body. Never serialised.
+    #[serde(skip)]
+    pub in_body: bool,
 }
 
 /// `session.recording.archive`: the recording as the gateway stored it, or why it could not.

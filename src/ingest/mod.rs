@@ -398,10 +398,9 @@ fn recording_job(
 ) -> Option<NewJob> {
     let max_wait = max_wait?;
     let carrying = |e: &&NewEvent| {
-        let ready =
-            e.facts.recording.as_ref().is_some_and(|r| {
-                r.status == crate::event::RecordingStatus::Ready && r.url.is_some()
-            });
+        let ready = e.facts.recording.as_ref().is_some_and(|r| {
+            r.status == crate::event::RecordingStatus::Ready && (r.url.is_some() || r.in_body)
+        });
         ready
             && !e.implied
             && matches!(
@@ -498,6 +497,7 @@ mod tests {
                     url: Some("https://recordings.example/1.wav".into()),
                     expires_at,
                     archive: None,
+                    in_body: false,
                 }),
                 ..Session::default()
             },
@@ -532,5 +532,40 @@ mod tests {
         let job = recording_job(&[recording_ready(Some(soon))], received, Some(day)).unwrap();
         assert_eq!(job.deadline, soon);
         assert!(recording_job(&[recording_ready(Some(soon))], received, None).is_none());
+    }
+}
+
+#[cfg(test)]
+mod audio_tests {
+    use super::*;
+    use crate::vendors::Vendor;
+    use crate::vendors::test_support::recognized;
+
+    #[test]
+    fn audio_in_the_body_leaves_an_archive_job_that_holds_its_recording_ready() {
+        let r = recognized(
+            Vendor::ElevenLabs,
+            &crate::testing::fixture("elevenlabs", "post-call-audio.json"),
+        );
+        let source = Source {
+            name: "elevenlabs".into(),
+            vendor: Vendor::ElevenLabs,
+            auth: crate::auth::SourceAuth::None,
+            transcripts: None,
+            max_body_bytes: None,
+            finalize_wait: None,
+        };
+        let accept = build_accept(
+            &source,
+            r,
+            None,
+            Timestamp::now(),
+            Bytes::new(),
+            &[],
+            Some(Duration::from_secs(60)),
+        );
+        let job = accept.job.expect("an archive job");
+        assert_eq!(job.kind, JobKind::Recording);
+        assert_eq!(job.holds, [EventType::RecordingReady]);
     }
 }

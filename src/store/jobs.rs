@@ -50,6 +50,11 @@ pub fn job_id(first_event: &EventId) -> String {
     format!("job_{}", first_event.as_str().trim_start_matches("evt_"))
 }
 
+/// The id of the event whose request left job `job_id` (the inverse of [`job_id`]).
+pub fn event_of_job(job_id: &str) -> String {
+    format!("evt_{}", job_id.trim_start_matches("job_"))
+}
+
 /// Which of a request's stored events its job holds back, with their targets.
 pub(crate) fn holds(accept: &Inbound, events: &[(&NewEvent, String)]) -> Vec<Hold> {
     let Some(job) = &accept.job else {

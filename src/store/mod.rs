@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use secrecy::ExposeSecret;
 
-pub use self::jobs::{ClaimedJob, Hold, JobEnd, JobResult, job_id};
+pub use self::jobs::{ClaimedJob, Hold, JobEnd, JobResult, event_of_job, job_id};
 pub(crate) use self::jobs::{ENRICHMENT_KINDS, finalized_to_hold, holds, rerender};
 pub use self::listing::{Retried, SessionFilter, SessionListing, Timeline};
 use self::settings::StorageConfig;

@@ -137,6 +137,7 @@ pub(super) fn normalize(body: &Map<String, Value>) -> Result<Normalized, Payload
             url: Some(url.to_owned()),
             expires_at: None,
             archive: None,
+            in_body: false,
         }),
         ..Session::default()
     };
@@ -312,6 +313,7 @@ mod tests {
                 )),
                 expires_at: None,
                 archive: None,
+                in_body: false,
             })
         );
         let analysis = serde_json::to_value(s.analysis.as_ref().unwrap()).unwrap();

@@ -52,6 +52,24 @@ pub(super) const RAW_FIELDS: &[(&str, &str)] = &[
     ("session.recording", "data.full_audio"),
 ];
 
+/// The base64 audio of a `post_call_audio` body (`data.full_audio`), read without copying
+/// it where the JSON string has no escapes (base64 needs none).
+pub(super) fn audio_in_body(raw: &[u8]) -> Result<std::borrow::Cow<'_, str>, String> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        data: Data<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow)]
+        full_audio: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<Envelope<'_>>(raw)
+        .map(|e| e.data.full_audio)
+        .map_err(|e| format!("no audio in the stored body: {e}"))
+}
+
 pub(super) fn normalize(body: &Map<String, Value>) -> Result<Normalized, PayloadError> {
     let f = Fields::root(body);
     let kind = f.id("type")?;
@@ -92,6 +110,7 @@ pub(super) fn normalize(body: &Map<String, Value>) -> Result<Normalized, Payload
                 url: None,
                 expires_at: None,
                 archive: None,
+                in_body: true,
             });
         }
     }
@@ -395,6 +414,7 @@ mod tests {
         );
         assert_eq!(r.events.len(), 1);
         assert_eq!(r.events[0].event_type, EventType::RecordingReady);
+        assert!(r.events[0].session.recording.as_ref().unwrap().in_body);
         let body = json!({"type": "voice_removal_notice", "event_timestamp": 1, "data": {}});
         assert!(matches!(
             normalize(Vendor::ElevenLabs, &serde_json::to_vec(&body).unwrap()),

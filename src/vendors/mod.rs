@@ -112,6 +112,15 @@ impl Vendor {
         !matches!(self, Vendor::Agntix)
     }
 
+    /// The base64 audio a request of this vendor carried in its body, for a recording whose
+    /// [`crate::event::Recording::in_body`] is set (ElevenLabs `post_call_audio`).
+    pub fn audio_in_body(self, raw: &[u8]) -> Result<std::borrow::Cow<'_, str>, String> {
+        match self {
+            Vendor::ElevenLabs => elevenlabs::audio_in_body(raw),
+            other => Err(format!("{other} sends no audio in its bodies")),
+        }
+    }
+
     pub fn parse(name: &str) -> Option<Vendor> {
         Vendor::ALL.into_iter().find(|v| v.as_str() == name)
     }

@@ -143,12 +143,14 @@ fn read_recording(
             url: Some(url.to_owned()),
             expires_at: Some(timestamp.plus_seconds(RECORDING_URL_LIFETIME_SECONDS)),
             archive: None,
+            in_body: false,
         },
         _ => Recording {
             status: RecordingStatus::Failed,
             url: None,
             expires_at: None,
             archive: None,
+            in_body: false,
         },
     })
 }
@@ -260,6 +262,7 @@ mod tests {
                 ),
                 expires_at: ts("2026-05-03T08:58:02.117Z"),
                 archive: None,
+                in_body: false,
             })
         );
     }
@@ -274,6 +277,7 @@ mod tests {
                 url: None,
                 expires_at: None,
                 archive: None,
+                in_body: false,
             })
         );
     }

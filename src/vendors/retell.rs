@@ -239,6 +239,7 @@ fn recording(call: &Fields<'_>, at: Timestamp) -> Result<Option<Recording>, Payl
         url: Some(url.to_owned()),
         expires_at,
         archive: None,
+        in_body: false,
     }))
 }
 

@@ -248,6 +248,7 @@ fn recording(a: &Fields<'_>) -> Result<Option<Recording>, PayloadError> {
         url: Some(url.to_owned()),
         expires_at,
         archive: None,
+        in_body: false,
     }))
 }
 

@@ -233,21 +233,6 @@ async fn a_source_path_cannot_forge_log_lines_or_write_escapes() {
     }
 }
 
-/// Resident and peak resident memory of a process, in MiB.
-fn memory_mib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .unwrap()
-            / 1024
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 /// Opens a connection, sends `head` and then all but the last byte of a 1 MiB body, and
 /// keeps the connection open until the returned task is aborted.
 async fn hold_a_body(address: &str, head: String) -> tokio::task::JoinHandle<()> {

@@ -259,16 +259,16 @@ fn demo_runs_the_whole_pipeline_and_exits_0() {
         "demo failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("The receiver got 8 events:"), "{stdout}");
-    assert_eq!(stdout.matches("signature verified").count(), 8, "{stdout}");
+    assert!(stdout.contains("The receiver got 17 events:"), "{stdout}");
+    assert_eq!(stdout.matches("signature verified").count(), 17, "{stdout}");
     assert!(!stdout.contains("INVALID"));
     assert_eq!(
         stdout.matches("200 duplicate").count(),
-        2,
-        "a re-delivery and a Svix retry: {stdout}"
+        3,
+        "a re-delivery, a Svix retry and a Retell retry: {stdout}"
     );
     assert!(
-        stdout.contains("One session.finalized per session (3 sessions)"),
+        stdout.contains("One session.finalized per session (6 sessions)"),
         "{stdout}"
     );
     // The pretty-printed record is the merged one: endedAt came from session.ended.
@@ -287,6 +287,15 @@ fn demo_runs_the_whole_pipeline_and_exits_0() {
         stdout.contains("assistant Done: you are booked"),
         "{stdout}"
     );
+    // Each voice platform's call went in signed its vendor's way and was finalized once.
+    for vendor in ["retell", "vapi", "elevenlabs"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains("session.finalized") && l.contains(&format!(" {vendor} "))),
+            "{vendor}: {stdout}"
+        );
+    }
     // It ends saying that order is not a promise, and how to run the gateway for real.
     assert!(
         stdout.contains("Receivers must not\nrely on order"),

@@ -299,3 +299,97 @@ async fn the_finalize_wait_finalizes_a_session_whose_completing_event_never_came
     app.wait_for_deliveries(DeliveryStatus::Delivered, 3).await;
     assert_eq!(receiver.received().len(), 3);
 }
+
+/// ElevenLabs' `post_call_audio` carries the whole call as base64 MP3: a 20 MiB recording
+/// (a 27 MiB body) is accepted under the source's own body limit and archived from the
+/// stored body, decoded a slice at a time, with the gateway's memory bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_20_mib_elevenlabs_audio_body_is_archived_with_bounded_memory() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let recordings = dir.path().join("recordings");
+    let extra = format!(
+        "[[sources]]\nname = \"elevenlabs\"\nvendor = \"elevenlabs\"\n\
+         auth = {{ kind = \"elevenlabs\", secret = \"env:TEST_ELEVENLABS_SECRET\" }}\n\
+         max_body_bytes = 33554432\n\
+         [recordings]\nstore = \"file://{}\"\n\
+         [[targets]]\nname = \"r\"\nurl = \"{}\"\ninclude_raw = false\n",
+        recordings.display(),
+        receiver.url("/")
+    );
+    let config = gateway_config(dir.path(), &sqlite_in(dir.path()), &extra);
+    let gateway = GatewayProcess::start(
+        &config,
+        &[
+            ("TEST_PATHORS_TOKEN", PATHORS_TOKEN),
+            ("TEST_ELEVENLABS_SECRET", ELEVENLABS_SECRET),
+        ],
+    );
+    let pid = gateway.child.id();
+    let (idle, _) = memory_mib(pid);
+
+    // 20 MiB that do not compress, as MP3 does not.
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let audio: Vec<u8> = (0..20 * 1024 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "type": "post_call_audio",
+        "event_timestamp": unix_now(),
+        "data": {
+            "agent_id": "agent_big",
+            "conversation_id": "conv_big_audio",
+            "full_audio": base64::engine::general_purpose::STANDARD.encode(&audio),
+        }
+    }))
+    .unwrap();
+    let body_mib = body.len() / (1024 * 1024);
+    let mut request = reqwest::Client::new()
+        .post(gateway.url("/ingest/elevenlabs"))
+        .header("content-type", "application/json")
+        .timeout(std::time::Duration::from_secs(60))
+        .body(body.clone());
+    for (name, value) in
+        sessiongate::testing::elevenlabs_headers(ELEVENLABS_SECRET, unix_now(), &body)
+    {
+        request = request.header(name, value);
+    }
+    let answer = request.send().await.unwrap();
+    assert_eq!(answer.status(), 202, "{}", answer.text().await.unwrap());
+    drop(body);
+
+    let received = receiver.wait_for(1).await;
+    let event = received[0].json();
+    assert_eq!(event["type"], "recording.ready");
+    let archive = &event["session"]["recording"]["archive"];
+    assert_eq!(archive["status"], "archived", "{archive}");
+    assert_eq!(archive["bytes"], audio.len());
+    assert_eq!(archive["contentType"], "audio/mpeg");
+    let sha = hex::encode(sha2::Sha256::digest(&audio));
+    assert_eq!(archive["sha256"], sha.as_str());
+    let path = archive["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("file://");
+    assert_eq!(
+        std::fs::read(path).unwrap(),
+        audio,
+        "the archived object is the audio"
+    );
+
+    let (_, peak) = memory_mib(pid);
+    println!("RSS while archiving a {body_mib} MiB audio body: idle {idle} MiB, peak {peak} MiB");
+    // The body is held while it is verified and parsed, and read back once for the
+    // archive; the decoded audio is never whole in memory.
+    assert!(
+        peak < idle + 5 * body_mib as u64,
+        "peak RSS {peak} MiB (idle {idle} MiB)"
+    );
+}
