@@ -7,6 +7,8 @@
 //!     cargo run --release --bin loadgen -- --nats nats://127.0.0.1:4222
 //!                              # a second target on NATS JetStream, counted beside HTTP
 //!     cargo run --release --bin loadgen -- --traffic agntix  # Agntix created/ended only
+//!     cargo run --release --bin loadgen -- --traffic retell  # or vapi, elevenlabs: one
+//!                              # platform's events, signed its way (its verify + map cost)
 //!     cargo run --release --bin loadgen -- --session-ids counter
 //!                              # ascending session ids instead of the vendors' random UUIDs
 //!     cargo run --release --bin loadgen -- --scrapers 16 --pending 1000000
@@ -38,6 +40,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const AGNTIX_SECRET: &str = "whsec_YmVuY2htYXJrLWFnbnRpeC1zaWduaW5nLXNlY3JldA==";
 const PATHORS_TOKEN: &str = "Bearer benchmark-pathors-token";
+const RETELL_KEY: &str = "key_benchmark_retell";
+const VAPI_SECRET: &str = "benchmark-vapi-hmac-secret";
+const ELEVENLABS_SECRET: &str = "wsec_benchmark_elevenlabs";
 
 struct Settings {
     connections: usize,
@@ -59,6 +64,13 @@ enum Mix {
     /// `--traffic agntix`: Agntix session.created and session.ended (with analysis) in
     /// turn, each for a session of its own; 1.5 deliveries per request.
     Agntix,
+    /// `--traffic retell`: call_ended (with its transcript; its session.finalized waits
+    /// for call_analyzed) and call_analyzed in turn, each for a call of its own.
+    Retell,
+    /// `--traffic vapi`: the ended status-update and the end-of-call-report in turn.
+    Vapi,
+    /// `--traffic elevenlabs`: post_call_transcription and call_initiation_failure in turn.
+    ElevenLabs,
 }
 
 /// How each request's session is named.
@@ -84,12 +96,42 @@ impl Traffic {
     }
 }
 
+/// The requests the mixes send, by kind.
+mod kind {
+    pub const AGNTIX_CREATED: u64 = 0;
+    pub const AGNTIX_ENDED: u64 = 1;
+    pub const PATHORS_CALL_ENDED: u64 = 2;
+    pub const RETELL_ENDED: u64 = 3;
+    pub const RETELL_ANALYZED: u64 = 4;
+    pub const VAPI_ENDED: u64 = 5;
+    pub const VAPI_REPORT: u64 = 6;
+    pub const ELEVENLABS_TRANSCRIPTION: u64 = 7;
+    pub const ELEVENLABS_FAILURE: u64 = 8;
+}
+
 impl Mix {
-    /// Which request kind request `n` is: 0 created, 1 ended, 2 Pathors call.ended.
+    /// Which request kind request `n` is.
     fn kind(self, n: u64) -> u64 {
+        use kind::*;
+        let turn = |kinds: &[u64]| kinds[(n % kinds.len() as u64) as usize];
         match self {
-            Mix::Mixed => n % 3,
-            Mix::Agntix => n % 2,
+            Mix::Mixed => turn(&[AGNTIX_CREATED, AGNTIX_ENDED, PATHORS_CALL_ENDED]),
+            Mix::Agntix => turn(&[AGNTIX_CREATED, AGNTIX_ENDED]),
+            Mix::Retell => turn(&[RETELL_ENDED, RETELL_ANALYZED]),
+            Mix::Vapi => turn(&[VAPI_ENDED, VAPI_REPORT]),
+            Mix::ElevenLabs => turn(&[ELEVENLABS_TRANSCRIPTION, ELEVENLABS_FAILURE]),
+        }
+    }
+
+    /// The deliveries an accepted request of `kind` makes at once, beyond its first: each
+    /// request is a session of its own, so a Retell call_ended's session.finalized waits
+    /// for a call_analyzed that does not come within the run.
+    fn extra_deliveries(kind: u64) -> u64 {
+        use kind::*;
+        match kind {
+            AGNTIX_ENDED | RETELL_ENDED | VAPI_ENDED => 1,
+            VAPI_REPORT | ELEVENLABS_TRANSCRIPTION | ELEVENLABS_FAILURE => 2,
+            _ => 0,
         }
     }
 }
@@ -125,7 +167,12 @@ fn main() -> anyhow::Result<()> {
             mix: match value("--traffic").as_deref() {
                 None | Some("mixed") => Mix::Mixed,
                 Some("agntix") => Mix::Agntix,
-                Some(other) => bail!("--traffic must be mixed or agntix, not {other}"),
+                Some("retell") => Mix::Retell,
+                Some("vapi") => Mix::Vapi,
+                Some("elevenlabs") => Mix::ElevenLabs,
+                Some(other) => bail!(
+                    "--traffic must be mixed, agntix, retell, vapi or elevenlabs, not {other}"
+                ),
             },
             ids: match value("--session-ids").as_deref() {
                 None | Some("uuid") => SessionIds::Uuid,
@@ -359,6 +406,8 @@ struct Requests {
     created: String,
     ended: String,
     pathors: String,
+    /// The voice platforms' documented examples, by request kind.
+    voice: std::collections::HashMap<u64, String>,
     port: u16,
     traffic: Traffic,
 }
@@ -373,6 +422,31 @@ impl Requests {
             created: fixture("agntix", "session-created.json")?,
             ended: fixture("agntix", "session-ended.json")?,
             pathors: fixture("pathors", "call-ended.json")?,
+            voice: [
+                (kind::RETELL_ENDED, fixture("retell", "call-ended.json")?),
+                (
+                    kind::RETELL_ANALYZED,
+                    fixture("retell", "call-analyzed.json")?,
+                ),
+                (
+                    kind::VAPI_ENDED,
+                    fixture("vapi", "status-update-ended.json")?,
+                ),
+                (
+                    kind::VAPI_REPORT,
+                    fixture("vapi", "end-of-call-report.json")?,
+                ),
+                (
+                    kind::ELEVENLABS_TRANSCRIPTION,
+                    fixture("elevenlabs", "post-call-transcription.json")?,
+                ),
+                (
+                    kind::ELEVENLABS_FAILURE,
+                    fixture("elevenlabs", "call-initiation-failure.json")?,
+                ),
+            ]
+            .into_iter()
+            .collect(),
             port,
             traffic,
         })
@@ -391,9 +465,44 @@ impl Requests {
             SessionIds::Uuid => uuid::Uuid::new_v4().to_string(),
             SessionIds::Counter => format!("bench-{salt:x}-{n}"),
         };
+        let header_lines = |headers: &[(&str, String)]| {
+            headers
+                .iter()
+                .map(|(name, value)| format!("{name}: {value}\r\n"))
+                .collect::<String>()
+        };
+        let ms = now.as_millis() as i64;
         let (path, body, headers) = match self.traffic.kind(n) {
-            kind @ (0 | 1) => {
-                let template = if kind == 0 {
+            k @ (kind::RETELL_ENDED | kind::RETELL_ANALYZED) => {
+                let body =
+                    self.voice[&k].replace("call_3f9d2a61c84b4e07b1d5e9a7c20f4b18", &session);
+                let headers = sessiongate::testing::retell_headers(RETELL_KEY, ms, body.as_bytes());
+                ("/ingest/retell", body, header_lines(&headers))
+            }
+            k @ (kind::VAPI_ENDED | kind::VAPI_REPORT) => {
+                let body = self.voice[&k]
+                    .replace("6e0b2f3c-1a4d-4b7e-9f21-8c5d3a7e0b94", &session)
+                    .replace("1778599291902", &ms.to_string())
+                    .replace("1778599299880", &ms.to_string());
+                let headers =
+                    sessiongate::testing::vapi_hmac_headers(VAPI_SECRET, ms, body.as_bytes());
+                ("/ingest/vapi", body, header_lines(&headers))
+            }
+            k @ (kind::ELEVENLABS_TRANSCRIPTION | kind::ELEVENLABS_FAILURE) => {
+                let body = self.voice[&k]
+                    .replace("conv_01jx8m3q5v7w9y1z3b5d7f9h2k", &session)
+                    .replace("conv_01jx8k7d2f4h6j8m0p2r4t6v8x", &session)
+                    .replace("1778601676", &(ms / 1000).to_string())
+                    .replace("1778600741", &(ms / 1000).to_string());
+                let headers = sessiongate::testing::elevenlabs_headers(
+                    ELEVENLABS_SECRET,
+                    ms / 1000,
+                    body.as_bytes(),
+                );
+                ("/ingest/elevenlabs", body, header_lines(&headers))
+            }
+            k @ (kind::AGNTIX_CREATED | kind::AGNTIX_ENDED) => {
+                let template = if k == kind::AGNTIX_CREATED {
                     &self.created
                 } else {
                     &self.ended
@@ -500,8 +609,8 @@ impl Latencies {
 struct LoadResult {
     requests: u64,
     errors: u64,
-    /// Accepted Agntix session.ended requests: each becomes two deliveries.
-    ended_ok: u64,
+    /// Deliveries the accepted requests made beyond one each (an Agntix session.ended: two).
+    extra_deliveries: u64,
     elapsed: Duration,
     latencies: Latencies,
 }
@@ -536,7 +645,7 @@ async fn load(
         tasks.push(tokio::spawn(async move {
             let mut connection = Connection::open(port).await?;
             let mut latencies = Vec::new();
-            let (mut sent, mut errors, mut ended_ok) = (0u64, 0u64, 0u64);
+            let (mut sent, mut errors, mut extra_deliveries) = (0u64, 0u64, 0u64);
             let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
             let offset =
                 interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / connections as f64));
@@ -551,9 +660,9 @@ async fn load(
                     None => Instant::now(),
                 };
                 let request = requests.build(n, salt);
-                let ended = traffic.kind(n) == 1;
+                let extra = Mix::extra_deliveries(traffic.kind(n));
                 match connection.exchange(&request).await {
-                    Ok(status) if status / 100 == 2 => ended_ok += u64::from(ended),
+                    Ok(status) if status / 100 == 2 => extra_deliveries += extra,
                     Ok(_) => errors += 1,
                     Err(_) => {
                         errors += 1;
@@ -564,21 +673,21 @@ async fn load(
                 sent += 1;
                 latencies.push(scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32);
             }
-            anyhow::Ok((sent, errors, ended_ok, latencies))
+            anyhow::Ok((sent, errors, extra_deliveries, latencies))
         }));
     }
     let mut result = LoadResult {
         requests: 0,
         errors: 0,
-        ended_ok: 0,
+        extra_deliveries: 0,
         elapsed: Duration::ZERO,
         latencies: Latencies::default(),
     };
     for task in tasks {
-        let (sent, errors, ended_ok, latencies) = task.await??;
+        let (sent, errors, extra_deliveries, latencies) = task.await??;
         result.requests += sent;
         result.errors += errors;
-        result.ended_ok += ended_ok;
+        result.extra_deliveries += extra_deliveries;
         result.latencies.0.extend(latencies);
     }
     result.elapsed = started.elapsed();
@@ -646,6 +755,18 @@ auth = {{ kind = "svix", secrets = ["{AGNTIX_SECRET}"] }}
 name = "pathors"
 vendor = "pathors"
 auth = {{ kind = "header", header = "Authorization", value = "{PATHORS_TOKEN}" }}
+[[sources]]
+name = "retell"
+vendor = "retell"
+auth = {{ kind = "retell", api_key = "{RETELL_KEY}" }}
+[[sources]]
+name = "vapi"
+vendor = "vapi"
+auth = {{ kind = "hmac", secret = "{VAPI_SECRET}", header = "x-signature", timestamp_header = "x-timestamp", payload = "{{timestamp}}.{{body}}" }}
+[[sources]]
+name = "elevenlabs"
+vendor = "elevenlabs"
+auth = {{ kind = "elevenlabs", secret = "{ELEVENLABS_SECRET}" }}
 [[targets]]
 name = "receiver"
 url = "http://127.0.0.1:{receiver_port}/events"
@@ -804,7 +925,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // Every accepted event is one delivery, or two for Agntix session.ended (+ finalized).
     let expected_deliveries = [&warmed, &closed]
         .iter()
-        .map(|r| r.requests - r.errors + r.ended_ok)
+        .map(|r| r.requests - r.errors + r.extra_deliveries)
         .sum::<u64>();
     let drain_started = Instant::now();
     while receiver.delivered.load(Ordering::Relaxed) - delivered_at_start < expected_deliveries
