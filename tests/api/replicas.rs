@@ -172,3 +172,90 @@ async fn a_database_outage_answers_503_never_2xx_and_recovers_without_a_restart(
         "still a duplicate"
     );
 }
+
+/// Retell calls whose `call_ended` and `call_analyzed` reach two replicas at once (and each
+/// again at the other): every call gets one `session.finalized`, the vendor's own, whichever
+/// replica committed what first — the completing event taking a waiting finalize's place
+/// races the other replica's commits on the session's compare-and-set.
+#[cfg_attr(
+    not(sg_postgres),
+    ignore = "needs PostgreSQL: set SESSIONGATE_TEST_POSTGRES_URL"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_finalize_each_retell_call_once() {
+    let Some(url) = postgres_schema_url().await else {
+        return;
+    };
+    const KEY: &str = "key_replicas_retell";
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[[sources]]\nname = \"retell\"\nvendor = \"retell\"\n\
+         auth = {{ kind = \"retell\", api_key = \"env:TEST_RETELL_KEY\" }}\n\
+         [[targets]]\nname = \"crm\"\nurl = \"{}\"\n",
+        receiver.url("/crm")
+    );
+    let config = gateway_config(
+        dir.path(),
+        "url = \"env:TEST_PG_URL\"\npool_size = 4",
+        &extra,
+    );
+    let env = [
+        ("TEST_PG_URL", url.as_str()),
+        ("TEST_PATHORS_TOKEN", PATHORS_TOKEN),
+        ("TEST_RETELL_KEY", KEY),
+    ];
+    let a = GatewayProcess::start(&config, &env);
+    let b = GatewayProcess::start(&config, &env);
+    let client = reqwest::Client::new();
+    let send = |gateway: &GatewayProcess, name: &str, call: &str| {
+        let mut v: Value = serde_json::from_slice(&fixture("retell", name)).unwrap();
+        v["call"]["call_id"] = call.into();
+        let body = serde_json::to_vec(&v).unwrap();
+        let mut request = client
+            .post(gateway.url("/ingest/retell"))
+            .body(body.clone());
+        let ms = unix_now() * 1000;
+        for (name, value) in sessiongate::testing::retell_headers(KEY, ms, &body) {
+            request = request.header(name, value);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    const CALLS: usize = 30;
+    for i in 0..CALLS {
+        let call = format!("call_replica_{i}");
+        let (first, second) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let (ended, analyzed) = tokio::join!(
+            send(first, "call-ended.json", &call),
+            send(second, "call-analyzed.json", &call)
+        );
+        assert!(matches!(ended, 200 | 202) && matches!(analyzed, 200 | 202));
+        // Each again at the other replica: a duplicate there.
+        let (ended, analyzed) = tokio::join!(
+            send(second, "call-ended.json", &call),
+            send(first, "call-analyzed.json", &call)
+        );
+        assert_eq!((ended, analyzed), (200, 200), "{call}");
+    }
+    // Each call: session.ended, call.ended and one session.finalized.
+    receiver
+        .wait_until(Duration::from_secs(60), |r| r.received().len() >= 3 * CALLS)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events: Vec<Value> = receiver.received().iter().map(Received::json).collect();
+    for i in 0..CALLS {
+        let call = format!("call_replica_{i}");
+        let finals: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["session"]["id"] == call.as_str() && e["type"] == "session.finalized")
+            .collect();
+        assert_eq!(finals.len(), 1, "{call}");
+        assert_eq!(finals[0]["source"]["eventType"], "call_analyzed", "{call}");
+        assert_eq!(
+            finals[0]["session"]["analysis"]["successful"], true,
+            "{call}"
+        );
+    }
+    let distinct: HashSet<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(distinct.len(), 3 * CALLS, "nothing more, nothing less");
+}
