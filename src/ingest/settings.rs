@@ -360,10 +360,12 @@ fn parse_transcripts(
     t: RawTranscripts,
     cx: &mut Context,
 ) -> Result<Transcripts, ConfigError> {
-    if vendor != Vendor::Agntix {
+    if !vendor.fetches_transcripts() {
         return Err(invalid(
             key,
-            format!("transcripts are fetched from the Agntix API; a {vendor} source has none"),
+            format!(
+                "transcripts are fetched from the Agntix API; a {vendor} source has none (its webhooks carry the conversation, or none)"
+            ),
         ));
     }
     let url = cx.reference(&format!("{key}.api_url"), &t.api_url)?;

@@ -106,6 +106,13 @@ impl Vendor {
         }
     }
 
+    /// Whether a source of this vendor can fetch each session's transcript from the
+    /// vendor's API (`transcripts`, [`crate::enrich::transcripts`]): Agntix's webhooks are
+    /// summary-grade; the voice platforms' carry the turns.
+    pub fn fetches_transcripts(self) -> bool {
+        matches!(self, Vendor::Agntix)
+    }
+
     /// Whether the recording URL this vendor sends is the recording itself (archived with
     /// `[recordings]`) rather than a page about it (Agntix links its dashboard).
     pub fn archives_recordings(self) -> bool {
