@@ -86,8 +86,10 @@ pub(super) fn normalize(body: &Map<String, Value>) -> Result<Normalized, Payload
             });
         }
     };
+    // Seconds in every example; an older page typed it a string (unconfirmed): a string
+    // of digits is read too, so that a change of type does not cost the event.
     let occurred_at = f
-        .opt_unix_seconds("event_timestamp")?
+        .opt_unix_any("event_timestamp")?
         .ok_or_else(|| PayloadError::Missing("event_timestamp".into()))?;
     let data = f
         .opt_object("data", "data")?

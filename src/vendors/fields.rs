@@ -201,6 +201,27 @@ impl<'a> Fields<'a> {
         self.opt_unix(key, 1000, "a Unix time in seconds")
     }
 
+    /// A Unix time whose unit no source settles: below 10^11 it is seconds (10^11 s is the
+    /// year 5138), else milliseconds (10^11 ms is March 1973). Digits in a string are read
+    /// too, where a vendor's documents disagree on the type.
+    pub fn opt_unix_any(&self, key: &str) -> Result<Option<Timestamp>, PayloadError> {
+        const EXPECTED: &str = "a Unix time in seconds or milliseconds";
+        let value = match self.present(key) {
+            None => return Ok(None),
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                s.parse::<f64>().ok()
+            }
+            Some(_) => None,
+        }
+        .ok_or_else(|| self.wrong(key, EXPECTED))?;
+        let ms = if value < 1e11 { value * 1000.0 } else { value };
+        if !(0.0..=253_402_300_799_999.0).contains(&ms) {
+            return Err(self.wrong(key, EXPECTED));
+        }
+        Ok(Some(Timestamp::from_unix_millis(ms.round() as i64)))
+    }
+
     fn opt_unix(
         &self,
         key: &str,
@@ -354,6 +375,21 @@ mod tests {
                 f.opt_unix_millis(bad).unwrap_err().to_string(),
                 format!("field `{bad}` must be a Unix time in milliseconds")
             );
+        }
+    }
+
+    #[test]
+    fn a_unix_time_of_unsettled_unit_is_read_by_its_magnitude() {
+        let o = obj(
+            json!({"s": 1778601676, "ms": 1778599291902_u64, "text": "1778601676", "neg": -5, "word": "soon"}),
+        );
+        let f = Fields::root(&o);
+        let read = |k| f.opt_unix_any(k).unwrap().unwrap().to_string();
+        assert_eq!(read("s"), "2026-05-12T16:01:16.000Z");
+        assert_eq!(read("ms"), "2026-05-12T15:21:31.902Z");
+        assert_eq!(read("text"), "2026-05-12T16:01:16.000Z");
+        for bad in ["neg", "word"] {
+            assert!(f.opt_unix_any(bad).is_err(), "{bad}");
         }
     }
 

@@ -72,7 +72,8 @@ pub(super) fn normalize(body: &Map<String, Value>) -> Result<Normalized, Payload
         .opt_object("call", "message.call")?
         .ok_or_else(|| PayloadError::Missing("message.call".into()))?;
     let session_id = call.id("id")?;
-    let occurred_at = match m.opt_unix_millis("timestamp")? {
+    // "number" in Vapi's spec; milliseconds in its examples (unconfirmed): read by magnitude.
+    let occurred_at = match m.opt_unix_any("timestamp")? {
         Some(t) => t,
         None => call.timestamp("updatedAt")?,
     };
@@ -277,7 +278,7 @@ fn transcript(a: &Fields<'_>) -> Result<Option<Transcript>, PayloadError> {
                 id: None,
                 role,
                 content: t.opt_str("message")?.unwrap_or_default().to_owned(),
-                at: t.opt_unix_millis("time")?,
+                at: t.opt_unix_any("time")?,
                 tool_call: t.opt_value("toolCalls").cloned(),
             },
         ));
