@@ -441,7 +441,7 @@ mod tests {
             message_id: None,
             received_at: ts("2026-04-08T05:10:00Z"),
             raw: b"{}".to_vec().into(),
-            job: None,
+            jobs: Vec::new(),
             events: ended
                 .events
                 .iter()

@@ -252,8 +252,9 @@ pub struct Inbound {
     /// In emission order. The first event not [`NewEvent::implied`] is the request's
     /// own: its id is the request's duplicate key ([`Inbound::primary`]).
     pub events: Vec<NewEvent>,
-    /// Work the request leaves behind, committed with it (a transcript to fetch).
-    pub job: Option<NewJob>,
+    /// Work the request leaves behind, committed with it (a transcript to fetch, a
+    /// recording to archive, a finalize wait). An event is held by one job at most.
+    pub jobs: Vec<NewJob>,
 }
 
 /// Stored work a request leaves behind, committed in its transaction so that neither a

@@ -279,7 +279,7 @@ async fn commit(state: &IngestState, accept: Inbound) -> Result<IngestOutcome, A
     let jobs = state.jobs.clone();
     actix_web::rt::spawn(async move {
         let (slots, handoff) = dispatcher.reserve(&accept);
-        let left_a_job = accept.job.is_some();
+        let left_a_job = !accept.jobs.is_empty();
         let mut outcome = store.accept_handing_over(accept, handoff).await?;
         if let IngestOutcome::Accepted {
             targets, handed, ..
@@ -345,7 +345,7 @@ pub fn build_accept(
         })
         .collect::<Vec<_>>();
     let has = |events: &[NewEvent], t: EventType| events.iter().any(|e| e.event_type == t);
-    let mut job = None;
+    let mut jobs = Vec::new();
     if let Some(wait) = source.finalize_wait
         && !has(&events, EventType::SessionFinalized)
         && let Some(ended) = events
@@ -361,19 +361,25 @@ pub fn build_accept(
         );
         events.push(finalized);
         if !wait.is_zero() {
-            job = Some(NewJob {
+            jobs.push(NewJob {
                 kind: JobKind::Finalize,
                 deadline: received_at.plus_millis(wait.as_millis() as i64),
                 holds: vec![EventType::SessionFinalized],
             });
         }
     }
-    let job = job
-        .or_else(|| transcript_job(source, &events, received_at))
-        .or_else(|| {
-            let archive = archive_recordings.filter(|_| source.vendor.archives_recordings());
-            recording_job(&events, received_at, archive)
-        });
+    // An event waits for one job at most: a finalize wait's event is not also held by
+    // the archive (which starts at once all the same; the store lets one archive run per
+    // session, and a session.finalized committed while it runs joins it).
+    let waited_for: Vec<EventType> = jobs.iter().flat_map(|j| j.holds.clone()).collect();
+    let archive = archive_recordings.filter(|_| source.vendor.archives_recordings());
+    jobs.extend(
+        transcript_job(source, &events, received_at)
+            .or_else(|| recording_job(&events, received_at, archive)),
+    );
+    for job in jobs.iter_mut().filter(|j| j.kind != JobKind::Finalize) {
+        job.holds.retain(|t| !waited_for.contains(t));
+    }
     Inbound {
         source: source.name.clone(),
         vendor: source.vendor.as_str().to_owned(),
@@ -382,15 +388,15 @@ pub fn build_accept(
         message_id,
         received_at,
         raw,
-        job,
+        jobs,
         events,
     }
 }
 
-/// With `[recordings]`, a request whose own `recording.ready` or `session.finalized`
-/// carries a recording URL leaves an archive job behind, due by the URL's expiry but never
-/// later than `max_wait` after receipt (the expiry comes from the sender's clock), and
-/// those events wait for it.
+/// With `[recordings]`, a request whose own events carry a recording (a URL, or audio in
+/// the body) leaves an archive job behind, due by the URL's expiry but never later than
+/// `max_wait` after receipt (the expiry comes from the sender's clock); its
+/// `recording.ready` or `session.finalized` carrying the recording waits for it.
 fn recording_job(
     events: &[NewEvent],
     received_at: Timestamp,
@@ -398,23 +404,25 @@ fn recording_job(
 ) -> Option<NewJob> {
     let max_wait = max_wait?;
     let carrying = |e: &&NewEvent| {
-        let ready = e.facts.recording.as_ref().is_some_and(|r| {
-            r.status == crate::event::RecordingStatus::Ready && (r.url.is_some() || r.in_body)
-        });
-        ready
-            && !e.implied
-            && matches!(
-                e.event_type,
-                EventType::RecordingReady | EventType::SessionFinalized
-            )
+        !e.implied
+            && e.facts.recording.as_ref().is_some_and(|r| {
+                r.status == crate::event::RecordingStatus::Ready && (r.url.is_some() || r.in_body)
+            })
     };
     let event = events.iter().find(carrying)?;
     let latest = received_at.plus_millis(max_wait.as_millis() as i64);
     let expires_at = event.facts.recording.as_ref().and_then(|r| r.expires_at);
+    let mut holds: Vec<EventType> = events
+        .iter()
+        .filter(carrying)
+        .map(|e| e.event_type)
+        .filter(|t| matches!(t, EventType::RecordingReady | EventType::SessionFinalized))
+        .collect();
+    holds.dedup();
     Some(NewJob {
         kind: JobKind::Recording,
         deadline: expires_at.map_or(latest, |e| e.min(latest)),
-        holds: vec![event.event_type],
+        holds,
     })
 }
 
@@ -564,7 +572,8 @@ mod audio_tests {
             &[],
             Some(Duration::from_secs(60)),
         );
-        let job = accept.job.expect("an archive job");
+        assert_eq!(accept.jobs.len(), 1);
+        let job = &accept.jobs[0];
         assert_eq!(job.kind, JobKind::Recording);
         assert_eq!(job.holds, [EventType::RecordingReady]);
     }

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::event::{EventId, Inbound, JobKind, NewEvent, Session, Timestamp};
+use crate::event::{EventId, EventType, Inbound, JobKind, NewEvent, NewJob, Session, Timestamp};
 
 /// The events a job holds back: each one's id and the targets its deliveries go to once
 /// the job has ended (stored with the job as JSON).
@@ -45,47 +45,133 @@ pub struct JobResult {
     pub end: JobEnd,
 }
 
-/// The job id a request's job is stored under: one per vendor event, like its events.
-pub fn job_id(first_event: &EventId) -> String {
-    format!("job_{}", first_event.as_str().trim_start_matches("evt_"))
+/// The id a request's job of `kind` is stored under: one per vendor event and kind, like
+/// its events.
+pub fn job_id(first_event: &EventId, kind: JobKind) -> String {
+    format!(
+        "job_{}_{}",
+        first_event.as_str().trim_start_matches("evt_"),
+        kind.as_str()
+    )
 }
 
-/// The id of the event whose request left job `job_id` (the inverse of [`job_id`]).
+/// The id of the event whose request left job `job_id` (the inverse of [`job_id`]; ids
+/// stored before jobs were named by kind too have no `_kind`).
 pub fn event_of_job(job_id: &str) -> String {
-    format!("evt_{}", job_id.trim_start_matches("job_"))
+    let hex = job_id.trim_start_matches("job_");
+    format!("evt_{}", hex.split('_').next().unwrap_or(hex))
 }
 
-/// Which of a request's stored events its job holds back, with their targets.
-pub(crate) fn holds(accept: &Inbound, events: &[(&NewEvent, String)]) -> Vec<Hold> {
-    let Some(job) = &accept.job else {
-        return Vec::new();
-    };
-    events
-        .iter()
-        .filter(|(e, _)| job.holds.contains(&e.event_type))
-        .map(|(e, _)| Hold {
-            event: e.id.as_str().to_owned(),
-            targets: e.targets.clone(),
+/// A session's archive and transcript jobs as stored, as far as a commit needs them.
+#[derive(Debug, Default)]
+pub(crate) struct SessionJobs {
+    /// A pending archive of the session, and a pending transcript fetch (ids).
+    pub recording: Option<String>,
+    pub transcript: Option<String>,
+    /// An archive of the session has ended: the recording is in the record already.
+    pub archived: bool,
+}
+
+impl SessionJobs {
+    /// From `(id, kind, status)` rows of the session's recording and transcript jobs.
+    pub fn from_rows(rows: impl IntoIterator<Item = (String, String, String)>) -> SessionJobs {
+        let mut jobs = SessionJobs::default();
+        for (id, kind, status) in rows {
+            match (kind.as_str(), status.as_str()) {
+                ("recording", "pending") => jobs.recording = jobs.recording.or(Some(id)),
+                ("transcript", "pending") => jobs.transcript = jobs.transcript.or(Some(id)),
+                ("recording", _) => jobs.archived = true,
+                _ => {}
+            }
+        }
+        jobs
+    }
+}
+
+/// The statement both stores read a session's archive and transcript jobs with
+/// ([`SessionJobs::from_rows`]); `?N` placeholders are `$N` on PostgreSQL.
+pub(crate) const SESSION_JOBS: &str = "SELECT id, kind, status FROM jobs
+     WHERE vendor = ?1 AND session_id = ?2 AND kind IN ('recording', 'transcript')";
+
+/// What a commit does about jobs.
+#[derive(Debug, Default)]
+pub(crate) struct JobPlan<'a> {
+    /// The request's jobs to insert, each with the events it holds.
+    pub insert: Vec<(&'a NewJob, Vec<Hold>)>,
+    /// Holds added to a pending job of the session (its id): the request's archive when
+    /// one runs already (one archive per session), and a `session.finalized` committed
+    /// while an archive or transcript fetch of its session runs, so it carries the result.
+    pub join: Option<(String, Vec<Hold>)>,
+}
+
+impl JobPlan<'_> {
+    /// Whether `event`'s deliveries wait for a job.
+    pub fn holds(&self, event: &EventId) -> bool {
+        self.insert
+            .iter()
+            .flat_map(|(_, holds)| holds)
+            .chain(self.join.iter().flat_map(|(_, holds)| holds))
+            .any(|h| h.event == event.as_str())
+    }
+}
+
+fn hold(event: &NewEvent) -> Hold {
+    Hold {
+        event: event.id.as_str().to_owned(),
+        targets: event.targets.clone(),
+    }
+}
+
+/// Whether [`plan_jobs`] needs the session's jobs: the request leaves an archive, or has a
+/// `session.finalized` none of its own jobs holds.
+pub(crate) fn needs_session_jobs(accept: &Inbound, events: &[(&NewEvent, String)]) -> bool {
+    accept.jobs.iter().any(|j| j.kind == JobKind::Recording)
+        || events.iter().any(|(e, _)| {
+            e.event_type == EventType::SessionFinalized
+                && !accept.jobs.iter().any(|j| j.holds.contains(&e.event_type))
         })
-        .collect()
 }
 
-/// The `session.finalized` of a request that would go out at once (its own job does not
-/// hold it): if the session has an archive or a transcript fetch still running, it waits
-/// for that job instead, so that it carries the result (the backends look that job up
-/// only when there is such an event).
-pub(crate) fn finalized_to_hold<'a>(
-    events: &[(&'a NewEvent, String)],
-    held: &[Hold],
-) -> Option<&'a NewEvent> {
-    events.iter().map(|(e, _)| *e).find(|e| {
-        e.event_type == crate::event::EventType::SessionFinalized
-            && !held.iter().any(|h| h.event == e.id.as_str())
-    })
+/// Decides, from the session's jobs as stored, which of the request's jobs are inserted
+/// and which holds join a running job. Pure; the backends write it in the request's commit.
+pub(crate) fn plan_jobs<'a>(
+    accept: &'a Inbound,
+    events: &[(&NewEvent, String)],
+    session: &SessionJobs,
+) -> JobPlan<'a> {
+    let holds_of = |job: &NewJob| -> Vec<Hold> {
+        events
+            .iter()
+            .filter(|(e, _)| job.holds.contains(&e.event_type))
+            .map(|(e, _)| hold(e))
+            .collect()
+    };
+    let mut plan = JobPlan::default();
+    let mut joining: Vec<Hold> = Vec::new();
+    for job in &accept.jobs {
+        let holds = holds_of(job);
+        match job.kind {
+            // Its event was not stored (the session is finalized already): nothing waits.
+            JobKind::Finalize if holds.is_empty() => {}
+            JobKind::Recording if session.recording.is_some() => joining.extend(holds),
+            // Archived already: the record carries it, and the events go out now.
+            JobKind::Recording if session.archived => {}
+            _ => plan.insert.push((job, holds)),
+        }
+    }
+    if let Some(target) = session.recording.clone().or(session.transcript.clone()) {
+        let finalized = events.iter().map(|(e, _)| *e).find(|e| {
+            e.event_type == EventType::SessionFinalized
+                && !plan.holds(&e.id)
+                && !joining.iter().any(|h| h.event == e.id.as_str())
+        });
+        joining.extend(finalized.map(hold));
+        if !joining.is_empty() {
+            plan.join = Some((target, joining));
+        }
+    }
+    plan
 }
-
-/// The pending jobs a session's `session.finalized` waits for, by kind.
-pub(crate) const ENRICHMENT_KINDS: &str = "('recording', 'transcript')";
 
 /// A held event's body re-rendered around the session as it now is.
 pub(crate) fn rerender(body: &str, session: &Session) -> Result<String, serde_json::Error> {

@@ -236,11 +236,11 @@ ALTER TABLE receipts ADD COLUMN repeats TEXT;
 CREATE INDEX receipts_repeating ON receipts(repeats) WHERE repeats IS NOT NULL;
 "#,
     )],
-    // A vendor's completing event looks up the finalize wait holding its session's
-    // `session.finalized`, among the pending jobs only: the partial index costs the jobs
-    // that ended nothing.
+    // A commit looks up its session's jobs: the finalize wait a vendor's completing event
+    // replaces, the archive a second recording joins (one per session, running or done),
+    // the archive or transcript fetch a session.finalized waits for.
     &[Shared(
-        "CREATE INDEX jobs_pending_by_session ON jobs(vendor, session_id, kind) WHERE status = 'pending';",
+        "CREATE INDEX jobs_by_session ON jobs(vendor, session_id, kind);",
     )],
 ];
 

@@ -8,12 +8,12 @@ use deadpool_postgres::GenericClient;
 
 use super::{backend, prepared};
 use crate::clock::Clock;
-use crate::event::{EventId, EventType, Inbound, JobKind, NewEvent};
+use crate::event::{EventId, EventType, Inbound, NewEvent};
 use crate::sessions::SessionRecord;
 use crate::sessions::{AcceptPlan, finalizes, plan_accept};
 use crate::store::{
-    DeliveryId, ENRICHMENT_KINDS, Handoff, Hold, IngestOutcome, Leased, StoreError,
-    finalized_to_hold, holds, job_id, lease_token,
+    DeliveryId, Handoff, IngestOutcome, Leased, SESSION_JOBS, SessionJobs, StoreError, job_id,
+    lease_token, needs_session_jobs, plan_jobs,
 };
 
 /// How often an ingest reads its session again after losing a race to change it.
@@ -26,13 +26,9 @@ const READ_SESSION: &str = "SELECT s.record, s.finalized_event_id, s.xmin::text,
     FROM (VALUES (1)) AS one (x)
     LEFT JOIN sessions s ON s.vendor = $1 AND s.session_id = $2";
 
-/// An archive or transcript job of a session still running.
-static RUNNING_ENRICHMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "SELECT id FROM jobs WHERE vendor = $1 AND session_id = $2 AND status = 'pending'
-             AND kind IN {ENRICHMENT_KINDS} ORDER BY seq LIMIT 1"
-    )
-});
+/// [`SESSION_JOBS`] in PostgreSQL's placeholders.
+static SESSION_JOBS_PG: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| SESSION_JOBS.replace("?1", "$1").replace("?2", "$2"));
 
 /// The finalize wait still holding a session's `session.finalized`, if any.
 const WAITING_FINALIZE: &str = "SELECT id FROM jobs
@@ -81,17 +77,17 @@ static WRITE_ACCEPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
               RETURNING id),
         j AS (INSERT INTO jobs (id, kind, source, vendor, session_id, at, holds, status,
                   attempts, next_attempt_at, deadline, created_at, updated_at)
-              SELECT $21::text, $22::text, $7, $1, $2, $23::text, $24::text, 'pending', 0,
-                  $26::int8, $25::int8, $5, $5
-              FROM s WHERE $21::text IS NOT NULL
+              SELECT w.id, w.kind, $7, $1, $2, $23::text, w.holds, 'pending', 0,
+                  w.due, w.deadline, $5, $5
+              FROM s, unnest($21::text[], $22::text[], $24::text[], $25::int8[], $26::int8[])
+                  AS w (id, kind, holds, deadline, due)
               ON CONFLICT (id) DO NOTHING),
         x AS (DELETE FROM events WHERE id = $27::text AND EXISTS (SELECT 1 FROM s)),
         y AS (UPDATE jobs SET status = 'done', lease_until = NULL, lease_token = NULL,
                   updated_at = $5
               WHERE id = $28::text AND EXISTS (SELECT 1 FROM s)),
         h AS (UPDATE jobs SET holds = (holds::jsonb || $29::text::jsonb)::text
-              WHERE id = $30::text AND status = 'pending' AND EXISTS (SELECT 1 FROM s)
-                AND EXISTS (SELECT 1 FROM e WHERE e.id = $31::text))
+              WHERE id = $30::text AND status = 'pending' AND EXISTS (SELECT 1 FROM s))
         SELECT (SELECT count(*) FROM s), ARRAY(SELECT id FROM d)"
     )
 });
@@ -123,44 +119,42 @@ async fn write_accept(
         supersedes,
     } = planned;
     let token = lease_token();
-    let held = holds(accept, events);
     let primary = accept.primary();
-    // A finalize wait holding nothing (the session was finalized already) has no work.
-    let job = accept
-        .job
-        .as_ref()
-        .filter(|j| j.kind != JobKind::Finalize || !held.is_empty());
-    // A session.finalized waits for its session's archive or transcript still running.
-    // Should that job end meanwhile, its end changes the session row: the compare-and-set
-    // fails and the ingest reads again.
-    let joining = match finalized_to_hold(events, &held) {
-        Some(finalized) => client
-            .query_opt(
-                &prepared(client, &RUNNING_ENRICHMENT).await?,
+    // The session's archive and transcript jobs, read before the write: should one end
+    // meanwhile, its end changes the session row, the compare-and-set fails and the ingest
+    // reads again.
+    let session_jobs = if needs_session_jobs(accept, events) {
+        let rows = client
+            .query(
+                &prepared(client, &SESSION_JOBS_PG).await?,
                 &[&accept.vendor, &accept.session_id],
             )
             .await
-            .map_err(backend)?
-            .map(|row| (row.get::<_, String>(0), finalized)),
+            .map_err(backend)?;
+        SessionJobs::from_rows(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))))
+    } else {
+        SessionJobs::default()
+    };
+    let jobs = plan_jobs(accept, events, &session_jobs);
+    let mut inserted_jobs = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (job, holds) in &jobs.insert {
+        inserted_jobs.0.push(job_id(&primary.id, job.kind));
+        inserted_jobs.1.push(job.kind.as_str());
+        inserted_jobs
+            .2
+            .push(serde_json::to_string(holds).map_err(backend)?);
+        inserted_jobs.3.push(job.deadline.unix_millis());
+        inserted_jobs.4.push(job.first_due(now));
+    }
+    let join = match &jobs.join {
+        Some((job, holds)) => Some((job.as_str(), serde_json::to_string(holds).map_err(backend)?)),
         None => None,
     };
-    let joined = joining.as_ref().map(|(job, finalized)| {
-        let hold = Hold {
-            event: finalized.id.as_str().to_owned(),
-            targets: finalized.targets.clone(),
-        };
-        let hold = serde_json::to_string(&[hold]).expect("a hold serialises");
-        (job.as_str(), finalized.id.as_str(), hold)
-    });
     // (id, event, its body, target, lease end if handed over), in insertion order; the
     // deliveries of held events are made when their job ends.
     let mut deliveries = Vec::new();
     for (event, body) in events {
-        if held.iter().any(|h| h.event == event.id.as_str())
-            || joined
-                .as_ref()
-                .is_some_and(|(_, id, _)| *id == event.id.as_str())
-        {
+        if jobs.holds(&event.id) {
             continue;
         }
         for target in &event.targets {
@@ -206,19 +200,16 @@ async fn write_accept(
                     .iter()
                     .map(|d| d.4.map(|_| token))
                     .collect::<Vec<_>>(),
-                &job.map(|_| job_id(&primary.id)),
-                &job.map(|j| j.kind.as_str()),
-                &job.map(|_| primary.occurred_at.to_string()),
-                &job.map(|_| serde_json::to_string(&held))
-                    .transpose()
-                    .map_err(backend)?,
-                &job.map(|j| j.deadline.unix_millis()),
-                &job.map(|j| j.first_due(now)),
+                &inserted_jobs.0,
+                &inserted_jobs.1,
+                &primary.occurred_at.to_string(),
+                &inserted_jobs.2,
+                &inserted_jobs.3,
+                &inserted_jobs.4,
                 &supersedes.map(|(event, _)| event.as_str()),
                 &supersedes.map(|(_, job)| job),
-                &joined.as_ref().map(|(_, _, hold)| hold),
-                &joined.as_ref().map(|(job, _, _)| *job),
-                &joined.as_ref().map(|(_, id, _)| *id),
+                &join.as_ref().map(|(_, holds)| holds.as_str()),
+                &join.as_ref().map(|(job, _)| *job),
             ],
         )
         .await

@@ -4,12 +4,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::event::{EventId, EventType, Inbound, JobKind, Timestamp};
+use crate::event::{EventId, EventType, Inbound, Timestamp};
 use crate::sessions::SessionRecord;
 use crate::sessions::{AcceptPlan, finalizes, plan_accept};
 use crate::store::{
-    AttemptInfo, DeliveryId, DeliveryInfo, DeliveryStatus, ENRICHMENT_KINDS, Handoff, Hold,
-    IngestOutcome, Leased, StoredEvent, finalized_to_hold, holds, job_id, lease_token,
+    AttemptInfo, DeliveryId, DeliveryInfo, DeliveryStatus, Handoff, Hold, IngestOutcome, Leased,
+    SESSION_JOBS, SessionJobs, StoredEvent, job_id, lease_token, needs_session_jobs, plan_jobs,
 };
 
 /// Lets JSON (de)serialisation failures travel as SQLite errors inside a store call.
@@ -282,12 +282,18 @@ pub(super) fn accept_in(
     let mut targets = Vec::new();
     let mut handed = Vec::new();
     let token = lease_token();
-    let held = holds(accept, &events);
-    // A session.finalized waits for its session's archive or transcript still running.
-    let joining = match finalized_to_hold(&events, &held) {
-        Some(finalized) => running_enrichment(conn, accept)?.map(|job| (job, finalized)),
-        None => None,
+    let session_jobs = if needs_session_jobs(accept, &events) {
+        let rows = conn
+            .prepare_cached(SESSION_JOBS)?
+            .query_map([&accept.vendor, &accept.session_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        SessionJobs::from_rows(rows)
+    } else {
+        SessionJobs::default()
     };
+    let jobs = plan_jobs(accept, &events, &session_jobs);
     for (event, body) in events {
         let inserted = insert_event.execute(params![
             event.id.as_str(),
@@ -300,22 +306,7 @@ pub(super) fn accept_in(
             received_at,
             body,
         ])?;
-        if inserted == 0 || held.iter().any(|h| h.event == event.id.as_str()) {
-            continue;
-        }
-        if let Some(((job, holds), finalized)) = &joining
-            && std::ptr::eq(*finalized, event)
-        {
-            let mut holds: Vec<Hold> = serde_json::from_str(holds).map_err(json_error)?;
-            holds.push(Hold {
-                event: event.id.as_str().to_owned(),
-                targets: event.targets.clone(),
-            });
-            conn.prepare_cached("UPDATE jobs SET holds = ?2 WHERE id = ?1")?
-                .execute(params![
-                    job,
-                    serde_json::to_string(&holds).map_err(json_error)?
-                ])?;
+        if inserted == 0 || jobs.holds(&event.id) {
             continue;
         }
         let key = EventKey {
@@ -332,51 +323,42 @@ pub(super) fn accept_in(
             }
         }
     }
-    // A finalize wait holding nothing (the session was finalized already) has no work.
-    if let Some(job) = accept
-        .job
-        .as_ref()
-        .filter(|j| j.kind != JobKind::Finalize || !held.is_empty())
-    {
+    for (job, holds) in &jobs.insert {
         conn.prepare_cached(
             "INSERT OR IGNORE INTO jobs (id, kind, source, vendor, session_id, at, holds, status,
                  attempts, next_attempt_at, deadline, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?10, ?9, ?8, ?8)",
         )?
         .execute(params![
-            job_id(&primary.id),
+            job_id(&primary.id, job.kind),
             job.kind.as_str(),
             accept.source,
             accept.vendor,
             accept.session_id,
             primary.occurred_at.to_string(),
-            serde_json::to_string(&held).map_err(json_error)?,
+            serde_json::to_string(holds).map_err(json_error)?,
             now,
             job.deadline.unix_millis(),
             job.first_due(now),
         ])?;
+    }
+    if let Some((job, joining)) = &jobs.join {
+        let stored: String = conn
+            .prepare_cached("SELECT holds FROM jobs WHERE id = ?1")?
+            .query_row([job], |r| r.get(0))?;
+        let mut holds: Vec<Hold> = serde_json::from_str(&stored).map_err(json_error)?;
+        holds.extend(joining.iter().cloned());
+        conn.prepare_cached("UPDATE jobs SET holds = ?2 WHERE id = ?1")?
+            .execute(params![
+                job,
+                serde_json::to_string(&holds).map_err(json_error)?
+            ])?;
     }
     Ok(IngestOutcome::Accepted {
         id: primary.id.clone(),
         targets,
         handed,
     })
-}
-
-/// An archive or transcript job of the session still running: its id and holds.
-fn running_enrichment(
-    conn: &Connection,
-    accept: &Inbound,
-) -> rusqlite::Result<Option<(String, String)>> {
-    conn.prepare_cached(&format!(
-        "SELECT id, holds FROM jobs
-         WHERE vendor = ?1 AND session_id = ?2 AND status = 'pending' AND kind IN {ENRICHMENT_KINDS}
-         ORDER BY seq LIMIT 1"
-    ))?
-    .query_row([&accept.vendor, &accept.session_id], |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })
-    .optional()
 }
 
 /// The finalize wait still holding the session's `session.finalized`, if any.

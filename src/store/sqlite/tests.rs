@@ -15,7 +15,7 @@ fn accept(session: &str) -> Inbound {
         message_id: None,
         received_at: Timestamp::now(),
         raw: b"{}".to_vec().into(),
-        job: None,
+        jobs: Vec::new(),
         events: vec![NewEvent {
             id: EventId::derive("src", session, "x", EventType::SessionEnded),
             event_type: EventType::SessionEnded,

@@ -8,11 +8,11 @@ use super::*;
 use crate::event::{JobKind, NewJob, Transcript, TranscriptMessage, TranscriptStatus};
 
 fn with_job(mut a: Inbound, wait_ms: i64) -> Inbound {
-    a.job = Some(NewJob {
+    a.jobs = vec![NewJob {
         kind: JobKind::Transcript,
         deadline: Timestamp::now().plus_millis(wait_ms),
         holds: vec![EventType::SessionFinalized],
-    });
+    }];
     a
 }
 
@@ -193,11 +193,11 @@ pub(super) async fn a_job_run_that_fails_waits_for_its_retry(s: Arc<dyn Store>) 
 
 pub(super) async fn pruning_a_sessions_last_recording_job_names_its_object(s: Arc<dyn Store>) {
     let mut a = accept("s3", &[EventType::RecordingReady], &["t"]);
-    a.job = Some(NewJob {
+    a.jobs = vec![NewJob {
         kind: JobKind::Recording,
         deadline: Timestamp::now().plus_millis(60_000),
         holds: vec![EventType::RecordingReady],
-    });
+    }];
     s.accept(a).await.unwrap();
     let job = s
         .claim_jobs(JobKind::Recording, 10, Duration::from_secs(60))
@@ -223,11 +223,11 @@ pub(super) async fn pruning_a_sessions_last_recording_job_names_its_object(s: Ar
 }
 
 fn with_recording_job(mut a: Inbound) -> Inbound {
-    a.job = Some(NewJob {
+    a.jobs = vec![NewJob {
         kind: JobKind::Recording,
         deadline: Timestamp::now().plus_millis(600_000),
         holds: vec![EventType::RecordingReady],
-    });
+    }];
     a
 }
 
@@ -328,11 +328,11 @@ fn ended_with_wait(session: &str, wait_ms: i64) -> Inbound {
         &[EventType::SessionEnded, EventType::SessionFinalized],
         &["t"],
     );
-    a.job = Some(NewJob {
+    a.jobs = vec![NewJob {
         kind: JobKind::Finalize,
         deadline: Timestamp::now().plus_millis(wait_ms),
         holds: vec![EventType::SessionFinalized],
-    });
+    }];
     a
 }
 
@@ -442,11 +442,11 @@ pub(super) async fn a_finalize_wait_that_ends_releases_its_event_once(s: Arc<dyn
 
 pub(super) async fn a_finalized_waits_for_its_sessions_running_archive(s: Arc<dyn Store>) {
     let mut ready = accept("h1", &[EventType::RecordingReady], &["t"]);
-    ready.job = Some(NewJob {
+    ready.jobs = vec![NewJob {
         kind: JobKind::Recording,
         deadline: Timestamp::now().plus_millis(60_000),
         holds: vec![EventType::RecordingReady],
-    });
+    }];
     s.accept(ready).await.unwrap();
     let finalized = accept("h1", &[EventType::SessionFinalized], &["t"]);
     let finalized_id = finalized.events[0].id.clone();
@@ -491,4 +491,65 @@ pub(super) async fn a_finalized_waits_for_its_sessions_running_archive(s: Arc<dy
         .await
         .unwrap();
     assert_eq!(s.deliveries(all()).await.unwrap().len(), 3);
+}
+
+fn archive_job(holds: &[EventType]) -> NewJob {
+    NewJob {
+        kind: JobKind::Recording,
+        deadline: Timestamp::now().plus_millis(60_000),
+        holds: holds.to_vec(),
+    }
+}
+
+/// One archive per session: a second request carrying the recording joins the archive
+/// running, and once it is done, a later one leaves none and goes out at once. A request
+/// may leave two jobs: an archive and a finalize wait.
+pub(super) async fn a_session_has_one_archive_whoever_carries_its_recording(s: Arc<dyn Store>) {
+    // The end of a call carries the recording: its archive starts, holding nothing; its
+    // session.finalized waits for the vendor's completing event.
+    let mut ended = ended_with_wait("a1", 60_000);
+    ended.jobs.push(archive_job(&[]));
+    s.accept(ended).await.unwrap();
+    assert_eq!(s.deliveries(all()).await.unwrap().len(), 1, "session.ended");
+    // The completing event carries it too: it takes the wait's place and joins the archive.
+    let mut c = completing("a1");
+    c.jobs.push(archive_job(&[EventType::SessionFinalized]));
+    let own = c.events[0].id.clone();
+    s.accept(c).await.unwrap();
+    assert_eq!(
+        s.deliveries(all()).await.unwrap().len(),
+        1,
+        "it waits for the archive"
+    );
+    let jobs = s
+        .claim_jobs(JobKind::Recording, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1, "one archive");
+    let released = s
+        .finish_job(JobResult {
+            id: jobs[0].id.clone(),
+            lease_token: jobs[0].lease_token,
+            end: JobEnd::Done {
+                facts: Box::new(Session::default()),
+            },
+        })
+        .await
+        .unwrap();
+    assert_eq!(released, Some(vec!["t".to_owned()]));
+    let deliveries = s.deliveries(all()).await.unwrap();
+    assert_eq!(deliveries.len(), 2);
+    assert!(deliveries.iter().any(|d| d.event_id == own));
+
+    // Archived already: a later recording.ready leaves no job and goes out at once.
+    let mut late = accept("a1", &[EventType::RecordingReady], &["t"]);
+    late.jobs = vec![archive_job(&[EventType::RecordingReady])];
+    s.accept(late).await.unwrap();
+    assert_eq!(s.deliveries(all()).await.unwrap().len(), 3);
+    assert!(
+        s.claim_jobs(JobKind::Recording, 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

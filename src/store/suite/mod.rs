@@ -118,6 +118,7 @@ suite!(
         a_completing_event_takes_the_place_of_a_waiting_finalize,
         a_finalize_wait_that_ends_releases_its_event_once,
         a_finalized_waits_for_its_sessions_running_archive,
+        a_session_has_one_archive_whoever_carries_its_recording,
         pruning_a_sessions_last_recording_job_names_its_object,
         sessions_are_searched_newest_first_and_paged,
         a_timeline_holds_requests_events_and_every_attempt,
@@ -147,7 +148,7 @@ pub(crate) fn accept_from(
         message_id: None,
         received_at: Timestamp::now(),
         raw: br#"{"raw":true}"#.to_vec().into(),
-        job: None,
+        jobs: Vec::new(),
         events: types
             .iter()
             .map(|&t| NewEvent {
