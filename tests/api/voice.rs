@@ -393,3 +393,47 @@ async fn a_20_mib_elevenlabs_audio_body_is_archived_with_bounded_memory() {
         "peak RSS {peak} MiB (idle {idle} MiB)"
     );
 }
+
+/// The admin API and the metrics know the new sources by name, with no vendor-specific code:
+/// a Retell call's merged record, its timeline and its requests counted under `retell`.
+#[tokio::test]
+async fn admin_and_metrics_show_voice_platform_sessions_by_source() {
+    let mut options = Options::with_targets("");
+    options.tables = sources("");
+    let app = spawn_app_with(options, None).await;
+    for name in ["call-ended.json", "call-analyzed.json"] {
+        let body = fixture("retell", name);
+        let answer = app
+            .post("/ingest/retell", &body, &signed("retell", &body))
+            .await;
+        assert_eq!(answer.status(), 202);
+    }
+    let list: Value = app
+        .admin(reqwest::Method::GET, "/admin/sessions?vendor=retell")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let text = list.to_string();
+    assert!(
+        text.contains("call_3f9d2a61c84b4e07b1d5e9a7c20f4b18"),
+        "{text}"
+    );
+    let one = app
+        .admin(
+            reqwest::Method::GET,
+            "/admin/sessions/retell/call_3f9d2a61c84b4e07b1d5e9a7c20f4b18",
+        )
+        .await;
+    assert_eq!(one.status(), 200);
+    let one: Value = one.json().await.unwrap();
+    assert_eq!(one["session"]["analysis"]["successful"], true, "{one}");
+    assert_eq!(one["session"]["agentNumber"], "+14155550123", "{one}");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("source=\"retell\"") && l.contains("accepted")),
+        "{metrics}"
+    );
+}
