@@ -93,6 +93,18 @@ impl SessionJobs {
 pub(crate) const SESSION_JOBS: &str = "SELECT id, kind, status FROM jobs
      WHERE vendor = ?1 AND session_id = ?2 AND kind IN ('recording', 'transcript')";
 
+impl SessionJobs {
+    /// Where the events a job of `kind` held go when it ends: a finalize wait's
+    /// `session.finalized` waits on for an archive or transcript fetch of its session still
+    /// running (that job's id), so that it carries the result.
+    pub fn hand_on(&self, kind: JobKind) -> Option<&str> {
+        match kind {
+            JobKind::Finalize => self.recording.as_deref().or(self.transcript.as_deref()),
+            JobKind::Recording | JobKind::Transcript => None,
+        }
+    }
+}
+
 /// What a commit does about jobs.
 #[derive(Debug, Default)]
 pub(crate) struct JobPlan<'a> {

@@ -8,7 +8,8 @@ use super::{PgStore, backend, prepared};
 use crate::event::{JobKind, Timestamp};
 use crate::sessions::SessionRecord;
 use crate::store::{
-    ClaimedJob, DeliveryId, Hold, JobEnd, JobResult, StoreError, lease_token, rerender,
+    ClaimedJob, DeliveryId, Hold, JobEnd, JobResult, SESSION_JOBS, SessionJobs, StoreError,
+    lease_token, rerender,
 };
 
 impl PgStore {
@@ -135,7 +136,7 @@ impl PgStore {
             .query_opt(
                 &prepared(
                     &tx,
-                    "SELECT at, holds FROM jobs
+                    "SELECT at, holds, kind FROM jobs
                      WHERE id = $1 AND status = 'pending' AND lease_token = $2 FOR UPDATE",
                 )
                 .await?,
@@ -148,7 +149,35 @@ impl PgStore {
             return Ok(None);
         };
         let at = Timestamp::parse(job.get(0)).unwrap_or_else(|| Timestamp::from_unix_millis(now));
-        let holds: Vec<Hold> = serde_json::from_str(job.get(1)).map_err(backend)?;
+        let mut holds: Vec<Hold> = serde_json::from_str(job.get(1)).map_err(backend)?;
+        let kind = JobKind::parse(job.get(2)).unwrap_or(JobKind::Transcript);
+        if kind == JobKind::Finalize {
+            // A finalize wait's event waits on for an archive or transcript still running;
+            // the session row, locked above, keeps their ends and ingests out meanwhile.
+            let rows = tx
+                .query(
+                    &prepared(&tx, &SESSION_JOBS.replace("?1", "$1").replace("?2", "$2")).await?,
+                    &[&vendor, &session_id],
+                )
+                .await
+                .map_err(backend)?;
+            let session_jobs =
+                SessionJobs::from_rows(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))));
+            if let Some(next) = session_jobs.hand_on(kind) {
+                tx.execute(
+                    &prepared(
+                        &tx,
+                        "UPDATE jobs SET holds = (holds::jsonb || $2::text::jsonb)::text
+                         WHERE id = $1",
+                    )
+                    .await?,
+                    &[&next, &serde_json::to_string(&holds).map_err(backend)?],
+                )
+                .await
+                .map_err(backend)?;
+                holds.clear();
+            }
+        }
         let mut record = match stored {
             Some(row) => serde_json::from_str::<SessionRecord>(row.get(0)).map_err(backend)?,
             None => SessionRecord::default(),

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::queries::{EventKey, insert_delivery, json_error};
 use crate::event::{JobKind, Timestamp};
 use crate::sessions::SessionRecord;
-use crate::store::{ClaimedJob, Hold, JobEnd, JobResult, rerender};
+use crate::store::{ClaimedJob, Hold, JobEnd, JobResult, SESSION_JOBS, SessionJobs, rerender};
 
 pub(super) fn claim(
     conn: &Connection,
@@ -89,17 +89,17 @@ pub(super) fn finish(
     result: &JobResult,
     now: i64,
 ) -> rusqlite::Result<Option<Vec<String>>> {
-    let job: Option<(String, String, String, String)> = conn
+    let job: Option<(String, String, String, String, String)> = conn
         .prepare_cached(
-            "SELECT vendor, session_id, at, holds FROM jobs
+            "SELECT vendor, session_id, at, holds, kind FROM jobs
              WHERE id = ?1 AND status = 'pending' AND lease_token = ?2",
         )?
         .query_row(params![result.id, result.lease_token], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
         .optional()?;
     // The lease passed to another run: that run decides.
-    let Some((vendor, session_id, at, holds)) = job else {
+    let Some((vendor, session_id, at, holds, kind)) = job else {
         return Ok(None);
     };
     let facts = match &result.end {
@@ -136,6 +136,35 @@ pub(super) fn finish(
     let session = record.session(&session_id).map_err(json_error)?;
     let holds: Vec<Hold> = serde_json::from_str(&holds).map_err(json_error)?;
     let mut targets = Vec::new();
+    let kind = JobKind::parse(&kind).unwrap_or(JobKind::Transcript);
+    let session_jobs = if kind == JobKind::Finalize {
+        let rows = conn
+            .prepare_cached(SESSION_JOBS)?
+            .query_map([&vendor, &session_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        SessionJobs::from_rows(rows)
+    } else {
+        SessionJobs::default()
+    };
+    // A finalize wait's event waits on for an archive or transcript still running.
+    let holds = match session_jobs.hand_on(kind) {
+        Some(next) => {
+            let stored: String = conn
+                .prepare_cached("SELECT holds FROM jobs WHERE id = ?1")?
+                .query_row([next], |r| r.get(0))?;
+            let mut waiting: Vec<Hold> = serde_json::from_str(&stored).map_err(json_error)?;
+            waiting.extend(holds);
+            conn.prepare_cached("UPDATE jobs SET holds = ?2 WHERE id = ?1")?
+                .execute(params![
+                    next,
+                    serde_json::to_string(&waiting).map_err(json_error)?
+                ])?;
+            Vec::new()
+        }
+        None => holds,
+    };
     for hold in holds {
         let stored: Option<(i64, String)> = conn
             .prepare_cached("SELECT seq, body FROM events WHERE id = ?1")?

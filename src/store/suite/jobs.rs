@@ -553,3 +553,56 @@ pub(super) async fn a_session_has_one_archive_whoever_carries_its_recording(s: A
             .is_empty()
     );
 }
+
+/// A finalize wait that ends while its session's archive still runs: its
+/// `session.finalized` waits on for the archive, and goes out with it.
+pub(super) async fn a_finalize_wait_ending_during_an_archive_hands_its_event_on(s: Arc<dyn Store>) {
+    let mut ended = ended_with_wait("f1", 0);
+    ended.jobs.push(archive_job(&[]));
+    let held = ended.events[1].id.clone();
+    s.accept(ended).await.unwrap();
+    let wait = s
+        .claim_jobs(JobKind::Finalize, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(wait.len(), 1);
+    let released = s
+        .finish_job(JobResult {
+            id: wait[0].id.clone(),
+            lease_token: wait[0].lease_token,
+            end: JobEnd::Done {
+                facts: Box::new(Session::default()),
+            },
+        })
+        .await
+        .unwrap();
+    assert_eq!(released, Some(Vec::new()), "handed on, not released");
+    assert_eq!(
+        s.deliveries(all()).await.unwrap().len(),
+        1,
+        "session.ended only"
+    );
+    let archive = s
+        .claim_jobs(JobKind::Recording, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    s.finish_job(JobResult {
+        id: archive[0].id.clone(),
+        lease_token: archive[0].lease_token,
+        end: JobEnd::Done {
+            facts: Box::new(Session {
+                agent_number: Some("+14155550100".into()),
+                ..Session::default()
+            }),
+        },
+    })
+    .await
+    .unwrap();
+    let deliveries = s.deliveries(all()).await.unwrap();
+    assert_eq!(deliveries.len(), 2);
+    let event = s.event(held.as_str()).await.unwrap().unwrap();
+    assert!(
+        event.body.contains("+14155550100"),
+        "it carries the archive"
+    );
+}
