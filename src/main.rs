@@ -310,10 +310,23 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     println!("storage: {}", config.storage);
     println!("sources ({}):", config.sources.len());
     for s in &config.sources {
+        let mut extras = String::new();
+        if let Some(limit) = s.max_body_bytes {
+            extras.push_str(&format!("; bodies up to {limit} bytes"));
+        }
+        if let Some(wait) = s.finalize_wait {
+            extras.push_str(&format!(
+                "; session.finalized {} s after the end at the latest",
+                wait.as_secs()
+            ));
+        }
+        if s.transcripts.is_some() {
+            extras.push_str("; transcripts fetched");
+        }
         println!(
-            "  {:<16} vendor {:<8} POST /ingest/{}  auth: {}",
+            "  {:<16} vendor {:<10} POST /ingest/{}  auth: {}{extras}",
             s.name,
-            s.vendor,
+            s.vendor.as_str(),
             s.name,
             s.auth.describe()
         );

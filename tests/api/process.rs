@@ -104,6 +104,49 @@ fn check_config_exits_0_for_a_valid_file_and_1_naming_the_key_otherwise() {
         "{out}"
     );
 
+    // A voice platform's source: its signature scheme, body limit and finalize wait.
+    let voice = dir.path().join("voice.toml");
+    std::fs::write(
+        &voice,
+        config(&dir.path().join("x.db"), "http://127.0.0.1:9/x").replacen(
+            "[[sources]]",
+            "[[sources]]\nname = \"retell\"\nvendor = \"retell\"\n\
+             auth = { kind = \"retell\", api_key = \"env:TEST_RETELL_KEY\" }\n\
+             max_body_bytes = 1048576\nfinalize_wait = \"5m\"\n\n[[sources]]",
+            1,
+        ),
+    )
+    .unwrap();
+    let voice = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&voice)
+        .env("TEST_PATHORS_TOKEN", "t")
+        .env("TEST_AGNTIX_SECRET", AGNTIX_SECRET)
+        .env("TEST_TARGET_SECRET", TARGET_SECRET)
+        .env("TEST_RETELL_KEY", "key_check_config_retell")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&voice.stdout);
+    assert!(
+        voice.status.success(),
+        "{}",
+        String::from_utf8_lossy(&voice.stderr)
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains("vendor retell"))
+        .expect(&out);
+    assert!(
+        line.contains("auth: retell (x-retell-signature, tolerance 300 s)"),
+        "{line}"
+    );
+    assert!(line.contains("bodies up to 1048576 bytes"), "{line}");
+    assert!(
+        line.contains("session.finalized 300 s after the end at the latest"),
+        "{line}"
+    );
+    assert!(!out.contains("key_check_config_retell"));
+
     let missing_env = Command::new(BIN)
         .args(["check-config", "--config"])
         .arg(&path)
