@@ -437,3 +437,120 @@ async fn admin_and_metrics_show_voice_platform_sessions_by_source() {
         "{metrics}"
     );
 }
+
+/// Vapi's messages and ElevenLabs' two post-call webhooks, in every order and repeated:
+/// one `session.finalized` per call; with `[recordings]`, ElevenLabs' audio is archived
+/// once, and a `session.finalized` after it carries the archive.
+#[tokio::test]
+async fn vapi_and_elevenlabs_calls_are_finalized_once_in_every_order() {
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = Options::with_targets(format!(
+        "[[targets]]\nname = \"all\"\nurl = \"{}\"\ninclude_raw = false",
+        receiver.url("/")
+    ));
+    options.max_body_bytes = 256 * 1024;
+    options.tables = format!(
+        "[recordings]\nstore = \"file://{}\"\n{}",
+        dir.path().join("recordings").display(),
+        sources("")
+    );
+    let app = spawn_app_with(options, None).await;
+    let vapi: [&[&str]; 3] = [
+        &[
+            "status-update-in-progress.json",
+            "status-update-ended.json",
+            "end-of-call-report.json",
+        ],
+        &[
+            "end-of-call-report.json",
+            "status-update-ended.json",
+            "status-update-in-progress.json",
+        ],
+        &[
+            "status-update-ended.json",
+            "end-of-call-report.json",
+            "end-of-call-report.json",
+        ],
+    ];
+    let eleven: [&[&str]; 3] = [
+        &["post-call-audio.json", "post-call-transcription.json"],
+        &["post-call-transcription.json", "post-call-audio.json"],
+        &[
+            "post-call-audio.json",
+            "post-call-audio.json",
+            "post-call-transcription.json",
+            "post-call-transcription.json",
+        ],
+    ];
+    let mut expected = 0;
+    for (n, order) in vapi.iter().enumerate() {
+        let id = format!("vapi-order-{n}");
+        for name in *order {
+            let body = with_call_id("vapi", name, "/message/call/id", &id);
+            let status = app
+                .post("/ingest/vapi", &body, &signed("vapi", &body))
+                .await
+                .status();
+            assert!(
+                matches!(status.as_u16(), 200 | 202),
+                "{id} {name}: {status}"
+            );
+        }
+        // started (if sent), ended, call.ended, finalized.
+        expected += if order.contains(&"status-update-in-progress.json") {
+            4
+        } else {
+            3
+        };
+    }
+    for (n, order) in eleven.iter().enumerate() {
+        let id = format!("conv-order-{n}");
+        for name in *order {
+            let body = with_call_id("elevenlabs", name, "/data/conversation_id", &id);
+            let status = app
+                .post("/ingest/elevenlabs", &body, &signed("elevenlabs", &body))
+                .await
+                .status();
+            assert!(
+                matches!(status.as_u16(), 200 | 202),
+                "{id} {name}: {status}"
+            );
+        }
+        // ended, call.ended, finalized, recording.ready.
+        expected += 4;
+    }
+    let received = receiver.wait_for(expected).await;
+    app.wait_for_deliveries(DeliveryStatus::Delivered, expected)
+        .await;
+    assert_eq!(receiver.received().len(), expected, "nothing more");
+    let events: Vec<Value> = received.iter().map(Received::json).collect();
+    let of = |id: &str, t: &str| {
+        events
+            .iter()
+            .filter(|e| e["session"]["id"] == id && e["type"] == t)
+            .collect::<Vec<_>>()
+    };
+    for n in 0..vapi.len() {
+        let id = format!("vapi-order-{n}");
+        assert_eq!(of(&id, "session.finalized").len(), 1, "{id}");
+        assert_eq!(of(&id, "session.ended").len(), 1, "{id}");
+    }
+    for n in 0..eleven.len() {
+        let id = format!("conv-order-{n}");
+        let finals = of(&id, "session.finalized");
+        assert_eq!(finals.len(), 1, "{id}");
+        let ready = of(&id, "recording.ready");
+        assert_eq!(ready.len(), 1, "{id}");
+        assert_eq!(
+            ready[0]["session"]["recording"]["archive"]["status"], "archived",
+            "{id}"
+        );
+        if eleven[n][0] == "post-call-audio.json" {
+            assert_eq!(
+                finals[0]["session"]["recording"]["archive"]["status"], "archived",
+                "{id}: the audio came first, so the finalized carries its archive"
+            );
+        }
+    }
+}
