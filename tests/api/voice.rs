@@ -536,7 +536,7 @@ async fn vapi_and_elevenlabs_calls_are_finalized_once_in_every_order() {
         assert_eq!(of(&id, "session.finalized").len(), 1, "{id}");
         assert_eq!(of(&id, "session.ended").len(), 1, "{id}");
     }
-    for n in 0..eleven.len() {
+    for (n, order) in eleven.iter().enumerate() {
         let id = format!("conv-order-{n}");
         let finals = of(&id, "session.finalized");
         assert_eq!(finals.len(), 1, "{id}");
@@ -546,7 +546,7 @@ async fn vapi_and_elevenlabs_calls_are_finalized_once_in_every_order() {
             ready[0]["session"]["recording"]["archive"]["status"], "archived",
             "{id}"
         );
-        if eleven[n][0] == "post-call-audio.json" {
+        if order[0] == "post-call-audio.json" {
             assert_eq!(
                 finals[0]["session"]["recording"]["archive"]["status"], "archived",
                 "{id}: the audio came first, so the finalized carries its archive"
