@@ -120,6 +120,14 @@ impl SessionRecord {
         }
     }
 
+    /// Whether the session has ended: a closing state or an end time was said.
+    pub fn has_ended(&self) -> bool {
+        self.fields
+            .get("state")
+            .is_some_and(|s| s.rank == SessionState::Closed.lifecycle_rank())
+            || self.fields.contains_key("endedAt")
+    }
+
     /// The merged session as a canonical `session` object.
     pub fn session(&self, id: &str) -> Result<Session, serde_json::Error> {
         let mut object = Map::new();
@@ -162,12 +170,17 @@ pub enum AcceptPlan<'a> {
     },
 }
 
-/// Whether a request finalizes its session with an event of its own (not one it implies).
+/// Whether a request is its vendor's completing event: it finalizes its session with an
+/// event of its own (not one it implies, nor the stand-in its finalize wait holds).
 pub fn finalizes(accept: &Inbound) -> bool {
-    accept
-        .events
-        .iter()
-        .any(|e| e.event_type == EventType::SessionFinalized && !e.implied)
+    let stand_in = accept.jobs.iter().any(|j| {
+        j.kind == crate::event::JobKind::Finalize && j.holds.contains(&EventType::SessionFinalized)
+    });
+    !stand_in
+        && accept
+            .events
+            .iter()
+            .any(|e| e.event_type == EventType::SessionFinalized && !e.implied)
 }
 
 /// Decides what an accepted request does to its session. Pure; the caller has read the

@@ -50,6 +50,12 @@ pub fn vapi_hmac_headers(secret: &str, ms: i64, body: &[u8]) -> [(&'static str, 
     [("x-signature", hex::encode(mac)), ("x-timestamp", ts)]
 }
 
+/// Bland's `X-Webhook-Signature` for `body`: the hex HMAC-SHA256 of the body, nothing else.
+pub fn bland_headers(secret: &str, body: &[u8]) -> [(&'static str, String); 1] {
+    let mac = crate::auth::schemes::Algorithm::Sha256.mac(secret.as_bytes(), &[body]);
+    [("x-webhook-signature", hex::encode(mac))]
+}
+
 /// The Svix headers for `body`, signed by the `svix` crate as Agntix's sender does.
 pub fn svix_headers(
     signer: &Webhook,

@@ -38,7 +38,12 @@ use crate::telemetry::chain;
 /// Jobs of each kind run at once. Each kind has its own slots, so a transcript wait (a
 /// few seconds, which a `session.finalized` waits on) never queues behind downloads.
 const CONCURRENCY: usize = 8;
-const KINDS: [JobKind; 3] = [JobKind::Transcript, JobKind::Recording, JobKind::Finalize];
+const KINDS: [JobKind; 4] = [
+    JobKind::Transcript,
+    JobKind::Recording,
+    JobKind::Finalize,
+    JobKind::AwaitEnd,
+];
 /// How long a claimed job is this worker's unless renewed, when `[recordings]` does not say.
 const LEASE: Duration = Duration::from_secs(60);
 /// One request to a vendor API.
@@ -76,7 +81,7 @@ fn slot(kind: JobKind) -> usize {
     match kind {
         JobKind::Transcript => 0,
         JobKind::Recording => 1,
-        JobKind::Finalize => 2,
+        JobKind::Finalize | JobKind::AwaitEnd => 2,
     }
 }
 
@@ -181,7 +186,7 @@ impl Enricher {
                 JobKind::Recording => self.recording(&job).await,
                 // The completing event never came within the wait: the held
                 // `session.finalized` goes out with what is known.
-                JobKind::Finalize => (
+                JobKind::Finalize | JobKind::AwaitEnd => (
                     JobEnd::Done {
                         facts: Box::new(Session::default()),
                     },

@@ -273,7 +273,7 @@ impl NewJob {
     /// deadline, other work at once.
     pub fn first_due(&self, now_ms: i64) -> i64 {
         match self.kind {
-            JobKind::Finalize => self.deadline.unix_millis(),
+            JobKind::Finalize | JobKind::AwaitEnd => self.deadline.unix_millis(),
             JobKind::Transcript | JobKind::Recording => now_ms,
         }
     }
@@ -289,6 +289,10 @@ pub enum JobKind {
     /// `finalize_wait`: due at its deadline, it then releases the event with what is known.
     /// The completing event, arriving first, takes the held event's place.
     Finalize,
+    /// Hold a completing event's own `session.finalized` that arrived before the session
+    /// ended and carries too little to stand alone (Bland's delayed post-call), until the
+    /// event that ends the session commits (which makes it due) or `finalize_wait` passes.
+    AwaitEnd,
 }
 
 impl JobKind {
@@ -297,6 +301,7 @@ impl JobKind {
             JobKind::Transcript => "transcript",
             JobKind::Recording => "recording",
             JobKind::Finalize => "finalize",
+            JobKind::AwaitEnd => "await_end",
         }
     }
 
@@ -305,6 +310,7 @@ impl JobKind {
             "transcript" => Some(JobKind::Transcript),
             "recording" => Some(JobKind::Recording),
             "finalize" => Some(JobKind::Finalize),
+            "await_end" => Some(JobKind::AwaitEnd),
             _ => None,
         }
     }

@@ -215,7 +215,7 @@ async fn handle(
     let verified = source.auth.verify(request.headers(), body)?;
     let message_id = verified.message_id().map(str::to_owned);
 
-    match source.vendor.normalize(&verified)? {
+    match source.vendor.normalize(&verified, received_at)? {
         Normalized::Ignored { vendor_event_type } => {
             let receipt = state
                 .store
@@ -279,7 +279,13 @@ async fn commit(state: &IngestState, accept: Inbound) -> Result<IngestOutcome, A
     let jobs = state.jobs.clone();
     actix_web::rt::spawn(async move {
         let (slots, handoff) = dispatcher.reserve(&accept);
-        let left_a_job = !accept.jobs.is_empty();
+        // A job left behind, or one this request may have made due (a finalize wait
+        // that waited for the session's end).
+        let left_a_job = !accept.jobs.is_empty()
+            || accept
+                .events
+                .iter()
+                .any(|e| e.event_type == EventType::SessionEnded);
         let mut outcome = store.accept_handing_over(accept, handoff).await?;
         if let IngestOutcome::Accepted {
             targets, handed, ..
@@ -368,6 +374,16 @@ pub fn build_accept(
             });
         }
     }
+    // A completing event that carries too little to stand alone waits for the end.
+    if recognized.waits_for_end
+        && let Some(wait) = source.finalize_wait.filter(|w| !w.is_zero())
+    {
+        jobs.push(NewJob {
+            kind: JobKind::AwaitEnd,
+            deadline: received_at.plus_millis(wait.as_millis() as i64),
+            holds: vec![EventType::SessionFinalized],
+        });
+    }
     // An event waits for one job at most: a finalize wait's event is not also held by
     // the archive (which starts at once all the same; the store lets one archive run per
     // session, and a session.finalized committed while it runs joins it).
@@ -377,7 +393,10 @@ pub fn build_accept(
         transcript_job(source, &events, received_at)
             .or_else(|| recording_job(&events, received_at, archive)),
     );
-    for job in jobs.iter_mut().filter(|j| j.kind != JobKind::Finalize) {
+    for job in jobs
+        .iter_mut()
+        .filter(|j| !matches!(j.kind, JobKind::Finalize | JobKind::AwaitEnd))
+    {
         job.holds.retain(|t| !waited_for.contains(t));
     }
     Inbound {
@@ -576,5 +595,36 @@ mod audio_tests {
         let job = &accept.jobs[0];
         assert_eq!(job.kind, JobKind::Recording);
         assert_eq!(job.holds, [EventType::RecordingReady]);
+    }
+}
+
+#[cfg(test)]
+mod await_end_tests {
+    use super::*;
+    use crate::vendors::Vendor;
+    use crate::vendors::test_support::recognized;
+
+    #[test]
+    fn a_delayed_bland_post_call_waits_for_the_end() {
+        let r = recognized(
+            Vendor::Bland,
+            &crate::testing::fixture("bland", "post-call-delayed.json"),
+        );
+        let source = Source {
+            name: "bland".into(),
+            vendor: Vendor::Bland,
+            auth: crate::auth::SourceAuth::None,
+            transcripts: None,
+            max_body_bytes: None,
+            finalize_wait: Vendor::Bland.finalize_wait(),
+        };
+        let accept = build_accept(&source, r, None, Timestamp::now(), Bytes::new(), &[], None);
+        assert_eq!(accept.jobs.len(), 1);
+        assert_eq!(accept.jobs[0].kind, JobKind::AwaitEnd);
+        assert_eq!(accept.jobs[0].holds, [EventType::SessionFinalized]);
+        assert!(
+            crate::sessions::finalizes(&accept),
+            "its own, not a stand-in"
+        );
     }
 }

@@ -99,7 +99,9 @@ impl SessionJobs {
     /// running (that job's id), so that it carries the result.
     pub fn hand_on(&self, kind: JobKind) -> Option<&str> {
         match kind {
-            JobKind::Finalize => self.recording.as_deref().or(self.transcript.as_deref()),
+            JobKind::Finalize | JobKind::AwaitEnd => {
+                self.recording.as_deref().or(self.transcript.as_deref())
+            }
             JobKind::Recording | JobKind::Transcript => None,
         }
     }
@@ -134,6 +136,15 @@ fn hold(event: &NewEvent) -> Hold {
     }
 }
 
+/// Whether a request ends its session (an own `session.ended`): its commit makes the
+/// session's [`JobKind::AwaitEnd`] jobs due at once.
+pub(crate) fn ends_session(accept: &Inbound) -> bool {
+    accept
+        .events
+        .iter()
+        .any(|e| e.event_type == EventType::SessionEnded && !e.implied)
+}
+
 /// Whether [`plan_jobs`] needs the session's jobs: the request leaves an archive, or has a
 /// `session.finalized` none of its own jobs holds.
 pub(crate) fn needs_session_jobs(accept: &Inbound, events: &[(&NewEvent, String)]) -> bool {
@@ -146,11 +157,17 @@ pub(crate) fn needs_session_jobs(accept: &Inbound, events: &[(&NewEvent, String)
 
 /// Decides, from the session's jobs as stored, which of the request's jobs are inserted
 /// and which holds join a running job. Pure; the backends write it in the request's commit.
+///
+/// `ended_before`: the session had ended before this request (its record as read). A
+/// finalize wait of a request that does not end the session is then moot: its
+/// `session.finalized` waited for the end only ([`crate::vendors::Recognized::waits_for_end`]).
 pub(crate) fn plan_jobs<'a>(
     accept: &'a Inbound,
     events: &[(&NewEvent, String)],
     session: &SessionJobs,
+    ended_before: bool,
 ) -> JobPlan<'a> {
+    let ends = ends_session(accept);
     let holds_of = |job: &NewJob| -> Vec<Hold> {
         events
             .iter()
@@ -164,7 +181,8 @@ pub(crate) fn plan_jobs<'a>(
         let holds = holds_of(job);
         match job.kind {
             // Its event was not stored (the session is finalized already): nothing waits.
-            JobKind::Finalize if holds.is_empty() => {}
+            JobKind::Finalize | JobKind::AwaitEnd if holds.is_empty() => {}
+            JobKind::AwaitEnd if ended_before && !ends => {}
             JobKind::Recording if session.recording.is_some() => joining.extend(holds),
             // Archived already: the record carries it, and the events go out now.
             JobKind::Recording if session.archived => {}

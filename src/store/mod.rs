@@ -30,7 +30,9 @@ use serde::Serialize;
 use secrecy::ExposeSecret;
 
 pub use self::jobs::{ClaimedJob, Hold, JobEnd, JobResult, event_of_job, job_id};
-pub(crate) use self::jobs::{SESSION_JOBS, SessionJobs, needs_session_jobs, plan_jobs, rerender};
+pub(crate) use self::jobs::{
+    SESSION_JOBS, SessionJobs, ends_session, needs_session_jobs, plan_jobs, rerender,
+};
 pub use self::listing::{Retried, SessionFilter, SessionListing, Timeline};
 use self::settings::StorageConfig;
 use crate::clock::Clock;

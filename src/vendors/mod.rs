@@ -8,6 +8,7 @@
 //! Adding a vendor: a new file with a `normalize` function, one arm here.
 
 mod agntix;
+mod bland;
 mod elevenlabs;
 mod fields;
 mod pathors;
@@ -32,6 +33,7 @@ pub enum Vendor {
     Retell,
     Vapi,
     ElevenLabs,
+    Bland,
 }
 
 impl<'de> Deserialize<'de> for Vendor {
@@ -42,12 +44,13 @@ impl<'de> Deserialize<'de> for Vendor {
 
 impl Vendor {
     /// Every vendor sessiongate speaks.
-    pub const ALL: [Vendor; 5] = [
+    pub const ALL: [Vendor; 6] = [
         Vendor::Pathors,
         Vendor::Agntix,
         Vendor::Retell,
         Vendor::Vapi,
         Vendor::ElevenLabs,
+        Vendor::Bland,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +60,7 @@ impl Vendor {
             Vendor::Retell => "retell",
             Vendor::Vapi => "vapi",
             Vendor::ElevenLabs => "elevenlabs",
+            Vendor::Bland => "bland",
         }
     }
 
@@ -71,6 +75,7 @@ impl Vendor {
             Vendor::Retell => retell::RAW_FIELDS,
             Vendor::Vapi => vapi::RAW_FIELDS,
             Vendor::ElevenLabs => elevenlabs::RAW_FIELDS,
+            Vendor::Bland => bland::RAW_FIELDS,
         };
         let mut found: Vec<Vec<String>> = Vec::new();
         for (canonical, raw) in table {
@@ -88,7 +93,7 @@ impl Vendor {
     /// event comes later), so that a `finalize_wait` can bound the wait for that event.
     pub fn ends_before_it_finalizes(self) -> bool {
         match self {
-            Vendor::Pathors | Vendor::Retell | Vendor::Vapi => true,
+            Vendor::Pathors | Vendor::Retell | Vendor::Vapi | Vendor::Bland => true,
             // The event that ends the session finalizes it.
             Vendor::Agntix | Vendor::ElevenLabs => false,
         }
@@ -102,6 +107,8 @@ impl Vendor {
     pub fn finalize_wait(self) -> Option<std::time::Duration> {
         match self {
             Vendor::Retell => Some(std::time::Duration::from_secs(15 * 60)),
+            // The delayed post-call comes 30–60 s after the immediate one (Bland's cookbook).
+            Vendor::Bland => Some(std::time::Duration::from_secs(120)),
             _ => None,
         }
     }
@@ -132,8 +139,13 @@ impl Vendor {
         Vendor::ALL.into_iter().find(|v| v.as_str() == name)
     }
 
-    /// Maps one verified request body to canonical event drafts.
-    pub fn normalize(self, input: &Verified) -> Result<Normalized, PayloadError> {
+    /// Maps one verified request body to canonical event drafts. `received_at` stands in
+    /// for the event's time where the vendor states none (Bland's delayed post-call).
+    pub fn normalize(
+        self,
+        input: &Verified,
+        received_at: Timestamp,
+    ) -> Result<Normalized, PayloadError> {
         let body = fields::parse_object(input.body())?;
         match self {
             Vendor::Pathors => pathors::normalize(&body),
@@ -141,6 +153,7 @@ impl Vendor {
             Vendor::Retell => retell::normalize(&body),
             Vendor::Vapi => vapi::normalize(&body),
             Vendor::ElevenLabs => elevenlabs::normalize(&body),
+            Vendor::Bland => bland::normalize(&body, received_at),
         }
     }
 }
@@ -173,6 +186,10 @@ pub struct Recognized {
     /// `status-update:ended`).
     pub duplicate_key: String,
     pub events: Vec<Draft>,
+    /// A completing event that carries too little to stand alone (Bland's delayed
+    /// post-call: the corrected transcript only): arriving before the session ended, its
+    /// `session.finalized` waits for the end, at most the source's `finalize_wait`.
+    pub waits_for_end: bool,
 }
 
 impl Recognized {
@@ -183,6 +200,7 @@ impl Recognized {
             vendor_event_type: vendor_event_type.to_owned(),
             duplicate_key: vendor_event_type.to_owned(),
             events,
+            waits_for_end: false,
         }
     }
 }
@@ -225,7 +243,12 @@ pub(crate) mod test_support {
                 body.to_vec().into(),
             )
             .expect("auth none accepts everything");
-        vendor.normalize(&verified)
+        vendor.normalize(&verified, received())
+    }
+
+    /// The receive time adapters' tests are run with.
+    pub fn received() -> Timestamp {
+        Timestamp::parse("2026-05-12T18:00:00Z").expect("a valid instant")
     }
 
     pub fn recognized(vendor: Vendor, body: &[u8]) -> Recognized {

@@ -196,6 +196,7 @@ pub(super) fn normalize(body: &Map<String, Value>) -> Result<Normalized, Payload
         vendor_event_type: kind.to_owned(),
         duplicate_key,
         events,
+        waits_for_end: false,
     }))
 }
 

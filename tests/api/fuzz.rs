@@ -133,6 +133,8 @@ fn mutated_fixture() -> impl Strategy<Value = (Vendor, Value)> {
         ("elevenlabs", "post-call-transcription.json"),
         ("elevenlabs", "call-initiation-failure.json"),
         ("elevenlabs", "post-call-audio.json"),
+        ("bland", "post-call.json"),
+        ("bland", "post-call-delayed.json"),
     ]
     .iter()
     .map(|(dir, name)| {
@@ -183,7 +185,7 @@ fn check_body(vendor: Vendor, body: &[u8]) -> Result<(), TestCaseError> {
         .auth
         .verify(&HeaderMap::new(), Bytes::copy_from_slice(body))
         .unwrap();
-    match vendor.normalize(&verified) {
+    match vendor.normalize(&verified, sessiongate::event::Timestamp::now()) {
         Err(e) => prop_assert!(!e.to_string().is_empty()),
         Ok(Normalized::Ignored { .. }) => {}
         Ok(Normalized::Events(recognized)) => {

@@ -13,6 +13,7 @@ use crate::helpers::*;
 const RETELL_KEY: &str = "key_retell_test_0123456789";
 const VAPI_SECRET: &str = "vapi_hmac_test_secret";
 const ELEVENLABS_SECRET: &str = "wsec_test_0123456789";
+const BLAND_SECRET: &str = "bland_test_secret";
 
 /// The three sources, configured as the README's "Vendors" section says, with `extra`
 /// written into the Retell source.
@@ -24,7 +25,10 @@ fn sources(retell_extra: &str) -> String {
          auth = {{ kind = \"hmac\", secret = \"{VAPI_SECRET}\", header = \"x-signature\", \
          timestamp_header = \"x-timestamp\", payload = \"{{timestamp}}.{{body}}\" }}\n\
          [[sources]]\nname = \"elevenlabs\"\nvendor = \"elevenlabs\"\n\
-         auth = {{ kind = \"elevenlabs\", secret = \"{ELEVENLABS_SECRET}\" }}\n"
+         auth = {{ kind = \"elevenlabs\", secret = \"{ELEVENLABS_SECRET}\" }}\n\
+         [[sources]]\nname = \"bland\"\nvendor = \"bland\"\n\
+         auth = {{ kind = \"hmac\", secret = \"{BLAND_SECRET}\", header = \"X-Webhook-Signature\", \
+         payload = \"{{body}}\", encoding = \"hex\" }}\n"
     )
 }
 
@@ -43,6 +47,8 @@ fn signed(vendor: &str, body: &[u8]) -> Vec<(&'static str, String)> {
         "retell" => retell_headers(RETELL_KEY, ms, body).to_vec(),
         "vapi" => vapi_hmac_headers(VAPI_SECRET, ms, body).to_vec(),
         "elevenlabs" => elevenlabs_headers(ELEVENLABS_SECRET, ms / 1000, body).to_vec(),
+        // Bland: hex HMAC-SHA256 of the body, no timestamp.
+        "bland" => sessiongate::testing::bland_headers(BLAND_SECRET, body).to_vec(),
         other => panic!("no signer for {other}"),
     }
 }
@@ -552,5 +558,76 @@ async fn vapi_and_elevenlabs_calls_are_finalized_once_in_every_order() {
                 "{id}: the audio came first, so the finalized carries its archive"
             );
         }
+    }
+}
+
+/// Bland's two post-call POSTs signed as Bland signs, in every order and repeated: the
+/// immediate one ends the session, the delayed one finalizes it with the corrected
+/// transcript, once; a replay (no timestamp is signed) is a duplicate.
+#[tokio::test]
+async fn bland_calls_are_verified_mapped_and_finalized_once_in_every_order() {
+    let receiver = TestReceiver::start().await;
+    let mut options = Options::with_targets(format!(
+        "[[targets]]\nname = \"all\"\nurl = \"{}\"",
+        receiver.url("/")
+    ));
+    options.tables = sources("");
+    let app = spawn_app_with(options, None).await;
+    let orders: [&[&str]; 3] = [
+        &["post-call.json", "post-call-delayed.json"],
+        &["post-call-delayed.json", "post-call.json"],
+        &[
+            "post-call.json",
+            "post-call.json",
+            "post-call-delayed.json",
+            "post-call-delayed.json",
+        ],
+    ];
+    for (n, order) in orders.iter().enumerate() {
+        let id = format!("bland-order-{n}");
+        for (i, name) in order.iter().enumerate() {
+            let body = with_call_id("bland", name, "/call_id", &id);
+            let answer = app
+                .post("/ingest/bland", &body, &signed("bland", &body))
+                .await;
+            let repeat = order[..i].contains(name);
+            assert_eq!(
+                answer.status(),
+                if repeat { 200 } else { 202 },
+                "{id} {name}"
+            );
+            let mut forged = signed("bland", &body);
+            forged[0].1 = forged[0].1.replace('a', "b").replace('1', "2");
+            assert_eq!(
+                app.post("/ingest/bland", &body, &forged).await.status(),
+                401
+            );
+        }
+    }
+    // ended, call.ended, finalized per call.
+    let expected = 3 * orders.len();
+    let received = receiver.wait_for(expected).await;
+    app.wait_for_deliveries(DeliveryStatus::Delivered, expected)
+        .await;
+    assert_eq!(receiver.received().len(), expected, "nothing more");
+    let validator = validator();
+    for r in &received {
+        let event = r.json();
+        assert!(validator.is_valid(&event), "{event}");
+    }
+    for n in 0..orders.len() {
+        let id = format!("bland-order-{n}");
+        let finals: Vec<Value> = received
+            .iter()
+            .map(Received::json)
+            .filter(|e| e["session"]["id"] == id.as_str() && e["type"] == "session.finalized")
+            .collect();
+        assert_eq!(finals.len(), 1, "{id}");
+        let f = &finals[0];
+        assert_eq!(f["source"]["eventType"], "post-call-delayed", "{id}");
+        assert_eq!(f["session"]["cost"]["amount"], 0.041, "{id}");
+        assert_eq!(f["session"]["call"]["durationSeconds"], 27.0, "{id}");
+        // The delayed transcript has no ids of its own: turns are numbered.
+        assert_eq!(f["session"]["transcript"]["messages"][0]["id"], "0", "{id}");
     }
 }

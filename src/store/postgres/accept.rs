@@ -12,8 +12,8 @@ use crate::event::{EventId, EventType, Inbound, NewEvent};
 use crate::sessions::SessionRecord;
 use crate::sessions::{AcceptPlan, finalizes, plan_accept};
 use crate::store::{
-    DeliveryId, Handoff, IngestOutcome, Leased, SESSION_JOBS, SessionJobs, StoreError, job_id,
-    lease_token, needs_session_jobs, plan_jobs,
+    DeliveryId, Handoff, IngestOutcome, Leased, SESSION_JOBS, SessionJobs, StoreError,
+    ends_session, job_id, lease_token, needs_session_jobs, plan_jobs,
 };
 
 /// How often an ingest reads its session again after losing a race to change it.
@@ -87,7 +87,10 @@ static WRITE_ACCEPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                   updated_at = $5
               WHERE id = $28::text AND EXISTS (SELECT 1 FROM s)),
         h AS (UPDATE jobs SET holds = (holds::jsonb || $29::text::jsonb)::text
-              WHERE id = $30::text AND status = 'pending' AND EXISTS (SELECT 1 FROM s))
+              WHERE id = $30::text AND status = 'pending' AND EXISTS (SELECT 1 FROM s)),
+        z AS (UPDATE jobs SET next_attempt_at = $5
+              WHERE $31::bool AND vendor = $1 AND session_id = $2 AND kind = 'await_end'
+                AND status = 'pending' AND next_attempt_at > $5 AND EXISTS (SELECT 1 FROM s))
         SELECT (SELECT count(*) FROM s), ARRAY(SELECT id FROM d)"
     )
 });
@@ -100,6 +103,8 @@ struct Planned<'a> {
     /// The held `session.finalized` this request's own replaces, and its finalize wait:
     /// the event is deleted (never delivered) and the job ended.
     supersedes: Option<(&'a EventId, &'a str)>,
+    /// The session had ended before this request.
+    ended_before: bool,
 }
 
 /// Writes an accepted request's plan if the session is still at `version`; `None` if it
@@ -117,6 +122,7 @@ async fn write_accept(
         finalized,
         events,
         supersedes,
+        ended_before,
     } = planned;
     let token = lease_token();
     let primary = accept.primary();
@@ -135,7 +141,7 @@ async fn write_accept(
     } else {
         SessionJobs::default()
     };
-    let jobs = plan_jobs(accept, events, &session_jobs);
+    let jobs = plan_jobs(accept, events, &session_jobs, ended_before);
     let mut inserted_jobs = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (job, holds) in &jobs.insert {
         inserted_jobs.0.push(job_id(&primary.id, job.kind));
@@ -210,6 +216,8 @@ async fn write_accept(
                 &supersedes.map(|(_, job)| job),
                 &join.as_ref().map(|(_, holds)| holds.as_str()),
                 &join.as_ref().map(|(job, _)| *job),
+                // The session.finalized that waited for its end: due now.
+                &ends_session(accept),
             ],
         )
         .await
@@ -283,6 +291,7 @@ pub(super) async fn accept_on(
                 None => (SessionRecord::default(), None, version),
             }
         };
+        let ended_before = record.has_ended();
         // A completing event may take the place of a `session.finalized` held by a finalize
         // wait: only then is the wait looked up. Should the wait end meanwhile, its end
         // changes the session row, and the compare-and-set below fails and reads again.
@@ -334,6 +343,7 @@ pub(super) async fn accept_on(
                             finalized: finalized.as_ref(),
                             events: &events,
                             supersedes: supersedes.as_ref().zip(waiting.as_deref()),
+                            ended_before,
                         },
                         version,
                         clock.now_ms(),

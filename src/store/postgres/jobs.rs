@@ -151,7 +151,7 @@ impl PgStore {
         let at = Timestamp::parse(job.get(0)).unwrap_or_else(|| Timestamp::from_unix_millis(now));
         let mut holds: Vec<Hold> = serde_json::from_str(job.get(1)).map_err(backend)?;
         let kind = JobKind::parse(job.get(2)).unwrap_or(JobKind::Transcript);
-        if kind == JobKind::Finalize {
+        if matches!(kind, JobKind::Finalize | JobKind::AwaitEnd) {
             // A finalize wait's event waits on for an archive or transcript still running;
             // the session row, locked above, keeps their ends and ingests out meanwhile.
             let rows = tx

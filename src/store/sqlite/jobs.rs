@@ -137,7 +137,7 @@ pub(super) fn finish(
     let holds: Vec<Hold> = serde_json::from_str(&holds).map_err(json_error)?;
     let mut targets = Vec::new();
     let kind = JobKind::parse(&kind).unwrap_or(JobKind::Transcript);
-    let session_jobs = if kind == JobKind::Finalize {
+    let session_jobs = if matches!(kind, JobKind::Finalize | JobKind::AwaitEnd) {
         let rows = conn
             .prepare_cached(SESSION_JOBS)?
             .query_map([&vendor, &session_id], |r| {

@@ -9,7 +9,8 @@ use crate::sessions::SessionRecord;
 use crate::sessions::{AcceptPlan, finalizes, plan_accept};
 use crate::store::{
     AttemptInfo, DeliveryId, DeliveryInfo, DeliveryStatus, Handoff, Hold, IngestOutcome, Leased,
-    SESSION_JOBS, SessionJobs, StoredEvent, job_id, lease_token, needs_session_jobs, plan_jobs,
+    SESSION_JOBS, SessionJobs, StoredEvent, ends_session, job_id, lease_token, needs_session_jobs,
+    plan_jobs,
 };
 
 /// Lets JSON (de)serialisation failures travel as SQLite errors inside a store call.
@@ -199,7 +200,7 @@ pub(super) fn accept_in(
         )
     };
 
-    let (record, finalized, events) = match (stored, new_session) {
+    let (record, finalized, events, ended_before) = match (stored, new_session) {
         (None, Some(plan)) => (
             std::borrow::Cow::Borrowed(plan.record.as_str()),
             plan.finalized.clone(),
@@ -207,6 +208,7 @@ pub(super) fn accept_in(
                 .iter()
                 .map(|(index, body)| (&accept.events[*index], body.clone()))
                 .collect(),
+            false,
         ),
         (stored, _) => {
             planned_by_writer.fetch_add(1, Ordering::Relaxed);
@@ -217,6 +219,7 @@ pub(super) fn accept_in(
                 ),
                 None => (SessionRecord::default(), None),
             };
+            let ended_before = record.has_ended();
             // A completing event may take the place of a `session.finalized` held by a
             // finalize wait: only then is the wait looked up.
             let waiting = match &finalized {
@@ -254,6 +257,7 @@ pub(super) fn accept_in(
                         ),
                         finalized,
                         events,
+                        ended_before,
                     )
                 }
             }
@@ -293,7 +297,16 @@ pub(super) fn accept_in(
     } else {
         SessionJobs::default()
     };
-    let jobs = plan_jobs(accept, &events, &session_jobs);
+    let jobs = plan_jobs(accept, &events, &session_jobs, ended_before);
+    if ends_session(accept) {
+        // The session.finalized that waited for its end: due now.
+        conn.prepare_cached(
+            "UPDATE jobs SET next_attempt_at = ?3
+             WHERE vendor = ?1 AND session_id = ?2 AND kind = 'await_end'
+               AND status = 'pending' AND next_attempt_at > ?3",
+        )?
+        .execute(params![accept.vendor, accept.session_id, now])?;
+    }
     for (event, body) in events {
         let inserted = insert_event.execute(params![
             event.id.as_str(),

@@ -606,3 +606,52 @@ pub(super) async fn a_finalize_wait_ending_during_an_archive_hands_its_event_on(
         "it carries the archive"
     );
 }
+
+/// A completing event that arrives before its session ended and carries too little to
+/// stand alone (Bland's delayed post-call) waits for the end: the ending request's commit
+/// makes it due at once. After the end, it leaves no wait.
+pub(super) async fn a_finalized_awaiting_the_end_is_due_when_the_session_ends(s: Arc<dyn Store>) {
+    let mut early = completing("e1");
+    early.jobs = vec![NewJob {
+        kind: JobKind::AwaitEnd,
+        deadline: Timestamp::now().plus_millis(60_000),
+        holds: vec![EventType::SessionFinalized],
+    }];
+    s.accept(early).await.unwrap();
+    assert!(s.deliveries(all()).await.unwrap().is_empty(), "it waits");
+    assert!(
+        s.claim_jobs(JobKind::AwaitEnd, 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due before the end"
+    );
+    s.accept(accept("e1", &[EventType::SessionEnded], &["t"]))
+        .await
+        .unwrap();
+    let due = s
+        .claim_jobs(JobKind::AwaitEnd, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1, "due once the session ended");
+
+    // Ended first (its record says so): the completing event goes out at once.
+    let mut ended = accept("e2", &[EventType::SessionEnded], &["t"]);
+    ended.events[0].facts.state = Some(crate::event::SessionState::Closed);
+    s.accept(ended).await.unwrap();
+    let mut late = completing("e2");
+    late.jobs = vec![NewJob {
+        kind: JobKind::AwaitEnd,
+        deadline: Timestamp::now().plus_millis(60_000),
+        holds: vec![EventType::SessionFinalized],
+    }];
+    let own = late.events[0].id.clone();
+    s.accept(late).await.unwrap();
+    assert!(
+        s.deliveries(all())
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.event_id == own)
+    );
+}

@@ -120,6 +120,7 @@ suite!(
         a_finalized_waits_for_its_sessions_running_archive,
         a_session_has_one_archive_whoever_carries_its_recording,
         a_finalize_wait_ending_during_an_archive_hands_its_event_on,
+        a_finalized_awaiting_the_end_is_due_when_the_session_ends,
         pruning_a_sessions_last_recording_job_names_its_object,
         sessions_are_searched_newest_first_and_paged,
         a_timeline_holds_requests_events_and_every_attempt,
