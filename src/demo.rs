@@ -41,14 +41,16 @@ mod examples {
     pub const VAPI_REPORT: &str = include_str!("../tests/fixtures/vapi/end-of-call-report.json");
     pub const ELEVENLABS_TRANSCRIPTION: &str =
         include_str!("../tests/fixtures/elevenlabs/post-call-transcription.json");
+    pub const BLAND_POST_CALL: &str = include_str!("../tests/fixtures/bland/post-call.json");
+    pub const BLAND_DELAYED: &str = include_str!("../tests/fixtures/bland/post-call-delayed.json");
 }
 
 /// Events the receiver must get: 4 of the Pathors call session, 1 of the text session,
 /// 3 of the Agntix session (started, ended, finalized), and 3 of each voice platform's
 /// call (session.ended, call.ended, session.finalized).
-const EXPECTED_DELIVERIES: usize = 17;
+const EXPECTED_DELIVERIES: usize = 20;
 /// Sessions, each finalized once.
-const SESSIONS: usize = 6;
+const SESSIONS: usize = 7;
 const PATIENCE: Duration = Duration::from_secs(20);
 
 struct Sent {
@@ -83,6 +85,12 @@ fn script() -> Vec<Sent> {
         sent("retell", RETELL_ANALYZED, "Retell retry"),
         sent("vapi", VAPI_REPORT, "the ended status update never came"),
         sent("elevenlabs", ELEVENLABS_TRANSCRIPTION, ""),
+        sent(
+            "bland",
+            BLAND_DELAYED,
+            "out of order: before the immediate one",
+        ),
+        sent("bland", BLAND_POST_CALL, ""),
     ]
 }
 
@@ -90,6 +98,7 @@ fn script() -> Vec<Sent> {
 const RETELL_KEY: &str = "key_demo_retell";
 const VAPI_SECRET: &str = "demo-vapi-hmac-secret";
 const ELEVENLABS_SECRET: &str = "wsec_demo_elevenlabs";
+const BLAND_SECRET: &str = "demo-bland-webhook-secret";
 
 /// The vendor's own name for an event type, as the demo prints it.
 fn vendor_event_type(vendor: &str, body: &Value) -> String {
@@ -98,6 +107,14 @@ fn vendor_event_type(vendor: &str, body: &Value) -> String {
         "agntix" => body.get("eventType"),
         "retell" => body.get("event"),
         "vapi" => body.pointer("/message/type"),
+        "bland" => {
+            return if body.get("corrected_transcript").is_some() {
+                "post-call (delayed)"
+            } else {
+                "post-call"
+            }
+            .to_owned();
+        }
         _ => body.get("type"),
     };
     found.and_then(Value::as_str).unwrap_or("?").to_owned()
@@ -302,6 +319,10 @@ auth = {{ kind = "hmac", secret = "env:VAPI_HMAC_SECRET", header = "x-signature"
 name = "elevenlabs"
 vendor = "elevenlabs"
 auth = {{ kind = "elevenlabs", secret = "env:ELEVENLABS_WEBHOOK_SECRET" }}
+[[sources]]
+name = "bland"
+vendor = "bland"
+auth = {{ kind = "hmac", secret = "env:BLAND_WEBHOOK_SECRET", header = "X-Webhook-Signature", payload = "{{body}}", encoding = "hex" }}
 [[targets]]
 name = "receiver"
 url = "{receiver_url}"
@@ -319,6 +340,7 @@ include_raw = false
         "RETELL_API_KEY" => Some(RETELL_KEY.to_owned()),
         "VAPI_HMAC_SECRET" => Some(VAPI_SECRET.to_owned()),
         "ELEVENLABS_WEBHOOK_SECRET" => Some(ELEVENLABS_SECRET.to_owned()),
+        "BLAND_WEBHOOK_SECRET" => Some(BLAND_SECRET.to_owned()),
         _ => None,
     };
     let config = Config::from_toml(&toml, &env).context("The demo configuration is invalid")?;
@@ -356,6 +378,10 @@ include_raw = false
                 v["call"]["recording_url"] = recording_url.clone().into();
                 serde_json::to_string(&v)?
             }
+            ("bland", "post-call") => {
+                v["recording_url"] = recording_url.clone().into();
+                serde_json::to_string(&v)?
+            }
             ("vapi", _) => {
                 v["message"]["artifact"]["presignedMonoUrl"] = recording_url.clone().into();
                 v["message"]["artifact"]["presignedUrlsExpiresAt"] = crate::event::Timestamp::now()
@@ -381,6 +407,7 @@ include_raw = false
             }
             "retell" => crate::testing::retell_headers(RETELL_KEY, now_ms, bytes).to_vec(),
             "vapi" => crate::testing::vapi_hmac_headers(VAPI_SECRET, now_ms, bytes).to_vec(),
+            "bland" => crate::testing::bland_headers(BLAND_SECRET, bytes).to_vec(),
             _ => {
                 crate::testing::elevenlabs_headers(ELEVENLABS_SECRET, now_ms / 1000, bytes).to_vec()
             }
