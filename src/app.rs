@@ -124,7 +124,14 @@ impl Application {
             .transpose()
             .context("Cannot open the recordings store")?;
         let archiver = match (&archive, &config.recordings) {
-            (Some(archive), Some(recordings)) => Some(Archiver::new(archive.clone(), recordings)?),
+            (Some(archive), Some(recordings)) => Some(
+                Archiver::new(archive.clone(), recordings)?.with_credentials(
+                    sources
+                        .values()
+                        .filter_map(|s| Some((s.name.clone(), s.recordings_auth.clone()?)))
+                        .collect(),
+                ),
+            ),
             _ => None,
         };
         let enricher = Enricher::new(

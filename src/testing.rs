@@ -56,6 +56,20 @@ pub fn bland_headers(secret: &str, body: &[u8]) -> [(&'static str, String); 1] {
     [("x-webhook-signature", hex::encode(mac))]
 }
 
+/// Twilio's `X-Twilio-Signature` for the form `body` posted to `url`.
+pub fn twilio_headers(auth_token: &str, url: &str, body: &[u8]) -> [(&'static str, String); 2] {
+    [
+        (
+            "x-twilio-signature",
+            crate::auth::schemes::twilio_signature(auth_token.as_bytes(), url, body),
+        ),
+        (
+            "content-type",
+            "application/x-www-form-urlencoded".to_owned(),
+        ),
+    ]
+}
+
 /// The Svix headers for `body`, signed by the `svix` crate as Agntix's sender does.
 pub fn svix_headers(
     signer: &Webhook,

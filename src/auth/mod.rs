@@ -76,6 +76,12 @@ pub enum SourceAuth {
     },
     /// A generic HMAC scheme, every part configured (Vapi's HMAC credential, Bland, …).
     Hmac(Box<HmacAuth>),
+    /// Twilio: `X-Twilio-Signature` over the URL Twilio calls (`public_url`) and the form
+    /// parameters, keyed with the Auth Token.
+    Twilio {
+        auth_token: SecretString,
+        public_url: String,
+    },
     /// No authentication. Only when configured explicitly; start-up warns.
     None,
 }
@@ -98,6 +104,7 @@ pub struct HmacAuth {
 
 const RETELL_HEADER: &str = "x-retell-signature";
 const ELEVENLABS_HEADER: &str = "elevenlabs-signature";
+const TWILIO_HEADER: &str = "x-twilio-signature";
 
 fn now_ms(now: SystemTime) -> i64 {
     now.duration_since(UNIX_EPOCH)
@@ -244,6 +251,7 @@ impl SourceAuth {
                 header_text(headers, hmac.header.as_str())?;
                 hmac.parts(headers, SystemTime::now()).map(drop)
             }
+            SourceAuth::Twilio { .. } => header_text(headers, TWILIO_HEADER).map(drop),
         }
     }
 
@@ -327,6 +335,25 @@ impl SourceAuth {
                 let message_id = hmac.verify(headers, &body, SystemTime::now())?;
                 Ok(Verified { body, message_id })
             }
+            SourceAuth::Twilio {
+                auth_token,
+                public_url,
+            } => {
+                let signature = header_text(headers, TWILIO_HEADER)?;
+                if schemes::twilio_verify(
+                    auth_token.expose_secret().as_bytes(),
+                    public_url,
+                    &body,
+                    signature,
+                ) {
+                    Ok(Verified {
+                        body,
+                        message_id: None,
+                    })
+                } else {
+                    Err(AuthFailure::Mismatch)
+                }
+            }
         }
     }
 
@@ -340,6 +367,10 @@ impl SourceAuth {
                 tolerance.as_secs()
             ),
             SourceAuth::Header { name, .. } => format!("header `{name}`"),
+            SourceAuth::Twilio { public_url, .. } => format!(
+                "twilio (X-Twilio-Signature over {})",
+                crate::settings::redact_url(public_url)
+            ),
             SourceAuth::Retell { tolerance, .. } => format!(
                 "retell (x-retell-signature, tolerance {} s)",
                 tolerance.as_secs()

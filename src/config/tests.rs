@@ -924,6 +924,47 @@ fn finalize_wait_defaults_to_the_vendors_and_is_refused_where_nothing_waits() {
 }
 
 #[test]
+fn a_twilio_source_names_its_url_and_keeps_its_secrets_secret() {
+    let source = |url: &str, extra: &str| {
+        format!(
+            "[[sources]]\nname = \"tw\"\nvendor = \"twilio\"\n\
+             auth = {{ kind = \"twilio\", auth_token = \"tok-secret-twilio\", public_url = \"{url}\" }}\n{extra}\n"
+        )
+    };
+    let c = parse(&source(
+        "https://gw.example.com/ingest/tw#rc=3",
+        "recordings_auth = { username = \"AC1\", password = \"pw-secret-twilio\" }",
+    ))
+    .unwrap();
+    let s = &c.sources[0];
+    let described = s.auth.describe();
+    assert_eq!(
+        described,
+        "twilio (X-Twilio-Signature over https://gw.example.com/ingest/tw)"
+    );
+    assert_eq!(
+        s.finalize_wait,
+        Some(Duration::ZERO),
+        "the end finalizes at once"
+    );
+    let auth = s.recordings_auth.as_ref().unwrap();
+    assert_eq!(auth.username, "AC1");
+    assert!(!format!("{auth:?}").contains("pw-secret-twilio"));
+    for (url, extra, expected) in [
+        ("gw.example.com/x", "", "sources[0].auth.public_url`"),
+        ("ftp://gw.example.com/x", "", "sources[0].auth.public_url`"),
+        (
+            "https://gw.example.com/x",
+            "recordings_auth = { username = \"AC1\" }",
+            "password",
+        ),
+    ] {
+        let e = error_of(&source(url, extra));
+        assert!(e.contains(expected), "{url} {extra}: {e}");
+    }
+}
+
+#[test]
 fn a_key_beside_kind_none_is_unknown_too() {
     let e = error_of(
         "[[sources]]\nname = \"x\"\nvendor = \"pathors\"\nauth = { kind = \"none\", value = \"meant-a-header\" }\n",

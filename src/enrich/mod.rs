@@ -296,7 +296,7 @@ impl Enricher {
                 }
                 let left = Duration::from_millis(left as u64);
                 archiver
-                    .download(&url, session, job.lease_token, left)
+                    .download(&url, &job.source, session, job.lease_token, left)
                     .await
             }
             // No URL: the vendor sent the audio in the body (ElevenLabs), stored with the

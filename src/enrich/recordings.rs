@@ -173,6 +173,8 @@ const MAX_REDIRECTS: usize = 5;
 /// Downloads recordings into the archive store, under `[recordings]`' host rule and limits.
 pub struct Archiver {
     pub store: ArchiveStore,
+    /// HTTP Basic credentials per source (`recordings_auth`), for its recording URLs.
+    credentials: std::collections::HashMap<String, crate::ingest::settings::BasicAuth>,
     max_bytes: u64,
     hosts: HostRule,
     limits: DownloadLimits,
@@ -206,6 +208,7 @@ impl Archiver {
         }
         Ok(Archiver {
             store,
+            credentials: Default::default(),
             max_bytes: config.max_bytes,
             hosts,
             limits: config.limits,
@@ -215,12 +218,23 @@ impl Archiver {
         })
     }
 
+    /// Fetches the recordings of each named source with its HTTP Basic credentials. They go
+    /// to the URL's host only: a redirect elsewhere (Twilio's to its storage) drops them.
+    pub fn with_credentials(
+        mut self,
+        credentials: std::collections::HashMap<String, crate::ingest::settings::BasicAuth>,
+    ) -> Archiver {
+        self.credentials = credentials;
+        self
+    }
+
     /// Downloads `url` into the store as the recording of `(vendor, session_id)`, within
     /// the attempt's limits and `left` (the time to the archive's deadline). `run` names
     /// this run's temporary object, so runs never write into one another's.
     pub async fn download(
         &self,
         url: &str,
+        source: &str,
         (vendor, session_id): (&str, &str),
         run: i64,
         left: Duration,
@@ -231,7 +245,11 @@ impl Archiver {
             Err(refused) => return refusal(&refused, &shown),
         };
         let timeout = self.limits.attempt_timeout.min(left);
-        let response = match self.client.get(parsed).timeout(timeout).send().await {
+        let mut request = self.client.get(parsed).timeout(timeout);
+        if let Some(basic) = self.credentials.get(source) {
+            request = request.basic_auth(&basic.username, Some(basic.password.expose_secret()));
+        }
+        let response = match request.send().await {
             Ok(response) => response,
             Err(e) => {
                 if let Some(refused) = hosts::refused_in(&e) {
@@ -596,6 +614,7 @@ mod tests {
         let got = archiver
             .download(
                 "http://127.0.0.1:9/rec.wav?token=SECRET-123",
+                "pathors",
                 ("pathors", "s1"),
                 1,
                 Duration::from_secs(5),
@@ -622,7 +641,7 @@ mod tests {
             ("::not a url", "invalid_url"),
         ] {
             let got = archiver
-                .download(url, session, 1, Duration::from_secs(5))
+                .download(url, "src", session, 1, Duration::from_secs(5))
                 .await;
             assert_eq!(got, Downloaded::Final(reason.into()), "{url}");
         }

@@ -214,6 +214,8 @@ async fn handle(
     let received_at = Timestamp::from_unix_millis(state.clock.now_ms());
     let verified = source.auth.verify(request.headers(), body)?;
     let message_id = verified.message_id().map(str::to_owned);
+    // As stored and delivered: a form-encoded vendor's parameters as JSON.
+    let raw = source.vendor.raw(verified.bytes());
 
     match source.vendor.normalize(&verified, received_at)? {
         Normalized::Ignored { vendor_event_type } => {
@@ -225,7 +227,7 @@ async fn handle(
                     vendor_event_type: vendor_event_type.clone(),
                     message_id,
                     received_at,
-                    raw: verified.bytes().clone(),
+                    raw: raw.clone(),
                     repeats: None,
                 })
                 .await;
@@ -240,7 +242,7 @@ async fn handle(
                 recognized,
                 message_id.clone(),
                 received_at,
-                verified.bytes().clone(),
+                raw.clone(),
                 &state.targets,
                 state.archive_recordings,
             );
@@ -257,7 +259,7 @@ async fn handle(
                         vendor_event_type: Some(vendor_event_type),
                         message_id,
                         received_at,
-                        raw: verified.bytes().clone(),
+                        raw: raw.clone(),
                         repeats: Some(id.as_str().to_owned()),
                     };
                     if let Err(e) = state.store.record_receipt(receipt).await {
@@ -581,6 +583,7 @@ mod audio_tests {
             transcripts: None,
             max_body_bytes: None,
             finalize_wait: None,
+            recordings_auth: None,
         };
         let accept = build_accept(
             &source,
@@ -617,6 +620,7 @@ mod await_end_tests {
             transcripts: None,
             max_body_bytes: None,
             finalize_wait: Vendor::Bland.finalize_wait(),
+            recordings_auth: None,
         };
         let accept = build_accept(&source, r, None, Timestamp::now(), Bytes::new(), &[], None);
         assert_eq!(accept.jobs.len(), 1);

@@ -164,6 +164,23 @@ pub struct Source {
     /// session ended (`finalize_wait`, defaulting to the vendor's); `None`: it waits for
     /// that event alone.
     pub finalize_wait: Option<Duration>,
+    /// HTTP Basic credentials its recordings are fetched with (`recordings_auth`).
+    pub recordings_auth: Option<BasicAuth>,
+}
+
+/// A user name and a password, the password a secret.
+#[derive(Clone)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: SecretString,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `transcripts = { api_url, api_key, wait_ms }` of an Agntix source.
@@ -197,6 +214,16 @@ pub struct RawSource {
     transcripts: Option<RawTranscripts>,
     max_body_bytes: Option<usize>,
     finalize_wait: Option<String>,
+    recordings_auth: Option<RawBasicAuth>,
+}
+
+/// `recordings_auth = { username, password }`: HTTP Basic credentials for the source's
+/// recording URLs (Twilio: the Account SID and the Auth Token).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBasicAuth {
+    username: String,
+    password: String,
 }
 
 #[derive(Deserialize)]
@@ -235,6 +262,10 @@ enum RawAuth {
         api_key: String,
         #[serde(default = "default_tolerance")]
         tolerance_seconds: u64,
+    },
+    Twilio {
+        auth_token: String,
+        public_url: String,
     },
     Elevenlabs {
         secret: String,
@@ -341,6 +372,16 @@ impl Source {
                 }
                 None => s.vendor.finalize_wait(),
             };
+            let recordings_auth = match s.recordings_auth {
+                Some(basic) => Some(BasicAuth {
+                    username: cx
+                        .reference(&format!("{key}.recordings_auth.username"), &basic.username)?,
+                    password: SecretString::from(
+                        cx.secret(&format!("{key}.recordings_auth.password"), &basic.password)?,
+                    ),
+                }),
+                None => None,
+            };
             sources.push(Source {
                 name: s.name,
                 vendor: s.vendor,
@@ -348,6 +389,7 @@ impl Source {
                 transcripts,
                 max_body_bytes: s.max_body_bytes,
                 finalize_wait,
+                recordings_auth,
             });
         }
         Ok(sources)
@@ -421,6 +463,33 @@ fn parse_auth(
                 .collect::<Result<_, _>>()?;
             let tolerance = tolerance(key, tolerance_seconds)?;
             SourceAuth::Svix { secrets, tolerance }
+        }
+        RawAuth::Twilio {
+            auth_token,
+            public_url,
+        } => {
+            let url_key = format!("{key}.auth.public_url");
+            let url = cx.reference(&url_key, &public_url)?;
+            let parsed = reqwest::Url::parse(&url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .ok_or_else(|| {
+                    invalid(
+                        &url_key,
+                        "must be the http(s) URL Twilio calls, exactly as configured there",
+                    )
+                })?;
+            // Twilio's connection overrides (`#rc=…`) are not sent, and not signed.
+            let public_url = match parsed.fragment() {
+                Some(_) => url[..url.find('#').unwrap_or(url.len())].to_owned(),
+                None => url,
+            };
+            SourceAuth::Twilio {
+                auth_token: SecretString::from(
+                    cx.secret(&format!("{key}.auth.auth_token"), &auth_token)?,
+                ),
+                public_url,
+            }
         }
         RawAuth::Retell {
             api_key,

@@ -13,6 +13,7 @@ mod elevenlabs;
 mod fields;
 mod pathors;
 mod retell;
+mod twilio;
 mod vapi;
 mod voice;
 
@@ -34,6 +35,7 @@ pub enum Vendor {
     Vapi,
     ElevenLabs,
     Bland,
+    Twilio,
 }
 
 impl<'de> Deserialize<'de> for Vendor {
@@ -44,13 +46,14 @@ impl<'de> Deserialize<'de> for Vendor {
 
 impl Vendor {
     /// Every vendor sessiongate speaks.
-    pub const ALL: [Vendor; 6] = [
+    pub const ALL: [Vendor; 7] = [
         Vendor::Pathors,
         Vendor::Agntix,
         Vendor::Retell,
         Vendor::Vapi,
         Vendor::ElevenLabs,
         Vendor::Bland,
+        Vendor::Twilio,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +64,7 @@ impl Vendor {
             Vendor::Vapi => "vapi",
             Vendor::ElevenLabs => "elevenlabs",
             Vendor::Bland => "bland",
+            Vendor::Twilio => "twilio",
         }
     }
 
@@ -76,6 +80,7 @@ impl Vendor {
             Vendor::Vapi => vapi::RAW_FIELDS,
             Vendor::ElevenLabs => elevenlabs::RAW_FIELDS,
             Vendor::Bland => bland::RAW_FIELDS,
+            Vendor::Twilio => twilio::RAW_FIELDS,
         };
         let mut found: Vec<Vec<String>> = Vec::new();
         for (canonical, raw) in table {
@@ -93,7 +98,9 @@ impl Vendor {
     /// event comes later), so that a `finalize_wait` can bound the wait for that event.
     pub fn ends_before_it_finalizes(self) -> bool {
         match self {
-            Vendor::Pathors | Vendor::Retell | Vendor::Vapi | Vendor::Bland => true,
+            Vendor::Pathors | Vendor::Retell | Vendor::Vapi | Vendor::Bland | Vendor::Twilio => {
+                true
+            }
             // The event that ends the session finalizes it.
             Vendor::Agntix | Vendor::ElevenLabs => false,
         }
@@ -109,6 +116,9 @@ impl Vendor {
             Vendor::Retell => Some(std::time::Duration::from_secs(15 * 60)),
             // The delayed post-call comes 30–60 s after the immediate one (Bland's cookbook).
             Vendor::Bland => Some(std::time::Duration::from_secs(120)),
+            // Twilio has no completing event: the end finalizes at once. Set a wait when calls
+            // are recorded, for the recording callback (which comes after the end).
+            Vendor::Twilio => Some(std::time::Duration::ZERO),
             _ => None,
         }
     }
@@ -146,7 +156,10 @@ impl Vendor {
         input: &Verified,
         received_at: Timestamp,
     ) -> Result<Normalized, PayloadError> {
-        let body = fields::parse_object(input.body())?;
+        let body = match self {
+            Vendor::Twilio => twilio::parse_form(input.body()),
+            _ => fields::parse_object(input.body())?,
+        };
         match self {
             Vendor::Pathors => pathors::normalize(&body),
             Vendor::Agntix => agntix::normalize(&body),
@@ -154,6 +167,18 @@ impl Vendor {
             Vendor::Vapi => vapi::normalize(&body),
             Vendor::ElevenLabs => elevenlabs::normalize(&body),
             Vendor::Bland => bland::normalize(&body, received_at),
+            Vendor::Twilio => twilio::normalize(&body, received_at),
+        }
+    }
+
+    /// The body as stored and delivered as `raw`: the vendor's JSON as received, or, for a
+    /// form-encoded vendor (Twilio), its parameters as one JSON object of strings.
+    pub fn raw(self, body: &actix_web::web::Bytes) -> actix_web::web::Bytes {
+        match self {
+            Vendor::Twilio => serde_json::to_vec(&twilio::parse_form(body))
+                .expect("strings serialise")
+                .into(),
+            _ => body.clone(),
         }
     }
 }

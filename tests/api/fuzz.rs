@@ -174,6 +174,7 @@ fn source(vendor: Vendor) -> Source {
         transcripts: None,
         max_body_bytes: None,
         finalize_wait: vendor.finalize_wait(),
+        recordings_auth: None,
     }
 }
 

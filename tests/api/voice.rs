@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 use sessiongate::store::DeliveryStatus;
 
@@ -629,5 +630,115 @@ async fn bland_calls_are_verified_mapped_and_finalized_once_in_every_order() {
         assert_eq!(f["session"]["call"]["durationSeconds"], 27.0, "{id}");
         // The delayed transcript has no ids of its own: turns are numbered.
         assert_eq!(f["session"]["transcript"]["messages"][0]["id"], "0", "{id}");
+    }
+}
+
+/// Twilio's form-encoded callbacks signed as Twilio signs them: the status callback ends
+/// and (with a finalize wait for the recording) finalizes the call; the recording callback's
+/// `.wav` is fetched with the source's HTTP Basic credentials and archived; `raw` is the
+/// parameters as a JSON object; a bad signature is 401, a repeat 200.
+#[tokio::test]
+async fn twilio_callbacks_are_verified_mapped_and_the_recording_fetched_with_basic_auth() {
+    use base64::Engine as _;
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    const SID: &str = "AC4f2a6c8e0b1d3f5a7c9e2b4d6f8a0c13";
+    const URL: &str = "https://gateway.example.com/ingest/twilio";
+    // The recording host: the audio only for the account's credentials.
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{SID}:{TOKEN}"))
+    );
+    let (host, _handle) = serve(
+        web::Data::new(expected),
+        |request: HttpRequest, expected: web::Data<String>| async move {
+            let authorized = request
+                .headers()
+                .get("authorization")
+                .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+            if !authorized {
+                return HttpResponse::Unauthorized().finish();
+            }
+            if !request.path().ends_with(".wav") {
+                return HttpResponse::NotFound().finish();
+            }
+            HttpResponse::Ok()
+                .content_type("audio/x-wav")
+                .body(vec![7u8; 4096])
+        },
+    );
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = Options::with_targets(format!(
+        "[[targets]]\nname = \"all\"\nurl = \"{}\"",
+        receiver.url("/")
+    ));
+    options.tables = format!(
+        "[recordings]\nstore = \"file://{}\"\nallow_private_networks = true\n\
+         [[sources]]\nname = \"twilio\"\nvendor = \"twilio\"\n\
+         auth = {{ kind = \"twilio\", auth_token = \"{TOKEN}\", public_url = \"{URL}#rc=3\" }}\n\
+         recordings_auth = {{ username = \"{SID}\", password = \"{TOKEN}\" }}\n\
+         finalize_wait = \"3s\"\n",
+        dir.path().join("recordings").display()
+    );
+    let app = spawn_app_with(options, None).await;
+    let post = |body: Vec<u8>, headers: Vec<(&'static str, String)>| {
+        let mut request = app
+            .client
+            .post(format!("{}/ingest/twilio", app.address))
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let status = fixture("twilio", "status-callback-completed.form");
+    let signed = |body: &[u8]| sessiongate::testing::twilio_headers(TOKEN, URL, body).to_vec();
+    assert_eq!(post(status.clone(), signed(&status)).await, 202);
+    assert_eq!(post(status.clone(), signed(&status)).await, 200, "a repeat");
+    let mut forged = signed(&status);
+    forged[0].1 = sessiongate::testing::twilio_headers("another-token", URL, &status)[0]
+        .1
+        .clone();
+    assert_eq!(post(status.clone(), forged).await, 401);
+    let other_url =
+        sessiongate::testing::twilio_headers(TOKEN, "https://elsewhere.example/x", &status);
+    assert_eq!(post(status.clone(), other_url.to_vec()).await, 401);
+    assert_eq!(post(status.clone(), Vec::new()).await, 401, "unsigned");
+    let tampered = [&status[..], b"&Extra=1"].concat();
+    assert_eq!(post(tampered, signed(&status)).await, 401);
+
+    // The recording callback, its URL on the local host.
+    let recording = String::from_utf8(fixture("twilio", "recording-status-completed.form"))
+        .unwrap()
+        .replace(
+            "https%3A%2F%2Fapi.twilio.example",
+            &format!("http%3A%2F%2F{host}"),
+        )
+        .into_bytes();
+    assert_eq!(post(recording.clone(), signed(&recording)).await, 202);
+
+    // session.ended, call.ended, recording.ready and (the wait over) session.finalized.
+    let received = receiver.wait_for(4).await;
+    let events: Vec<Value> = received.iter().map(Received::json).collect();
+    let of = |t: &str| events.iter().find(|e| e["type"] == t).unwrap();
+    let ready = of("recording.ready");
+    let archive = &ready["session"]["recording"]["archive"];
+    assert_eq!(archive["status"], "archived", "{ready}");
+    assert_eq!(archive["bytes"], 4096);
+    let finalized = of("session.finalized");
+    assert_eq!(
+        finalized["session"]["recording"]["archive"]["status"], "archived",
+        "the finalize wait let the recording in"
+    );
+    assert_eq!(finalized["session"]["call"]["durationSeconds"], 85);
+    let ended = of("session.ended");
+    assert_eq!(
+        ended["raw"]["CallSid"], "CA8e1c5a9d3f7b2e6a0c4d8f2b6e0a4c97",
+        "raw is JSON"
+    );
+    assert_eq!(ended["raw"]["Timestamp"], "Tue, 12 May 2026 18:01:32 +0000");
+    let validator = validator();
+    for e in &events {
+        assert!(validator.is_valid(e), "{e}");
     }
 }
