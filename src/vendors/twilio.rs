@@ -230,7 +230,12 @@ mod tests {
 
     #[test]
     fn every_call_status_has_an_outcome() {
-        let table: &[(&str, Option<&str>, Option<(CallOutcome, Option<Party>)>)] = &[
+        type Row<'a> = (
+            &'a str,
+            Option<&'a str>,
+            Option<(CallOutcome, Option<Party>)>,
+        );
+        let table: &[Row<'_>] = &[
             ("queued", None, None),
             ("initiated", None, None),
             ("ringing", None, None),
