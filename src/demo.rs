@@ -43,14 +43,16 @@ mod examples {
         include_str!("../tests/fixtures/elevenlabs/post-call-transcription.json");
     pub const BLAND_POST_CALL: &str = include_str!("../tests/fixtures/bland/post-call.json");
     pub const BLAND_DELAYED: &str = include_str!("../tests/fixtures/bland/post-call-delayed.json");
+    pub const TWILIO_COMPLETED: &str =
+        include_str!("../tests/fixtures/twilio/status-callback-completed.form");
 }
 
 /// Events the receiver must get: 4 of the Pathors call session, 1 of the text session,
 /// 3 of the Agntix session (started, ended, finalized), and 3 of each voice platform's
 /// call (session.ended, call.ended, session.finalized).
-const EXPECTED_DELIVERIES: usize = 20;
+const EXPECTED_DELIVERIES: usize = 23;
 /// Sessions, each finalized once.
-const SESSIONS: usize = 7;
+const SESSIONS: usize = 8;
 const PATIENCE: Duration = Duration::from_secs(20);
 
 struct Sent {
@@ -91,6 +93,7 @@ fn script() -> Vec<Sent> {
             "out of order: before the immediate one",
         ),
         sent("bland", BLAND_POST_CALL, ""),
+        sent("twilio", TWILIO_COMPLETED, "form-encoded"),
     ]
 }
 
@@ -99,6 +102,9 @@ const RETELL_KEY: &str = "key_demo_retell";
 const VAPI_SECRET: &str = "demo-vapi-hmac-secret";
 const ELEVENLABS_SECRET: &str = "wsec_demo_elevenlabs";
 const BLAND_SECRET: &str = "demo-bland-webhook-secret";
+const TWILIO_TOKEN: &str = "demo-twilio-auth-token";
+/// The URL the demo's Twilio signs: what `public_url` says Twilio calls.
+const TWILIO_URL: &str = "https://gateway.example.com/ingest/twilio";
 
 /// The vendor's own name for an event type, as the demo prints it.
 fn vendor_event_type(vendor: &str, body: &Value) -> String {
@@ -107,6 +113,7 @@ fn vendor_event_type(vendor: &str, body: &Value) -> String {
         "agntix" => body.get("eventType"),
         "retell" => body.get("event"),
         "vapi" => body.pointer("/message/type"),
+        "twilio" => body.get("CallStatus"),
         "bland" => {
             return if body.get("corrected_transcript").is_some() {
                 "post-call (delayed)"
@@ -320,6 +327,10 @@ name = "elevenlabs"
 vendor = "elevenlabs"
 auth = {{ kind = "elevenlabs", secret = "env:ELEVENLABS_WEBHOOK_SECRET" }}
 [[sources]]
+name = "twilio"
+vendor = "twilio"
+auth = {{ kind = "twilio", auth_token = "env:TWILIO_AUTH_TOKEN", public_url = "{TWILIO_URL}" }}
+[[sources]]
 name = "bland"
 vendor = "bland"
 auth = {{ kind = "hmac", secret = "env:BLAND_WEBHOOK_SECRET", header = "X-Webhook-Signature", payload = "{{body}}", encoding = "hex" }}
@@ -341,6 +352,7 @@ include_raw = false
         "VAPI_HMAC_SECRET" => Some(VAPI_SECRET.to_owned()),
         "ELEVENLABS_WEBHOOK_SECRET" => Some(ELEVENLABS_SECRET.to_owned()),
         "BLAND_WEBHOOK_SECRET" => Some(BLAND_SECRET.to_owned()),
+        "TWILIO_AUTH_TOKEN" => Some(TWILIO_TOKEN.to_owned()),
         _ => None,
     };
     let config = Config::from_toml(&toml, &env).context("The demo configuration is invalid")?;
@@ -364,7 +376,16 @@ include_raw = false
     let client = reqwest::Client::new();
     let signer = Webhook::new(&agntix_secret)?;
     for (i, sent) in script().iter().enumerate() {
-        let mut v: Value = serde_json::from_str(sent.body)?;
+        let form = sent.vendor == "twilio";
+        let mut v: Value = if form {
+            Value::Object(
+                form_urlencoded::parse(sent.body.as_bytes())
+                    .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                    .collect(),
+            )
+        } else {
+            serde_json::from_str(sent.body)?
+        };
         let event_type = vendor_event_type(sent.vendor, &v);
         // Recording URLs point at the stand-in host, sent now (a Pathors URL's 15 minutes
         // run from the event).
@@ -394,7 +415,14 @@ include_raw = false
         };
         let mut request = client
             .post(format!("{gateway}/ingest/{}", sent.vendor))
-            .header("content-type", "application/json")
+            .header(
+                "content-type",
+                if form {
+                    "application/x-www-form-urlencoded"
+                } else {
+                    "application/json"
+                },
+            )
             .body(body.clone());
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
         let bytes = body.as_bytes();
@@ -408,6 +436,9 @@ include_raw = false
             "retell" => crate::testing::retell_headers(RETELL_KEY, now_ms, bytes).to_vec(),
             "vapi" => crate::testing::vapi_hmac_headers(VAPI_SECRET, now_ms, bytes).to_vec(),
             "bland" => crate::testing::bland_headers(BLAND_SECRET, bytes).to_vec(),
+            "twilio" => {
+                crate::testing::twilio_headers(TWILIO_TOKEN, TWILIO_URL, bytes)[..1].to_vec()
+            }
             _ => {
                 crate::testing::elevenlabs_headers(ELEVENLABS_SECRET, now_ms / 1000, bytes).to_vec()
             }

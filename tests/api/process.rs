@@ -302,8 +302,8 @@ fn demo_runs_the_whole_pipeline_and_exits_0() {
         "demo failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("The receiver got 20 events:"), "{stdout}");
-    assert_eq!(stdout.matches("signature verified").count(), 20, "{stdout}");
+    assert!(stdout.contains("The receiver got 23 events:"), "{stdout}");
+    assert_eq!(stdout.matches("signature verified").count(), 23, "{stdout}");
     assert!(!stdout.contains("INVALID"));
     assert_eq!(
         stdout.matches("200 duplicate").count(),
@@ -311,7 +311,7 @@ fn demo_runs_the_whole_pipeline_and_exits_0() {
         "a re-delivery, a Svix retry and a Retell retry: {stdout}"
     );
     assert!(
-        stdout.contains("One session.finalized per session (7 sessions)"),
+        stdout.contains("One session.finalized per session (8 sessions)"),
         "{stdout}"
     );
     // The pretty-printed record is the merged one: endedAt came from session.ended.
@@ -331,7 +331,7 @@ fn demo_runs_the_whole_pipeline_and_exits_0() {
         "{stdout}"
     );
     // Each voice platform's call went in signed its vendor's way and was finalized once.
-    for vendor in ["retell", "vapi", "elevenlabs", "bland"] {
+    for vendor in ["retell", "vapi", "elevenlabs", "bland", "twilio"] {
         assert!(
             stdout
                 .lines()
