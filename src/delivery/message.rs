@@ -12,13 +12,7 @@ use crate::event::with_raw;
 use crate::settings::{ConfigError, invalid};
 use crate::store::ClaimedDelivery;
 
-/// The canonical event's JSON Schema; redaction paths are checked against it.
-const SCHEMA: &str = include_str!("../../schema/session-event.v3.json");
-
-/// The schema, parsed once (redaction paths are checked against it at start-up, and its
-/// `$id` is every CloudEvent's `dataschema`).
-static PARSED: std::sync::LazyLock<Value> =
-    std::sync::LazyLock::new(|| serde_json::from_str(SCHEMA).expect("the bundled schema is JSON"));
+use crate::event::schema::SCHEMA;
 
 /// What replaces every redacted string.
 pub const REDACTED: &str = "[redacted]";
@@ -69,7 +63,6 @@ impl Shape {
     /// Checks each `redact` path (`key` names the list) against the canonical schema;
     /// `raw.…` reaches into the vendor payload, which has no schema.
     pub fn parse_redact(key: &str, paths: &[String]) -> Result<Vec<Vec<String>>, ConfigError> {
-        let schema = &*PARSED;
         paths
             .iter()
             .enumerate()
@@ -81,7 +74,7 @@ impl Shape {
                         format!("`{path}` is not a dotted path such as \"session.customer.phoneNumber\""),
                     ));
                 }
-                if !schema_knows(schema, schema, &segments) {
+                if !crate::event::schema::knows(&segments) {
                     return Err(invalid(
                         format!("{key}[{i}]"),
                         format!("the canonical event has no field at `{path}` (see schema/session-event.v3.json; `raw.…` reaches into the vendor's payload)"),
@@ -124,34 +117,6 @@ impl Shape {
             Format::Cloudevents => cloudevent(event),
         };
         serde_json::to_vec(&out).expect("JSON values serialise")
-    }
-}
-
-/// Whether `path` names a field of the schema node `node` (following `$ref`s and `oneOf`);
-/// below an object that declares no properties (variables, extracted, raw) any path goes.
-fn schema_knows(root: &Value, node: &Value, path: &[String]) -> bool {
-    let node = match node.get("$ref").and_then(Value::as_str) {
-        Some(reference) => match reference
-            .strip_prefix("#/")
-            .map(|p| p.split('/').try_fold(root, |n, s| n.get(s)))
-        {
-            Some(Some(target)) => target,
-            _ => return false,
-        },
-        None => node,
-    };
-    let Some((first, rest)) = path.split_first() else {
-        return true;
-    };
-    if let Some(alternatives) = node.get("oneOf").and_then(Value::as_array) {
-        return alternatives.iter().any(|a| schema_knows(root, a, path));
-    }
-    match node.get("properties").and_then(Value::as_object) {
-        Some(properties) => properties
-            .get(first)
-            .is_some_and(|child| schema_knows(root, child, rest)),
-        // A free-form object: whatever the vendor or the session put there.
-        None => node.get("type").and_then(Value::as_str) == Some("object"),
     }
 }
 
@@ -205,7 +170,7 @@ fn cloudevent(event: Value) -> Value {
     envelope.insert("subject".into(), text(&["session", "id"]).into());
     envelope.insert("time".into(), text(&["occurredAt"]).into());
     envelope.insert("datacontenttype".into(), "application/json".into());
-    envelope.insert("dataschema".into(), PARSED["$id"].clone());
+    envelope.insert("dataschema".into(), SCHEMA["$id"].clone());
     envelope.insert("data".into(), event);
     Value::Object(envelope)
 }

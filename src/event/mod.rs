@@ -11,6 +11,7 @@ use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
+pub mod schema;
 mod session;
 pub use session::*;
 
