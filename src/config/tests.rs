@@ -965,6 +965,37 @@ fn a_twilio_source_names_its_url_and_keeps_its_secrets_secret() {
 }
 
 #[test]
+fn a_mapped_vendor_needs_its_mapping_and_only_it_has_one() {
+    let mapping = "[sources.mapping]\nevent = \"/type\"\nsession_id = \"/id\"\n\
+                   occurred_at = \"/at\"\ndedup = [\"/type\", \"/id\"]\n\
+                   events = { \"done\" = [\"session.ended\", \"session.finalized\"] }\n";
+    let source = |vendor: &str, tail: &str| {
+        format!(
+            "[[sources]]\nname = \"acme\"\nvendor = \"{vendor}\"\nauth = {{ kind = \"none\" }}\n{tail}"
+        )
+    };
+    let c = parse(&source("mapped", mapping)).unwrap();
+    assert!(c.sources[0].mapping.is_some());
+    let e = error_of(&source("mapped", ""));
+    assert!(
+        e.contains("sources[0].mapping`: a mapped vendor needs [sources.mapping]"),
+        "{e}"
+    );
+    let e = error_of(&source("pathors", mapping));
+    assert!(
+        e.contains("sources[0].mapping`: is for vendor = \"mapped\""),
+        "{e}"
+    );
+    let e = error_of(&source("mapped", &mapping.replace("\"/at\"", "\"at\"")));
+    assert!(e.contains("sources[0].mapping.occurred_at`"), "{e}");
+    let e = error_of(&source(
+        "mapped",
+        &format!("{mapping}[sources.mapping.fields]\n\"session.call.outcomes\" = \"/x\"\n"),
+    ));
+    assert!(e.contains("has no field `session.call.outcomes`"), "{e}");
+}
+
+#[test]
 fn a_key_beside_kind_none_is_unknown_too() {
     let e = error_of(
         "[[sources]]\nname = \"x\"\nvendor = \"pathors\"\nauth = { kind = \"none\", value = \"meant-a-header\" }\n",

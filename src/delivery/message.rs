@@ -105,6 +105,17 @@ impl Shape {
         let vendor = event["source"]["vendor"]
             .as_str()
             .and_then(crate::vendors::Vendor::parse);
+        // A declared vendor's fields are mapped per source, out of sight here: its raw goes
+        // whole when a session field is redacted (too much redacted is safe).
+        if vendor == Some(crate::vendors::Vendor::Mapped)
+            && self
+                .redact
+                .iter()
+                .any(|p| p.first().is_some_and(|s| s == "session"))
+            && let Some(object) = event.as_object_mut()
+        {
+            object.remove("raw");
+        }
         if let (Some(vendor), Some(raw)) = (vendor, event.get_mut("raw")) {
             for path in &self.redact {
                 for source in vendor.raw_sources(path) {

@@ -59,7 +59,10 @@ pub fn field(path: &[&str]) -> Option<&'static Value> {
 pub fn type_name(node: &Value) -> Option<&str> {
     match node.get("type")? {
         Value::String(t) => Some(t),
-        Value::Array(types) => types.iter().filter_map(Value::as_str).find(|t| *t != "null"),
+        Value::Array(types) => types
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null"),
         _ => None,
     }
 }
@@ -85,12 +88,29 @@ mod tests {
     #[test]
     fn fields_resolve_through_refs_and_nullable_alternatives() {
         let outcome = field(&["session", "call", "outcome"]).unwrap();
-        assert!(outcome["enum"].as_array().unwrap().contains(&"no_answer".into()));
+        assert!(
+            outcome["enum"]
+                .as_array()
+                .unwrap()
+                .contains(&"no_answer".into())
+        );
         let started = field(&["session", "startedAt"]).unwrap();
-        assert!(started["pattern"].as_str().unwrap().starts_with("^[0-9]{4}"));
-        assert_eq!(type_name(field(&["session", "messageCount"]).unwrap()), Some("integer"));
+        assert!(
+            started["pattern"]
+                .as_str()
+                .unwrap()
+                .starts_with("^[0-9]{4}")
+        );
+        assert_eq!(
+            type_name(field(&["session", "messageCount"]).unwrap()),
+            Some("integer")
+        );
         assert!(field(&["session", "nope"]).is_none());
-        assert!(knows(&["session".into(), "extracted".into(), "anything".into()]));
+        assert!(knows(&[
+            "session".into(),
+            "extracted".into(),
+            "anything".into()
+        ]));
         assert!(!knows(&["session".into(), "nope".into()]));
     }
 }

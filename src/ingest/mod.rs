@@ -217,7 +217,7 @@ async fn handle(
     // As stored and delivered: a form-encoded vendor's parameters as JSON.
     let raw = source.vendor.raw(verified.bytes());
 
-    match source.vendor.normalize(&verified, received_at)? {
+    match source.normalize(&verified, received_at)? {
         Normalized::Ignored { vendor_event_type } => {
             let receipt = state
                 .store
@@ -584,6 +584,7 @@ mod audio_tests {
             max_body_bytes: None,
             finalize_wait: None,
             recordings_auth: None,
+            mapping: None,
         };
         let accept = build_accept(
             &source,
@@ -621,6 +622,7 @@ mod await_end_tests {
             max_body_bytes: None,
             finalize_wait: Vendor::Bland.finalize_wait(),
             recordings_auth: None,
+            mapping: None,
         };
         let accept = build_accept(&source, r, None, Timestamp::now(), Bytes::new(), &[], None);
         assert_eq!(accept.jobs.len(), 1);

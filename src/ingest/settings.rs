@@ -166,6 +166,23 @@ pub struct Source {
     pub finalize_wait: Option<Duration>,
     /// HTTP Basic credentials its recordings are fetched with (`recordings_auth`).
     pub recordings_auth: Option<BasicAuth>,
+    /// A declared vendor's mapping (`vendor = "mapped"`, `[sources.mapping]`).
+    pub mapping: Option<std::sync::Arc<crate::vendors::mapped::Mapping>>,
+}
+
+impl Source {
+    /// Maps a verified request: by the source's mapping for a declared vendor, else by its
+    /// vendor's adapter.
+    pub fn normalize(
+        &self,
+        verified: &crate::auth::Verified,
+        received_at: crate::event::Timestamp,
+    ) -> Result<crate::vendors::Normalized, crate::vendors::PayloadError> {
+        match &self.mapping {
+            Some(mapping) => mapping.normalize(verified.body()),
+            None => self.vendor.normalize(verified, received_at),
+        }
+    }
 }
 
 /// A user name and a password, the password a secret.
@@ -215,6 +232,7 @@ pub struct RawSource {
     max_body_bytes: Option<usize>,
     finalize_wait: Option<String>,
     recordings_auth: Option<RawBasicAuth>,
+    mapping: Option<crate::vendors::mapped::RawMapping>,
 }
 
 /// `recordings_auth = { username, password }`: HTTP Basic credentials for the source's
@@ -382,6 +400,26 @@ impl Source {
                 }),
                 None => None,
             };
+            let mapping = match (s.vendor, s.mapping) {
+                (Vendor::Mapped, Some(raw)) => Some(std::sync::Arc::new(
+                    crate::vendors::mapped::Mapping::parse(&format!("{key}.mapping"), raw)?,
+                )),
+                (Vendor::Mapped, None) => {
+                    return Err(invalid(
+                        format!("{key}.mapping"),
+                        "a mapped vendor needs [sources.mapping]: where its event type, session id, time and duplicate key are",
+                    ));
+                }
+                (vendor, Some(_)) => {
+                    return Err(invalid(
+                        format!("{key}.mapping"),
+                        format!(
+                            "is for vendor = \"mapped\"; the {vendor} adapter maps its own payloads"
+                        ),
+                    ));
+                }
+                (_, None) => None,
+            };
             sources.push(Source {
                 name: s.name,
                 vendor: s.vendor,
@@ -390,6 +428,7 @@ impl Source {
                 max_body_bytes: s.max_body_bytes,
                 finalize_wait,
                 recordings_auth,
+                mapping,
             });
         }
         Ok(sources)

@@ -11,6 +11,7 @@ mod agntix;
 mod bland;
 mod elevenlabs;
 mod fields;
+pub mod mapped;
 mod pathors;
 mod retell;
 mod twilio;
@@ -36,6 +37,8 @@ pub enum Vendor {
     ElevenLabs,
     Bland,
     Twilio,
+    /// Declared in configuration (`[sources.mapping]`, [`mapped`]).
+    Mapped,
 }
 
 impl<'de> Deserialize<'de> for Vendor {
@@ -46,7 +49,7 @@ impl<'de> Deserialize<'de> for Vendor {
 
 impl Vendor {
     /// Every vendor sessiongate speaks.
-    pub const ALL: [Vendor; 7] = [
+    pub const ALL: [Vendor; 8] = [
         Vendor::Pathors,
         Vendor::Agntix,
         Vendor::Retell,
@@ -54,6 +57,7 @@ impl Vendor {
         Vendor::ElevenLabs,
         Vendor::Bland,
         Vendor::Twilio,
+        Vendor::Mapped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +69,7 @@ impl Vendor {
             Vendor::ElevenLabs => "elevenlabs",
             Vendor::Bland => "bland",
             Vendor::Twilio => "twilio",
+            Vendor::Mapped => "mapped",
         }
     }
 
@@ -81,6 +86,8 @@ impl Vendor {
             Vendor::ElevenLabs => elevenlabs::RAW_FIELDS,
             Vendor::Bland => bland::RAW_FIELDS,
             Vendor::Twilio => twilio::RAW_FIELDS,
+            // Per source: the delivery side drops a mapped vendor's raw when it redacts.
+            Vendor::Mapped => &[],
         };
         let mut found: Vec<Vec<String>> = Vec::new();
         for (canonical, raw) in table {
@@ -98,9 +105,12 @@ impl Vendor {
     /// event comes later), so that a `finalize_wait` can bound the wait for that event.
     pub fn ends_before_it_finalizes(self) -> bool {
         match self {
-            Vendor::Pathors | Vendor::Retell | Vendor::Vapi | Vendor::Bland | Vendor::Twilio => {
-                true
-            }
+            Vendor::Pathors
+            | Vendor::Retell
+            | Vendor::Vapi
+            | Vendor::Bland
+            | Vendor::Twilio
+            | Vendor::Mapped => true,
             // The event that ends the session finalizes it.
             Vendor::Agntix | Vendor::ElevenLabs => false,
         }
@@ -168,6 +178,8 @@ impl Vendor {
             Vendor::ElevenLabs => elevenlabs::normalize(&body),
             Vendor::Bland => bland::normalize(&body, received_at),
             Vendor::Twilio => twilio::normalize(&body, received_at),
+            // A declared vendor is normalised by its source's mapping (`Source::normalize`).
+            Vendor::Mapped => Err(PayloadError::Missing("[sources.mapping]".into())),
         }
     }
 

@@ -175,6 +175,7 @@ fn source(vendor: Vendor) -> Source {
         max_body_bytes: None,
         finalize_wait: vendor.finalize_wait(),
         recordings_auth: None,
+        mapping: None,
     }
 }
 

@@ -742,3 +742,111 @@ async fn twilio_callbacks_are_verified_mapped_and_the_recording_fetched_with_bas
         assert!(validator.is_valid(e), "{e}");
     }
 }
+
+/// A vendor declared in configuration (the contract's example, section 14): its requests
+/// signed with the generic HMAC scheme, mapped by JSON Pointers into canonical events that
+/// are delivered, merged and finalized once like any other vendor's; a payload missing a
+/// mapped pointer is 400 naming it; an unmapped type 202 `ignored`; a repeat 200.
+#[tokio::test]
+async fn a_declared_vendor_is_verified_mapped_and_delivered_like_a_built_in_one() {
+    const SECRET: &str = "acme_test_secret";
+    let receiver = TestReceiver::start().await;
+    let mut options = Options::with_targets(format!(
+        "[[targets]]\nname = \"all\"\nurl = \"{}\"",
+        receiver.url("/")
+    ));
+    options.tables = format!(
+        r#"[[sources]]
+name = "acme"
+vendor = "mapped"
+auth = {{ kind = "hmac", secret = "{SECRET}", header = "X-Acme-Signature", payload = "{{timestamp}}.{{body}}", timestamp_header = "X-Acme-Timestamp", encoding = "hex" }}
+[sources.mapping]
+event = "/type"
+session_id = "/data/call_id"
+occurred_at = "/data/timestamp"
+dedup = ["/type", "/data/call_id"]
+events = {{ "call.started" = ["session.started"], "call.completed" = ["session.ended", "call.ended", "session.finalized"] }}
+[sources.mapping.fields]
+"session.customer.phoneNumber" = "/data/from"
+"session.call.durationSeconds" = "/data/duration_sec"
+"session.call.vendorStatus" = "/data/end_reason"
+"session.analysis.summary" = "/data/summary"
+"session.extracted" = "/data/extracted"
+[sources.mapping.values]
+"session.call.outcome" = {{ from = "/data/end_reason", map = {{ "hangup" = "completed", "no_answer" = "no_answer" }}, default = "unknown" }}
+"#
+    );
+    let app = spawn_app_with(options, None).await;
+    let signed = |body: &[u8]| {
+        let ts = unix_now().to_string();
+        let mac = sessiongate::auth::schemes::Algorithm::Sha256
+            .mac(SECRET.as_bytes(), &[ts.as_bytes(), b".", body]);
+        vec![
+            ("x-acme-signature", hex::encode(mac)),
+            ("x-acme-timestamp", ts),
+        ]
+    };
+    let body = |v: Value| serde_json::to_vec(&v).unwrap();
+    let completed = body(serde_json::json!({"type": "call.completed", "data": {
+        "call_id": "acme-1", "timestamp": "2026-12-07T10:01:00Z", "from": "+14155550100",
+        "duration_sec": 63, "end_reason": "hangup", "summary": "Booked.",
+        "extracted": {"slot": "Thu"}}}));
+    let started = body(serde_json::json!({"type": "call.started", "data": {
+        "call_id": "acme-1", "timestamp": 1796637600000_u64}}));
+    // Out of order: the end first.
+    assert_eq!(
+        app.post("/ingest/acme", &completed, &signed(&completed))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        app.post("/ingest/acme", &started, &signed(&started))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        app.post("/ingest/acme", &completed, &signed(&completed))
+            .await
+            .status(),
+        200
+    );
+    let mut forged = signed(&completed);
+    forged[0].1 = "00".repeat(32);
+    assert_eq!(
+        app.post("/ingest/acme", &completed, &forged).await.status(),
+        401
+    );
+    let ringing = body(serde_json::json!({"type": "call.ringing", "data": {}}));
+    let answer = app.post("/ingest/acme", &ringing, &signed(&ringing)).await;
+    assert_eq!(answer.status(), 202);
+    assert_eq!(answer.json::<Value>().await.unwrap()["status"], "ignored");
+    let missing = body(serde_json::json!({"type": "call.completed", "data": {"timestamp": 1}}));
+    let answer = app.post("/ingest/acme", &missing, &signed(&missing)).await;
+    assert_eq!(answer.status(), 400);
+    assert!(answer.text().await.unwrap().contains("/data/call_id"));
+
+    let received = receiver.wait_for(4).await;
+    app.wait_for_deliveries(DeliveryStatus::Delivered, 4).await;
+    assert_eq!(receiver.received().len(), 4);
+    let validator = validator();
+    let events: Vec<Value> = received.iter().map(Received::json).collect();
+    for e in &events {
+        assert!(validator.is_valid(e), "{e}");
+        assert_eq!(e["source"]["vendor"], "mapped");
+        assert_eq!(e["source"]["name"], "acme");
+    }
+    let finalized: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "session.finalized")
+        .collect();
+    assert_eq!(finalized.len(), 1);
+    let s = &finalized[0]["session"];
+    assert_eq!(s["call"]["outcome"], "completed");
+    assert_eq!(s["call"]["durationSeconds"], 63);
+    assert_eq!(s["customer"]["phoneNumber"], "+14155550100");
+    assert_eq!(s["extracted"]["slot"], "Thu");
+    assert_eq!(s["state"], "closed");
+    assert_eq!(finalized[0]["raw"]["data"]["summary"], "Booked.");
+}
