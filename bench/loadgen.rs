@@ -9,6 +9,9 @@
 //!     cargo run --release --bin loadgen -- --traffic agntix  # Agntix created/ended only
 //!     cargo run --release --bin loadgen -- --traffic retell  # or vapi, elevenlabs: one
 //!                              # platform's events, signed its way (its verify + map cost)
+//!     cargo run --release --bin loadgen -- --traffic pathors         # Pathors call.ended, and
+//!     cargo run --release --bin loadgen -- --traffic pathors-mapped  # the same to Pathors
+//!                              # declared as a mapped vendor: the mapping's cost
 //!     cargo run --release --bin loadgen -- --session-ids counter
 //!                              # ascending session ids instead of the vendors' random UUIDs
 //!     cargo run --release --bin loadgen -- --scrapers 16 --pending 1000000
@@ -71,6 +74,11 @@ enum Mix {
     Vapi,
     /// `--traffic elevenlabs`: post_call_transcription and call_initiation_failure in turn.
     ElevenLabs,
+    /// `--traffic pathors`: Pathors call.ended, each for a session of its own.
+    Pathors,
+    /// `--traffic pathors-mapped`: the same requests to a source that declares Pathors as a
+    /// mapped vendor (`[sources.mapping]`), to set the mapping's cost beside the adapter's.
+    PathorsMapped,
 }
 
 /// How each request's session is named.
@@ -107,6 +115,7 @@ mod kind {
     pub const VAPI_REPORT: u64 = 6;
     pub const ELEVENLABS_TRANSCRIPTION: u64 = 7;
     pub const ELEVENLABS_FAILURE: u64 = 8;
+    pub const PATHORS_MAPPED: u64 = 9;
 }
 
 impl Mix {
@@ -120,6 +129,8 @@ impl Mix {
             Mix::Retell => turn(&[RETELL_ENDED, RETELL_ANALYZED]),
             Mix::Vapi => turn(&[VAPI_ENDED, VAPI_REPORT]),
             Mix::ElevenLabs => turn(&[ELEVENLABS_TRANSCRIPTION, ELEVENLABS_FAILURE]),
+            Mix::Pathors => PATHORS_CALL_ENDED,
+            Mix::PathorsMapped => PATHORS_MAPPED,
         }
     }
 
@@ -170,8 +181,10 @@ fn main() -> anyhow::Result<()> {
                 Some("retell") => Mix::Retell,
                 Some("vapi") => Mix::Vapi,
                 Some("elevenlabs") => Mix::ElevenLabs,
+                Some("pathors") => Mix::Pathors,
+                Some("pathors-mapped") => Mix::PathorsMapped,
                 Some(other) => bail!(
-                    "--traffic must be mixed, agntix, retell, vapi or elevenlabs, not {other}"
+                    "--traffic must be mixed, agntix, retell, vapi, elevenlabs, pathors or pathors-mapped, not {other}"
                 ),
             },
             ids: match value("--session-ids").as_deref() {
@@ -520,16 +533,17 @@ impl Requests {
                         .collect::<String>();
                 ("/ingest/agntix", body, headers)
             }
-            _ => {
+            k => {
                 let body = self
                     .pathors
                     .replace("2c4f9a13-7e6b-4d8a-9f25-c81e3a7b6d04", &session)
                     .replace("2026-05-03T08:42:14.022Z", &stamp);
-                (
-                    "/ingest/pathors",
-                    body,
-                    format!("authorization: {PATHORS_TOKEN}\r\n"),
-                )
+                let path = if k == kind::PATHORS_MAPPED {
+                    "/ingest/pathors-mapped"
+                } else {
+                    "/ingest/pathors"
+                };
+                (path, body, format!("authorization: {PATHORS_TOKEN}\r\n"))
             }
         };
         format!(
@@ -755,6 +769,27 @@ auth = {{ kind = "svix", secrets = ["{AGNTIX_SECRET}"] }}
 name = "pathors"
 vendor = "pathors"
 auth = {{ kind = "header", header = "Authorization", value = "{PATHORS_TOKEN}" }}
+[[sources]]
+name = "pathors-mapped"
+vendor = "mapped"
+auth = {{ kind = "header", header = "Authorization", value = "{PATHORS_TOKEN}" }}
+[sources.mapping]
+event = "/event"
+session_id = "/sessionId"
+occurred_at = "/timestamp"
+dedup = ["/event"]
+events = {{ "session.ended" = ["session.ended"], "call.ended" = ["call.ended"], "recording.ready" = ["recording.ready"], "session.finalized" = ["session.finalized"] }}
+[sources.mapping.fields]
+"session.projectId" = "/projectId"
+"session.messageCount" = "/messagesCount"
+"session.currentNodeId" = "/currentNodeId"
+"session.extracted" = "/extractedVariables"
+"session.call.vendorStatus" = "/callStatus"
+"session.call.durationSeconds" = "/callDuration"
+"session.recording.url" = "/recordingUrl"
+[sources.mapping.values]
+"session.call.outcome" = {{ from = "/callStatus", map = {{ "userHangup" = "completed", "agentHangup" = "completed", "Ended" = "completed", "transferred" = "transferred", "voicemail" = "voicemail", "busy" = "busy", "userNoAnswer" = "no_answer", "error" = "failed" }}, default = "unknown" }}
+"session.call.endedBy" = {{ from = "/callStatus", map = {{ "userHangup" = "user", "agentHangup" = "agent", "transferred" = "agent" }} }}
 [[sources]]
 name = "retell"
 vendor = "retell"
