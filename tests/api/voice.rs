@@ -850,3 +850,101 @@ events = {{ "call.started" = ["session.started"], "call.completed" = ["session.e
     assert_eq!(s["state"], "closed");
     assert_eq!(finalized[0]["raw"]["data"]["summary"], "Booked.");
 }
+
+/// Twilio's callbacks in any order: the end first, then the starts (the first of them is
+/// session.started, the next a duplicate), then a child leg's end: one session.finalized,
+/// the session stays closed, and the leg's call.ended joins the parent's session without
+/// changing its call.
+#[tokio::test]
+async fn twilio_callbacks_in_any_order_finalize_once() {
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    const URL: &str = "https://gateway.example.com/ingest/twilio";
+    let receiver = TestReceiver::start().await;
+    let mut options = Options::with_targets(format!(
+        "[[targets]]\nname = \"all\"\nurl = \"{}\"",
+        receiver.url("/")
+    ));
+    options.tables = format!(
+        "[[sources]]\nname = \"twilio\"\nvendor = \"twilio\"\n\
+         auth = {{ kind = \"twilio\", auth_token = \"{TOKEN}\", public_url = \"{URL}\" }}\n"
+    );
+    let app = spawn_app_with(options, None).await;
+    let form = |pairs: &[(&str, &str)]| {
+        form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish()
+            .into_bytes()
+    };
+    let call = |status: &str, seq: &str, at: &str| {
+        form(&[
+            ("CallSid", "CAorder"),
+            ("CallStatus", status),
+            ("Direction", "inbound"),
+            ("From", "+14155550111"),
+            ("To", "+14155550199"),
+            ("SequenceNumber", seq),
+            ("Timestamp", at),
+            ("CallDuration", "42"),
+        ])
+    };
+    let sends = [
+        (
+            call("completed", "3", "Tue, 12 May 2026 18:01:32 +0000"),
+            202,
+        ),
+        (
+            call("initiated", "0", "Tue, 12 May 2026 18:00:40 +0000"),
+            202,
+        ),
+        (call("ringing", "1", "Tue, 12 May 2026 18:00:41 +0000"), 200),
+        (
+            form(&[
+                ("CallSid", "CAleg"),
+                ("ParentCallSid", "CAorder"),
+                ("CallStatus", "no-answer"),
+                ("Timestamp", "Tue, 12 May 2026 18:01:00 +0000"),
+            ]),
+            202,
+        ),
+    ];
+    for (body, status) in sends {
+        let mut request = app
+            .client
+            .post(format!("{}/ingest/twilio", app.address))
+            .body(body.clone());
+        for (name, value) in sessiongate::testing::twilio_headers(TOKEN, URL, &body) {
+            request = request.header(name, value);
+        }
+        assert_eq!(request.send().await.unwrap().status().as_u16(), status);
+    }
+    // ended, call.ended, finalized (the end finalizes: no wait), started, the leg's call.ended.
+    let received = receiver.wait_for(5).await;
+    app.wait_for_deliveries(DeliveryStatus::Delivered, 5).await;
+    assert_eq!(receiver.received().len(), 5);
+    let events: Vec<Value> = received.iter().map(Received::json).collect();
+    let count = |t: &str| events.iter().filter(|e| e["type"] == t).count();
+    assert_eq!(
+        (
+            count("session.started"),
+            count("session.ended"),
+            count("call.ended"),
+            count("session.finalized")
+        ),
+        (1, 1, 2, 1)
+    );
+    for e in &events {
+        assert_eq!(e["session"]["id"], "CAorder");
+        if e["type"] != "session.started" {
+            assert_eq!(e["session"]["state"], "closed", "{e}");
+        }
+    }
+    let leg = events
+        .iter()
+        .find(|e| e["type"] == "call.ended" && e["source"]["eventType"] == "no-answer")
+        .unwrap();
+    assert_eq!(
+        leg["session"]["call"]["outcome"], "completed",
+        "the parent's call stays"
+    );
+    assert_eq!(leg["session"]["customer"]["phoneNumber"], "+14155550111");
+}
