@@ -57,7 +57,7 @@ pub(super) fn normalize(
     // start plus the duration.
     let ended_at = started_at
         .zip(duration.as_ref().and_then(Number::as_f64))
-        .map(|(start, secs)| start.plus_millis((secs * 1000.0).round() as i64));
+        .map(|(start, secs)| voice::after(start, secs));
     let occurred_at = match ended_at.or(started_at) {
         Some(t) => t,
         None => f.timestamp("created_at")?,
@@ -210,72 +210,41 @@ fn role(speaker: &str) -> Option<Role> {
 
 /// `transcripts[]`: `{id, created_at, text, user}`, times absolute.
 fn transcripts(f: &Fields<'_>) -> Result<Option<Transcript>, PayloadError> {
-    let Some(turns) = f.opt_array("transcripts")? else {
-        return Ok(None);
-    };
-    let mut out = Vec::new();
-    for (index, turn) in turns.iter().enumerate() {
-        let path = format!("transcripts.{index}");
-        let Value::Object(turn) = turn else {
-            return Err(PayloadError::WrongType {
-                field: path,
-                expected: "an object",
-            });
-        };
-        let t = Fields::at(turn, &path);
+    voice::transcript_of(f.opt_array("transcripts")?, "transcripts", |t| {
         let Some(role) = t.opt_str("user")?.and_then(role) else {
-            continue;
+            return Ok(None);
         };
-        let id = match turn.get("id") {
+        let id = match t.opt_value("id") {
             Some(Value::Number(n)) => Some(n.to_string()),
             Some(Value::String(s)) => Some(s.clone()),
             _ => None,
         };
-        out.push((
-            index,
-            Turn {
-                id,
-                role,
-                content: t.opt_str("text")?.unwrap_or_default().to_owned(),
-                at: t.opt_timestamp("created_at")?,
-                tool_call: None,
-            },
-        ));
-    }
-    Ok(Some(voice::transcript(out)))
+        Ok(Some(Turn {
+            id,
+            role,
+            content: t.opt_str("text")?.unwrap_or_default().to_owned(),
+            at: t.opt_timestamp("created_at")?,
+            tool_call: None,
+        }))
+    })
 }
 
 /// `corrected_transcript.segments[]`: `{speaker, text, start, end}`, seconds into the call;
 /// the payload gives no start to add them to, so `at` is null.
 fn segments(corrected: &Fields<'_>) -> Result<Option<Transcript>, PayloadError> {
-    let Some(turns) = corrected.opt_array("segments")? else {
-        return Ok(None);
-    };
-    let mut out = Vec::new();
-    for (index, turn) in turns.iter().enumerate() {
-        let path = format!("corrected_transcript.segments.{index}");
-        let Value::Object(turn) = turn else {
-            return Err(PayloadError::WrongType {
-                field: path,
-                expected: "an object",
-            });
-        };
-        let t = Fields::at(turn, &path);
+    let turns = corrected.opt_array("segments")?;
+    voice::transcript_of(turns, "corrected_transcript.segments", |t| {
         let Some(role) = t.opt_str("speaker")?.and_then(role) else {
-            continue;
+            return Ok(None);
         };
-        out.push((
-            index,
-            Turn {
-                id: None,
-                role,
-                content: t.opt_str("text")?.unwrap_or_default().to_owned(),
-                at: None,
-                tool_call: None,
-            },
-        ));
-    }
-    Ok(Some(voice::transcript(out)))
+        Ok(Some(Turn {
+            id: None,
+            role,
+            content: t.opt_str("text")?.unwrap_or_default().to_owned(),
+            at: None,
+            tool_call: None,
+        }))
+    })
 }
 
 #[cfg(test)]

@@ -140,7 +140,7 @@ fn conversation(data: &Fields<'_>, session: &mut Session) -> Result<(), PayloadE
         session.started_at = started_at;
         session.ended_at = started_at
             .zip(duration.as_ref().and_then(|d| d.as_f64()))
-            .map(|(start, secs)| start.plus_millis((secs * 1000.0).round() as i64));
+            .map(|(start, secs)| voice::after(start, secs));
         let reason = m.opt_str("termination_reason")?.filter(|r| !r.is_empty());
         session.call = Some(voice::call(
             reason.map_or(voice::UNKNOWN, termination),
@@ -228,41 +228,24 @@ fn transcript(
     data: &Fields<'_>,
     started_at: Option<Timestamp>,
 ) -> Result<Option<Transcript>, PayloadError> {
-    let Some(turns) = data.opt_array("transcript")? else {
-        return Ok(None);
-    };
-    let mut out = Vec::new();
-    for (index, turn) in turns.iter().enumerate() {
-        let path = format!("data.transcript.{index}");
-        let Value::Object(turn) = turn else {
-            return Err(PayloadError::WrongType {
-                field: path,
-                expected: "an object",
-            });
-        };
-        let t = Fields::at(turn, &path);
+    voice::transcript_of(data.opt_array("transcript")?, "data.transcript", |t| {
         let Some(role) = t.opt_str("role")?.and_then(voice::role) else {
-            continue;
+            return Ok(None);
         };
         let offset = t.opt_non_negative("time_in_call_secs")?;
-        let tool_calls = t
-            .opt_array("tool_calls")?
-            .filter(|calls| !calls.is_empty())
-            .map(|calls| Value::Array(calls.clone()));
-        out.push((
-            index,
-            Turn {
-                id: None,
-                role,
-                content: t.opt_str("message")?.unwrap_or_default().to_owned(),
-                at: started_at
-                    .zip(offset.and_then(|o| o.as_f64()))
-                    .map(|(start, s)| start.plus_millis((s * 1000.0).round() as i64)),
-                tool_call: tool_calls,
-            },
-        ));
-    }
-    Ok(Some(voice::transcript(out)))
+        Ok(Some(Turn {
+            id: None,
+            role,
+            content: t.opt_str("message")?.unwrap_or_default().to_owned(),
+            at: started_at
+                .zip(offset.and_then(|o| o.as_f64()))
+                .map(|(start, s)| voice::after(start, s)),
+            tool_call: t
+                .opt_array("tool_calls")?
+                .filter(|calls| !calls.is_empty())
+                .map(|calls| Value::Array(calls.clone())),
+        }))
+    })
 }
 
 /// `metadata.termination_reason` is free text (the vendor note lists no values). These are

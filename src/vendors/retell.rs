@@ -248,21 +248,10 @@ fn transcript(
     call: &Fields<'_>,
     started_at: Option<Timestamp>,
 ) -> Result<Option<crate::event::Transcript>, PayloadError> {
-    let Some(turns) = call.opt_array("transcript_object")? else {
-        return Ok(None);
-    };
-    let mut out = Vec::new();
-    for (index, turn) in turns.iter().enumerate() {
-        let Value::Object(turn) = turn else {
-            return Err(PayloadError::WrongType {
-                field: format!("call.transcript_object.{index}"),
-                expected: "an object",
-            });
-        };
-        let path = format!("call.transcript_object.{index}");
-        let t = Fields::at(turn, &path);
+    let turns = call.opt_array("transcript_object")?;
+    voice::transcript_of(turns, "call.transcript_object", |t| {
         let Some(role) = t.opt_str("role")?.and_then(voice::role) else {
-            continue;
+            return Ok(None);
         };
         let offset = t
             .opt_array("words")?
@@ -270,20 +259,16 @@ fn transcript(
             .and_then(|w| w.get("start"))
             .and_then(Value::as_f64)
             .filter(|s| s.is_finite() && *s >= 0.0);
-        out.push((
-            index,
-            Turn {
-                id: None,
-                role,
-                content: t.opt_str("content")?.unwrap_or_default().to_owned(),
-                at: started_at
-                    .zip(offset)
-                    .map(|(start, s)| start.plus_millis((s * 1000.0).round() as i64)),
-                tool_call: None,
-            },
-        ));
-    }
-    Ok(Some(voice::transcript(out)))
+        Ok(Some(Turn {
+            id: None,
+            role,
+            content: t.opt_str("content")?.unwrap_or_default().to_owned(),
+            at: started_at
+                .zip(offset)
+                .map(|(start, s)| voice::after(start, s)),
+            tool_call: None,
+        }))
+    })
 }
 
 /// Every `disconnection_reason` Retell's SDK lists (`call.ts`), as the contract's outcome.

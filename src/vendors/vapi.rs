@@ -257,34 +257,18 @@ fn recording(a: &Fields<'_>) -> Result<Option<Recording>, PayloadError> {
 /// `artifact.messages`: turns with `time` in Unix milliseconds. A tool call turn carries
 /// `toolCalls` instead of a message.
 fn transcript(a: &Fields<'_>) -> Result<Option<Transcript>, PayloadError> {
-    let Some(turns) = a.opt_array("messages")? else {
-        return Ok(None);
-    };
-    let mut out = Vec::new();
-    for (index, turn) in turns.iter().enumerate() {
-        let path = format!("message.artifact.messages.{index}");
-        let Value::Object(turn) = turn else {
-            return Err(PayloadError::WrongType {
-                field: path,
-                expected: "an object",
-            });
-        };
-        let t = Fields::at(turn, &path);
+    voice::transcript_of(a.opt_array("messages")?, "message.artifact.messages", |t| {
         let Some(role) = t.opt_str("role")?.and_then(voice::role) else {
-            continue;
+            return Ok(None);
         };
-        out.push((
-            index,
-            Turn {
-                id: None,
-                role,
-                content: t.opt_str("message")?.unwrap_or_default().to_owned(),
-                at: t.opt_unix_any("time")?,
-                tool_call: t.opt_value("toolCalls").cloned(),
-            },
-        ));
-    }
-    Ok(Some(voice::transcript(out)))
+        Ok(Some(Turn {
+            id: None,
+            role,
+            content: t.opt_str("message")?.unwrap_or_default().to_owned(),
+            at: t.opt_unix_any("time")?,
+            tool_call: t.opt_value("toolCalls").cloned(),
+        }))
+    })
 }
 
 /// Vapi's `endedReason` (627 values in its spec) by the families the vendor note lists.

@@ -3,6 +3,8 @@
 
 use serde_json::{Number, Value};
 
+use super::fields::{Fields, PayloadError};
+
 use crate::event::{
     Call, CallOutcome, Customer, Direction, Party, Role, Timestamp, Transcript, TranscriptMessage,
     TranscriptStatus,
@@ -52,6 +54,11 @@ pub(super) fn parties(
     )
 }
 
+/// The instant `seconds` after `start` (a vendor's offsets from a call's start).
+pub(super) fn after(start: Timestamp, seconds: f64) -> Timestamp {
+    start.plus_millis((seconds * 1000.0).round() as i64)
+}
+
 /// A duration in seconds from milliseconds (Retell's `duration_ms`).
 pub(super) fn seconds_from_millis(ms: &Number) -> Option<Number> {
     ms.as_f64().and_then(|ms| Number::from_f64(ms / 1000.0))
@@ -80,9 +87,36 @@ pub(super) struct Turn {
     pub tool_call: Option<Value>,
 }
 
+/// The transcript of a payload's array of turns at `path` (`None` when there is none):
+/// each turn must be an object, which `read` turns into a [`Turn`] (`None` for one of a
+/// speaker the vendor does not document, left out). Errors name the turn's full path.
+pub(super) fn transcript_of(
+    turns: Option<&Vec<Value>>,
+    path: &str,
+    read: impl Fn(&Fields<'_>) -> Result<Option<Turn>, PayloadError>,
+) -> Result<Option<Transcript>, PayloadError> {
+    let Some(turns) = turns else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for (index, turn) in turns.iter().enumerate() {
+        let at = format!("{path}.{index}");
+        let Value::Object(turn) = turn else {
+            return Err(PayloadError::WrongType {
+                field: at,
+                expected: "an object",
+            });
+        };
+        if let Some(turn) = read(&Fields::at(turn, &at))? {
+            out.push((index, turn));
+        }
+    }
+    Ok(Some(transcript(out)))
+}
+
 /// A complete transcript of `turns`; a turn without an id of its own is named by its
 /// index among the payload's turns.
-pub(super) fn transcript(turns: impl IntoIterator<Item = (usize, Turn)>) -> Transcript {
+fn transcript(turns: impl IntoIterator<Item = (usize, Turn)>) -> Transcript {
     Transcript {
         status: TranscriptStatus::Complete,
         reason: None,
