@@ -33,6 +33,14 @@ fn sources(retell_extra: &str) -> String {
     )
 }
 
+/// Options whose one target, `all`, is `receiver`.
+fn delivering_to(receiver: &TestReceiver) -> Options {
+    Options::with_targets(format!(
+        "[[targets]]\nname = \"all\"\nurl = \"{}\"",
+        receiver.url("/")
+    ))
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -83,10 +91,7 @@ fn by_session(received: &[Received]) -> HashMap<String, Vec<String>> {
 #[tokio::test]
 async fn every_voice_platform_fixture_is_delivered_as_canonical_v3_events() {
     let receiver = TestReceiver::start().await;
-    let mut options = Options::with_targets(format!(
-        "[[targets]]\nname = \"all\"\nurl = \"{}\"",
-        receiver.url("/")
-    ));
+    let mut options = delivering_to(&receiver);
     options.tables = sources("");
     let app = spawn_app_with(options, None).await;
     let requests = [
@@ -203,10 +208,7 @@ async fn every_voice_platform_fixture_is_delivered_as_canonical_v3_events() {
 #[tokio::test]
 async fn a_retell_call_is_finalized_once_in_every_arrival_order() {
     let receiver = TestReceiver::start().await;
-    let mut options = Options::with_targets(format!(
-        "[[targets]]\nname = \"all\"\nurl = \"{}\"",
-        receiver.url("/")
-    ));
+    let mut options = delivering_to(&receiver);
     options.tables = sources("");
     let app = spawn_app_with(options, None).await;
     let orders: [&[&str]; 4] = [
@@ -267,10 +269,7 @@ async fn a_retell_call_is_finalized_once_in_every_arrival_order() {
 #[tokio::test]
 async fn the_finalize_wait_finalizes_a_session_whose_completing_event_never_came() {
     let receiver = TestReceiver::start().await;
-    let mut options = Options::with_targets(format!(
-        "[[targets]]\nname = \"all\"\nurl = \"{}\"",
-        receiver.url("/")
-    ));
+    let mut options = delivering_to(&receiver);
     options.tables = sources("finalize_wait = \"1s\"");
     let app = spawn_app_with(options, None).await;
     let body = fixture("retell", "call-ended.json");
@@ -568,10 +567,7 @@ async fn vapi_and_elevenlabs_calls_are_finalized_once_in_every_order() {
 #[tokio::test]
 async fn bland_calls_are_verified_mapped_and_finalized_once_in_every_order() {
     let receiver = TestReceiver::start().await;
-    let mut options = Options::with_targets(format!(
-        "[[targets]]\nname = \"all\"\nurl = \"{}\"",
-        receiver.url("/")
-    ));
+    let mut options = delivering_to(&receiver);
     options.tables = sources("");
     let app = spawn_app_with(options, None).await;
     let orders: [&[&str]; 3] = [
@@ -668,10 +664,7 @@ async fn twilio_callbacks_are_verified_mapped_and_the_recording_fetched_with_bas
     );
     let receiver = TestReceiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut options = Options::with_targets(format!(
-        "[[targets]]\nname = \"all\"\nurl = \"{}\"",
-        receiver.url("/")
-    ));
+    let mut options = delivering_to(&receiver);
     options.tables = format!(
         "[recordings]\nstore = \"file://{}\"\nallow_private_networks = true\n\
          [[sources]]\nname = \"twilio\"\nvendor = \"twilio\"\n\
@@ -751,10 +744,7 @@ async fn twilio_callbacks_are_verified_mapped_and_the_recording_fetched_with_bas
 async fn a_declared_vendor_is_verified_mapped_and_delivered_like_a_built_in_one() {
     const SECRET: &str = "acme_test_secret";
     let receiver = TestReceiver::start().await;
-    let mut options = Options::with_targets(format!(
-        "[[targets]]\nname = \"all\"\nurl = \"{}\"",
-        receiver.url("/")
-    ));
+    let mut options = delivering_to(&receiver);
     options.tables = format!(
         r#"[[sources]]
 name = "acme"
@@ -860,10 +850,7 @@ async fn twilio_callbacks_in_any_order_finalize_once() {
     const TOKEN: &str = "0123456789abcdef0123456789abcdef";
     const URL: &str = "https://gateway.example.com/ingest/twilio";
     let receiver = TestReceiver::start().await;
-    let mut options = Options::with_targets(format!(
-        "[[targets]]\nname = \"all\"\nurl = \"{}\"",
-        receiver.url("/")
-    ));
+    let mut options = delivering_to(&receiver);
     options.tables = format!(
         "[[sources]]\nname = \"twilio\"\nvendor = \"twilio\"\n\
          auth = {{ kind = \"twilio\", auth_token = \"{TOKEN}\", public_url = \"{URL}\" }}\n"
