@@ -44,6 +44,11 @@ pub struct Application {
     ),
     /// Deletes old finished work on `[retention]`'s schedule; stopped at shutdown.
     pruner: Option<tokio::task::JoinHandle<()>>,
+    /// Polls the vendors' list APIs of the sources with `recover`, and how to stop it.
+    recoverer: (
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ),
     port: u16,
     server: Server,
     /// The admin API and `/metrics` on a listener of their own (`server.admin_listen`).
@@ -61,6 +66,8 @@ struct Ops {
     workers: WorkerHealth,
     metrics: Arc<Metrics>,
     targets: Vec<String>,
+    /// Each recovering source's state (`recover`).
+    recovery: Arc<crate::recovery::Statuses>,
     /// When the store-derived gauges were last read; the lock makes concurrent scrapes
     /// share one read.
     gauges_read: tokio::sync::Mutex<Option<std::time::Instant>>,
@@ -152,24 +159,44 @@ impl Application {
             targets = targets.len(),
             "Listening"
         );
+        let commits = Arc::new(ingest::Commits::default());
+        let source_vendors: Vec<_> = sources
+            .values()
+            .map(|s| (s.name.clone(), s.vendor))
+            .collect();
+        let ingest_state = web::Data::new(IngestState {
+            sources,
+            targets: targets.clone(),
+            store: store.clone(),
+            dispatcher: dispatcher.clone(),
+            metrics: metrics.clone(),
+            max_body_bytes: config.server.max_body_bytes,
+            body_budget: ingest::BodyBudget::new(config.server.max_body_bytes_in_flight),
+            body_timeout: config.server.body_timeout,
+            clock: clock.clone(),
+            jobs,
+            archive_recordings: config.recordings.as_ref().map(|r| r.max_wait),
+            commits: commits.clone(),
+        });
+        let recoverer = Arc::new(crate::recovery::Recoverer::new(ingest_state.clone())?);
+        let recovery = recoverer.statuses.clone();
+        let (stop_recovery, recovery_stopping) = tokio::sync::watch::channel(false);
+        let recovering = tokio::spawn(recoverer.clone().run(recovery_stopping));
         let admin = config.server.admin_token.map(|token| {
             web::Data::new(AdminState {
                 token,
                 store: store.clone(),
                 dispatcher: dispatcher.clone(),
                 targets: targets.clone(),
-                sources: sources
-                    .values()
-                    .map(|s| (s.name.clone(), s.vendor))
-                    .collect(),
+                sources: source_vendors,
                 archive: archive.clone(),
+                recoverer: recoverer.clone(),
                 guard: Default::default(),
             })
         });
         if admin.is_none() {
             tracing::info!("No server.admin_token configured: the admin API is off");
         }
-        let commits = Arc::new(ingest::Commits::default());
         let ops = web::Data::new(Ops {
             store: store.clone(),
             commits: commits.clone(),
@@ -177,21 +204,8 @@ impl Application {
             workers: workers.health(),
             metrics: metrics.clone(),
             targets: targets.iter().map(|t| t.name.clone()).collect(),
+            recovery,
             gauges_read: tokio::sync::Mutex::new(None),
-        });
-        let ingest_state = web::Data::new(IngestState {
-            sources,
-            targets,
-            store: store.clone(),
-            dispatcher,
-            metrics: metrics.clone(),
-            max_body_bytes: config.server.max_body_bytes,
-            body_budget: ingest::BodyBudget::new(config.server.max_body_bytes_in_flight),
-            body_timeout: config.server.body_timeout,
-            clock,
-            jobs,
-            archive_recordings: config.recordings.as_ref().map(|r| r.max_wait),
-            commits: commits.clone(),
         });
         // With `admin_listen`, the admin API and /metrics answer only there (404 on `listen`).
         let separate_admin = config.server.admin_listen.is_some();
@@ -306,6 +320,7 @@ impl Application {
         Ok(Application {
             enricher: (stop_jobs, enricher),
             pruner,
+            recoverer: (stop_recovery, recovering),
             port: address.port(),
             server,
             admin_server,
@@ -372,6 +387,16 @@ impl Application {
         if let Some(pruner) = &self.pruner {
             // Each batch is its own transaction: stopping between two loses nothing.
             pruner.abort();
+        }
+        // A poll stopped between two calls loses nothing: each call's commit is whole, and
+        // the next poll resumes from the page saved last.
+        let (stop_recovery, recovering) = self.recoverer;
+        stop_recovery.send(true).unwrap_or(());
+        if tokio::time::timeout(self.shutdown_timeout, recovering)
+            .await
+            .is_err()
+        {
+            tracing::warn!("Recovery polls still running at shutdown were abandoned");
         }
         tracing::info!("Waiting for jobs and delivery attempts in flight");
         let (stop_jobs, mut enricher) = self.enricher;
@@ -457,7 +482,7 @@ async fn readyz(health: web::Data<Ops>) -> HttpResponse {
         .failing(health.clock.now_ms(), COMMIT_FAILURE_WINDOW);
     let store_ok = reachable && !failing;
     let workers_ok = health.workers.running();
-    let body = json!({
+    let mut body = json!({
         "status": if store_ok && workers_ok { "ready" } else { "not_ready" },
         "store": match (reachable, failing) {
             (false, _) => "unreachable",
@@ -466,6 +491,11 @@ async fn readyz(health: web::Data<Ops>) -> HttpResponse {
         },
         "workers": if workers_ok { "running" } else { "stopped" },
     });
+    // Recovery's state is shown, never counted against readiness: ingest does not need it.
+    let recovery = health.recovery.all();
+    if !recovery.is_empty() {
+        body["recovery"] = json!(recovery);
+    }
     if store_ok && workers_ok {
         HttpResponse::Ok().json(body)
     } else {

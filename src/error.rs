@@ -40,6 +40,9 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("{0}")]
     Conflict(String),
+    /// A vendor's API that the gateway called for the request failed.
+    #[error("{0}")]
+    BadGateway(String),
 }
 
 impl ApiError {
@@ -56,6 +59,7 @@ impl ApiError {
             ApiError::TooManyAttempts(_) => "too_many_requests",
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Conflict(_) => "conflict",
+            ApiError::BadGateway(_) => "bad_gateway",
         }
     }
 }
@@ -86,6 +90,7 @@ impl ResponseError for ApiError {
             ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::InvalidPayload(_) | ApiError::UnreadableBody(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

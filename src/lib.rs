@@ -52,6 +52,7 @@ pub mod event;
 pub mod ingest;
 pub mod metrics;
 pub mod operator;
+pub mod recovery;
 pub mod sessions;
 pub mod settings;
 pub mod store;

@@ -107,6 +107,32 @@ enum AdminCall {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Recover the calls of SOURCE that ended between --since and --until from its
+    /// vendor's list API (an outage you know of).
+    Recover {
+        /// A source with `recover`.
+        source: String,
+        /// RFC 3339, e.g. 2026-12-07T02:10:00Z.
+        #[arg(long)]
+        since: String,
+        /// RFC 3339.
+        #[arg(long)]
+        until: String,
+    },
+    /// Queue TARGET's deliveries of the stored events received between --since and
+    /// --until that it takes and has not been delivered (a target added today gets history).
+    Backfill {
+        target: String,
+        /// RFC 3339.
+        #[arg(long)]
+        since: String,
+        /// RFC 3339.
+        #[arg(long)]
+        until: String,
+        /// Only count.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 impl AdminCall {
@@ -131,6 +157,26 @@ impl AdminCall {
             } => Call::Retry { id },
             AdminCall::Retry { target, .. } => Call::RetryDead { target },
             AdminCall::Replay { event_id, target } => Call::Replay { event_id, target },
+            AdminCall::Recover {
+                source,
+                since,
+                until,
+            } => Call::Recover {
+                source,
+                since,
+                until,
+            },
+            AdminCall::Backfill {
+                target,
+                since,
+                until,
+                dry_run,
+            } => Call::Backfill {
+                target,
+                since,
+                until,
+                dry_run,
+            },
         }
     }
 }

@@ -46,6 +46,19 @@ pub enum Call {
         event_id: String,
         target: Option<String>,
     },
+    /// Recover a source's calls that ended in a window, from its vendor's list API.
+    Recover {
+        source: String,
+        since: String,
+        until: String,
+    },
+    /// Queue a target's deliveries of the events received in a window.
+    Backfill {
+        target: String,
+        since: String,
+        until: String,
+        dry_run: bool,
+    },
 }
 
 /// Why a call failed, and the exit code it gives.
@@ -226,6 +239,37 @@ impl Call {
                 format!("/admin/events/{}/replay", path_segment(event_id)),
                 some("target", target).into_iter().collect(),
             ),
+            Call::Recover {
+                source,
+                since,
+                until,
+            } => (
+                reqwest::Method::POST,
+                format!("/admin/sources/{}/recover", path_segment(source)),
+                vec![("since", since.clone()), ("until", until.clone())],
+            ),
+            Call::Backfill {
+                target,
+                since,
+                until,
+                dry_run,
+            } => (
+                reqwest::Method::POST,
+                format!("/admin/targets/{}/backfill", path_segment(target)),
+                vec![
+                    ("since", since.clone()),
+                    ("until", until.clone()),
+                    ("dry_run", dry_run.to_string()),
+                ],
+            ),
+        }
+    }
+
+    /// How long the call may take: a recovery lists and fetches from a vendor's API.
+    fn timeout(&self) -> std::time::Duration {
+        match self {
+            Call::Recover { .. } => std::time::Duration::from_secs(3600),
+            _ => std::time::Duration::from_secs(30),
         }
     }
 }
@@ -250,7 +294,7 @@ pub async fn run(endpoint: &Endpoint, call: &Call, json: bool) -> Result<String,
     let response = reqwest::Client::new()
         .request(method, url.clone())
         .bearer_auth(token.expose_secret())
-        .timeout(std::time::Duration::from_secs(30))
+        .timeout(call.timeout())
         .send()
         .await
         .map_err(|e| CallError::Unreachable {
@@ -302,6 +346,17 @@ pub async fn run(endpoint: &Endpoint, call: &Call, json: bool) -> Result<String,
                 ids.join(", ")
             )
         }
+        Call::Recover { source, .. } => format!(
+            "{source}: the vendor listed {} calls in the window; {} recovered\n",
+            answer["listed"], answer["recovered"]
+        ),
+        Call::Backfill {
+            target, dry_run, ..
+        } => format!(
+            "{} {} deliveries to {target}\n",
+            if *dry_run { "would queue" } else { "queued" },
+            answer["queued"]
+        ),
     })
 }
 

@@ -452,6 +452,7 @@ mod tests {
             session_id: ended.session_id.clone(),
             vendor_event_type: ended.vendor_event_type.clone(),
             message_id: None,
+            recovered: false,
             received_at: ts("2026-04-08T05:10:00Z"),
             raw: b"{}".to_vec().into(),
             jobs: Vec::new(),

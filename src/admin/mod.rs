@@ -32,6 +32,8 @@ pub struct AdminState {
     pub archive: Option<crate::enrich::recordings::ArchiveStore>,
     /// Wrong tokens per peer, for the API and the console's login.
     pub guard: guard::Guard,
+    /// Recovery from the vendors' list APIs, for `POST /admin/sources/{name}/recover`.
+    pub recoverer: Arc<crate::recovery::Recoverer>,
 }
 
 mod deliveries;
@@ -43,6 +45,7 @@ pub(crate) use sessions::SessionsQuery;
 pub mod openapi;
 mod receipts;
 mod recordings;
+mod recovery;
 mod sessions;
 
 /// Registers the admin routes.
@@ -70,6 +73,14 @@ pub fn routes(config: &mut web::ServiceConfig) {
             .route(
                 "/deliveries/{id}/retry",
                 web::post().to(deliveries::retry_delivery),
+            )
+            .route(
+                "/sources/{name}/recover",
+                web::post().to(recovery::recover_source),
+            )
+            .route(
+                "/targets/{name}/backfill",
+                web::post().to(recovery::backfill_target),
             ),
     );
 }

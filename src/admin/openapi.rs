@@ -18,7 +18,7 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 struct ErrorDetail {
     /// A stable code: `invalid_request`, `unauthorized`, `too_many_requests`, `not_found`,
-    /// `conflict`, `unavailable`.
+    /// `conflict`, `bad_gateway`, `unavailable`.
     code: String,
     /// What is wrong, for people.
     message: String,
@@ -125,6 +125,8 @@ impl Modify for CommonAnswers {
         super::deliveries::list_deliveries,
         super::deliveries::retry_delivery,
         super::deliveries::retry_deliveries,
+        super::recovery::recover_source,
+        super::recovery::backfill_target,
         document,
     ),
     modifiers(&BearerToken, &CommonAnswers)

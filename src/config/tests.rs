@@ -1002,3 +1002,52 @@ fn a_key_beside_kind_none_is_unknown_too() {
     );
     assert!(e.contains("`sources[0].auth.value`: unknown key"), "{e}");
 }
+
+#[test]
+fn recover_is_for_the_vendors_with_a_list_api_and_checks_its_keys() {
+    let source = |vendor: &str, recover: &str| {
+        format!(
+            "[[sources]]\nname = \"s\"\nvendor = \"{vendor}\"\nauth = {{ kind = \"none\" }}\nrecover = {recover}\n"
+        )
+    };
+    let config = parse(&source(
+        "retell",
+        r#"{ api_key = "env:PATHORS_TOKEN", interval = "1m" }"#,
+    ))
+    .unwrap();
+    let recover = config.sources[0].recover.as_ref().unwrap();
+    assert_eq!(recover.api_url.as_str(), "https://api.retellai.com/");
+    assert_eq!(recover.interval, Duration::from_secs(60));
+    assert_eq!(recover.lookback, Duration::from_secs(86_400), "the default");
+    assert!(
+        !format!("{recover:?}").contains("t0ken"),
+        "the key is secret"
+    );
+    for vendor in ["pathors", "agntix"] {
+        let e = error_of(&source(vendor, r#"{ api_key = "k" }"#));
+        assert!(
+            e.contains("sources[0].recover`")
+                && e.contains("publishes no API that lists its calls"),
+            "{e}"
+        );
+    }
+    let e = error_of(&source("twilio", r#"{ api_key = "k" }"#));
+    assert!(
+        e.contains("sources[0].recover.account_sid`") && e.contains("per account"),
+        "{e}"
+    );
+    let e = error_of(&source("vapi", r#"{ api_key = "k", account_sid = "AC1" }"#));
+    assert!(
+        e.contains("sources[0].recover.account_sid`: is for Twilio"),
+        "{e}"
+    );
+    let e = error_of(&source("bland", r#"{ api_key = "k", interval = "0s" }"#));
+    assert!(e.contains("sources[0].recover.interval`"), "{e}");
+    let e = error_of(&source(
+        "bland",
+        r#"{ api_key = "k", api_url = "ftp://x" }"#,
+    ));
+    assert!(e.contains("sources[0].recover.api_url`"), "{e}");
+    let e = error_of(&source("bland", r#"{ api_key = "env:NOPE" }"#));
+    assert!(e.contains("sources[0].recover.api_key`"), "{e}");
+}

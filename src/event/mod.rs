@@ -247,8 +247,11 @@ pub struct Inbound {
     pub session_id: String,
     pub vendor_event_type: String,
     pub message_id: Option<String>,
+    /// Recovered from the vendor's list API ([`crate::recovery`]) rather than received.
+    pub recovered: bool,
     pub received_at: Timestamp,
-    /// The vendor's body exactly as received.
+    /// The vendor's body exactly as received (a recovered call's: the webhook body it
+    /// stands for, built from the vendor's API).
     pub raw: Bytes,
     /// In emission order. The first event not [`NewEvent::implied`] is the request's
     /// own: its id is the request's duplicate key ([`Inbound::primary`]).
@@ -356,7 +359,7 @@ impl Inbound {
                 vendor: &self.vendor,
                 event_type: &self.vendor_event_type,
                 message_id: self.message_id.as_deref(),
-                recovered: false,
+                recovered: self.recovered,
             },
             session,
         })

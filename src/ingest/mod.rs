@@ -237,12 +237,17 @@ async fn handle(
         }
         Normalized::Events(recognized) => {
             let vendor_event_type = recognized.vendor_event_type.clone();
+            let arrival = Arrival {
+                message_id: message_id.clone(),
+                received_at,
+                raw: raw.clone(),
+                recovered: false,
+                finalize_wait: source.finalize_wait,
+            };
             let accept = build_accept(
                 source,
                 recognized,
-                message_id.clone(),
-                received_at,
-                raw.clone(),
+                arrival,
                 &state.targets,
                 state.archive_recordings,
             );
@@ -279,34 +284,59 @@ async fn commit(state: &IngestState, accept: Inbound) -> Result<IngestOutcome, A
     let store = state.store.clone();
     let dispatcher = state.dispatcher.clone();
     let jobs = state.jobs.clone();
-    actix_web::rt::spawn(async move {
-        let (slots, handoff) = dispatcher.reserve(&accept);
-        // A job left behind, or one this request may have made due (a finalize wait
-        // that waited for the session's end).
-        let left_a_job = !accept.jobs.is_empty()
-            || accept
-                .events
-                .iter()
-                .any(|e| e.event_type == EventType::SessionEnded);
-        let mut outcome = store.accept_handing_over(accept, handoff).await?;
-        if let IngestOutcome::Accepted {
-            targets, handed, ..
-        } = &mut outcome
-        {
-            dispatcher.hand_over(slots, std::mem::take(handed));
-            for target in targets.iter() {
-                dispatcher.notify(target);
-            }
-            if left_a_job {
-                jobs.notify_one();
-            }
+    actix_web::rt::spawn(async move { commit_now(&*store, &dispatcher, &jobs, accept).await })
+        .await
+        .map_err(|e| StoreError::Backend(Box::new(e)))
+        .flatten()
+        .map_err(ApiError::Unavailable)
+}
+
+/// Commits an accept and hands its deliveries to their workers, waking the job worker
+/// when it left a job behind: what every accepted event goes through, received or
+/// recovered.
+pub(crate) async fn commit_now(
+    store: &dyn Store,
+    dispatcher: &Dispatcher,
+    jobs: &tokio::sync::Notify,
+    accept: Inbound,
+) -> Result<IngestOutcome, StoreError> {
+    let (slots, handoff) = dispatcher.reserve(&accept);
+    // A job left behind, or one this request may have made due (a finalize wait
+    // that waited for the session's end).
+    let left_a_job = !accept.jobs.is_empty()
+        || accept
+            .events
+            .iter()
+            .any(|e| e.event_type == EventType::SessionEnded);
+    let mut outcome = store.accept_handing_over(accept, handoff).await?;
+    if let IngestOutcome::Accepted {
+        targets, handed, ..
+    } = &mut outcome
+    {
+        dispatcher.hand_over(slots, std::mem::take(handed));
+        for target in targets.iter() {
+            dispatcher.notify(target);
         }
-        Ok(outcome)
-    })
-    .await
-    .map_err(|e| StoreError::Backend(Box::new(e)))
-    .flatten()
-    .map_err(ApiError::Unavailable)
+        if left_a_job {
+            jobs.notify_one();
+        }
+    }
+    Ok(outcome)
+}
+
+/// How a vendor's body came to the gateway: what [`build_accept`] needs besides what the
+/// adapter recognised in it.
+pub struct Arrival {
+    pub message_id: Option<String>,
+    pub received_at: Timestamp,
+    /// As stored and delivered.
+    pub raw: Bytes,
+    /// Recovered from the vendor's list API ([`crate::recovery`]).
+    pub recovered: bool,
+    /// How long its `session.finalized` waits for a completing event after the end: the
+    /// source's `finalize_wait` for a webhook; zero for a recovered call whose vendor has
+    /// said all it will.
+    pub finalize_wait: Option<Duration>,
 }
 
 /// Stamps ids on a vendor's drafts, picks each event's targets and the job the request
@@ -319,12 +349,17 @@ async fn commit(state: &IngestState, accept: Inbound) -> Result<IngestOutcome, A
 pub fn build_accept(
     source: &Source,
     recognized: Recognized,
-    message_id: Option<String>,
-    received_at: Timestamp,
-    raw: Bytes,
+    arrival: Arrival,
     targets: &[Arc<Target>],
     archive_recordings: Option<Duration>,
 ) -> Inbound {
+    let Arrival {
+        message_id,
+        received_at,
+        raw,
+        recovered,
+        finalize_wait,
+    } = arrival;
     let new_event = |key: &str, event_type: EventType, occurred_at, facts, implied| NewEvent {
         id: EventId::derive(&source.name, &recognized.session_id, key, event_type),
         event_type,
@@ -354,7 +389,7 @@ pub fn build_accept(
         .collect::<Vec<_>>();
     let has = |events: &[NewEvent], t: EventType| events.iter().any(|e| e.event_type == t);
     let mut jobs = Vec::new();
-    if let Some(wait) = source.finalize_wait
+    if let Some(wait) = finalize_wait
         && !has(&events, EventType::SessionFinalized)
         && let Some(ended) = events
             .iter()
@@ -378,7 +413,7 @@ pub fn build_accept(
     }
     // A completing event that carries too little to stand alone waits for the end.
     if recognized.waits_for_end
-        && let Some(wait) = source.finalize_wait.filter(|w| !w.is_zero())
+        && let Some(wait) = finalize_wait.filter(|w| !w.is_zero())
     {
         jobs.push(NewJob {
             kind: JobKind::AwaitEnd,
@@ -407,6 +442,7 @@ pub fn build_accept(
         session_id: recognized.session_id,
         vendor_event_type: recognized.vendor_event_type,
         message_id,
+        recovered,
         received_at,
         raw,
         jobs,
@@ -505,6 +541,18 @@ async fn read_body<'a>(
         .map_err(|_| ApiError::BodyTimeout(timeout.as_millis() as u64))?
 }
 
+/// A webhook's arrival now, for tests.
+#[cfg(test)]
+fn arrival(source: &Source) -> Arrival {
+    Arrival {
+        message_id: None,
+        received_at: Timestamp::now(),
+        raw: Bytes::new(),
+        recovered: false,
+        finalize_wait: source.finalize_wait,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,13 +633,12 @@ mod audio_tests {
             finalize_wait: None,
             recordings_auth: None,
             mapping: None,
+            recover: None,
         };
         let accept = build_accept(
             &source,
             r,
-            None,
-            Timestamp::now(),
-            Bytes::new(),
+            arrival(&source),
             &[],
             Some(Duration::from_secs(60)),
         );
@@ -623,8 +670,9 @@ mod await_end_tests {
             finalize_wait: Vendor::Bland.finalize_wait(),
             recordings_auth: None,
             mapping: None,
+            recover: None,
         };
-        let accept = build_accept(&source, r, None, Timestamp::now(), Bytes::new(), &[], None);
+        let accept = build_accept(&source, r, arrival(&source), &[], None);
         assert_eq!(accept.jobs.len(), 1);
         assert_eq!(accept.jobs[0].kind, JobKind::AwaitEnd);
         assert_eq!(accept.jobs[0].holds, [EventType::SessionFinalized]);

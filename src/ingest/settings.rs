@@ -168,6 +168,8 @@ pub struct Source {
     pub recordings_auth: Option<BasicAuth>,
     /// A declared vendor's mapping (`vendor = "mapped"`, `[sources.mapping]`).
     pub mapping: Option<std::sync::Arc<crate::vendors::mapped::Mapping>>,
+    /// Recovery of the calls its vendor never sent, from the vendor's list API (`recover`).
+    pub recover: Option<std::sync::Arc<crate::recovery::settings::Recover>>,
 }
 
 impl Source {
@@ -233,6 +235,7 @@ pub struct RawSource {
     finalize_wait: Option<String>,
     recordings_auth: Option<RawBasicAuth>,
     mapping: Option<crate::vendors::mapped::RawMapping>,
+    recover: Option<crate::recovery::settings::RawRecover>,
 }
 
 /// `recordings_auth = { username, password }`: HTTP Basic credentials for the source's
@@ -420,6 +423,18 @@ impl Source {
                 }
                 (_, None) => None,
             };
+            let recover = s
+                .recover
+                .map(|r| {
+                    crate::recovery::settings::Recover::parse(
+                        &format!("{key}.recover"),
+                        s.vendor,
+                        r,
+                        cx,
+                    )
+                })
+                .transpose()?
+                .map(std::sync::Arc::new);
             sources.push(Source {
                 name: s.name,
                 vendor: s.vendor,
@@ -429,6 +444,7 @@ impl Source {
                 finalize_wait,
                 recordings_auth,
                 mapping,
+                recover,
             });
         }
         Ok(sources)

@@ -128,6 +128,9 @@ pub struct Metrics {
     attempt_seconds: Histograms<TargetLabels>,
     end_to_end_seconds: Histograms<TargetLabels>,
     vendor_to_receiver_seconds: Histograms<TargetLabels>,
+    recovered: Family<SourceLabels, Counter>,
+    recovery_last_success: Family<SourceLabels, Gauge>,
+    recovery_errors: Family<RejectLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -163,6 +166,9 @@ impl Metrics {
             attempt_seconds: Family::new_with_constructor(attempt_buckets),
             end_to_end_seconds: Family::new_with_constructor(end_to_end_buckets),
             vendor_to_receiver_seconds: Family::new_with_constructor(end_to_end_buckets),
+            recovered: Family::default(),
+            recovery_last_success: Family::default(),
+            recovery_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -289,7 +295,61 @@ impl Metrics {
              retries, and any clock difference",
             m.vendor_to_receiver_seconds.clone(),
         );
+        registry.register(
+            "recovered",
+            "Calls recovered from a vendor's list API that produced events its webhooks had not",
+            m.recovered.clone(),
+        );
+        registry.register(
+            "recovery_last_success_timestamp_seconds",
+            "When a source's latest recovery poll completed (unix seconds)",
+            m.recovery_last_success.clone(),
+        );
+        registry.register(
+            "recovery_errors",
+            "Recovery polls that failed, by reason (unauthorized, rate_limited, server_error, unreachable, bad_answer, store)",
+            m.recovery_errors.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts calls a recovery poll of `source` recovered.
+    pub fn recovered(&self, source: &str, calls: u64) {
+        self.recovered
+            .get_or_create(&SourceLabels {
+                source: source.to_owned(),
+            })
+            .inc_by(calls);
+    }
+
+    /// Records a completed recovery poll: logs what it found.
+    pub fn recovery_succeeded(&self, source: &str, at: Timestamp, listed: u64, recovered: u64) {
+        self.recovery_last_success
+            .get_or_create(&SourceLabels {
+                source: source.to_owned(),
+            })
+            .set(at.unix_millis() / 1000);
+        if recovered > 0 {
+            tracing::info!(
+                source,
+                listed,
+                recovered,
+                "Recovered calls the vendor never sent"
+            );
+        } else {
+            tracing::debug!(source, listed, "Recovery found nothing missing");
+        }
+    }
+
+    /// Counts a recovery poll that failed, and logs why.
+    pub fn recovery_failed(&self, source: &str, reason: &str, message: &str) {
+        self.recovery_errors
+            .get_or_create(&RejectLabels {
+                source: source.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+        tracing::warn!(source, reason, error = message, "Recovery poll failed");
     }
 
     /// Records one ingest request's outcome: logs it and counts it.

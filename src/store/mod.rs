@@ -279,6 +279,53 @@ impl DeliveryStatus {
     }
 }
 
+/// Where a source's recovery stands ([`crate::recovery`]), kept so that a restart resumes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryProgress {
+    /// Every call that ended before this (unix ms) has been looked at.
+    pub done_until: Option<i64>,
+    /// The window `[since, until]` (unix ms) a poll is working through, and the vendor's
+    /// cursor of the next page in it (`None`: the first).
+    pub window: Option<(i64, i64)>,
+    pub cursor: Option<String>,
+}
+
+/// A recovery lease taken: its token and the progress stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryClaim {
+    pub token: i64,
+    pub progress: RecoveryProgress,
+}
+
+/// Which stored events a backfill queues for one target ([`Store::backfill`]).
+#[derive(Debug, Clone)]
+pub struct Backfill {
+    pub target: String,
+    /// Events received in `[since, until)`.
+    pub since: Timestamp,
+    pub until: Timestamp,
+    /// The target's filters: its sources and event types (`None`: all).
+    pub sources: Option<Vec<String>>,
+    pub event_types: Option<Vec<crate::event::EventType>>,
+    /// Only count.
+    pub dry_run: bool,
+    /// How far apart the queued deliveries fall due, so that the target's live deliveries,
+    /// due at once, go first.
+    pub spacing_ms: i64,
+}
+
+impl Backfill {
+    /// Whether the target's filters take a stored event of `source` and `event_type`.
+    pub(crate) fn takes(&self, source: &str, event_type: &str) -> bool {
+        self.sources
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|s| s == source))
+            && self.event_types.as_ref().is_none_or(|types| {
+                crate::event::EventType::parse(event_type).is_some_and(|t| types.contains(&t))
+            })
+    }
+}
+
 /// A delivery as the store knows it.
 /// What one pruning run deleted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -562,6 +609,29 @@ pub trait Store: Send + Sync {
     /// pruned. Session records are kept. Works in small batches, each its own transaction,
     /// so ingest never waits long behind it.
     async fn prune(&self, cutoff: Timestamp) -> Result<Pruned, StoreError>;
+
+    /// Takes `source`'s recovery lease for `lease`: its token and the progress stored, or
+    /// `None` while another run (another replica) holds it.
+    async fn claim_recovery(
+        &self,
+        source: &str,
+        lease: Duration,
+    ) -> Result<Option<RecoveryClaim>, StoreError>;
+
+    /// Stores `source`'s recovery progress and extends the lease to `lease` from now (zero
+    /// releases it); false, storing nothing, if the lease has passed to another run.
+    async fn save_recovery(
+        &self,
+        source: &str,
+        token: i64,
+        progress: RecoveryProgress,
+        lease: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Queues a delivery to `backfill.target` of every stored event received in the window
+    /// that its filters match, that the target has neither delivered nor pending, and that
+    /// no job holds; in one transaction. Returns how many (with `dry_run`, would be).
+    async fn backfill(&self, backfill: Backfill) -> Result<usize, StoreError>;
 
     /// Succeeds while the store can serve requests.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -242,6 +242,23 @@ CREATE INDEX receipts_repeating ON receipts(repeats) WHERE repeats IS NOT NULL;
     &[Shared(
         "CREATE INDEX jobs_by_session ON jobs(vendor, session_id, kind);",
     )],
+    // Recovery from vendors' list APIs (recovery/mod.rs): per source, how far its polls
+    // have got and which run holds its lease, so that a restart resumes and replicas
+    // take turns.
+    &[Shared(
+        r#"
+CREATE TABLE recoveries (
+    source TEXT PRIMARY KEY,
+    done_until {int},                  -- unix ms: calls that ended before were looked at
+    window_since {int},                -- the window a poll is in, unix ms
+    window_until {int},
+    cursor TEXT,                       -- the vendor's cursor of the next page in it
+    lease_until {int},
+    lease_token {int},
+    updated_at {int} NOT NULL
+);
+"#,
+    )],
 ];
 
 /// Refuses a store migrated by a newer sessiongate: an older binary must not write to it.

@@ -21,6 +21,7 @@ mod voice;
 use std::fmt;
 
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
 pub use fields::{PayloadError, printable};
 
@@ -170,14 +171,25 @@ impl Vendor {
             Vendor::Twilio => twilio::parse_form(input.body()),
             _ => fields::parse_object(input.body())?,
         };
+        self.normalize_body(&body, received_at)
+    }
+
+    /// [`Vendor::normalize`] of a body already read as a JSON object (a form-encoded
+    /// vendor's: its parameters as strings). Recovery builds such bodies from the vendor's
+    /// API, so that a recovered call is mapped by the very adapter its webhook would be.
+    pub fn normalize_body(
+        self,
+        body: &Map<String, Value>,
+        received_at: Timestamp,
+    ) -> Result<Normalized, PayloadError> {
         match self {
-            Vendor::Pathors => pathors::normalize(&body),
-            Vendor::Agntix => agntix::normalize(&body),
-            Vendor::Retell => retell::normalize(&body),
-            Vendor::Vapi => vapi::normalize(&body),
-            Vendor::ElevenLabs => elevenlabs::normalize(&body),
-            Vendor::Bland => bland::normalize(&body, received_at),
-            Vendor::Twilio => twilio::normalize(&body, received_at),
+            Vendor::Pathors => pathors::normalize(body),
+            Vendor::Agntix => agntix::normalize(body),
+            Vendor::Retell => retell::normalize(body),
+            Vendor::Vapi => vapi::normalize(body),
+            Vendor::ElevenLabs => elevenlabs::normalize(body),
+            Vendor::Bland => bland::normalize(body, received_at),
+            Vendor::Twilio => twilio::normalize(body, received_at),
             // A declared vendor is normalised by its source's mapping (`Source::normalize`).
             Vendor::Mapped => Err(PayloadError::Missing("[sources.mapping]".into())),
         }

@@ -14,8 +14,8 @@ use serde_json::{Map, Value, json};
 use sessiongate::auth::SourceAuth;
 use sessiongate::config::Config;
 use sessiongate::event::{Session, Timestamp};
-use sessiongate::ingest::build_accept;
 use sessiongate::ingest::settings::Source;
+use sessiongate::ingest::{Arrival, build_accept};
 use sessiongate::vendors::{Normalized, Vendor};
 use svix::webhooks::Webhook;
 
@@ -176,6 +176,7 @@ fn source(vendor: Vendor) -> Source {
         finalize_wait: vendor.finalize_wait(),
         recordings_auth: None,
         mapping: None,
+        recover: None,
     }
 }
 
@@ -192,15 +193,14 @@ fn check_body(vendor: Vendor, body: &[u8]) -> Result<(), TestCaseError> {
         Ok(Normalized::Ignored { .. }) => {}
         Ok(Normalized::Events(recognized)) => {
             prop_assert!(!recognized.events.is_empty());
-            let accept = build_accept(
-                &source,
-                recognized,
-                None,
-                Timestamp::now(),
-                verified.bytes().clone(),
-                &[],
-                None,
-            );
+            let arrival = Arrival {
+                message_id: None,
+                received_at: Timestamp::now(),
+                raw: verified.bytes().clone(),
+                recovered: false,
+                finalize_wait: source.finalize_wait,
+            };
+            let accept = build_accept(&source, recognized, arrival, &[], None);
             let mut record = sessiongate::sessions::SessionRecord::default();
             for event in &accept.events {
                 record.merge(&event.facts, event.occurred_at);

@@ -133,6 +133,7 @@ mod attempts;
 mod jobs;
 mod listing;
 mod queries;
+mod recovery;
 mod schema;
 #[cfg(test)]
 mod tests;

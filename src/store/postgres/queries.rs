@@ -10,11 +10,12 @@ use super::listing::receipt_row;
 use super::{PgStore, backend, connection_lost, prepared};
 use crate::event::{EventId, JobKind, Timestamp};
 use crate::store::{
-    AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, ClaimedJob, DeliveryFilter, DeliveryId,
-    DeliveryInfo, DeliveryStatus, EVENT_COLUMNS, EventFilter, Handoff, Inbound, IngestOutcome,
-    JobResult, PRUNE_BATCH, Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, Retried,
-    RetryOutcome, SessionFilter, SessionListing, SessionView, Store, StoreError, StoredEvent,
-    TargetCounts, Timeline, fold_counts, lease_token,
+    AttemptRecord, Backfill, COUNT_DELIVERIES, ClaimedDelivery, ClaimedJob, DeliveryFilter,
+    DeliveryId, DeliveryInfo, DeliveryStatus, EVENT_COLUMNS, EventFilter, Handoff, Inbound,
+    IngestOutcome, JobResult, PRUNE_BATCH, Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter,
+    ReceiptInfo, RecoveryClaim, RecoveryProgress, Retried, RetryOutcome, SessionFilter,
+    SessionListing, SessionView, Store, StoreError, StoredEvent, TargetCounts, Timeline,
+    fold_counts, lease_token,
 };
 
 pub(super) fn delivery_row(r: &Row) -> DeliveryInfo {
@@ -421,6 +422,28 @@ impl Store for PgStore {
             }
         }
         Ok(pruned)
+    }
+
+    async fn claim_recovery(
+        &self,
+        source: &str,
+        lease: Duration,
+    ) -> Result<Option<RecoveryClaim>, StoreError> {
+        self.claim_recovery_row(source, lease).await
+    }
+
+    async fn save_recovery(
+        &self,
+        source: &str,
+        token: i64,
+        progress: RecoveryProgress,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        self.save_recovery_row(source, token, progress, lease).await
+    }
+
+    async fn backfill(&self, backfill: Backfill) -> Result<usize, StoreError> {
+        self.backfill_target(backfill).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -18,6 +18,7 @@ mod jobs;
 mod listing;
 mod prune;
 mod queries;
+mod recovery;
 pub(crate) mod schema;
 mod vfs;
 mod wal;
@@ -41,11 +42,11 @@ use crate::clock::Clock;
 use crate::event::{EventId, JobKind, Timestamp};
 use crate::store::listing::SESSION_COLUMNS;
 use crate::store::{
-    AttemptRecord, COUNT_DELIVERIES, ClaimedDelivery, ClaimedJob, DeliveryFilter, DeliveryId,
-    DeliveryInfo, DeliveryStatus, EVENT_COLUMNS, EventFilter, Handoff, Inbound, IngestOutcome,
-    JobResult, Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo, Retried, RetryOutcome,
-    SessionFilter, SessionListing, SessionView, Store, StoreError, StoredEvent, TargetCounts,
-    Timeline, fold_counts, lease_token,
+    AttemptRecord, Backfill, COUNT_DELIVERIES, ClaimedDelivery, ClaimedJob, DeliveryFilter,
+    DeliveryId, DeliveryInfo, DeliveryStatus, EVENT_COLUMNS, EventFilter, Handoff, Inbound,
+    IngestOutcome, JobResult, Pruned, RECEIPT_COLUMNS, Receipt, ReceiptFilter, ReceiptInfo,
+    RecoveryClaim, RecoveryProgress, Retried, RetryOutcome, SessionFilter, SessionListing,
+    SessionView, Store, StoreError, StoredEvent, TargetCounts, Timeline, fold_counts, lease_token,
 };
 use listing::{deliveries_in, receipt_row, retry_dead_in, session_row, sessions_in, timeline_in};
 use queries::*;
@@ -604,6 +605,28 @@ impl Store for SqliteStore {
 
     async fn prune(&self, cutoff: Timestamp) -> Result<Pruned, StoreError> {
         prune::prune(self, cutoff).await
+    }
+
+    async fn claim_recovery(
+        &self,
+        source: &str,
+        lease: Duration,
+    ) -> Result<Option<RecoveryClaim>, StoreError> {
+        self.claim_recovery_row(source, lease).await
+    }
+
+    async fn save_recovery(
+        &self,
+        source: &str,
+        token: i64,
+        progress: RecoveryProgress,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        self.save_recovery_row(source, token, progress, lease).await
+    }
+
+    async fn backfill(&self, backfill: Backfill) -> Result<usize, StoreError> {
+        self.backfill_target(backfill).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

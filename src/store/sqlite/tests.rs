@@ -13,6 +13,7 @@ fn accept(session: &str) -> Inbound {
         session_id: session.into(),
         vendor_event_type: "x".into(),
         message_id: None,
+        recovered: false,
         received_at: Timestamp::now(),
         raw: b"{}".to_vec().into(),
         jobs: Vec::new(),

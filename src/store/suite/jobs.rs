@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::*;
 use crate::event::{JobKind, NewJob, Transcript, TranscriptMessage, TranscriptStatus};
 
-fn with_job(mut a: Inbound, wait_ms: i64) -> Inbound {
+pub(super) fn with_job(mut a: Inbound, wait_ms: i64) -> Inbound {
     a.jobs = vec![NewJob {
         kind: JobKind::Transcript,
         deadline: Timestamp::now().plus_millis(wait_ms),

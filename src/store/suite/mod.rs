@@ -53,9 +53,11 @@ pub(crate) async fn postgres() -> Option<TestStore> {
 mod deliveries;
 mod jobs;
 mod listing;
+mod recovery;
 use deliveries::*;
 use jobs::*;
 use listing::*;
+use recovery::*;
 
 /// Generates every case for one backend: `mod $backend { #[tokio::test] fn $case … }`,
 /// where `$backend()` opens a fresh store of that kind. PostgreSQL's cases are ignored, with
@@ -125,6 +127,8 @@ suite!(
         sessions_are_searched_newest_first_and_paged,
         a_timeline_holds_requests_events_and_every_attempt,
         bulk_retry_requeues_dead_deliveries_of_one_target_or_all,
+        recovery_progress_is_kept_under_one_lease,
+        a_backfill_queues_what_the_target_lacks_once_behind_live_work,
     ]
 );
 
@@ -148,6 +152,7 @@ pub(crate) fn accept_from(
         session_id: session.into(),
         vendor_event_type: "x".into(),
         message_id: None,
+        recovered: false,
         received_at: Timestamp::now(),
         raw: br#"{"raw":true}"#.to_vec().into(),
         jobs: Vec::new(),
