@@ -178,10 +178,13 @@ impl Application {
             archive_recordings: config.recordings.as_ref().map(|r| r.max_wait),
             commits: commits.clone(),
         });
-        let recoverer = Arc::new(crate::recovery::Recoverer::new(ingest_state.clone())?);
-        let recovery = recoverer.statuses.clone();
         let (stop_recovery, recovery_stopping) = tokio::sync::watch::channel(false);
-        let recovering = tokio::spawn(recoverer.clone().run(recovery_stopping));
+        let recoverer = Arc::new(crate::recovery::Recoverer::new(
+            ingest_state.clone(),
+            recovery_stopping,
+        )?);
+        let recovery = recoverer.statuses.clone();
+        let recovering = tokio::spawn(recoverer.clone().run());
         let admin = config.server.admin_token.map(|token| {
             web::Data::new(AdminState {
                 token,
@@ -390,13 +393,16 @@ impl Application {
         }
         // A poll stopped between two calls loses nothing: each call's commit is whole, and
         // the next poll resumes from the page saved last.
-        let (stop_recovery, recovering) = self.recoverer;
+        let (stop_recovery, mut recovering) = self.recoverer;
         stop_recovery.send(true).unwrap_or(());
-        if tokio::time::timeout(self.shutdown_timeout, recovering)
+        if tokio::time::timeout(self.shutdown_timeout, &mut recovering)
             .await
             .is_err()
         {
-            tracing::warn!("Recovery polls still running at shutdown were abandoned");
+            recovering.abort();
+            tracing::warn!(
+                "Recovery polls still running at shutdown were abandoned; their leases run out"
+            );
         }
         tracing::info!("Waiting for jobs and delivery attempts in flight");
         let (stop_jobs, mut enricher) = self.enricher;

@@ -75,11 +75,13 @@ pub(super) fn login(error: Option<&str>) -> Markup {
     }
 }
 
-/// The strip on every page: the store's state, and each target's queue.
+/// The strip on every page: the store's state, each target's queue, and each recovering
+/// source's last complete poll (or why its recovery stopped).
 async fn health(state: &AdminState) -> Markup {
     let store = state.store.ping().await;
     let counts = state.store.delivery_counts().await.unwrap_or_default();
     let dead: u64 = counts.iter().map(|c| c.dead).sum();
+    let recovery = state.recoverer.statuses.all();
     html! {
         aside.health #health {
             @match &store {
@@ -98,6 +100,23 @@ async fn health(state: &AdminState) -> Markup {
                 }
             }
             span { a href="/console/dead" { (dead) " dead in all" } }
+            @for (source, status) in &recovery {
+                @if status.state == "stopped" {
+                    span.bad.recovery title=[status.last_error.as_deref()] {
+                        b { (source) } " recovery stopped: "
+                        (status.last_error.as_deref().unwrap_or(""))
+                    }
+                } @else {
+                    span.recovery title=[status.last_error.as_deref()] {
+                        b { (source) } " recovered "
+                        @match status.last_success {
+                            Some(at) => time datetime=(at) { (at) },
+                            None => "never yet",
+                        }
+                        @if status.last_error.is_some() { " (last poll failed)" }
+                    }
+                }
+            }
         }
     }
 }

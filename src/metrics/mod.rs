@@ -307,7 +307,7 @@ impl Metrics {
         );
         registry.register(
             "recovery_errors",
-            "Recovery polls that failed, by reason (unauthorized, rate_limited, server_error, unreachable, bad_answer, store)",
+            "Failed answers of a vendor's API to recovery (retried or not) and polls the store failed, by reason (unauthorized, rate_limited, server_error, unreachable, bad_answer, store, lost_lease)",
             m.recovery_errors.clone(),
         );
         Metrics { registry, ..m }
@@ -341,7 +341,8 @@ impl Metrics {
         }
     }
 
-    /// Counts a recovery poll that failed, and logs why.
+    /// Counts a failed answer of a vendor's API to a recovery (retried or not), or a poll
+    /// that failed for the store, and logs why.
     pub fn recovery_failed(&self, source: &str, reason: &str, message: &str) {
         self.recovery_errors
             .get_or_create(&RejectLabels {

@@ -24,6 +24,9 @@ pub(super) struct Api<'a> {
     pub client: &'a reqwest::Client,
     pub recover: &'a Recover,
     pub vendor: Vendor,
+    /// The source recovering, which the errors and their metrics name.
+    pub source: &'a str,
+    pub metrics: &'a crate::metrics::Metrics,
 }
 
 impl Api<'_> {
@@ -63,7 +66,21 @@ impl Api<'_> {
         .await
     }
 
+    /// Sends a request until it is answered, counting every failed answer
+    /// (`sessiongate_recovery_errors_total`).
     async fn send(&self, build: impl Fn() -> RequestBuilder) -> Result<Option<Value>, Failure> {
+        let result = self.send_until_answered(build).await;
+        if let Err(failure) = &result {
+            self.metrics
+                .recovery_failed(self.source, failure.reason(), &failure.to_string());
+        }
+        result
+    }
+
+    async fn send_until_answered(
+        &self,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<Option<Value>, Failure> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -81,7 +98,8 @@ impl Api<'_> {
                         StatusCode::NOT_FOUND => return Ok(None),
                         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                             return Err(Failure::Unauthorized(format!(
-                                "the {} API refused the key (HTTP {}): check recover.api_key",
+                                "source `{}`: the {} API refused the key (HTTP {}); check its recover.api_key",
+                                self.source,
                                 self.vendor,
                                 status.as_u16()
                             )));
@@ -113,6 +131,8 @@ impl Api<'_> {
             if attempt >= ATTEMPTS {
                 return Err(failure);
             }
+            self.metrics
+                .recovery_failed(self.source, failure.reason(), &failure.to_string());
             let pause = retry_after
                 .unwrap_or_else(|| Duration::from_secs(1 << (attempt - 1)))
                 .min(MAX_PAUSE);

@@ -238,52 +238,68 @@ fn webhook(event: &str, call: Map<String, Value>) -> Map<String, Value> {
 // --- Vapi: GET /call (a bare array, bounded by `updatedAt`, no cursor) ---
 
 async fn vapi_list(api: &Api<'_>, window: Window, cursor: Option<&str>) -> Result<Page, Failure> {
-    // No cursor: a page starts where the last one's latest `updatedAt` was (inclusive, so
-    // that calls sharing it are not skipped; those seen twice are finalized by then).
-    let from = cursor
-        .and_then(|c| c.parse::<i64>().ok())
-        .unwrap_or(window.since);
+    // No cursor, and no documented order: pages are spans of `updatedAt`. A span whose
+    // answer is full may hold more than it returned, so it is narrowed until its answer is
+    // not full; the span after it starts twice as long. The cursor is `from:span` (ms).
     let limit = page_size(Vendor::Vapi);
-    let path = format!(
-        "/call?updatedAtGe={}&updatedAtLe={}&limit={limit}",
-        iso(from),
-        iso(window.until)
-    );
-    let answer = api
-        .get(&path)
-        .await?
-        .ok_or_else(|| bad(Vendor::Vapi, "its list (404)"))?;
-    let items = answer
-        .as_array()
-        .ok_or_else(|| bad(Vendor::Vapi, "an array of calls"))?;
-    let updated = |c: &Value| {
-        str_of(c, "updatedAt")
-            .and_then(Timestamp::parse)
-            .map(Timestamp::unix_millis)
-    };
-    let latest = items.iter().filter_map(updated).max();
-    let calls = items
-        .iter()
-        .filter(|c| str_of(c, "status") == Some("ended"))
-        .filter_map(|c| {
-            let id = str_of(c, "id")?.to_owned();
-            Some(Listed {
-                session: id.clone(),
-                id,
-                item: c.clone(),
-            })
-        })
-        .collect();
-    // The sort order is undocumented: the next page starts after this one's latest, moved
-    // on by a millisecond if a full page shared one instant (it cannot be split).
-    let next = match latest {
-        Some(latest) if items.len() >= limit => {
-            let next = if latest > from { latest } else { from + 1 };
-            (next <= window.until).then(|| next.to_string())
+    let (from, mut span) = cursor
+        .and_then(|c| c.split_once(':'))
+        .and_then(|(f, s)| Some((f.parse::<i64>().ok()?, s.parse::<i64>().ok()?)))
+        .unwrap_or((window.since, window.until - window.since + 1));
+    loop {
+        let to = from.saturating_add(span - 1).min(window.until);
+        let path = format!(
+            "/call?updatedAtGe={}&updatedAtLe={}&limit={limit}",
+            iso(from),
+            iso(to)
+        );
+        let answer = api
+            .get(&path)
+            .await?
+            .ok_or_else(|| bad(Vendor::Vapi, "its list (404)"))?;
+        let items = answer
+            .as_array()
+            .ok_or_else(|| bad(Vendor::Vapi, "an array of calls"))?;
+        if items.len() >= limit && span > 1 {
+            // Narrow to the span below the page's median update (the calls missing from
+            // it may be anywhere, so the narrower span is asked again); halve where the
+            // page does not tell.
+            let mut updated: Vec<i64> = items
+                .iter()
+                .filter_map(|c| str_of(c, "updatedAt").and_then(Timestamp::parse))
+                .map(Timestamp::unix_millis)
+                .collect();
+            updated.sort_unstable();
+            let median = updated.get(updated.len() / 2).copied().unwrap_or(to);
+            span = if median > from && median < to {
+                median - from + 1
+            } else {
+                span / 2
+            };
+            continue;
         }
-        _ => None,
-    };
-    Ok(Page { calls, next })
+        if items.len() >= limit {
+            tracing::warn!(
+                source = api.source,
+                at = %iso(from),
+                "Vapi lists more calls updated in one millisecond than a page holds; some may be missed"
+            );
+        }
+        let calls = items
+            .iter()
+            .filter(|c| str_of(c, "status") == Some("ended"))
+            .filter_map(|c| {
+                let id = str_of(c, "id")?.to_owned();
+                Some(Listed {
+                    session: id.clone(),
+                    id,
+                    item: c.clone(),
+                })
+            })
+            .collect();
+        let next = (to < window.until).then(|| format!("{}:{}", to + 1, span.saturating_mul(2)));
+        return Ok(Page { calls, next });
+    }
 }
 
 /// A `status-update` `in-progress` (Vapi's start) for a call that started, and the

@@ -20,6 +20,9 @@ pub struct Recover {
     pub interval: Duration,
     /// How far back its first poll looks.
     pub lookback: Duration,
+    /// How long after a call's end a poll leaves it to its webhooks (`settle`); `None`:
+    /// the source's finalize wait, and at least a minute.
+    pub settle: Option<Duration>,
 }
 
 impl std::fmt::Debug for Recover {
@@ -32,6 +35,7 @@ impl std::fmt::Debug for Recover {
             .field("account_sid", &self.account_sid)
             .field("interval", &self.interval)
             .field("lookback", &self.lookback)
+            .field("settle", &self.settle)
             .finish_non_exhaustive()
     }
 }
@@ -46,6 +50,7 @@ pub struct RawRecover {
     lookback: String,
     api_url: Option<String>,
     account_sid: Option<String>,
+    settle: Option<String>,
 }
 
 fn default_interval() -> String {
@@ -137,12 +142,24 @@ impl Recover {
             Duration::from_secs(60),
             Duration::from_secs(90 * 86_400),
         )?;
+        let settle = raw
+            .settle
+            .map(|s| {
+                parse_duration_in(
+                    &format!("{key}.settle"),
+                    &s,
+                    Duration::from_secs(1),
+                    Duration::from_secs(7 * 86_400),
+                )
+            })
+            .transpose()?;
         Ok(Recover {
             api_url,
             api_key,
             account_sid,
             interval,
             lookback,
+            settle,
         })
     }
 }

@@ -266,3 +266,85 @@ async fn the_admin_command_needs_only_the_admin_address_and_token() {
         bad.stderr
     );
 }
+
+#[tokio::test]
+async fn recover_and_backfill_from_the_command_line() {
+    let (api, stand_in) = crate::recovery::stand_in();
+    let receiver = TestReceiver::start().await;
+    receiver.answer(Reply::status(500));
+    let bland = crate::recovery::sources(&api, "1h", crate::recovery::RETELL_API_KEY)
+        .split("[[sources]]")
+        .find(|block| block.contains("vendor = \"bland\""))
+        .unwrap()
+        .to_owned();
+    let with_bland = || {
+        let mut options = options(&receiver);
+        options.tables = format!("[[sources]]{bland}");
+        options
+    };
+    let mut served = with_bland();
+    served.server_extra = "admin_listen = \"127.0.0.1:0\"".into();
+    let app = spawn_app_with(served, None).await;
+    let port: u16 = app
+        .admin_address
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cli = Cli::for_gateway(with_bland(), port);
+
+    // A delivery that died: not delivered, so a backfill queues it again.
+    app.post_pathors(&fixture("pathors", "call-ended.json"))
+        .await;
+    app.wait_for_deliveries(DeliveryStatus::Dead, 1).await;
+    let now = sessiongate::event::Timestamp::now();
+    let (since, until) = (
+        now.minus(std::time::Duration::from_secs(600)).to_string(),
+        now.plus_millis(60_000).to_string(),
+    );
+    let window = ["--since", since.as_str(), "--until", until.as_str()];
+    let dry = cli
+        .run(&[&["backfill", "crm"][..], &window, &["--dry-run"]].concat())
+        .await;
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert_eq!(dry.stdout, "would queue 1 deliveries to crm\n");
+    receiver.answer(Reply::status(200));
+    let queued = cli.run(&[&["backfill", "crm"][..], &window].concat()).await;
+    assert_eq!(
+        queued.stdout, "queued 1 deliveries to crm\n",
+        "{}",
+        queued.stderr
+    );
+    receiver.wait_for(1).await;
+
+    // Two Bland calls ended a second ago, their webhooks lost.
+    for i in 0..2 {
+        let id = crate::recovery::call_id("bland", i);
+        let ended = now.unix_millis() - 1_000;
+        stand_in.add("bland", crate::recovery::call("bland", &id, ended));
+    }
+    let recovered = cli
+        .run(&[&["recover", "bland"][..], &window].concat())
+        .await;
+    assert_eq!(recovered.code, 0, "{}", recovered.stderr);
+    assert_eq!(
+        recovered.stdout,
+        "bland: the vendor listed 2 calls in the window; 2 recovered\n"
+    );
+    let refused = cli
+        .run(&[&["recover", "pathors"][..], &window].concat())
+        .await;
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("409 conflict"),
+        "{}",
+        refused.stderr
+    );
+    let bad = cli
+        .run(&["recover", "bland", "--since", "then", "--until", &until])
+        .await;
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("400 invalid_request"), "{}", bad.stderr);
+    app.stop().await;
+}

@@ -17,6 +17,7 @@ mod outputs;
 mod powerloss;
 mod process;
 mod recordings;
+mod recovery;
 mod replicas;
 mod schema;
 mod sessions;

@@ -109,6 +109,14 @@ async fn live_answers_match_the_openapi_document() {
         receiver.url("/crm")
     ));
     options.max_attempts = 1;
+    // A source that recovers, from a stand-in for its vendor's API.
+    let (api, _stand_in) = crate::recovery::stand_in();
+    let bland = crate::recovery::sources(&api, "1h", crate::recovery::RETELL_API_KEY)
+        .split("[[sources]]")
+        .find(|block| block.contains("vendor = \"bland\""))
+        .unwrap()
+        .to_owned();
+    options.tables = format!("[[sources]]{bland}");
     let app = spawn_app_with(options, None).await;
 
     let (status, raw) = call(&app, Method::GET, "/admin/openapi.json").await;
@@ -135,6 +143,7 @@ async fn live_answers_match_the_openapi_document() {
 
     let get = Method::GET;
     let post = Method::POST;
+    let window = "since=2026-12-01T00:00:00Z&until=2026-12-02T00:00:00Z";
     // (method, the documented path, the path called, the status expected)
     let session_path = "/admin/sessions/{vendor}/{session_id}";
     let cases: Vec<(Method, &str, String, u16)> = vec![
@@ -270,6 +279,42 @@ async fn live_answers_match_the_openapi_document() {
             "/admin/events/evt_nope/replay".into(),
             404,
         ),
+        (
+            post.clone(),
+            "/admin/sources/{name}/recover",
+            format!("/admin/sources/bland/recover?{window}"),
+            200,
+        ),
+        (
+            post.clone(),
+            "/admin/sources/{name}/recover",
+            format!("/admin/sources/pathors/recover?{window}"),
+            409,
+        ),
+        (
+            post.clone(),
+            "/admin/sources/{name}/recover",
+            format!("/admin/sources/ghost/recover?{window}"),
+            404,
+        ),
+        (
+            post.clone(),
+            "/admin/sources/{name}/recover",
+            "/admin/sources/bland/recover?since=yesterday&until=today".into(),
+            400,
+        ),
+        (
+            post.clone(),
+            "/admin/targets/{name}/backfill",
+            format!("/admin/targets/crm/backfill?{window}&dry_run=true"),
+            200,
+        ),
+        (
+            post.clone(),
+            "/admin/targets/{name}/backfill",
+            format!("/admin/targets/ghost/backfill?{window}"),
+            404,
+        ),
     ];
     for (method, template, path, expected) in cases {
         let (status, body) = call(&app, method.clone(), &path).await;
@@ -282,6 +327,7 @@ async fn live_answers_match_the_openapi_document() {
         let concrete = path
             .replace("{vendor}", "pathors")
             .replace("{session_id}", "x")
+            .replace("{name}", "x")
             .replace("{id}", "x");
         let (status, body) = call(&app, method.clone(), &format!("{concrete}?no_such_key=1")).await;
         if body.is_object() {
@@ -294,6 +340,7 @@ async fn live_answers_match_the_openapi_document() {
         let concrete = path
             .replace("{vendor}", "pathors")
             .replace("{session_id}", "x")
+            .replace("{name}", "x")
             .replace("{id}", "x");
         let response = app
             .client
