@@ -28,6 +28,8 @@
 //!   retry rules, and the output seam.
 //! - [`enrich`]: stored jobs that complete a session from outside its webhooks (Agntix
 //!   transcripts, recording archives), which held events wait for.
+//! - [`recovery`]: calls a vendor never sent, found in its list API and passed through the
+//!   same adapter and commit as ingest.
 //! - [`ingest`]: the HTTP side: `POST /ingest/{source}`, body limits, the checks made
 //!   before a body is read, and the answers of the README's table.
 //! - [`admin`]: the admin API, one file per resource, and its OpenAPI document.

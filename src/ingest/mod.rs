@@ -7,6 +7,7 @@
 //! [`crate::vendors`].
 
 pub mod connections;
+pub mod recover;
 pub mod settings;
 
 use std::collections::HashMap;

@@ -169,7 +169,7 @@ pub struct Source {
     /// A declared vendor's mapping (`vendor = "mapped"`, `[sources.mapping]`).
     pub mapping: Option<std::sync::Arc<crate::vendors::mapped::Mapping>>,
     /// Recovery of the calls its vendor never sent, from the vendor's list API (`recover`).
-    pub recover: Option<std::sync::Arc<crate::recovery::settings::Recover>>,
+    pub recover: Option<std::sync::Arc<crate::ingest::recover::Recover>>,
 }
 
 impl Source {
@@ -235,7 +235,7 @@ pub struct RawSource {
     finalize_wait: Option<String>,
     recordings_auth: Option<RawBasicAuth>,
     mapping: Option<crate::vendors::mapped::RawMapping>,
-    recover: Option<crate::recovery::settings::RawRecover>,
+    recover: Option<crate::ingest::recover::RawRecover>,
 }
 
 /// `recordings_auth = { username, password }`: HTTP Basic credentials for the source's
@@ -426,7 +426,7 @@ impl Source {
             let recover = s
                 .recover
                 .map(|r| {
-                    crate::recovery::settings::Recover::parse(
+                    crate::ingest::recover::Recover::parse(
                         &format!("{key}.recover"),
                         s.vendor,
                         r,
@@ -451,6 +451,23 @@ impl Source {
     }
 }
 
+/// A vendor API's base URL (`key`): http or https, with a host; the error shows it
+/// without a password or query.
+pub(crate) fn http_url(key: &str, url: &str) -> Result<reqwest::Url, ConfigError> {
+    reqwest::Url::parse(url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| {
+            invalid(
+                key,
+                format!(
+                    "`{}` is not an http(s) URL",
+                    crate::settings::redact_url(url)
+                ),
+            )
+        })
+}
+
 fn parse_transcripts(
     key: &str,
     vendor: Vendor,
@@ -466,18 +483,7 @@ fn parse_transcripts(
         ));
     }
     let url = cx.reference(&format!("{key}.api_url"), &t.api_url)?;
-    let api_url = reqwest::Url::parse(&url)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .ok_or_else(|| {
-            invalid(
-                format!("{key}.api_url"),
-                format!(
-                    "`{}` is not an http(s) URL",
-                    crate::settings::redact_url(&url)
-                ),
-            )
-        })?;
+    let api_url = http_url(&format!("{key}.api_url"), &url)?;
     let api_key = cx.secret(&format!("{key}.api_key"), &t.api_key)?;
     // A day is far past any wait a finalized event should have (and keeps the deadline's
     // arithmetic far from overflow).

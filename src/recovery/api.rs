@@ -8,7 +8,7 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use super::Failure;
-use super::settings::Recover;
+use crate::ingest::recover::Recover;
 use crate::vendors::Vendor;
 
 /// Tries of one request before the poll gives up (and the next poll resumes).

@@ -23,7 +23,6 @@
 
 pub mod api;
 pub mod calls;
-pub mod settings;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,5 @@
-//! `recover = { api_key, interval, lookback, api_url, account_sid }` of a source.
+//! `recover = { api_key, interval, lookback, api_url, account_sid, settle }` of a source
+//! (the recovery itself: [`crate::recovery`]).
 
 use std::time::Duration;
 
@@ -92,18 +93,8 @@ impl Recover {
             Some(url) => cx.reference(&format!("{key}.api_url"), url)?,
             None => public.to_owned(),
         };
-        let api_url = reqwest::Url::parse(url.trim_end_matches('/'))
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .ok_or_else(|| {
-                invalid(
-                    format!("{key}.api_url"),
-                    format!(
-                        "`{}` is not an http(s) URL",
-                        crate::settings::redact_url(&url)
-                    ),
-                )
-            })?;
+        let api_url =
+            super::settings::http_url(&format!("{key}.api_url"), url.trim_end_matches('/'))?;
         let api_key = SecretString::from(cx.secret(&format!("{key}.api_key"), &raw.api_key)?);
         let account_sid = match (vendor, &raw.account_sid) {
             (Vendor::Twilio, Some(sid)) => {
