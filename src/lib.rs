@@ -6,8 +6,9 @@
 //! forwards every event with retries, signing and dead letters.
 //!
 //! # Layout
-//! The modules follow the path a webhook takes; ARCHITECTURE.md draws it. Leaves first
-//! (they import no other room), then the rooms, then what wires them:
+//! The modules follow the path a webhook takes; ARCHITECTURE.md draws it and orders them (a
+//! module imports only those below it there: `tests/api/architecture.rs`). Leaves first
+//! (each imports only the leaves below it), then the rooms, then what wires them:
 //!
 //! - [`event`]: the canonical session event (schema v2), its ids, and [`event::Inbound`]
 //!   (what one vendor request produced); the one place a canonical event is rendered.

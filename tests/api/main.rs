@@ -2,6 +2,7 @@
 //! signed with the `svix` crate. One binary, so the crate links once.
 
 mod admin;
+mod architecture;
 mod cli;
 mod console;
 mod delivery;
