@@ -40,6 +40,8 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("the gateway is shutting down; ask again once it is back")]
+    ShuttingDown,
     /// A vendor's API that the gateway called for the request failed.
     #[error("{0}")]
     BadGateway(String),
@@ -53,7 +55,9 @@ impl ApiError {
             ApiError::InvalidPayload(_) | ApiError::UnreadableBody(_) => "invalid_payload",
             ApiError::BodyTimeout(_) => "request_timeout",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::Unavailable(_) | ApiError::Overloaded => "unavailable",
+            ApiError::Unavailable(_) | ApiError::Overloaded | ApiError::ShuttingDown => {
+                "unavailable"
+            }
             ApiError::NotFound(_) => "not_found",
             ApiError::AdminUnauthorized => "unauthorized",
             ApiError::TooManyAttempts(_) => "too_many_requests",
@@ -94,7 +98,9 @@ impl ResponseError for ApiError {
             ApiError::InvalidPayload(_) | ApiError::UnreadableBody(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Overloaded | ApiError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 

@@ -109,6 +109,7 @@ pub(super) async fn recover_source(
             }))
         }
         Err(Failure::Store(e)) => Err(ApiError::Unavailable(e)),
+        Err(Failure::Stopped) => Err(ApiError::ShuttingDown),
         Err(failure) => Err(ApiError::BadGateway(format!(
             "recovery of `{name}` failed: {failure}"
         ))),

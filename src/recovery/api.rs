@@ -142,20 +142,14 @@ impl Api<'_> {
     }
 }
 
-/// `Retry-After` as seconds or an HTTP date.
+/// `Retry-After` as seconds or an HTTP date, read as delivery reads a receiver's.
 fn retry_after(answer: &reqwest::Response) -> Option<Duration> {
     let value = answer
         .headers()
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
-        .ok()?
-        .trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = at.timestamp_millis() - chrono::Utc::now().timestamp_millis();
-    Some(Duration::from_millis(wait.max(0) as u64))
+        .ok()?;
+    crate::delivery::outputs::http::parse_retry_after(value, std::time::SystemTime::now())
 }
 
 async fn read_json(mut answer: reqwest::Response) -> Result<Value, Failure> {
