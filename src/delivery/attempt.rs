@@ -17,7 +17,7 @@ use crate::metrics::{AttemptResult, Metrics};
 use crate::store::{AttemptRecord, ClaimedDelivery, Completion, Store};
 use crate::telemetry::chain;
 
-pub(super) struct Job {
+pub(super) struct Attempt {
     pub target: Arc<Target>,
     pub output: Arc<dyn Output>,
     pub store: Arc<dyn Store>,
@@ -29,7 +29,7 @@ pub(super) struct Job {
     pub delivery: ClaimedDelivery,
 }
 
-impl Job {
+impl Attempt {
     /// What every line about attempt `attempt` of this delivery is logged within.
     fn span(&self, attempt: u32) -> tracing::Span {
         tracing::info_span!(

@@ -201,7 +201,7 @@ impl TargetWorker {
     }
 
     fn start(&mut self, delivery: ClaimedDelivery, slot: OwnedSemaphorePermit) {
-        let job = attempt::Job {
+        let job = attempt::Attempt {
             target: self.target.clone(),
             output: self.parts.output.clone(),
             store: self.parts.store.clone(),

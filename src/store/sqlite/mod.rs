@@ -53,7 +53,7 @@ use queries::*;
 use schema::{configure, migrate, tune_library};
 pub use wal::DEFAULT_WAL_SIZE_MIB;
 use wal::{WalState, checkpointer, restart_frames};
-use writer::{Handover, Msg, QUEUE_DEPTH, Reply, SyncCounts, SyncerHandle, Work, Writer, syncer};
+use writer::{Msg, QUEUE_DEPTH, Reply, SyncCounts, SyncerHandle, SyncerLink, Work, Writer, syncer};
 
 pub struct SqliteStore {
     tx: mpsc::Sender<Msg>,
@@ -162,7 +162,7 @@ impl SqliteStore {
                     format!("Failed to open the SQLite store {}", path.display())
                 })?;
                 let (to_syncer, batches) = std::sync::mpsc::channel();
-                let handover = Handover {
+                let link = SyncerLink {
                     unsynced: unsynced.clone(),
                     wake: tx.downgrade(),
                     database_failed: database_failed.clone(),
@@ -171,7 +171,7 @@ impl SqliteStore {
                     .name("sqlite-sync".into())
                     .spawn({
                         let syncs = syncs.clone();
-                        move || syncer(wal, database, batches, handover, syncs)
+                        move || syncer(wal, database, batches, link, syncs)
                     })
                     .context("Failed to start the SQLite sync thread")?;
                 Some(SyncerHandle {
@@ -302,7 +302,7 @@ impl Store for SqliteStore {
     ) -> Result<IngestOutcome, StoreError> {
         let now = self.clock.now_ms();
         let new_session =
-            NewSession::plan(&accept).map_err(|e| StoreError::Backend(Box::new(e)))?;
+            FirstEventPlan::plan(&accept).map_err(|e| StoreError::Backend(Box::new(e)))?;
         let planned = self.planned_by_writer.clone();
         self.call(move |conn| {
             accept_in(conn, &accept, &handoff, now, new_session.as_ref(), &planned)

@@ -108,7 +108,7 @@ pub(super) fn insert_delivery(
 /// the writer uses that plan only if it finds no session stored, which is exactly the
 /// state it was planned from ([`plan_accept`] is pure). Otherwise the writer plans again
 /// from the record as stored, as for every other event.
-pub(crate) struct NewSession {
+pub(crate) struct FirstEventPlan {
     /// The record's JSON.
     record: String,
     finalized: Option<EventId>,
@@ -116,10 +116,10 @@ pub(crate) struct NewSession {
     events: Vec<(usize, String)>,
 }
 
-impl NewSession {
+impl FirstEventPlan {
     /// The plan for `accept` if its first event starts a session; `None` for other events,
     /// whose session is usually stored already.
-    pub(crate) fn plan(accept: &Inbound) -> Result<Option<NewSession>, serde_json::Error> {
+    pub(crate) fn plan(accept: &Inbound) -> Result<Option<FirstEventPlan>, serde_json::Error> {
         if accept.primary().event_type != EventType::SessionStarted {
             return Ok(None);
         }
@@ -129,7 +129,7 @@ impl NewSession {
                 finalized,
                 events,
                 supersedes: _,
-            } => Ok(Some(NewSession {
+            } => Ok(Some(FirstEventPlan {
                 record: serde_json::to_string(&record)?,
                 finalized,
                 events: events
@@ -157,7 +157,7 @@ pub(super) fn accept_in(
     accept: &Inbound,
     handoff: &Handoff,
     now: i64,
-    new_session: Option<&NewSession>,
+    new_session: Option<&FirstEventPlan>,
     planned_by_writer: &AtomicU64,
 ) -> rusqlite::Result<IngestOutcome> {
     let primary = accept.primary();

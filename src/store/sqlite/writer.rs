@@ -86,7 +86,7 @@ pub(super) fn syncer(
     wal: File,
     database: File,
     batches: std::sync::mpsc::Receiver<Synced>,
-    writer: Handover,
+    writer: SyncerLink,
     syncs: Arc<SyncCounts>,
 ) {
     while let Ok(first) = batches.recv() {
@@ -148,7 +148,7 @@ pub(super) struct SyncerHandle {
 
 /// How the syncer reaches the writer: how many commits it has not answered yet, and a
 /// weak handle on the writer's queue (so the queue still closes when the store is dropped).
-pub(super) struct Handover {
+pub(super) struct SyncerLink {
     pub(super) unsynced: Arc<AtomicUsize>,
     pub(super) wake: mpsc::WeakSender<Msg>,
     /// Set when the database file could not be fsynced after a checkpoint.
