@@ -30,9 +30,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::{Context, bail};
 use sessiongate::app::Application;
+use sessiongate::auth::standard::Secret;
 use sessiongate::config::Config;
 use sessiongate::telemetry::{self, LogFormat};
-use svix::webhooks::Webhook;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -415,7 +415,7 @@ impl Drop for Child {
 
 /// Distinct vendor requests, signed like the vendors sign them, as raw HTTP/1.1 bytes.
 struct Requests {
-    agntix: Webhook,
+    agntix: Secret,
     created: String,
     ended: String,
     pathors: String,
@@ -431,7 +431,7 @@ impl Requests {
             String::from_utf8(sessiongate::testing::fixture(vendor, name))
         };
         Ok(Requests {
-            agntix: Webhook::new(AGNTIX_SECRET)?,
+            agntix: Secret::parse(AGNTIX_SECRET).context("the Agntix secret")?,
             created: fixture("agntix", "session-created.json")?,
             ended: fixture("agntix", "session-ended.json")?,
             pathors: fixture("pathors", "call-ended.json")?,

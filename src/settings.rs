@@ -13,7 +13,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use svix::webhooks::Webhook;
 
 /// Every key with its default, and what it means: the first layer of every configuration.
 pub const DEFAULTS: &str = include_str!("../config/defaults.toml");
@@ -539,30 +538,6 @@ pub fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
-}
-
-/// The shortest signing key Standard Webhooks allows (its secrets are 24 to 64 bytes).
-const MIN_SECRET_BYTES: usize = 24;
-
-pub fn parse_whsec(key: &str, value: &str) -> Result<Webhook, ConfigError> {
-    let Some(encoded) = value.strip_prefix("whsec_") else {
-        return Err(invalid(key, "must start with `whsec_` followed by base64"));
-    };
-    use base64::Engine as _;
-    match base64::engine::general_purpose::STANDARD.decode(encoded) {
-        Ok(bytes) if bytes.len() >= MIN_SECRET_BYTES => {
-            Webhook::new(value).map_err(|_| invalid(key, "is not a valid whsec_ secret"))
-        }
-        Ok(bytes) => Err(invalid(
-            key,
-            format!(
-                "the key is {} bytes; Standard Webhooks requires at least {MIN_SECRET_BYTES} \
-                 (whsec_ followed by the base64 of 24 to 64 random bytes)",
-                bytes.len()
-            ),
-        )),
-        Err(_) => Err(invalid(key, "the part after `whsec_` must be base64")),
-    }
 }
 
 /// A URL as it may be shown (logs, `check-config`, `Debug`): a password in the user-info

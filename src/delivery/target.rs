@@ -4,16 +4,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use serde::Deserialize;
-use svix::webhooks::Webhook;
 
 use super::message::{Format, Shape};
 use super::outputs;
 use super::settings::DeliveryConfig;
 use crate::event::EventType;
 use crate::settings::limits::{ATTEMPTS, IN_FLIGHT, TIMEOUT_MS};
-use crate::settings::{
-    ConfigError, Context, in_range, invalid, parse_whsec, redact_url, unique_name,
-};
+use crate::settings::{ConfigError, Context, in_range, invalid, redact_url, unique_name};
 
 /// A downstream receiver and what it wants.
 pub struct Target {
@@ -23,7 +20,7 @@ pub struct Target {
     pub events: Option<Vec<EventType>>,
     /// `None` = every source.
     pub sources: Option<Vec<String>>,
-    pub signer: Option<Webhook>,
+    pub signer: Option<crate::auth::standard::Secret>,
     pub headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
     /// What the target receives: format, `raw` or not, redactions.
     pub shape: Shape,
@@ -218,7 +215,7 @@ impl Target {
             .secret
             .map(|s| {
                 let k = format!("{key}.secret");
-                parse_whsec(&k, &cx.secret(&k, &s)?)
+                crate::auth::standard::parse_whsec(&k, &cx.secret(&k, &s)?)
             })
             .transpose()?;
         let mut headers = Vec::with_capacity(t.headers.len());

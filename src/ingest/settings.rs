@@ -11,8 +11,7 @@ use serde::Deserialize;
 use crate::auth::SourceAuth;
 use crate::settings::limits::TIMEOUT_MS;
 use crate::settings::{
-    ConfigError, Context, in_range, invalid, parse_duration_in, parse_whsec, socket_address,
-    unique_name,
+    ConfigError, Context, in_range, invalid, parse_duration_in, socket_address, unique_name,
 };
 use crate::vendors::Vendor;
 
@@ -519,7 +518,7 @@ fn parse_auth(
                 .enumerate()
                 .map(|(j, value)| {
                     let k = format!("{key}.auth.secrets[{j}]");
-                    parse_whsec(&k, &cx.secret(&k, value)?)
+                    crate::auth::standard::parse_whsec(&k, &cx.secret(&k, value)?)
                 })
                 .collect::<Result<_, _>>()?;
             let tolerance = tolerance(key, tolerance_seconds)?;

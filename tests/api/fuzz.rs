@@ -17,7 +17,6 @@ use sessiongate::event::{Session, Timestamp};
 use sessiongate::ingest::settings::Source;
 use sessiongate::ingest::{Arrival, build_accept};
 use sessiongate::vendors::{Normalized, Vendor};
-use svix::webhooks::Webhook;
 
 use crate::helpers::*;
 
@@ -258,7 +257,7 @@ proptest! {
         body in prop::collection::vec(any::<u8>(), 0..64),
     ) {
         let auth = SourceAuth::Svix {
-            secrets: vec![Webhook::new(AGNTIX_SECRET).unwrap()],
+            secrets: vec![sessiongate::auth::standard::Secret::parse(AGNTIX_SECRET).unwrap()],
             tolerance: std::time::Duration::from_secs(300),
         };
         let prefix = if unbranded { "webhook" } else { "svix" };

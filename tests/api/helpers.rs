@@ -116,8 +116,16 @@ pub fn svix_headers(
     timestamp: i64,
     body: &[u8],
 ) -> Vec<(&'static str, String)> {
-    sessiongate::testing::svix_headers(&Webhook::new(secret).unwrap(), msg_id, timestamp, body)
-        .into()
+    // Signed by the `svix` crate, as Agntix's sender signs.
+    let signature = Webhook::new(secret)
+        .unwrap()
+        .sign(msg_id, timestamp, body)
+        .unwrap();
+    vec![
+        ("svix-id", msg_id.to_owned()),
+        ("svix-timestamp", timestamp.to_string()),
+        ("svix-signature", signature),
+    ]
 }
 
 /// What the gateway under test is started with.

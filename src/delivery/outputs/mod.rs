@@ -135,9 +135,7 @@ impl Signed {
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let signature = signer
-            .sign(outbound.event_id.as_str(), timestamp, &outbound.body)
-            .map_err(|e| format!("could not sign the message: {e}"))?;
+        let signature = signer.sign(outbound.event_id.as_str(), timestamp, &outbound.body);
         Ok(Some(Signed {
             id: outbound.event_id.as_str().to_owned(),
             timestamp: timestamp.to_string(),
