@@ -50,6 +50,25 @@ pub(super) struct Listed {
     pub item: Value,
 }
 
+impl Listed {
+    /// A listed call that is its own session, its id at `key`.
+    fn own(item: &Value, key: &str) -> Option<Listed> {
+        let id = str_of(item, key)?.to_owned();
+        Some(Listed {
+            session: id.clone(),
+            id,
+            item: item.clone(),
+        })
+    }
+}
+
+/// The next page's cursor at `key` of a `has_more` answer (Retell, ElevenLabs).
+fn cursor_if_more(answer: &Value, key: &str) -> Option<String> {
+    let more = answer.get("has_more").and_then(Value::as_bool) == Some(true);
+    more.then(|| str_of(answer, key).map(str::to_owned))
+        .flatten()
+}
+
 pub(super) struct Page {
     pub calls: Vec<Listed>,
     /// The vendor's cursor of the next page; `None` on the last.
@@ -166,23 +185,9 @@ async fn retell_list(api: &Api<'_>, window: Window, cursor: Option<&str>) -> Res
                 .and_then(Value::as_i64)
                 .is_some_and(|end| window.holds(end))
         })
-        .filter_map(|c| {
-            let id = str_of(c, "call_id")?.to_owned();
-            Some(Listed {
-                session: id.clone(),
-                id,
-                item: c.clone(),
-            })
-        })
+        .filter_map(|c| Listed::own(c, "call_id"))
         .collect();
-    let more = answer
-        .get("has_more")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let next = match (more, str_of(&answer, "pagination_key")) {
-        (true, Some(key)) => Some(key.to_owned()),
-        _ => None,
-    };
+    let next = cursor_if_more(&answer, "pagination_key");
     Ok(Page { calls, next })
 }
 
@@ -288,14 +293,7 @@ async fn vapi_list(api: &Api<'_>, window: Window, cursor: Option<&str>) -> Resul
         let calls = items
             .iter()
             .filter(|c| str_of(c, "status") == Some("ended"))
-            .filter_map(|c| {
-                let id = str_of(c, "id")?.to_owned();
-                Some(Listed {
-                    session: id.clone(),
-                    id,
-                    item: c.clone(),
-                })
-            })
+            .filter_map(|c| Listed::own(c, "id"))
             .collect();
         let next = (to < window.until).then(|| format!("{}:{}", to + 1, span.saturating_mul(2)));
         return Ok(Page { calls, next });
@@ -409,23 +407,9 @@ async fn elevenlabs_list(
                 .unwrap_or(0);
             start.is_some_and(|s| window.holds((s + length) * 1000))
         })
-        .filter_map(|c| {
-            let id = str_of(c, "conversation_id")?.to_owned();
-            Some(Listed {
-                session: id.clone(),
-                id,
-                item: c.clone(),
-            })
-        })
+        .filter_map(|c| Listed::own(c, "conversation_id"))
         .collect();
-    let more = answer
-        .get("has_more")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let next = match (more, str_of(&answer, "next_cursor")) {
-        (true, Some(cursor)) => Some(cursor.to_owned()),
-        _ => None,
-    };
+    let next = cursor_if_more(&answer, "next_cursor");
     Ok(Page { calls, next })
 }
 
@@ -482,14 +466,7 @@ async fn bland_list(api: &Api<'_>, window: Window, cursor: Option<&str>) -> Resu
             let minutes = c.get("call_length").and_then(Value::as_f64).unwrap_or(0.0);
             created(c).is_some_and(|at| window.holds(at + (minutes * 60_000.0) as i64))
         })
-        .filter_map(|c| {
-            let id = str_of(c, "call_id")?.to_owned();
-            Some(Listed {
-                session: id.clone(),
-                id,
-                item: c.clone(),
-            })
-        })
+        .filter_map(|c| Listed::own(c, "call_id"))
         .collect();
     let oldest = items.iter().filter_map(created).min();
     let past_window = oldest.is_some_and(|at| at < window.since - START_MARGIN_MS);
